@@ -1,0 +1,349 @@
+"""Run configuration: one schema for every recipe.
+
+Owns the ``RunConfig`` dataclasses, loading a recipe YAML (``yaml.safe_load``), applying dotted
+``key=value`` overrides with type checks, and saving the resolved config into a run directory.
+Knows nothing about models, data or training.
+
+Example:
+    >>> cfg = load_config("configs/baseline_cnn.yaml", ["optim.lr=3e-4", "seed=1"])
+    >>> cfg.optim.lr
+    0.0003
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RECIPES = ("baseline_cnn", "resnet50_feature", "resnet50_finetune", "resnet152_ranger")
+
+
+class ConfigError(ValueError):
+    """A config file, key or value is invalid; the message names it."""
+
+
+@dataclass
+class SyntheticConfig:
+    n_per_class: int = 40
+    n_test_per_class: int = 10
+    image_size: int = 224
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    root: str | None = None  # ImageFolder root with Training/ (and optional Testing/); None → phantoms
+    synthetic_dir: str = "data/phantoms"
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    image_size: int = 224
+    channels: int = 3  # 1 = grayscale input, 3 = grayscale→3 channels / RGB
+    normalize: str = "imagenet"  # imagenet | none
+    augment: list[str] = field(default_factory=lambda: ["hflip", "rotation"])
+    rotation_degrees: float = 10.0
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    batch_size: int = 32
+    eval_batch_size: int | None = None
+    num_workers: int = 2
+    class_weights: bool = False
+    cache: str = "none"  # none | decoded
+    cache_dir: str | None = None
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "baseline_cnn"  # baseline_cnn | resnet50 | resnet152
+    head: str = "linear"  # linear | mlp
+    head_hidden: int = 512
+    dropout: float = 0.5
+    hidden: int = 256  # baseline_cnn dense width
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128])  # baseline_cnn conv widths
+    pretrained: bool = False  # torchvision ImageNet weights from the local torch cache
+    weights: str | None = None  # path to a local .pth state_dict (overrides pretrained)
+    feature_cache_views: int = 0  # >0: cache frozen-backbone features for that many augmented views
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"  # adam | adamw | sgd | ranger
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    lookahead_k: int = 6
+    lookahead_alpha: float = 0.5
+    gc_conv: bool = True
+    gc_fc: bool = True
+    clip_grad_norm: float | None = None
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "none"  # none | plateau | cosine
+    monitor: str = "val/loss"
+    mode: str = "min"
+    factor: float = 0.1
+    patience: int = 2
+    min_lr: float = 0.0
+
+
+@dataclass
+class EarlyStopConfig:
+    enabled: bool = False
+    monitor: str = "val/loss"
+    mode: str = "min"
+    patience: int = 5
+    min_delta: float = 0.0
+
+
+@dataclass
+class PhaseConfig:
+    name: str = "train"
+    epochs: int = 1
+    train: list[str] = field(default_factory=lambda: ["all"])  # parameter groups to train
+    lr_mult: dict[str, float] = field(default_factory=dict)  # group LR = optim.lr × mult (default 1)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10  # used when no phases are given
+    trainable: list[str] = field(default_factory=lambda: ["all"])  # groups trained without phases
+    phases: list[PhaseConfig] = field(default_factory=list)
+    grad_accum: int = 1
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    monitor: str = "val/acc"  # best-checkpoint metric
+    monitor_mode: str = "max"
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    max_steps_per_epoch: int | None = None
+    deterministic: bool = False
+    fail_at_epoch: int | None = None  # test hook: raise at the start of this epoch
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = True
+    project: str = "brainmri"
+    entity: str | None = None
+    group: str | None = None
+    job_type: str | None = None
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunConfig:
+    recipe: str = "baseline_cnn"
+    seed: int = 0
+    run_dir: str | None = None  # None → runs/<recipe>-seed<seed>-<hash>
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def phases(self) -> list[PhaseConfig]:
+        """The phases to run; a config without phases is one phase of ``train.epochs``."""
+        if self.train.phases:
+            return self.train.phases
+        return [PhaseConfig(name="train", epochs=self.train.epochs, train=list(self.train.trainable))]
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _build(tp, value, key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls, data: dict[str, Any], prefix: str = ""):
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown config key {where}{unknown[0]!s} (valid keys under "
+            f"{prefix or 'the top level'}: {', '.join(sorted(names))})"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def parse_value(text: str) -> Any:
+    """Parse the value of a ``key=value`` override: Python/YAML literal, else a plain string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        pass
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if text.strip().lower() in ("null", "none", "~"):
+        return None
+    return value
+
+
+def apply_override(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``tree[a][b][c] = value`` for ``dotted = "a.b.c"``, creating mappings as needed."""
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted}: {part} is not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"invalid YAML in {path}: {e}") from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    cfg = _build(RunConfig, data)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Load a recipe YAML and apply ``key=value`` overrides.
+
+    Args:
+        path: a recipe YAML (``configs/<recipe>.yaml``) or None for the defaults.
+        overrides: dotted ``key=value`` strings, e.g. ``["optim.lr=3e-4", "data.root=/data"]``.
+    Returns:
+        A validated ``RunConfig``.
+    Raises:
+        ConfigError naming the file, key or value that is wrong.
+    """
+    data = read_yaml(path) if path is not None else {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, text = item.split("=", 1)
+        apply_override(data, key.strip(), parse_value(text))
+    try:
+        return from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+
+
+_CHOICES = {
+    "recipe": RECIPES,
+    "model.arch": ("baseline_cnn", "resnet50", "resnet152"),
+    "model.head": ("linear", "mlp"),
+    "optim.name": ("adam", "adamw", "sgd", "ranger"),
+    "scheduler.name": ("none", "plateau", "cosine"),
+    "scheduler.mode": ("min", "max"),
+    "train.monitor_mode": ("min", "max"),
+    "train.early_stop.mode": ("min", "max"),
+    "train.mixed_precision": ("no", "bf16", "fp16"),
+    "data.normalize": ("imagenet", "none"),
+    "data.cache": ("none", "decoded"),
+    "data.channels": (1, 3),
+}
+
+
+def _get(cfg: RunConfig, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def validate(cfg: RunConfig) -> None:
+    """Check value ranges and choices; raise ConfigError naming the key."""
+    for key, choices in _CHOICES.items():
+        value = _get(cfg, key)
+        if value not in choices:
+            kind = "unknown recipe" if key == "recipe" else f"invalid value for {key}"
+            raise ConfigError(f"{kind}: {value!r} (choose from {', '.join(map(str, choices))})")
+    unknown_aug = set(cfg.data.augment) - {"hflip", "vflip", "rotation"}
+    if unknown_aug:
+        raise ConfigError(f"invalid value in data.augment: {sorted(unknown_aug)[0]!r} (choose from hflip, vflip, rotation)")
+    positive = ["data.batch_size", "data.image_size", "train.grad_accum", "optim.lookahead_k"]
+    for key in positive:
+        if _get(cfg, key) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")
+    if not 0.0 <= cfg.data.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
+    for i, phase in enumerate(cfg.phases):
+        if phase.epochs < 0:
+            raise ConfigError(f"train.phases[{i}].epochs must be >= 0, got {phase.epochs}")
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

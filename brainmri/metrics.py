@@ -1,0 +1,91 @@
+"""Classification metrics on arrays (scikit-learn does the math) and the confusion-matrix PNG.
+
+Pure functions of (labels, probabilities): no torch, no distributed logic.
+Keys are flat ``<prefix>/<name>`` or ``<prefix>/<name>/<class>``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import (
+    ConfusionMatrixDisplay,
+    accuracy_score,
+    confusion_matrix,
+    log_loss,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> float:
+    """Top-label ECE with equal-width confidence bins (Guo et al., 2017)."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        mask = bins == b
+        if mask.any():
+            ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(ece)
+
+
+def macro_auc(labels: np.ndarray, probs: np.ndarray, num_classes: int) -> float:
+    """Macro one-vs-rest ROC AUC; NaN when a class is missing from ``labels``."""
+    if len(np.unique(labels)) < num_classes:
+        return math.nan
+    return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=list(range(num_classes))))
+
+
+def classification_metrics(labels, probs, classes: list[str], prefix: str) -> dict[str, float]:
+    """All metrics for one split.
+
+    Args:
+        labels: int array (N,); probs: float array (N, K) of softmax probabilities.
+    Returns:
+        ``{"val/acc": …, "val/macro_f1": …, "val/recall/glioma": …, …}``
+    """
+    labels = np.asarray(labels)
+    probs = np.asarray(probs, dtype=np.float64)
+    probs = probs / probs.sum(axis=1, keepdims=True)  # float32 softmax sums drift from 1 by ~1e-7
+    k = len(classes)
+    preds = probs.argmax(axis=1)
+    idx = list(range(k))
+    precision, recall, f1, support = precision_recall_fscore_support(labels, preds, labels=idx, zero_division=0)
+    out = {
+        f"{prefix}/acc": float(accuracy_score(labels, preds)),
+        f"{prefix}/loss": float(log_loss(labels, np.clip(probs, 1e-12, 1.0), labels=idx)),
+        f"{prefix}/macro_f1": float(f1.mean()),
+        f"{prefix}/auc": macro_auc(labels, probs, k),
+        f"{prefix}/ece": expected_calibration_error(labels, probs),
+        f"{prefix}/n": int(len(labels)),
+    }
+    for i, name in enumerate(classes):
+        out[f"{prefix}/precision/{name}"] = float(precision[i])
+        out[f"{prefix}/recall/{name}"] = float(recall[i])
+        out[f"{prefix}/f1/{name}"] = float(f1[i])
+        out[f"{prefix}/support/{name}"] = int(support[i])
+        out[f"{prefix}/acc/{name}"] = float(recall[i])  # per-class accuracy is that class's recall
+    return out
+
+
+def save_confusion_png(labels, preds, classes: list[str], path: str | Path, title: str = "") -> np.ndarray:
+    """Write the row-normalised confusion matrix as a PNG and return it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = confusion_matrix(labels, preds, labels=list(range(len(classes))), normalize="true")
+    cm = np.nan_to_num(cm)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ConfusionMatrixDisplay(cm, display_labels=classes).plot(ax=ax, cmap="Blues", values_format=".2f", colorbar=False)
+    ax.set_title(title or "normalised confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return cm

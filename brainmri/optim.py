@@ -1,0 +1,205 @@
+"""Optimizers and LR schedulers for brainmri.
+
+Owns Gradient Centralization (``centralize_gradient``), the ``Lookahead`` wrapper, ``Ranger``
+(RAdam with decoupled weight decay + GC + Lookahead) and the ``build_optimizer`` /
+``build_scheduler`` factories the engine calls with named parameter groups.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, ReduceLROnPlateau
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "ranger")
+SCHEDULERS = ("none", "plateau", "cosine")
+
+
+def centralize_gradient(
+    grad: torch.Tensor, use_conv: bool = True, use_fc: bool = True
+) -> torch.Tensor:
+    """Gradient Centralization (Yong et al., 2020): give each output filter's gradient zero mean.
+
+    Conv weights (dim > 2) are centralized when ``use_conv``, fc weights (dim == 2) when ``use_fc``;
+    the mean is taken over every dim but dim 0. Anything else (biases, norms) is returned as is.
+    Returns a new tensor and never modifies ``grad``.
+    """
+    if (grad.dim() > 2 and use_conv) or (grad.dim() == 2 and use_fc):
+        return grad - grad.mean(dim=tuple(range(1, grad.dim())), keepdim=True)
+    return grad
+
+
+class Lookahead(Optimizer):
+    """Lookahead (Zhang et al., 2019): every k base steps, slow += alpha * (fast - slow); fast = slow.
+
+    The wrapper shares the base optimizer's ``param_groups`` and ``state``, so LR schedulers and
+    per-group learning rates act on the base optimizer directly, and ``state_dict()`` holds the base
+    state plus the slow weights (``state[p]["lookahead_slow"]``) and the per-group hyper-parameters
+    ``lookahead_k``, ``lookahead_alpha``, ``lookahead_step`` and ``lookahead`` (on/off switch).
+    """
+
+    def __init__(
+        self, base_optimizer: Optimizer, k: int = 6, alpha: float = 0.5, enabled: bool = True
+    ) -> None:
+        if not isinstance(base_optimizer, Optimizer):
+            raise TypeError(f"base_optimizer must be a torch Optimizer, got {type(base_optimizer)!r}")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"Invalid lookahead k: {k!r} (must be an int >= 1)")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"Invalid lookahead alpha: {alpha!r} (must be in [0, 1])")
+        defaults = {
+            **base_optimizer.defaults,
+            "lookahead_k": k,
+            "lookahead_alpha": alpha,
+            "lookahead_step": 0,
+            "lookahead": enabled,
+        }
+        super().__init__(base_optimizer.param_groups, defaults)
+        self.param_groups = base_optimizer.param_groups
+        self.state = base_optimizer.state
+        self.base_optimizer = base_optimizer
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "base_optimizer": self.base_optimizer}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        # load_state_dict() ends here with fresh state/param_groups objects: hand them to the base
+        # optimizer so both keep sharing one copy (and the base applies its own upgrade fix-ups).
+        self.base_optimizer.__setstate__({"state": self.state, "param_groups": self.param_groups})
+
+    def _before_base_step(self) -> None:
+        """Hook for subclasses to transform gradients before the base step."""
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._before_base_step()
+        # Slow weights start from the pre-step params but are stored only after the base step: Adam-like
+        # optimizers initialise their state when it is empty, so it must still be empty on their first step.
+        fresh = [
+            (p, p.detach().clone())
+            for group in self.param_groups
+            if group["lookahead"]
+            for p in group["params"]
+            if p.grad is not None and "lookahead_slow" not in self.state.get(p, {})
+        ]
+        self.base_optimizer.step()
+        for p, slow in fresh:
+            self.state[p]["lookahead_slow"] = slow
+        for group in self.param_groups:
+            if not group["lookahead"]:
+                continue
+            group["lookahead_step"] += 1
+            if group["lookahead_step"] % group["lookahead_k"]:
+                continue
+            for p in group["params"]:
+                slow = self.state.get(p, {}).get("lookahead_slow")
+                if slow is not None:
+                    slow.lerp_(p, group["lookahead_alpha"])
+                    p.copy_(slow)
+        return loss
+
+
+class Ranger(Lookahead):
+    """Ranger: ``torch.optim.RAdam`` (decoupled weight decay) + Gradient Centralization + Lookahead.
+
+    GC is applied to the gradients before every RAdam step (per-group switches ``gc_conv``/``gc_fc``).
+    With ``use_lookahead=False`` and GC off it is exactly ``RAdam(..., decoupled_weight_decay=True)``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        k: int = 6,
+        alpha: float = 0.5,
+        gc_conv: bool = True,
+        gc_fc: bool = True,
+        use_lookahead: bool = True,
+    ) -> None:
+        base = torch.optim.RAdam(
+            params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decoupled_weight_decay=True
+        )
+        super().__init__(base, k=k, alpha=alpha, enabled=use_lookahead)
+        self.defaults.update(gc_conv=gc_conv, gc_fc=gc_fc)
+        for group in self.param_groups:
+            group.setdefault("gc_conv", gc_conv)
+            group.setdefault("gc_fc", gc_fc)
+
+    def _before_base_step(self) -> None:
+        for group in self.param_groups:
+            if not (group["gc_conv"] or group["gc_fc"]):
+                continue
+            for p in group["params"]:
+                if p.grad is not None and not p.grad.is_sparse:
+                    centered = centralize_gradient(p.grad, group["gc_conv"], group["gc_fc"])
+                    if centered is not p.grad:
+                        p.grad.copy_(centered)
+
+
+def build_optimizer(
+    name: str,
+    param_groups: Sequence[dict[str, Any]],
+    *,
+    lr: float,
+    weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    momentum: float = 0.9,
+    lookahead_k: int = 6,
+    lookahead_alpha: float = 0.5,
+    gc_conv: bool = True,
+    gc_fc: bool = True,
+) -> Optimizer:
+    """Build optimizer ``name`` (adam | adamw | sgd | ranger) over named parameter groups.
+
+    ``param_groups`` is a list of dicts ``{"name": str, "params": [...], "lr": float}``; a group's own
+    ``lr`` (or any other hyper-parameter) overrides the keyword value. The dicts are copied, and their
+    extra keys such as ``"name"`` stay in ``optimizer.param_groups``. ``momentum`` is used by sgd only.
+    """
+    groups = [dict(g) for g in param_groups]
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "ranger":
+        return Ranger(
+            groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+            k=lookahead_k, alpha=lookahead_alpha, gc_conv=gc_conv, gc_fc=gc_fc,
+        )
+    raise ValueError(f"Unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+
+
+def build_scheduler(
+    name: str | None,
+    optimizer: Optimizer,
+    *,
+    mode: str = "min",
+    factor: float = 0.1,
+    patience: int = 10,
+    min_lr: float | list[float] = 0.0,
+    T_max: int | None = None,
+    eta_min: float = 0.0,
+) -> LRScheduler | ReduceLROnPlateau | None:
+    """Build LR scheduler ``name``: none -> None, plateau -> ReduceLROnPlateau (call ``step(metric)``),
+    cosine -> CosineAnnealingLR over ``T_max`` scheduler steps."""
+    if name in (None, "none"):
+        return None
+    if name == "plateau":
+        return ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience, min_lr=min_lr)
+    if name == "cosine":
+        if T_max is None:
+            raise ValueError("cosine scheduler needs T_max")
+        return CosineAnnealingLR(optimizer, T_max=T_max, eta_min=eta_min)
+    raise ValueError(f"Unknown scheduler {name!r}; valid: {', '.join(SCHEDULERS)}")

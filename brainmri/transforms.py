@@ -1,0 +1,78 @@
+"""Image decoding and torchvision.transforms v2 presets.
+
+Decoding (file → uint8 tensor C×H×W at the recipe's size and colour mode) is separate from
+augmentation (uint8 tensor → normalised float tensor), so the decoded-image cache stores exactly
+what ``decode_image`` returns and cached and uncached paths give identical tensors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def load_pil(path: str | Path, channels: int) -> Image.Image:
+    """Open any PIL-readable image (L, RGB, RGBA, CMYK, P, I;16 …) as L (channels=1) or RGB.
+
+    MRI slices are grey-scale, so RGB/CMYK inputs are reduced to luminance first and then
+    repeated to 3 channels: every file reaches the model in the same colour space.
+    """
+    with Image.open(path) as img:
+        img.load()  # force a full decode here, so truncated files fail now, not mid-epoch
+        if img.mode in ("RGBA", "LA", "P", "PA"):
+            img = img.convert("RGBA")
+            background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+            img = Image.alpha_composite(background, img)
+        if img.mode.startswith("I") or img.mode == "F":
+            img = img.point(lambda v: v / 256).convert("L") if img.mode.startswith("I;16") else img.convert("L")
+        gray = img.convert("L")
+    return gray if channels == 1 else gray.convert("RGB")
+
+
+class Decoder:
+    """``path → uint8 tensor (channels, size, size)``: a picklable, deterministic decode step."""
+
+    def __init__(self, image_size: int, channels: int):
+        self.image_size = image_size
+        self.channels = channels
+        self.resize = v2.Resize((image_size, image_size), antialias=True)
+
+    def __call__(self, path: str | Path) -> torch.Tensor:
+        img = v2.functional.pil_to_tensor(load_pil(path, self.channels))
+        return self.resize(img).contiguous()
+
+    def key(self) -> str:
+        return f"{self.image_size}px-{self.channels}ch"
+
+
+def _normalize(channels: int, kind: str) -> list[v2.Transform]:
+    if kind == "none":
+        return []
+    if channels == 1:
+        return [v2.Normalize([sum(IMAGENET_MEAN) / 3], [sum(IMAGENET_STD) / 3])]
+    return [v2.Normalize(list(IMAGENET_MEAN), list(IMAGENET_STD))]
+
+
+def train_transform(data_cfg) -> v2.Compose:
+    """Augmentation preset for training (tensor in, tensor out)."""
+    ops: list[v2.Transform] = []
+    if "hflip" in data_cfg.augment:
+        ops.append(v2.RandomHorizontalFlip())
+    if "vflip" in data_cfg.augment:
+        ops.append(v2.RandomVerticalFlip())
+    if "rotation" in data_cfg.augment and data_cfg.rotation_degrees > 0:
+        ops.append(v2.RandomRotation(data_cfg.rotation_degrees))
+    ops.append(v2.ToDtype(torch.float32, scale=True))
+    ops += _normalize(data_cfg.channels, data_cfg.normalize)
+    return v2.Compose(ops)
+
+
+def eval_transform(data_cfg) -> v2.Compose:
+    """Deterministic preset for validation and test."""
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), *_normalize(data_cfg.channels, data_cfg.normalize)])
