@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from brainmri.config import ConfigError, from_dict, load_config, parse_value, apply_override
@@ -47,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, WeightsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{summary['run_dir']}: val/acc {summary['val/acc']:.4f}"
-          + (f" test/acc {summary['test/acc']:.4f}" if "test/acc" in summary else ""))
+    if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not one per process
+        print(f"{summary['run_dir']}: val/acc {summary['val/acc']:.4f}"
+              + (f" test/acc {summary['test/acc']:.4f}" if "test/acc" in summary else ""))
     return 0
 
 

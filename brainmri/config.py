@@ -242,17 +242,28 @@ def parse_value(text: str) -> Any:
 
 
 def apply_override(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``tree[a][b][c] = value`` for ``dotted = "a.b.c"``, creating mappings as needed."""
+    """Set ``tree[a][b][c] = value`` for ``dotted = "a.b.c"``; a numeric part indexes a list
+    (``train.phases.1.epochs=5``)."""
     parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {dotted}: {part} is not a mapping")
-        node = child
-    node[parts[-1]] = value
+    node: Any = tree
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override {dotted}: {part!r} is not an index of a list of {len(node)}")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {'.'.join(parts[:depth])} is not a mapping")
+        if last:
+            node[part] = value
+        else:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

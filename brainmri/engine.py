@@ -30,7 +30,7 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from brainmri import metrics as M
-from brainmri.config import RunConfig, save_config
+from brainmri.config import ConfigError, RunConfig, save_config
 from brainmri.data import EpochSampler, ImageDataset, build_split, class_weights, make_loader
 from brainmri.models import build_model, freeze_frozen_norms, parameter_groups, resolve_groups, set_trainable
 from brainmri.optim import build_optimizer, build_scheduler
@@ -86,6 +86,27 @@ def resolve_data_root(cfg: RunConfig) -> Path:
         generate_phantoms(root, n_per_class=s.n_per_class, n_test_per_class=s.n_test_per_class,
                           image_size=s.image_size, seed=s.seed)
     return root
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _check_same_config(cfg: RunConfig, saved: Path) -> None:
+    """A finished run directory is never reused for a different config."""
+    old = _flatten(yaml.safe_load(saved.read_text()) or {})
+    new = _flatten(cfg.to_dict())
+    ignore = ("run_dir", "wandb.", "train.fail_at_epoch")
+    diff = sorted(k for k in set(old) | set(new) if not k.startswith(ignore) and old.get(k) != new.get(k))
+    if diff:
+        raise ConfigError(f"{saved.parent} already holds a finished run with a different config "
+                          f"(differs in {', '.join(diff[:5])}); choose another run_dir")
 
 
 def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
@@ -285,6 +306,7 @@ class Engine:
         acc.wait_for_everyone()
         setup_logging(run.path, acc.is_main_process)
         if run.summary_file.exists():
+            _check_same_config(cfg, run.path / "config.yaml")
             log.info("%s is finished; returning its summary", run.summary_file)
             return read_json(run.summary_file)
         if acc.is_main_process:

@@ -1,0 +1,95 @@
+"""Bad input gets a clear error naming the file, key or value, and never loses finished results."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from brainmri.config import ConfigError, load_config
+from conftest import TINY, run_train
+
+
+def test_corrupt_and_junk_files_are_skipped_and_reported(data_copy, tmp_path):
+    glioma = data_copy / "Training" / "glioma"
+    good = sorted(glioma.glob("*.jpg"))[0].read_bytes()
+    (glioma / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (glioma / "garbage.jpg").write_bytes(b"this is not a jpeg")
+    (glioma / "notes.txt").write_text("not an image: ignored")
+    (glioma / ".DS_Store").write_bytes(b"\0\0")
+    run_dir = tmp_path / "run"
+    proc = run_train("--config", "configs/baseline_cnn.yaml", f"data.root={data_copy}", f"run_dir={run_dir}",
+                     *TINY, "train.epochs=1")
+    report = json.loads((run_dir / "skipped_files.json").read_text())
+    assert report["count"] == 2
+    assert {f["path"] for f in report["files"]} == {str(glioma / "truncated.jpg"), str(glioma / "garbage.jpg")}
+    assert all(f["error"] for f in report["files"])
+    assert "skipped 2 unreadable image(s)" in proc.stderr and "truncated.jpg" in proc.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["skipped_files"] == 2
+
+
+def test_empty_class_folder_is_named(data_copy, tmp_path):
+    empty = data_copy / "Training" / "meningioma"
+    shutil.rmtree(empty)
+    empty.mkdir()
+    proc = run_train("--config", "configs/baseline_cnn.yaml", f"data.root={data_copy}",
+                     f"run_dir={tmp_path / 'run'}", *TINY, check=False)
+    assert proc.returncode == 2
+    assert f"class folder has no images: {empty}" in proc.stderr
+
+
+def test_missing_data_dir_is_named(tmp_path):
+    missing = tmp_path / "nowhere"
+    proc = run_train("--config", "configs/baseline_cnn.yaml", f"data.root={missing}",
+                     f"run_dir={tmp_path / 'run'}", *TINY, check=False)
+    assert proc.returncode == 2 and f"data directory not found: {missing}" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["optim.lrr=0.1"], "unknown config key optim.lrr"),
+        (["recipe=resnet9000"], "unknown recipe: 'resnet9000'"),
+        (["optim.lr=fast"], "optim.lr: expected a number, got 'fast'"),
+        (["train.mixed_precision=fp8"], "invalid value for train.mixed_precision: 'fp8'"),
+        (["data.batch_size=0"], "data.batch_size must be >= 1"),
+        (["train.phases.3.epochs=1"], "is not an index"),
+        (["nonsense"], "is not of the form key=value"),
+    ],
+)
+def test_bad_config_values_are_named(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_config("configs/baseline_cnn.yaml", overrides)
+
+
+def test_bad_yaml_and_missing_file_are_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("recipe: baseline_cnn\noptim: [unclosed\n")
+    with pytest.raises(ConfigError, match=f"invalid YAML in {bad}"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    proc = run_train("--config", str(bad), check=False)
+    assert proc.returncode == 2 and f"invalid YAML in {bad}" in proc.stderr
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("recipe: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(evil)
+
+
+def test_bad_input_never_touches_a_finished_run(phantom_root, tmp_path):
+    run_dir = tmp_path / "run"
+    base = ["--config", "configs/baseline_cnn.yaml", f"data.root={phantom_root}", f"run_dir={run_dir}", *TINY,
+            "train.epochs=1"]
+    run_train(*base)
+    summary = (run_dir / "summary.json").read_bytes()
+    for bad, message in ((["optim.lr=fast"], "optim.lr"),
+                         ([f"data.root={tmp_path / 'missing'}"], "already holds a finished run")):
+        proc = run_train(*base, *bad, check=False)
+        assert proc.returncode == 2 and message in proc.stderr
+    assert (run_dir / "summary.json").read_bytes() == summary
+    assert (run_dir / "checkpoints" / "best.pt").exists()

@@ -1,0 +1,187 @@
+"""End-to-end training: every recipe, DDP, exact resume, gradient accumulation, W&B offline files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from torchvision import models as tvm
+
+from conftest import TINY, accelerate_cpu, run_train
+
+RECIPES = ["baseline_cnn", "resnet50_feature", "resnet50_finetune", "resnet152_ranger"]
+
+
+def read_rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def wandb_runs(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+@pytest.fixture(scope="module")
+def resnet_weights(tmp_path_factory) -> dict[str, Path]:
+    """State dicts with the torchvision layout, written by the test (no download)."""
+    out = tmp_path_factory.mktemp("weights")
+    paths = {}
+    for arch, ctor in [("resnet50", tvm.resnet50), ("resnet152", tvm.resnet152)]:
+        torch.manual_seed(0)
+        paths[arch] = out / f"{arch}.pth"
+        torch.save(ctor(weights=None).state_dict(), paths[arch])
+    return paths
+
+
+def recipe_overrides(recipe: str, weights: dict[str, Path]) -> list[str]:
+    extra = {
+        "baseline_cnn": ["train.epochs=2"],
+        "resnet50_feature": ["train.epochs=2", f"model.weights={weights['resnet50']}"],
+        "resnet50_finetune": ["train.phases.0.epochs=1", "train.phases.1.epochs=1",
+                              f"model.weights={weights['resnet50']}"],
+        "resnet152_ranger": ["train.epochs=1", "train.max_steps_per_epoch=2", "data.eval_batch_size=16",
+                             f"model.weights={weights['resnet152']}"],
+    }
+    return extra[recipe]
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_trains_and_writes_every_artifact(recipe, phantom_root, resnet_weights, tmp_path):
+    run_dir = tmp_path / "run"
+    run_train("--config", f"configs/{recipe}.yaml", f"data.root={phantom_root}", f"run_dir={run_dir}",
+              *TINY, *recipe_overrides(recipe, resnet_weights))
+
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert cfg["recipe"] == recipe and cfg["data"]["root"] == str(phantom_root)
+    rows = read_rows(run_dir)
+    assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1)) and len(rows) == cfg_epochs(cfg)
+    for key in ("train/loss", "val/acc", "val/loss", "val/macro_f1", "val/auc", "val/ece", "lr"):
+        assert all(np.isfinite(r[key]) for r in rows), key
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["recipe"] == recipe
+    assert summary["classes"] == ["glioma", "meningioma", "notumor", "pituitary"]
+    for split in ("val", "test"):
+        for key in ("acc", "macro_f1", "auc", "ece", "loss"):
+            assert f"{split}/{key}" in summary
+        for cls in summary["classes"]:
+            for key in ("precision", "recall", "f1", "acc"):
+                assert 0.0 <= summary[f"{split}/{key}/{cls}"] <= 1.0
+        preds = pd.read_csv(run_dir / f"predictions_{split}.csv")
+        assert len(preds) == summary[f"{split}/n"]
+        probs = preds[[f"prob_{c}" for c in summary["classes"]]].to_numpy()
+        np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+        assert summary[f"{split}/acc"] == pytest.approx((preds["label"] == preds["pred"]).mean())
+        assert (run_dir / f"confusion_{split}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert summary["best_epoch"] >= 1 and summary["images_per_s"] > 0 and summary["wall_time_s"] > 0
+    assert json.loads((run_dir / "skipped_files.json").read_text()) == {"count": 0, "files": []}
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+    for name in ("last.pt", "best.pt"):
+        ckpt = torch.load(run_dir / "checkpoints" / name, map_location="cpu", weights_only=True)
+        assert "model" in ckpt and ckpt["trainer"]["epoch"] >= 1
+    assert len(wandb_runs(run_dir)) == 1 and summary["wandb_id"] in wandb_runs(run_dir)[0].name
+
+
+def cfg_epochs(cfg: dict) -> int:
+    phases = cfg["train"]["phases"]
+    return sum(p["epochs"] for p in phases) if phases else cfg["train"]["epochs"]
+
+
+def test_finetune_phases_train_the_right_groups(phantom_root, resnet_weights, tmp_path):
+    """Warm-up trains only the head; fine-tune adds layer4 at the lower per-group LRs."""
+    run_dir = tmp_path / "run"
+    run_train("--config", "configs/resnet50_finetune.yaml", f"data.root={phantom_root}", f"run_dir={run_dir}",
+              *TINY, *recipe_overrides("resnet50_finetune", resnet_weights), "optim.lr=0.01",
+              "train.early_stop.enabled=false")
+    rows = read_rows(run_dir)
+    assert [r["phase"] for r in rows] == ["warmup", "finetune"]
+    assert rows[0]["lr/head"] == pytest.approx(0.01) and "lr/layer4" not in rows[0]
+    assert rows[1]["lr/head"] == pytest.approx(0.001) and rows[1]["lr/layer4"] == pytest.approx(0.0001)
+    initial = torch.load(resnet_weights["resnet50"], weights_only=True)
+    final = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert torch.equal(initial["layer3.0.conv1.weight"], final["layer3.0.conv1.weight"])  # frozen
+    assert torch.equal(initial["bn1.running_mean"], final["bn1.running_mean"])  # frozen BN statistics
+    assert not torch.equal(initial["layer4.0.conv1.weight"], final["layer4.0.conv1.weight"])  # trained
+
+
+def test_two_process_ddp_counts_each_sample_once(phantom_root, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_train("--config", "configs/baseline_cnn.yaml", f"data.root={phantom_root}", f"run_dir={run_dir}",
+                     *TINY, "train.epochs=2", "data.batch_size=5", launcher=accelerate_cpu(2))
+    assert proc.stdout.count("val/acc") == 1  # rank 0 reports once
+    split = json.loads((run_dir / "split.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for name in ("val", "test"):
+        preds = pd.read_csv(run_dir / f"predictions_{name}.csv")
+        # 9 val images do not divide evenly over 2 ranks × 5: padding must not be counted
+        assert summary[f"{name}/n"] == split[name] == len(preds) == preds["path"].nunique()
+    # 2 ranks x 5 per step over the training set: the global image count is the whole set per epoch
+    rows = read_rows(run_dir)
+    assert len(rows) == 2 and rows[-1]["step"] == 2 * int(np.ceil(split["train"] / 10))
+    assert len(wandb_runs(run_dir)) == 1  # W&B on rank 0 only
+
+
+def _resume_args(root, run_dir):
+    # augmentation and dropout on: the resumed run must reproduce their random draws too
+    return ["--config", "configs/baseline_cnn.yaml", f"data.root={root}", f"run_dir={run_dir}", *TINY,
+            "train.epochs=3", "data.augment=[hflip,rotation]", "model.dropout=0.5", "train.deterministic=true"]
+
+
+def test_interrupted_run_resumes_to_identical_result(phantom_root, tmp_path):
+    straight = tmp_path / "straight"
+    run_train(*_resume_args(phantom_root, straight))
+
+    resumed = tmp_path / "resumed"
+    crash = run_train(*_resume_args(phantom_root, resumed), "train.fail_at_epoch=2", check=False)
+    assert crash.returncode != 0 and "simulated crash" in crash.stderr
+    status = json.loads((resumed / "status.json").read_text())
+    assert status["status"] == "failed" and status["epoch"] == 1 and "simulated crash" in status["error"]
+    assert not (resumed / "summary.json").exists() and len(read_rows(resumed)) == 1
+    run_train("--resume", str(resumed), "train.fail_at_epoch=null")
+
+    a = torch.load(straight / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(resumed / "checkpoints" / "last.pt", weights_only=True)
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0, msg=key)
+    drop = lambda r: {k: v for k, v in r.items() if not k.startswith(("time/", "throughput/"))}  # noqa: E731
+    assert [drop(r) for r in read_rows(straight)] == [drop(r) for r in read_rows(resumed)]
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (straight, resumed))
+    for key in sa:
+        if key.startswith(("val/", "test/")):
+            assert sa[key] == sb[key], key
+    # the resumed job continued the same W&B run: two offline pieces, one id
+    pieces = wandb_runs(resumed)
+    assert len(pieces) == 2 and {p.name for p in pieces} == {f"run-{sb['wandb_id']}.wandb"}
+
+
+def test_gradient_accumulation_matches_large_batch(phantom_root, tmp_path):
+    """K=4 micro-batches of 4 make the same update as one batch of 16 (no BN, no dropout)."""
+    common = ["--config", "configs/baseline_cnn.yaml", f"data.root={phantom_root}", *TINY,
+              "train.epochs=1", "train.max_steps_per_epoch=2", "model.dropout=0.0", "optim.name=sgd",
+              "optim.lr=0.1"]
+    run_train(*common, f"run_dir={tmp_path / 'accum'}", "data.batch_size=4", "train.grad_accum=4")
+    run_train(*common, f"run_dir={tmp_path / 'big'}", "data.batch_size=16", "train.grad_accum=1")
+    init = run_train(*common, f"run_dir={tmp_path / 'other'}", "data.batch_size=8", "train.grad_accum=1")
+    assert init.returncode == 0
+    a, b, c = (torch.load(tmp_path / d / "checkpoints" / "last.pt", weights_only=True) for d in ("accum", "big", "other"))
+    assert a["trainer"]["step"] == b["trainer"]["step"] == 2
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-4, atol=1e-6, msg=key)
+    # and the comparison is not vacuous: a different effective batch gives different weights
+    assert not all(torch.allclose(a["model"][k], c["model"][k]) for k in a["model"])
+
+
+def test_finished_run_is_returned_untouched(phantom_root, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["--config", "configs/baseline_cnn.yaml", f"data.root={phantom_root}", f"run_dir={run_dir}", *TINY,
+            "train.epochs=1"]
+    run_train(*args)
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    again = run_train(*args)
+    assert "val/acc" in again.stdout
+    after = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file() and p.name != "train.log"}
+    assert all(before[p] == t for p, t in after.items())
