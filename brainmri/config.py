@@ -232,13 +232,15 @@ def parse_value(text: str) -> Any:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         pass
+    lowered = text.strip().lower()
+    if lowered in ("null", "none", "~"):
+        return None
+    if lowered in ("yes", "no", "on", "off", "y", "n"):
+        return text  # YAML 1.1 would read these as booleans; mixed_precision=no means the string
     try:
-        value = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError:
         return text
-    if text.strip().lower() in ("null", "none", "~"):
-        return None
-    return value
 
 
 def apply_override(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -311,7 +311,7 @@ class Engine:
             return read_json(run.summary_file)
         if acc.is_main_process:
             save_config(cfg, run.path / "config.yaml")
-        set_seed(cfg.seed)
+        set_seed(cfg.seed, deterministic=cfg.train.deterministic)
         wall_start = time.perf_counter()
         self._setup_data()
         self._setup_model()

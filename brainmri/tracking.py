@@ -139,13 +139,13 @@ class WandbRun:
 
     def log(self, row: dict[str, Any], step: int) -> None:
         if self.run is not None:
-            self.run.log({k: v for k, v in row.items() if v is not None}, step=step)
+            self.run.log({k: v for k, v in row.items() if v is not None}, step=step, commit=True)
 
     def log_image(self, key: str, path: Path, step: int | None = None) -> None:
         if self.run is not None:
             import wandb
 
-            self.run.log({key: wandb.Image(str(path))}, step=step)
+            self.run.log({key: wandb.Image(str(path))}, step=step, commit=True)
 
     def summary(self, values: dict[str, Any]) -> None:
         if self.run is not None:

@@ -185,3 +185,13 @@ def test_finished_run_is_returned_untouched(phantom_root, tmp_path):
     assert "val/acc" in again.stdout
     after = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file() and p.name != "train.log"}
     assert all(before[p] == t for p, t in after.items())
+
+
+@pytest.mark.parametrize("how", [["wandb.enabled=false"], []])
+def test_wandb_can_be_switched_off(phantom_root, tmp_path, how):
+    run_dir = tmp_path / "run"
+    env = {} if how else {"WANDB_MODE": "disabled"}
+    run_train("--config", "configs/baseline_cnn.yaml", f"data.root={phantom_root}", f"run_dir={run_dir}", *TINY,
+              "train.epochs=1", *how, env=env)
+    assert (run_dir / "summary.json").exists() and not (run_dir / "wandb").exists()
+    assert json.loads((run_dir / "summary.json").read_text())["wandb_id"] is None
