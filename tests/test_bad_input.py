@@ -54,7 +54,7 @@ def test_missing_data_dir_is_named(tmp_path):
         (["optim.lr=fast"], "optim.lr: expected a number, got 'fast'"),
         (["train.mixed_precision=fp8"], "invalid value for train.mixed_precision: 'fp8'"),
         (["data.batch_size=0"], "data.batch_size must be >= 1"),
-        (["train.phases.3.epochs=1"], "is not an index"),
+        (["train.phases.3.epochs=1"], "train.phases: expected a list"),
         (["nonsense"], "is not of the form key=value"),
     ],
 )
