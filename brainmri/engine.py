@@ -370,7 +370,9 @@ class Engine:
         if cfg.train.fail_at_epoch is not None and epoch == cfg.train.fail_at_epoch:
             raise RuntimeError(f"train.fail_at_epoch={epoch}: simulated crash")
         _seed_epoch(cfg.seed, epoch, acc.process_index)
-        self.sampler.set_epoch(epoch)
+        # accelerate's loader re-sets the sampler epoch from its own iteration counter on every
+        # __iter__, and that counter restarts at 0 after a resume: pin it to the true epoch.
+        self.train_loader_p.set_epoch(epoch)
         row = {"epoch": epoch, "phase": phase.name}
         row.update(self._train_epoch(optimizer, phase.name))
         val, _, _ = self._evaluate("val", self.val_loader_p)
