@@ -38,7 +38,7 @@ CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
 SPLITS = ("Training", "Testing")
 MANIFEST = "manifest.json"
 FORMAT = "brainmri-phantoms"
-VERSION = 1  # bump whenever the drawing changes: a manifest of another version is regenerated
+VERSION = 2  # bump whenever the drawing changes: a manifest of another version is regenerated
 JPEG_QUALITY = 90
 
 _SPLIT_PREFIX = {"Training": "Tr", "Testing": "Te"}  # file names as in the Kaggle set: Tr-gl_0001.jpg
@@ -132,6 +132,8 @@ def render_phantom(label: str, rng: np.random.Generator, image_size: int = 224) 
         dist = np.hypot(u - rad * a * math.cos(ang), v - rad * b * math.sin(ang))
         img = img + _inside(dist, _uniform(rng, 0.012, 0.022), edge) * brain * (_uniform(rng, 0.65, 0.85) - img)
 
+    # Scanner settings are drawn before the lesion, so one rng state gives the same head in every class.
+    gamma, gain, sigma = _uniform(rng, 0.85, 1.15), _uniform(rng, 0.85, 1.08), _uniform(rng, 0.01, 0.035)
     if label == "glioma":
         img = _draw_glioma(img, rng, u, v, a, b, brain, edge)
     elif label == "meningioma":
@@ -139,11 +141,10 @@ def render_phantom(label: str, rng: np.random.Generator, image_size: int = 224) 
     elif label == "pituitary":
         img = _draw_pituitary(img, rng, u, v, b, edge, texture)
 
-    # Scanner: gain + gamma, then Rician noise (the magnitude of a complex Gaussian signal).
-    img = np.clip(img, 0.0, 1.0) ** _uniform(rng, 0.85, 1.15) * _uniform(rng, 0.85, 1.08)
-    noise = rng.standard_normal((2, s, s), dtype=np.float32) * _uniform(rng, 0.01, 0.035)
+    # Scanner: gamma + gain, then Rician noise (the magnitude of a complex Gaussian signal).
+    img = np.clip(img, 0.0, 1.0) ** gamma * gain
+    noise = rng.standard_normal((2, s, s), dtype=np.float32) * sigma
     img = np.sqrt((img + noise[0]) ** 2 + noise[1] ** 2)
-    assert img.dtype == np.float32, img.dtype
     return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -159,11 +160,11 @@ def _draw_glioma(img, rng, u, v, a, b, brain, edge):
         wobble += _uniform(rng, 0.03, 0.12) * np.cos(k * phi + _uniform(rng, 0, 2 * math.pi))
     d = np.sqrt(du * du + dv * dv) / (radius * wobble)
     mass = _inside(d, 1.0, edge / radius)
-    core = _inside(d, _uniform(rng, 0.55, 0.72), 2 * edge / radius)
+    core = _inside(d, _uniform(rng, 0.5, 0.66), 2 * edge / radius)
     halo = _inside(d, _uniform(rng, 1.35, 1.6), 0.1) - mass
     img = img - _uniform(rng, 0.04, 0.09) * halo * brain
-    img = img + mass * brain * (_uniform(rng, 0.72, 0.92) - img)
-    return img + core * brain * (_uniform(rng, 0.16, 0.28) - img)
+    img = img + mass * brain * (_uniform(rng, 0.78, 0.95) - img)
+    return img + core * brain * (_uniform(rng, 0.12, 0.24) - img)
 
 
 def _draw_meningioma(img, rng, u, v, rr, a, b, intracranial, edge):
@@ -273,7 +274,6 @@ def generate_phantoms(root: str | os.PathLike, n_per_class: int = 40, n_test_per
     if root.exists() and manifest is None and (not root.is_dir() or any(root.iterdir())):
         raise FileExistsError(f"{root} exists and is not a phantom set (no {MANIFEST}); refusing to replace it")
 
-    start = time.perf_counter()
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -283,12 +283,16 @@ def generate_phantoms(root: str | os.PathLike, n_per_class: int = 40, n_test_per
             if n:
                 counts[split] = _write_split(tmp / split, params, split_idx, n)
         new = {"format": FORMAT, "version": VERSION, "params": params, "classes": list(CLASSES), "counts": counts,
-               "total": sum(sum(c.values()) for c in counts.values()),
-               "generation_s": round(time.perf_counter() - start, 3)}
+               "total": sum(sum(c.values()) for c in counts.values())}
         (tmp / MANIFEST).write_text(json.dumps(new, indent=2) + "\n")
         if root.exists():
             shutil.rmtree(root)
-        os.replace(tmp, root)
+        try:
+            os.replace(tmp, root)
+        except OSError:
+            # Another process put the same set in place between our rmtree and rename: theirs is as good.
+            if (read_manifest(root) or {}).get("params") != params:
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
