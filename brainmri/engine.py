@@ -231,8 +231,6 @@ class Engine:
         ckpt = torch.load(self.run.last_checkpoint, map_location="cpu", weights_only=True)
         self.model.load_state_dict(ckpt["model"])
         self.state = TrainerState(**ckpt["trainer"])
-        if self.acc.is_main_process:
-            self.run.truncate_metrics(self.state.epoch)
         log.info("resuming %s from epoch %d (phase %d)", self.run.path, self.state.epoch, self.state.phase)
         return ckpt
 
@@ -316,6 +314,8 @@ class Engine:
         self._setup_data()
         self._setup_model()
         ckpt = self._load_last()
+        if acc.is_main_process:  # rows logged after the checkpoint we start from are redone
+            run.truncate_metrics(self.state.epoch)
         self.wb = WandbRun(cfg, run.path, self.state.wandb_id, acc.is_main_process)
         self.state.wandb_id = self.wb.run_id
         if acc.is_main_process:
@@ -326,8 +326,13 @@ class Engine:
         except BaseException as e:
             if acc.is_main_process:
                 run.set_status("failed", self.state.epoch, f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
-            self.wb.finish(exit_code=1)
+            try:
+                self.wb.finish(exit_code=1)
+            except Exception as cleanup:  # e.g. W&B's service already got the pre-emption SIGTERM
+                log.warning("W&B finish failed after %s: %s", type(e).__name__, cleanup)
             raise
+        finally:
+            acc.end_training()  # destroys the process group, so gloo/NCCL exit cleanly
         self.wb.finish()
         return summary
 
@@ -427,7 +432,7 @@ class Engine:
         summary = {"status": "finished", "run_id": run.path.name, "run_dir": str(run.path),
                    "recipe": cfg.recipe, "seed": cfg.seed, "wandb_id": st.wandb_id, "classes": self.classes,
                    "monitor": cfg.train.monitor, "best_epoch": st.best_epoch, "epochs_run": st.epoch,
-                   "steps": st.step, "wall_time_s": wall_s, "train_time_s": st.train_time_s,
+                   "steps": st.step, "world_size": acc.num_processes, "wall_time_s": wall_s, "train_time_s": st.train_time_s,
                    "images_per_s": st.images_seen / max(st.train_time_s, 1e-9),
                    "skipped_files": len(self.split.skipped)}
         for split, loader in loaders.items():

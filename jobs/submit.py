@@ -1,0 +1,152 @@
+"""Submitting sweep tasks through submitit, and reading their states back.
+
+``submit`` sends the chosen tasks of a sweep as one job array (``slurm``), as local
+processes (``local``, waves of ``array_parallelism``) or runs them in this process (``debug``);
+``refresh`` works out each task's state from its run directory and the scheduler, with the
+tail of the job's stderr for failures. Knows the task table, not the training.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+import traceback
+from pathlib import Path
+
+import submitit
+from submitit.core.utils import JobPaths
+
+from brainmri.sweep import Sweep, SweepError, Task, run_state, save_table
+from jobs.train_job import TrainJob
+
+CLUSTERS = ("slurm", "local", "debug")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "PREEMPTED", "CONFIGURING", "COMPLETING", "RESIZING",
+          "SUSPENDED", "READY"}
+ERROR_TAIL_LINES = 20
+
+
+def submitit_folder(sweep_dir: Path) -> Path:
+    return Path(sweep_dir) / "submitit"
+
+
+def executor_parameters(sweep: Sweep, cluster: str) -> dict:
+    """submitit parameters for one task of ``sweep`` (generic names, ``slurm_`` for SLURM only)."""
+    res = sweep.slurm
+    params = {"name": sweep.name, "timeout_min": res.time_min, "tasks_per_node": res.ntasks_per_node,
+              "cpus_per_task": res.cpus_per_task, "mem_gb": res.mem_gb}
+    if res.gpus_per_node:
+        params["gpus_per_node"] = res.gpus_per_node
+    if cluster == "slurm":
+        params.update(nodes=res.nodes, slurm_array_parallelism=res.array_parallelism,
+                      slurm_signal_delay_s=res.signal_delay_s)
+        params.update({f"slurm_{k}": getattr(res, k) for k in ("partition", "account", "qos") if getattr(res, k)})
+    elif res.nodes > 1:
+        raise SweepError(f"--cluster {cluster} runs on this machine; the sweep asks for slurm.nodes={res.nodes}")
+    # the job unpickles jobs.train_job.TrainJob, whatever directory it starts in
+    params[f"{cluster}_setup"] = [f"export PYTHONPATH={shlex.quote(str(REPO_ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}"]
+    return params
+
+
+def make_executor(sweep: Sweep, cluster: str) -> submitit.AutoExecutor:
+    executor = submitit.AutoExecutor(folder=submitit_folder(sweep.dir) / "%j", cluster=cluster)
+    executor.update_parameters(**executor_parameters(sweep, cluster))
+    return executor
+
+
+def submit(sweep: Sweep, tasks: list[Task], cluster: str) -> list[submitit.Job]:
+    """Submit ``tasks`` and record their job ids in the task table.
+
+    ``slurm`` returns at once (one array); ``local`` and ``debug`` return when all tasks ended.
+    """
+    if cluster == "debug":
+        run_in_process(sweep, tasks)
+        return []
+    executor = make_executor(sweep, cluster)
+    if cluster == "slurm":
+        with executor.batch():
+            jobs = [executor.submit(TrainJob(t.resolved_config())) for t in tasks]
+        _record(sweep, tasks, jobs, cluster)
+        return jobs
+    jobs, wave = [], max(sweep.slurm.array_parallelism, 1)
+    for start in range(0, len(tasks), wave):
+        chunk = tasks[start:start + wave]
+        chunk_jobs = [executor.submit(TrainJob(t.resolved_config())) for t in chunk]
+        _record(sweep, chunk, chunk_jobs, cluster)
+        wait(chunk_jobs)
+        save_table(sweep.dir, refresh(sweep.dir, sweep.tasks))
+        jobs += chunk_jobs
+    return jobs
+
+
+def _record(sweep: Sweep, tasks: list[Task], jobs: list[submitit.Job], cluster: str) -> None:
+    for task, job in zip(tasks, jobs):
+        task.job_id, task.cluster, task.state, task.error = str(job.job_id), cluster, "submitted", None
+    save_table(sweep.dir, sweep.tasks)
+
+
+def run_in_process(sweep: Sweep, tasks: list[Task]) -> None:
+    for task in tasks:
+        task.cluster, task.job_id, task.state, task.error = "debug", None, "running", None
+        save_table(sweep.dir, sweep.tasks)
+        try:
+            TrainJob(task.resolved_config())()
+            task.state = "finished"
+        except Exception:  # a crashing task must not stop the others
+            task.state, task.error = "failed", _tail(traceback.format_exc())
+        save_table(sweep.dir, sweep.tasks)
+
+
+def wait(jobs: list[submitit.Job], poll_s: float = 2.0) -> None:
+    while not all(job.done() for job in jobs):
+        time.sleep(poll_s)
+
+
+def _tail(text: str, lines: int = ERROR_TAIL_LINES) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def error_tail(sweep_dir: Path, task: Task) -> str | None:
+    """The end of the job's stderr (submitit writes the traceback there), else the run's error."""
+    if task.job_id and task.cluster in ("slurm", "local"):
+        stderr = JobPaths(submitit_folder(sweep_dir) / "%j", job_id=task.job_id, task_id=0).stderr
+        if stderr.is_file():
+            return _tail(stderr.read_text(errors="replace"))
+    return run_state(task)[1]
+
+
+def scheduler_states(tasks: list[Task]) -> dict[str, str]:
+    """SLURM's state (PENDING, RUNNING, FAILED, ...) of each task's job, in one sacct call."""
+    ids = [t.job_id for t in tasks if t.cluster == "slurm" and t.job_id]
+    if not ids:
+        return {}
+    watcher = submitit.SlurmJob.watcher
+    for job_id in ids:
+        watcher.register_job(job_id)
+    watcher.update()
+    states = {job_id: watcher.get_state(job_id, mode="cache").split()[0] for job_id in ids}
+    return {job_id: state for job_id, state in states.items() if state != "UNKNOWN"}
+
+
+def refresh(sweep_dir: Path, tasks: list[Task]) -> list[Task]:
+    """Update every task's state (and error tail) from its run dir and the scheduler; the caller saves."""
+    states = scheduler_states(tasks)
+    for task in tasks:
+        task.state, task.error = task_state(sweep_dir, task, states.get(task.job_id or ""))
+    return tasks
+
+
+def task_state(sweep_dir: Path, task: Task, sched: str | None) -> tuple[str, str | None]:
+    """("finished"|"pending"|"running"|"failed"|"submitted", error tail) of one task."""
+    run, _ = run_state(task)
+    if run == "finished":
+        return "finished", None
+    if sched in ACTIVE:
+        return sched.lower(), None  # a requeued job's run dir says "failed" until it restarts
+    if run == "failed" or sched is not None:
+        # any ended SLURM state without a summary (FAILED, CANCELLED, TIMEOUT, ...) is a failure
+        reason = "" if sched in (None, "FAILED", "COMPLETED") else f"job {sched.lower()}\n"
+        return "failed", reason + (error_tail(sweep_dir, task) or "")
+    if task.cluster == "debug":
+        return task.state, task.error
+    return ("submitted" if task.job_id else "new"), None
