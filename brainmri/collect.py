@@ -20,6 +20,7 @@ import pandas as pd
 import yaml
 from scipy import stats
 
+from brainmri.config import flatten as flatten_config
 from brainmri.wandb_offline import read_offline_runs
 
 RUN_FILES = ("summary.json", "status.json", "metrics.jsonl")
@@ -197,14 +198,9 @@ def collect_runs(paths: Iterable[str | Path] = (), wandb_project: str | None = N
 
 # ---------------------------------------------------------------- statistics
 
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else v
-    return out
+def flatten(d: dict) -> dict:
+    """Dotted keys; list values as JSON text so they can be compared and grouped."""
+    return {k: json.dumps(v) if isinstance(v, list) else v for k, v in flatten_config(d).items()}
 
 
 def swept_keys(runs: list[Run]) -> list[str]:

@@ -268,6 +268,17 @@ def apply_override(tree: dict[str, Any], dotted: str, value: Any) -> None:
             node = node[part]
 
 
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"epochs": 2}}`` → ``{"train.epochs": 2}`` (the spelling of overrides)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():

@@ -30,7 +30,7 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from brainmri import metrics as M
-from brainmri.config import ConfigError, RunConfig, save_config
+from brainmri.config import ConfigError, RunConfig, flatten, save_config
 from brainmri.data import EpochSampler, ImageDataset, build_split, class_weights, make_loader
 from brainmri.models import build_model, freeze_frozen_norms, parameter_groups, resolve_groups, set_trainable
 from brainmri.optim import build_optimizer, build_scheduler
@@ -88,20 +88,10 @@ def resolve_data_root(cfg: RunConfig) -> Path:
     return root
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _check_same_config(cfg: RunConfig, saved: Path) -> None:
     """A finished run directory is never reused for a different config."""
-    old = _flatten(yaml.safe_load(saved.read_text()) or {})
-    new = _flatten(cfg.to_dict())
+    old = flatten(yaml.safe_load(saved.read_text()) or {})
+    new = flatten(cfg.to_dict())
     ignore = ("run_dir", "wandb.", "train.fail_at_epoch")
     diff = sorted(k for k in set(old) | set(new) if not k.startswith(ignore) and old.get(k) != new.get(k))
     if diff:

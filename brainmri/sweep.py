@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from brainmri.config import ConfigError, load_config, parse_value, read_yaml
+from brainmri.config import ConfigError, flatten, load_config, parse_value, read_yaml
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 SWEEP_KEYS = {"name", "recipe", "recipes", "overrides", "grid", "slurm"}
@@ -146,17 +146,6 @@ def _slurm_resources(data: dict[str, Any]) -> SlurmResources:
     return SlurmResources(**data)
 
 
-def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{train: {epochs: 2}}`` -> ``{"train.epochs": 2}``: a nested mapping must not replace a whole section."""
-    flat = {}
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _apply_cli(data: dict[str, Any], items: list[str] | tuple[str, ...]) -> None:
     """``slurm.<field>=value`` sets a resource; any other ``key=value`` overrides every task's config."""
     for item in items:
@@ -206,7 +195,7 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | tuple[str, ...] = ()
     grid = data.get("grid") or {}
     if not isinstance(overrides, dict) or not isinstance(grid, dict):
         raise SweepError(f"{path}: overrides and grid must be mappings of config keys")
-    overrides = _flatten(overrides)
+    overrides = flatten(overrides)
     if "run_dir" in overrides or "run_dir" in grid:
         raise SweepError(f"{path}: run_dir is set per task (<sweep dir>/runs/<task id>); do not override it")
     for key, values in grid.items():
