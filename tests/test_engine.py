@@ -195,3 +195,21 @@ def test_wandb_can_be_switched_off(phantom_root, tmp_path, how):
               "train.epochs=1", *how, env=env)
     assert (run_dir / "summary.json").exists() and not (run_dir / "wandb").exists()
     assert json.loads((run_dir / "summary.json").read_text())["wandb_id"] is None
+
+
+def test_early_stopping_ends_the_phase(phantom_root, tmp_path):
+    run_dir = tmp_path / "run"
+    # min_delta larger than any possible change: epoch 1 sets the reference, nothing improves on it
+    run_train("--config", "configs/baseline_cnn.yaml", f"data.root={phantom_root}", f"run_dir={run_dir}", *TINY,
+              "train.epochs=6", "train.early_stop.enabled=true", "train.early_stop.patience=2",
+              "train.early_stop.min_delta=100.0")
+    assert [r["epoch"] for r in read_rows(run_dir)] == [1, 2, 3]
+    assert json.loads((run_dir / "summary.json").read_text())["epochs_run"] == 3
+
+
+def test_bf16_autocast_on_cpu(phantom_root, tmp_path):
+    run_dir = tmp_path / "run"
+    run_train("--config", "configs/baseline_cnn.yaml", f"data.root={phantom_root}", f"run_dir={run_dir}", *TINY,
+              "train.epochs=1", "train.mixed_precision=bf16")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["config"]["train"]["mixed_precision"] == "bf16" and np.isfinite(summary["val/loss"])
