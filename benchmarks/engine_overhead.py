@@ -56,7 +56,7 @@ def main() -> None:
         for i, (x, y, _) in enumerate(loader):
             if i >= args.steps:  # same stopping rule as the engine's max_steps_per_epoch
                 break
-            loss = criterion(bare_model(x).float(), y)
+            loss = criterion(bare_model(eng.normalize(x)).float(), y)
             loss.backward()
             bare_opt.step()
             bare_opt.zero_grad(set_to_none=True)

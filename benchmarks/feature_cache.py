@@ -22,7 +22,7 @@ from brainmri.config import DataConfig
 from brainmri.data import ImageDataset, build_split, make_loader
 from brainmri.features import FeatureDataset, build_feature_cache
 from brainmri.models import freeze_frozen_norms, set_trainable
-from brainmri.transforms import Decoder, eval_transform
+from brainmri.transforms import Decoder, batch_normalizer, eval_transform
 
 
 def head_epoch(model, loader, opt, forward) -> None:
@@ -56,18 +56,19 @@ def main() -> None:
     set_trainable(model, ["head"])
     opt = torch.optim.Adam(model.fc.parameters(), lr=1e-3)
     image_loader = make_loader(dataset, args.batch_size, 0)
+    norm = batch_normalizer(DataConfig(channels=3))  # loaders ship uint8; the engine normalises per batch
 
     with torch.inference_mode():  # warm-up, so the timed build does not pay one-off allocator costs
-        model.eval()(next(iter(image_loader))[0])
+        model.eval()(norm(next(iter(image_loader))[0]))
     built = {}
-    build_s = timed(lambda: built.setdefault("f", build_feature_cache(model, dataset, 1, args.batch_size)))[0]
+    build_s = timed(lambda: built.setdefault("f", build_feature_cache(model, dataset, 1, args.batch_size, to_input=norm)))[0]
     features = built["f"]
     feature_loader = make_loader(FeatureDataset(features, samples), args.batch_size, 0)
 
     def recompute() -> None:
         model.train()
         freeze_frozen_norms(model)
-        head_epoch(model, image_loader, opt, model)
+        head_epoch(model, image_loader, opt, lambda x: model(norm(x)))
 
     def cached() -> None:
         model.train()

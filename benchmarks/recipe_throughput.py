@@ -24,7 +24,7 @@ from _common import write_result
 from brainmri.config import load_config
 from brainmri.models import build_model, freeze_frozen_norms, parameter_groups, resolve_groups, set_trainable
 from brainmri.optim import build_optimizer
-from brainmri.transforms import train_transform
+from brainmri.transforms import batch_normalizer, train_transform
 
 RECIPES = ["baseline_cnn", "resnet50_feature", "resnet50_feature+cache", "resnet50_finetune", "resnet152_ranger"]
 
@@ -49,7 +49,7 @@ def measure(name: str, image_size: int, batch_size: int, steps: int, precision: 
                           lookahead_k=o.lookahead_k, lookahead_alpha=o.lookahead_alpha, gc_conv=o.gc_conv, gc_fc=o.gc_fc)
     transform = train_transform(cfg.data)
     raw = torch.randint(0, 256, (batch_size, cfg.data.channels, image_size, image_size), dtype=torch.uint8)
-    x = torch.stack([transform(img) for img in raw])
+    x = batch_normalizer(cfg.data)(torch.stack([transform(img) for img in raw]))
     y = torch.arange(batch_size) % 4
     if name.endswith("+cache"):
         x = torch.randn(batch_size, model.fc.in_features)

@@ -11,6 +11,7 @@ nothing about SLURM or sweeps.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -35,7 +36,7 @@ from brainmri.data import EpochSampler, ImageDataset, build_split, class_weights
 from brainmri.models import build_model, freeze_frozen_norms, parameter_groups, resolve_groups, set_trainable
 from brainmri.optim import build_optimizer, build_scheduler
 from brainmri.tracking import RunDir, WandbRun, log, read_json, setup_logging, write_json
-from brainmri.transforms import Decoder, eval_transform, train_transform
+from brainmri.transforms import Decoder, batch_normalizer, eval_transform, train_transform
 
 
 @dataclass
@@ -124,6 +125,7 @@ class Engine:
         self.acc = _make_accelerator(cfg)
         self.run = RunDir(cfg.run_dir or default_run_dir(cfg))
         self.state = TrainerState()
+        self.feature_train = None  # the FeatureDataset while a phase trains the head on cached features
 
     # ----------------------------------------------------------------- setup
     def _setup_data(self) -> None:
@@ -149,6 +151,8 @@ class Engine:
         }
         if not self.split.val:
             raise ValueError("data.val_fraction=0 leaves no validation split; the engine needs one")
+        self.normalize = batch_normalizer(cfg.data)
+        self.to_input = self.normalize
         self.sampler = EpochSampler(len(self.split.train), cfg.seed)
         bs = cfg.data.batch_size
         ebs = cfg.data.eval_batch_size or bs
@@ -201,7 +205,7 @@ class Engine:
         acc = self.acc
         if acc.is_main_process:
             ckpt = {
-                "model": acc.unwrap_model(self.ddp_model).state_dict(),
+                "model": self.model.state_dict(),  # the whole net, even while only the head is wrapped
                 "trainer": asdict(self.state),
                 "classes": self.classes,
                 "config": self.cfg.to_dict(),
@@ -233,14 +237,13 @@ class Engine:
         correct = torch.zeros((), device=acc.device)
         count = torch.zeros((), device=acc.device)
         max_micro = cfg.train.max_steps_per_epoch * cfg.train.grad_accum if cfg.train.max_steps_per_epoch else None
-        bar = tqdm(self.train_loader_p, disable=not (acc.is_main_process and sys.stderr.isatty()), leave=False,
+        batches = itertools.islice(self.train_loader_p, max_micro)  # islice(…, None) is the whole epoch
+        bar = tqdm(batches, disable=not (acc.is_main_process and sys.stderr.isatty()), leave=False,
                    desc=f"epoch {self.state.epoch + 1} [{phase_name}]", total=max_micro or len(self.train_loader_p))
         start = time.perf_counter()
-        for i, (x, y, _) in enumerate(bar):
-            if max_micro is not None and i >= max_micro:
-                break
+        for x, y, _ in bar:
             with acc.accumulate(self.ddp_model):
-                logits = self.ddp_model(x)
+                logits = self.ddp_model(self.to_input(x))
                 loss = self.criterion(logits.float(), y)
                 acc.backward(loss)
                 if acc.sync_gradients and cfg.optim.clip_grad_norm:
@@ -267,7 +270,7 @@ class Engine:
         self.ddp_model.eval()
         probs, indices = [], []
         for x, _, idx in loader:
-            logits = self.ddp_model(x)
+            logits = self.ddp_model(self.to_input(x))
             # gather_for_metrics drops the samples that even batching duplicated on the last step
             logits, idx = self.acc.gather_for_metrics((logits.float().contiguous(), idx.contiguous()))
             probs.append(torch.softmax(logits, dim=1).cpu())
@@ -337,8 +340,14 @@ class Engine:
             set_trainable(self.model, phase.train)
             optimizer, scheduler = self._build_optimizer(phase)
             acc.free_memory()  # drop the previous phase's wrappers before preparing new ones
+            net, train_loader, val_loader = self.model, self.train_loader, self.val_loader
+            self.feature_train, self.to_input = None, self.normalize
+            if self._uses_feature_cache(phase):
+                # the backbone is frozen for the whole phase: train and validate the head on its features
+                net, self.to_input = self.model.fc, (lambda x: x)
+                train_loader, val_loader = self._feature_loaders()
             self.ddp_model, optimizer, self.train_loader_p, self.val_loader_p = acc.prepare(
-                self.model, optimizer, self.train_loader, self.val_loader)
+                net, optimizer, train_loader, val_loader)
             if ckpt is not None and "optimizer" in ckpt and self.state.phase_epoch > 0:
                 optimizer.load_state_dict(ckpt["optimizer"])
                 if scheduler is not None and ckpt.get("scheduler"):
@@ -351,6 +360,25 @@ class Engine:
             while self.state.phase_epoch < phase.epochs and not self.state.phase_stopped:
                 self._run_epoch(phase, optimizer, scheduler)
             self._next_phase()
+
+    def _uses_feature_cache(self, phase) -> bool:
+        return (self.cfg.model.feature_cache_views > 0 and self.cfg.model.arch.startswith("resnet")
+                and resolve_groups(self.model, phase.train) == ["head"])
+
+    def _feature_loaders(self):
+        """Loaders over cached backbone features (computed once per image view, then read from disk)."""
+        from brainmri.features import FeatureDataset, cached_features
+
+        cfg, acc = self.cfg, self.acc
+        ebs = cfg.data.eval_batch_size or cfg.data.batch_size
+        kw = {"batch_size": ebs, "device": acc.device, "seed": cfg.seed, "cache_dir": cfg.data.cache_dir,
+              "num_workers": cfg.data.num_workers, "to_input": self.normalize}
+        with acc.main_process_first():  # rank 0 computes and saves; the others load its file
+            train = cached_features(self.model, self.datasets["train"], cfg.model.feature_cache_views, **kw)
+            val = cached_features(self.model, self.datasets["val"], 1, **kw)
+        self.feature_train = FeatureDataset(train, self.split.train)
+        return (make_loader(self.feature_train, cfg.data.batch_size, 0, self.sampler),
+                make_loader(FeatureDataset(val, self.split.val), ebs, 0))
 
     def _next_phase(self) -> None:
         self.state.phase += 1
@@ -368,6 +396,8 @@ class Engine:
         # accelerate's loader re-sets the sampler epoch from its own iteration counter on every
         # __iter__, and that counter restarts at 0 after a resume: pin it to the true epoch.
         self.train_loader_p.set_epoch(epoch)
+        if self.feature_train is not None:
+            self.feature_train.set_epoch(epoch)
         row = {"epoch": epoch, "phase": phase.name}
         row.update(self._train_epoch(optimizer, phase.name))
         val, _, _ = self._evaluate("val", self.val_loader_p)
@@ -418,7 +448,7 @@ class Engine:
         loaders = {"val": self.val_loader}
         if self.test_loader is not None:
             loaders["test"] = self.test_loader
-        self.ddp_model = acc.prepare(self.model)
+        self.ddp_model, self.to_input = acc.prepare(self.model), self.normalize
         summary = {"status": "finished", "run_id": run.path.name, "run_dir": str(run.path),
                    "recipe": cfg.recipe, "seed": cfg.seed, "wandb_id": st.wandb_id, "classes": self.classes,
                    "monitor": cfg.train.monitor, "best_epoch": st.best_epoch, "epochs_run": st.epoch,

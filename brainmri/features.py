@@ -48,8 +48,13 @@ class _SeededViews(torch.utils.data.Dataset):
 
 @torch.inference_mode()
 def build_feature_cache(model: nn.Module, dataset, views: int = 1, batch_size: int = 64,
-                        device: torch.device | str = "cpu", seed: int = 0, num_workers: int = 0) -> torch.Tensor:
-    """Features of every item of ``dataset`` (an ImageDataset), ``views`` passes: float32 (views, N, D) on CPU."""
+                        device: torch.device | str = "cpu", seed: int = 0, num_workers: int = 0,
+                        to_input=None) -> torch.Tensor:
+    """Features of every item of ``dataset`` (an ImageDataset), ``views`` passes: float32 (views, N, D) on CPU.
+
+    ``to_input`` turns a loader batch into the model's input (the engine's uint8 → float normaliser).
+    """
+    to_input = to_input or (lambda x: x)
     was_training = model.training
     model.eval()
     out = []
@@ -57,7 +62,7 @@ def build_feature_cache(model: nn.Module, dataset, views: int = 1, batch_size: i
         for v in range(views):
             loader = torch.utils.data.DataLoader(_SeededViews(dataset, v, seed), batch_size=batch_size,
                                                  num_workers=num_workers)
-            out.append(torch.cat([backbone_features(model, x.to(device)).float().cpu() for x in loader]))
+            out.append(torch.cat([backbone_features(model, to_input(x.to(device))).float().cpu() for x in loader]))
     finally:
         model.train(was_training)
     return torch.stack(out)
@@ -73,24 +78,25 @@ def backbone_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def feature_cache_key(model: nn.Module, dataset, views: int, seed: int) -> str:
-    h = hashlib.sha1(f"{backbone_digest(model)}|{dataset.decoder.key()}|{dataset.transform!r}|{views}|{seed}".encode())
+def feature_cache_key(model: nn.Module, dataset, views: int, seed: int, to_input=None) -> str:
+    h = hashlib.sha1(f"{backbone_digest(model)}|{dataset.decoder.key()}|{dataset.transform!r}|{to_input!r}|{views}|"
+                     f"{seed}".encode())
     for s in dataset.samples:
         h.update(s.sha1.encode())
     return h.hexdigest()[:24]
 
 
 def cached_features(model: nn.Module, dataset, views: int = 1, batch_size: int = 64, device="cpu", seed: int = 0,
-                    cache_dir: str | Path | None = None, num_workers: int = 0) -> torch.Tensor:
+                    cache_dir: str | Path | None = None, num_workers: int = 0, to_input=None) -> torch.Tensor:
     """``build_feature_cache`` persisted on disk: computed once under a file lock, then loaded."""
     base = cache_dir or os.environ.get("BRAINMRI_CACHE") or Path.home() / ".cache" / "brainmri"
     root = Path(base) / "features"
     root.mkdir(parents=True, exist_ok=True)
-    path = root / f"{feature_cache_key(model, dataset, views, seed)}.pt"
+    path = root / f"{feature_cache_key(model, dataset, views, seed, to_input)}.pt"
     with FileLock(str(path) + ".lock"):
         if path.is_file():
             return torch.load(path, map_location="cpu", weights_only=True)
-        feats = build_feature_cache(model, dataset, views, batch_size, device, seed, num_workers)
+        feats = build_feature_cache(model, dataset, views, batch_size, device, seed, num_workers, to_input)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         torch.save(feats, tmp)
         os.replace(tmp, path)

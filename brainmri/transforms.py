@@ -1,8 +1,9 @@
 """Image decoding and torchvision.transforms v2 presets.
 
-Decoding (file → uint8 tensor C×H×W at the recipe's size and colour mode) is separate from
-augmentation (uint8 tensor → normalised float tensor), so the decoded-image cache stores exactly
-what ``decode_image`` returns and cached and uncached paths give identical tensors.
+Three steps: decoding (file → uint8 tensor C×H×W at the recipe's size and colour mode), per-image
+augmentation on uint8 tensors, and per-batch float conversion + normalisation on the device. The
+decoded-image cache stores exactly what ``Decoder`` returns, so cached and uncached paths give
+identical tensors.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def _normalize(channels: int, kind: str) -> list[v2.Transform]:
 
 
 def train_transform(data_cfg) -> v2.Compose:
-    """Augmentation preset for training (tensor in, tensor out)."""
+    """Per-image augmentation for training: uint8 tensor in, uint8 tensor out."""
     ops: list[v2.Transform] = []
     if "hflip" in data_cfg.augment:
         ops.append(v2.RandomHorizontalFlip())
@@ -68,11 +69,18 @@ def train_transform(data_cfg) -> v2.Compose:
         ops.append(v2.RandomVerticalFlip())
     if "rotation" in data_cfg.augment and data_cfg.rotation_degrees > 0:
         ops.append(v2.RandomRotation(data_cfg.rotation_degrees))
-    ops.append(v2.ToDtype(torch.float32, scale=True))
-    ops += _normalize(data_cfg.channels, data_cfg.normalize)
-    return v2.Compose(ops)
+    return v2.Compose(ops) if ops else v2.Identity()
 
 
-def eval_transform(data_cfg) -> v2.Compose:
-    """Deterministic preset for validation and test."""
+def eval_transform(data_cfg) -> v2.Transform:
+    """Validation and test images need no per-image work: they are decoded at the recipe's size."""
+    return v2.Identity()
+
+
+def batch_normalizer(data_cfg) -> v2.Compose:
+    """uint8 batch (B, C, H, W) → normalised float batch, once per batch on the device.
+
+    Loaders ship uint8 (4× less to collate and copy to the GPU); converting per batch rather than
+    per image is what lets the decoded-image cache pay off.
+    """
     return v2.Compose([v2.ToDtype(torch.float32, scale=True), *_normalize(data_cfg.channels, data_cfg.normalize)])

@@ -15,7 +15,7 @@ from PIL import Image
 from brainmri.cache import DecodedCache
 from brainmri.config import DataConfig
 from brainmri.data import ImageDataset, Sample
-from brainmri.transforms import Decoder, eval_transform, train_transform
+from brainmri.transforms import Decoder, batch_normalizer, eval_transform, train_transform
 
 
 def make_samples(root, n: int = 8, seed: int = 0) -> list[Sample]:
@@ -61,7 +61,9 @@ def test_cached_and_uncached_paths_give_identical_tensors(samples, tmp_path):
             a, label_a, _ = plain[i]
             torch.manual_seed(100 + i)
             b, label_b, _ = cached[i]
-            assert a.dtype == torch.float32 and torch.equal(a, b) and label_a == label_b
+            assert a.dtype == torch.uint8 and torch.equal(a, b) and label_a == label_b
+            norm = batch_normalizer(data_cfg)  # and after the engine's per-batch float conversion
+            assert norm(a[None]).dtype == torch.float32 and torch.equal(norm(a[None]), norm(b[None]))
 
 
 def test_second_build_reuses_the_store_without_decoding(samples, tmp_path):

@@ -213,3 +213,36 @@ def test_bf16_autocast_on_cpu(phantom_root, tmp_path):
               "train.epochs=1", "train.mixed_precision=bf16")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["config"]["train"]["mixed_precision"] == "bf16" and np.isfinite(summary["val/loss"])
+
+
+def test_feature_cache_trains_the_head_like_the_full_backbone(phantom_root, resnet_weights, tmp_path):
+    """Without augmentation, one cached view per image is exactly the frozen backbone's output."""
+    common = ["--config", "configs/resnet50_feature.yaml", f"data.root={phantom_root}", *TINY, "train.epochs=2",
+              f"model.weights={resnet_weights['resnet50']}", "data.augment=[]"]
+    run_train(*common, f"run_dir={tmp_path / 'cached'}", "model.feature_cache_views=1")
+    run_train(*common, f"run_dir={tmp_path / 'full'}", "model.feature_cache_views=0")
+    a, b = (torch.load(tmp_path / d / "checkpoints" / "last.pt", weights_only=True)["model"] for d in ("cached", "full"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    ra, rb = read_rows(tmp_path / "cached"), read_rows(tmp_path / "full")
+    for row_a, row_b in zip(ra, rb):
+        assert row_a["train/loss"] == pytest.approx(row_b["train/loss"], rel=1e-4)
+        assert row_a["val/acc"] == row_b["val/acc"]
+
+
+def test_two_processes_follow_the_one_process_loss_curve(phantom_root, tmp_path):
+    """DDP with 2 × batch B takes the same steps as 1 process with batch 2B (no BN, no dropout)."""
+    common = ["--config", "configs/baseline_cnn.yaml", f"data.root={phantom_root}", *TINY, "train.epochs=3",
+              "model.dropout=0.0", "data.augment=[]", "optim.name=sgd", "optim.lr=0.05", "data.val_fraction=0.25"]
+    # 36 training images = 3 global batches of 12: no ragged tail for DDP to pad with repeated samples
+    run_train(*common, f"run_dir={tmp_path / 'ddp'}", "data.batch_size=6", launcher=accelerate_cpu(2))
+    run_train(*common, f"run_dir={tmp_path / 'single'}", "data.batch_size=12")
+    assert json.loads((tmp_path / "single" / "split.json").read_text())["train"] == 36
+    ddp, single = read_rows(tmp_path / "ddp"), read_rows(tmp_path / "single")
+    assert [r["step"] for r in ddp] == [r["step"] for r in single]
+    for a, b in zip(ddp, single):
+        assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-4)
+        assert a["val/loss"] == pytest.approx(b["val/loss"], rel=1e-4)
+    wa, wb = (torch.load(tmp_path / d / "checkpoints" / "last.pt", weights_only=True)["model"] for d in ("ddp", "single"))
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=1e-6, msg=key)

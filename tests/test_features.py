@@ -10,7 +10,7 @@ from brainmri import features as F
 from brainmri.config import DataConfig
 from brainmri.data import ImageDataset
 from brainmri.models import freeze_frozen_norms, set_trainable
-from brainmri.transforms import Decoder, eval_transform, train_transform
+from brainmri.transforms import Decoder, batch_normalizer, eval_transform, train_transform
 from test_cache import make_samples
 
 SIZE = 32
@@ -29,6 +29,9 @@ def model():
     return net.eval()
 
 
+NORM = batch_normalizer(DataConfig(channels=3))  # the engine's per-batch uint8 → float step
+
+
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
     samples = make_samples(tmp_path_factory.mktemp("images"), n=6)
@@ -40,7 +43,7 @@ def datasets(tmp_path_factory):
 def test_feature_cache_and_full_backbone_give_the_same_logits(model, datasets):
     train_ds, _ = datasets
     n = len(train_ds)
-    feats = F.build_feature_cache(model, train_ds, views=2, batch_size=n, seed=7)
+    feats = F.build_feature_cache(model, train_ds, to_input=NORM, views=2, batch_size=n, seed=7)
     assert feats.shape == (2, n, model.fc.in_features)
     # the engine's full path: head trainable, model.train(), frozen BatchNorm put back in eval mode
     set_trainable(model, ["head"])
@@ -54,7 +57,7 @@ def test_feature_cache_and_full_backbone_give_the_same_logits(model, datasets):
                     torch.manual_seed(F.view_seed(7, v, i))
                     views.append(train_ds[i][0])
                 # same batch as the cache build, so both paths run the same kernels
-                torch.testing.assert_close(model.fc(feats[v]), model(torch.stack(views)), atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(model.fc(feats[v]), model(NORM(torch.stack(views))), atol=1e-5, rtol=1e-5)
     finally:
         set_trainable(model, ["all"])
         model.eval()
@@ -69,8 +72,8 @@ def test_backbone_features_is_the_input_of_fc(model):
 
 def test_views_are_deterministic_and_feature_dataset_cycles_them(model, datasets):
     train_ds, eval_ds = datasets
-    a = F.build_feature_cache(model, train_ds, views=3, batch_size=4, seed=1)
-    b = F.build_feature_cache(model, train_ds, views=3, batch_size=3, seed=1)
+    a = F.build_feature_cache(model, train_ds, to_input=NORM, views=3, batch_size=4, seed=1)
+    b = F.build_feature_cache(model, train_ds, to_input=NORM, views=3, batch_size=3, seed=1)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)  # batch size does not change a view
     assert model.training is False
 
@@ -82,20 +85,20 @@ def test_views_are_deterministic_and_feature_dataset_cycles_them(model, datasets
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
     assert batch[0].shape == (4, a.shape[2]) and batch[1].dtype == torch.int64
 
-    single = F.build_feature_cache(model, eval_ds, views=2, batch_size=4)
+    single = F.build_feature_cache(model, eval_ds, to_input=NORM, views=2, batch_size=4)
     assert torch.equal(single[0], single[1])  # eval transform: every view is the same
 
 
 def test_cached_features_persist_and_key_on_the_weights(model, datasets, tmp_path, monkeypatch):
     _, eval_ds = datasets
-    first = F.cached_features(model, eval_ds, views=1, batch_size=4, cache_dir=tmp_path)
+    first = F.cached_features(model, eval_ds, to_input=NORM, views=1, batch_size=4, cache_dir=tmp_path)
     assert len(list((tmp_path / "features").glob("*.pt"))) == 1
 
     def fail(*args, **kwargs):
         raise AssertionError("recomputed features that are on disk")
 
     monkeypatch.setattr(F, "build_feature_cache", fail)
-    assert torch.equal(F.cached_features(model, eval_ds, views=1, batch_size=4, cache_dir=tmp_path), first)
+    assert torch.equal(F.cached_features(model, eval_ds, to_input=NORM, views=1, batch_size=4, cache_dir=tmp_path), first)
     monkeypatch.undo()
 
     other = tvm.resnet50(weights=None)
