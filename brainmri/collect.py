@@ -211,8 +211,12 @@ def swept_keys(runs: list[Run]) -> list[str]:
             and len({repr(f.get(k)) for f in flat}) > 1]
 
 
-def mean_ci(values: Iterable[float], level: float = 0.95) -> dict:
-    """Mean, sample std (ddof=1) and the t-distribution CI of the mean over seeds."""
+def mean_ci(values: Iterable[float], level: float = 0.95, bounds: tuple[float, float] | None = None) -> dict:
+    """Mean, sample std (ddof=1) and the t-distribution CI of the mean over seeds.
+
+    ``bounds`` clips the interval to the metric's range (a rate cannot exceed 1): with 2–3 seeds
+    the t-interval is wide and would otherwise print impossible values.
+    """
     x = np.asarray([v for v in values if v is not None], dtype=float)
     n = len(x)
     if n == 0:
@@ -222,7 +226,14 @@ def mean_ci(values: Iterable[float], level: float = 0.95) -> dict:
         lo, hi = stats.t.interval(level, n - 1, loc=mean, scale=stats.sem(x))
     else:  # one seed: no spread to estimate; identical seeds: a zero-width interval
         lo, hi = (mean, mean) if n > 1 else (math.nan, math.nan)
+    if bounds is not None and n > 1:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
     return {"mean": mean, "std": std, "ci_low": float(lo), "ci_high": float(hi), "n": n}
+
+
+def metric_bounds(metric: str) -> tuple[float, float] | None:
+    """Rates (accuracy, F1, AUC, ECE, recall …) live in [0, 1]; a loss has no upper bound."""
+    return None if "loss" in metric else (0.0, 1.0)
 
 
 def lower_is_better(metric: str) -> bool:
@@ -260,7 +271,8 @@ def _metric_names(runs: list[Run], split: str) -> list[str]:
 
 
 def _seed_stats(runs: list[Run], split: str) -> dict[str, dict]:
-    return {m: mean_ci(r.summary.get(f"{split}/{m}") for r in runs) for m in _metric_names(runs, split)}
+    return {m: mean_ci((r.summary.get(f"{split}/{m}") for r in runs), bounds=metric_bounds(m))
+            for m in _metric_names(runs, split)}
 
 
 def _latest_per_seed(runs: list[Run], notes: list[str]) -> list[Run]:
@@ -301,7 +313,7 @@ def compare(runs: list[Run], metric: str = "val/acc", by: list[str] | None = Non
         for value in sorted(groups, key=repr):
             seeds = _latest_per_seed(groups[value], cmp.notes)
             per_value.append({"value": value, "runs": seeds,
-                              "selection": mean_ci(r.summary[metric] for r in seeds),
+                              "selection": mean_ci((r.summary[metric] for r in seeds), bounds=metric_bounds(metric)),
                               "stats": _seed_stats(seeds, split)})
         best = max(per_value, key=lambda v: sign * v["selection"]["mean"])
         cmp.recipes.append(RecipeResult(recipe, keys, best["value"], split, best["runs"],

@@ -102,7 +102,7 @@ def _incomplete_frame(cmp: Comparison) -> pd.DataFrame:
 def _intro(cmp: Comparison) -> str:
     return (f"Per recipe, the configuration (swept config keys) with the best mean {cmp.metric} over seeds "
             f"is selected on the validation split; test metrics are reported for that choice only. "
-            f"Cells: mean ± std over seeds [95% t-interval of the mean]. Recipes ordered by {cmp.metric}.")
+            f"Cells: mean ± std over seeds [95% t-interval of the mean, clipped to [0, 1]]. Recipes ordered by {cmp.metric}.")
 
 
 def to_markdown(cmp: Comparison, per_value: bool = False) -> str:

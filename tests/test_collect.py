@@ -12,7 +12,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from brainmri.collect import api_filters, collect_runs, compare, mcnemar, runs_from_api
+from brainmri.collect import api_filters, collect_runs, compare, mcnemar, mean_ci, runs_from_api
 from brainmri.report import to_csv, to_markdown
 from wandb_runs import write_runs
 
@@ -79,6 +79,15 @@ def test_table_stats_equal_independent_computation(tmp_path):
         assert np.allclose([s["mean"], s["std"], s["ci_low"], s["ci_high"]], _by_hand(values), rtol=0, atol=1e-12)
     csv = pd.read_csv(pd.io.common.StringIO(to_csv(compare(collect_runs([tmp_path])))))
     assert np.isclose(csv.loc[0, "acc_mean"], np.mean(tests)) and csv.loc[0, "n_seeds"] == 4
+
+
+def test_rate_intervals_are_clipped_to_their_range():
+    values = [0.99, 0.80]  # two seeds: the raw t-interval runs far past 1
+    _, _, lo, hi = _by_hand(values)
+    assert hi > 1 and lo < 0.8
+    s = mean_ci(values, bounds=(0.0, 1.0))
+    assert s["ci_high"] == 1.0 and s["ci_low"] == pytest.approx(max(lo, 0.0))
+    assert mean_ci(values)["ci_high"] == pytest.approx(hi)  # a loss keeps its raw interval
 
 
 def test_lr_selected_on_validation_not_test(tmp_path):
