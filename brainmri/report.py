@@ -155,7 +155,7 @@ def _plt():
 def plot_accuracy(cmp: Comparison, path: str | Path) -> Path:
     """Bar per recipe: mean accuracy of the selected config, 95% CI error bars, seeds as dots."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(cmp.recipes), 4))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.5 + 1.2 * len(cmp.recipes)), 4))
     for i, rr in enumerate(cmp.recipes):
         s = rr.stats["acc"]
         err = [[s["mean"] - s["ci_low"]], [s["ci_high"] - s["mean"]]] if s["n"] > 1 else None
@@ -164,7 +164,8 @@ def plot_accuracy(cmp: Comparison, path: str | Path) -> Path:
     ax.set_xticks(range(len(cmp.recipes)), [f"{rr.recipe}\n({rr.split}, n={rr.stats['acc']['n']})"
                                             for rr in cmp.recipes], fontsize=8)
     ax.set_ylabel("accuracy (mean, 95% CI; dots = seeds)")
-    ax.set_title(f"Accuracy per recipe (config chosen by {cmp.metric})")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"Accuracy per recipe\n(config chosen by {cmp.metric})", fontsize=10)
     return _save(fig, path)
 
 
