@@ -1,7 +1,9 @@
 """Decoded-image cache: decode every image once into a memory-mapped uint8 store on disk.
 
-One store per (ordered sample content hashes, decoder key): ``<key>.npy`` holds an (N, C, H, W)
-uint8 array and ``<key>.json`` its metadata. The json is written last (atomically), so its
+One store per (ordered sample content hashes, decoder key): ``<key>.npy`` holds an (N, 1, H, W)
+uint8 array and ``<key>.json`` its metadata. MRI slices reach the model as grey-scale (replicated
+to 3 channels for ImageNet backbones), so one channel is stored and expanded on read: a third of
+the bytes. The json is written last (atomically), so its
 presence marks a complete store. A file lock makes concurrent builders (DDP ranks, parallel sweep
 tasks) build it once: the first decodes, the others wait and reuse it.
 """
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-FORMAT = 1
+FORMAT = 2
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -38,7 +40,7 @@ class DecodedCache:
 
     def __init__(self, data_path: Path, shape: tuple[int, ...], built: bool = False):
         self.data_path = Path(data_path)
-        self.shape = tuple(shape)
+        self.shape = tuple(shape)  # what ``cache(i)`` returns, stacked: (N, C, H, W); one channel is stored
         self.built = built  # True when this call decoded the images (False: reused a store)
         self._mm = None
 
@@ -61,19 +63,20 @@ class DecodedCache:
             first = decoder(samples[0].path)
             shape = (len(samples), *first.shape)
             tmp = data_path.with_name(f".{data_path.name}.tmp{os.getpid()}")
-            mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-            mm[0] = first.numpy()
+            mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(shape[0], 1, *shape[2:]))
 
             def put(i: int) -> None:
-                img = decoder(samples[i].path)
+                img = first if i == 0 else decoder(samples[i].path)
                 if tuple(img.shape) != shape[1:] or img.dtype != torch.uint8:
                     raise ValueError(f"{samples[i].path}: decoded to {tuple(img.shape)} {img.dtype}, "
                                      f"expected {shape[1:]} uint8")
-                mm[i] = img.numpy()
+                if not torch.equal(img[0], img[-1]):
+                    raise ValueError(f"{samples[i].path}: decoded to a colour image; the cache stores grey-scale")
+                mm[i] = img[:1].numpy()
 
             # PIL releases the GIL while decoding, so threads overlap the JPEG work
             with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
-                list(pool.map(put, range(1, len(samples))))
+                list(pool.map(put, range(len(samples))))
             mm.flush()
             del mm
             os.replace(tmp, data_path)
@@ -98,13 +101,14 @@ class DecodedCache:
         return self.shape[0]
 
     def array(self) -> np.ndarray:
-        """The read-only (N, C, H, W) memmap, opened lazily (so each DataLoader worker opens its own)."""
+        """The read-only (N, 1, H, W) memmap, opened lazily (so each DataLoader worker opens its own)."""
         if self._mm is None:
             self._mm = np.load(self.data_path, mmap_mode="r")
         return self._mm
 
     def __call__(self, i: int) -> torch.Tensor:
-        return torch.from_numpy(np.array(self.array()[i]))
+        gray = torch.from_numpy(np.array(self.array()[i]))
+        return gray.expand(self.shape[1], -1, -1).contiguous() if self.shape[1] > 1 else gray
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_mm": None}

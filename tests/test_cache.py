@@ -136,3 +136,11 @@ def test_engine_trains_identically_with_and_without_the_cache(tmp_path):
     a, b = (torch.load(runs[c] / "checkpoints" / "last.pt", weights_only=True)["model"] for c in runs)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_three_channel_images_store_one_grey_channel(samples, tmp_path):
+    decoder = Decoder(24, 3)
+    cache = DecodedCache.build(samples, decoder, tmp_path)
+    assert cache.array().shape == (len(samples), 1, 24, 24) and cache.shape == (len(samples), 3, 24, 24)
+    for i, s in enumerate(samples):
+        assert torch.equal(cache(i), decoder(s.path))
