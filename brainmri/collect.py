@@ -105,13 +105,17 @@ def read_run_dir(d: str | Path) -> Run:
     status = _read_json(d / "status.json") or {}
     config = summary.pop("config", None) if summary else None
     if config is None and (d / "config.yaml").exists():
-        config = yaml.safe_load((d / "config.yaml").read_text())
+        try:
+            config = yaml.safe_load((d / "config.yaml").read_text())
+        except yaml.YAMLError:
+            config = None
     wandb_id = summary.get("wandb_id")
     if not wandb_id:  # unfinished runs have no summary; the offline file name carries the id
         files = sorted((d / "wandb").glob("offline-run-*/run-*.wandb")) if (d / "wandb").is_dir() else []
         wandb_id = files[0].stem.removeprefix("run-") if files else None
     state = "finished" if summary.get("status") == "finished" else status.get("status", "unknown")
-    return Run(id=wandb_id or summary.get("run_id") or str(d.resolve()), status=state,
+    # without W&B the directory itself is the identity: task ids repeat across sweeps with the same grid
+    return Run(id=wandb_id or str(d.resolve()), status=state,
                config=config or {}, summary=summary if state == "finished" else {},
                sources=[f"rundir:{d}"], history_fn=lambda: _read_jsonl(d / "metrics.jsonl"),
                run_dir=d, start_time=(d / "config.yaml").stat().st_mtime if (d / "config.yaml").exists() else None,

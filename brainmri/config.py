@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -339,6 +340,9 @@ _CHOICES = {
 }
 
 
+MONITORS = ("val/acc", "val/loss", "val/macro_f1", "val/auc", "val/ece", "train/loss", "train/acc")
+
+
 def _get(cfg: RunConfig, dotted: str) -> Any:
     node: Any = cfg
     for part in dotted.split("."):
@@ -360,8 +364,12 @@ def validate(cfg: RunConfig) -> None:
     for key in positive:
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")
-    if not 0.0 <= cfg.data.val_fraction < 1.0:
-        raise ConfigError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
+    if not 0.0 < cfg.data.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must be in (0, 1): the engine selects on a validation split, "
+                          f"got {cfg.data.val_fraction}")
+    for key in ("train.monitor", "scheduler.monitor", "train.early_stop.monitor"):
+        if _get(cfg, key) not in MONITORS:
+            raise ConfigError(f"invalid value for {key}: {_get(cfg, key)!r} (choose from {', '.join(MONITORS)})")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
     for i, phase in enumerate(cfg.phases):
@@ -370,4 +378,8 @@ def validate(cfg: RunConfig) -> None:
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Write the resolved config atomically (the collector may read it while a run starts)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    os.replace(tmp, path)

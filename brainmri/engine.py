@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from filelock import FileLock
 from tqdm.auto import tqdm
@@ -70,6 +71,7 @@ def default_run_dir(cfg: RunConfig) -> Path:
     data = cfg.to_dict()
     data.pop("run_dir")
     data.pop("wandb")
+    data["train"].pop("fail_at_epoch")
     digest = hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
     return Path("runs") / f"{cfg.recipe}-seed{cfg.seed}-{digest}"
 
@@ -89,14 +91,24 @@ def resolve_data_root(cfg: RunConfig) -> Path:
     return root
 
 
-def _check_same_config(cfg: RunConfig, saved: Path) -> None:
-    """A finished run directory is never reused for a different config."""
-    old = flatten(yaml.safe_load(saved.read_text()) or {})
+# keys that never change what a run computes
+NEVER_MATTERS = ("run_dir", "wandb.", "train.fail_at_epoch")
+# and what a resume may change besides: how long to train and how to feed the data
+RESUME_MAY_CHANGE = NEVER_MATTERS + ("train.epochs", "train.phases", "data.num_workers", "data.eval_batch_size",
+                                     "train.max_steps_per_epoch")
+
+
+def _check_same_config(cfg: RunConfig, saved: Path, may_change: tuple[str, ...] = NEVER_MATTERS,
+                       what: str = "a finished run") -> None:
+    """A run directory is never reused for a different config (a resume may only extend training)."""
+    try:
+        old = flatten(yaml.safe_load(saved.read_text()) or {})
+    except (OSError, yaml.YAMLError):
+        return  # no readable config to compare with: the checkpoint itself decides
     new = flatten(cfg.to_dict())
-    ignore = ("run_dir", "wandb.", "train.fail_at_epoch")
-    diff = sorted(k for k in set(old) | set(new) if not k.startswith(ignore) and old.get(k) != new.get(k))
+    diff = sorted(k for k in set(old) | set(new) if not k.startswith(may_change) and old.get(k) != new.get(k))
     if diff:
-        raise ConfigError(f"{saved.parent} already holds a finished run with a different config "
+        raise ConfigError(f"{saved.parent} already holds {what} with a different config "
                           f"(differs in {', '.join(diff[:5])}); choose another run_dir")
 
 
@@ -184,8 +196,13 @@ class Engine:
     def _build_optimizer(self, phase):
         cfg = self.cfg
         groups = parameter_groups(self.model)
+        trained = resolve_groups(self.model, phase.train)
+        unknown = sorted(set(phase.lr_mult) - set(trained))
+        if unknown:
+            raise ConfigError(f"phase {phase.name!r}: lr_mult for {unknown[0]!r}, which the phase does not train "
+                              f"(it trains {', '.join(trained)})")
         param_groups = []
-        for name in resolve_groups(self.model, phase.train):
+        for name in trained:
             lr = cfg.optim.lr * phase.lr_mult.get(name, 1.0)
             param_groups.append({"name": name, "params": [p for _, p in groups[name]], "lr": lr})
         o = cfg.optim
@@ -300,32 +317,39 @@ class Engine:
             _check_same_config(cfg, run.path / "config.yaml")
             log.info("%s is finished; returning its summary", run.summary_file)
             return read_json(run.summary_file)
-        if acc.is_main_process:
-            save_config(cfg, run.path / "config.yaml")
-        set_seed(cfg.seed, deterministic=cfg.train.deterministic)
+        if run.last_checkpoint.exists():
+            _check_same_config(cfg, run.path / "config.yaml", RESUME_MAY_CHANGE, "an interrupted run")
+        self.wb = None
         wall_start = time.perf_counter()
-        self._setup_data()
-        self._setup_model()
-        ckpt = self._load_last()
-        if acc.is_main_process:  # rows logged after the checkpoint we start from are redone
-            run.truncate_metrics(self.state.epoch)
-        self.wb = WandbRun(cfg, run.path, self.state.wandb_id, acc.is_main_process)
-        self.state.wandb_id = self.wb.run_id
-        if acc.is_main_process:
-            run.set_status("running", self.state.epoch)
-        try:
+        try:  # from here on, a failure is recorded in status.json (the sweep reads it)
+            if acc.is_main_process:
+                save_config(cfg, run.path / "config.yaml")
+            set_seed(cfg.seed, deterministic=cfg.train.deterministic)
+            self._setup_data()
+            self._setup_model()
+            ckpt = self._load_last()
+            if acc.is_main_process:  # rows logged after the checkpoint we start from are redone
+                run.truncate_metrics(self.state.epoch)
+            self.wb = WandbRun(cfg, run.path, self.state.wandb_id, acc.is_main_process)
+            self.state.wandb_id = self.wb.run_id
+            if acc.is_main_process:
+                run.set_status("running", self.state.epoch)
             self._run_phases(ckpt)
             summary = self._finish(time.perf_counter() - wall_start)
         except BaseException as e:
             if acc.is_main_process:
                 run.set_status("failed", self.state.epoch, f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
             try:
-                self.wb.finish(exit_code=1)
+                if self.wb is not None:
+                    self.wb.finish(exit_code=1)
             except Exception as cleanup:  # e.g. W&B's service already got the pre-emption SIGTERM
                 log.warning("W&B finish failed after %s: %s", type(e).__name__, cleanup)
             raise
         finally:
             acc.end_training()  # destroys the process group, so gloo/NCCL exit cleanly
+            # accelerate's state is a per-process singleton: reset it so another fit() in this
+            # process (--cluster debug, notebooks) may use other settings
+            AcceleratorState._reset_state(reset_partial_state=True)
         self.wb.finish()
         return summary
 

@@ -158,7 +158,7 @@ def _apply_cli(data: dict[str, Any], items: list[str] | tuple[str, ...]) -> None
             data["name"] = text
         else:
             data.setdefault("overrides", {})[key] = parse_value(text)
-            data.get("grid", {}).pop(key, None)
+            (data.get("grid") or {}).pop(key, None)
 
 
 def load_sweep(path: str | Path, cli_overrides: list[str] | tuple[str, ...] = (),
@@ -253,7 +253,7 @@ def merge_table(sweep: Sweep) -> None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -274,7 +274,7 @@ def save_table(sweep_dir: Path, tasks: list[Task]) -> None:
     sweep_dir = Path(sweep_dir)
     rows = [dataclasses.asdict(t) for t in tasks]
     _write_atomic(sweep_dir / "tasks.json", json.dumps(rows, indent=1, default=str) + "\n")
-    tmp = sweep_dir / ".tasks.csv.tmp"
+    tmp = sweep_dir / f".tasks.csv.tmp{os.getpid()}"
     with tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["id", "recipe", "params", "job_id", "state", "run_dir"])

@@ -21,9 +21,10 @@ log = logging.getLogger("brainmri")
 
 
 def write_json(path: str | Path, data: Any) -> None:
+    """Atomic JSON write; NaN (e.g. AUC with a class missing) becomes null, which any tool can read."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str))
+    tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=False, default=str, allow_nan=False))
     os.replace(tmp, path)
 
 
@@ -32,7 +33,13 @@ def read_json(path: str | Path) -> Any:
 
 
 def _jsonable(value: Any) -> Any:
-    return None if isinstance(value, float) and math.isnan(value) else value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 class RunDir:
@@ -62,14 +69,19 @@ class RunDir:
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
+            f.write(json.dumps(_jsonable(row)) + "\n")
 
     def truncate_metrics(self, last_epoch: int) -> None:
         """Drop rows after ``last_epoch`` (written after the checkpoint a resume starts from)."""
         path = self.path / "metrics.jsonl"
         if not path.exists():
             return
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # a line torn by a kill mid-write: that epoch is redone anyway
+                continue
         kept = [r for r in rows if r.get("epoch", 0) <= last_epoch]
         tmp = path.with_name(".metrics.jsonl.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
@@ -89,7 +101,9 @@ class RunDir:
 
 def setup_logging(run_dir: Path | None, is_main: bool) -> None:
     """Log to stderr and ``run_dir/train.log`` on rank 0; other ranks log warnings only."""
-    log.handlers.clear()
+    for handler in list(log.handlers):  # a second fit() in one process must not leak file handles
+        handler.close()
+        log.removeHandler(handler)
     log.setLevel(logging.INFO if is_main else logging.WARNING)
     log.propagate = False
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")

@@ -221,8 +221,8 @@ cmd_start() {
     start_slurmctld
     start_slurmd
     wait_nodes
-    echo "export SLURM_CONF=$CONF" >"$STATE/env.sh"
-    echo "export SLURM_CONF=$CONF"
+    printf 'export SLURM_CONF=%q\n' "$CONF" >"$STATE/env.sh"
+    printf 'export SLURM_CONF=%q\n' "$CONF"
 }
 
 # stop_pid NAME PIDFILE: TERM, then KILL after 20 s.

@@ -37,6 +37,9 @@ def test_empty_class_folder_is_named(data_copy, tmp_path):
                      f"run_dir={tmp_path / 'run'}", *TINY, check=False)
     assert proc.returncode == 2
     assert f"class folder has no images: {empty}" in proc.stderr
+    # recorded in the run directory, so a sweep reports the task failed instead of "submitted"
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "failed" and str(empty) in status["error"]
 
 
 def test_missing_data_dir_is_named(tmp_path):
@@ -56,6 +59,8 @@ def test_missing_data_dir_is_named(tmp_path):
         (["data.batch_size=0"], "data.batch_size must be >= 1"),
         (["train.phases.3.epochs=1"], "train.phases: expected a list"),
         (["nonsense"], "is not of the form key=value"),
+        (["train.monitor=val/f1"], "invalid value for train.monitor: 'val/f1'"),
+        (["data.val_fraction=0"], "data.val_fraction must be in"),
     ],
 )
 def test_bad_config_values_are_named(overrides, message):
@@ -93,3 +98,14 @@ def test_bad_input_never_touches_a_finished_run(phantom_root, tmp_path):
         assert proc.returncode == 2 and message in proc.stderr
     assert (run_dir / "summary.json").read_bytes() == summary
     assert (run_dir / "checkpoints" / "best.pt").exists()
+
+
+def test_resume_refuses_a_changed_config(phantom_root, tmp_path):
+    run_dir = tmp_path / "run"
+    base = ["--config", "configs/baseline_cnn.yaml", f"data.root={phantom_root}", f"run_dir={run_dir}", *TINY,
+            "train.epochs=3"]
+    assert run_train(*base, "train.fail_at_epoch=2", check=False).returncode != 0
+    proc = run_train("--resume", str(run_dir), "train.fail_at_epoch=null", "optim.lr=0.5", check=False)
+    assert proc.returncode == 2 and "interrupted run with a different config (differs in optim.lr)" in proc.stderr
+    run_train("--resume", str(run_dir), "train.fail_at_epoch=null", "train.epochs=4")  # extending is fine
+    assert json.loads((run_dir / "summary.json").read_text())["epochs_run"] == 4
