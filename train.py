@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from brainmri.config import ConfigError, from_dict, load_config, parse_value, apply_override
+from brainmri.config import ConfigError, apply_overrides, from_dict, load_config
 from brainmri.data import DataError
 from brainmri.engine import fit, load_run_config
 from brainmri.models import WeightsError
@@ -28,11 +28,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def resolve_config(args):
     if args.resume:
         data = load_run_config(args.resume)
-        for item in args.overrides:
-            if "=" not in item:
-                raise ConfigError(f"override {item!r} is not of the form key=value")
-            key, text = item.split("=", 1)
-            apply_override(data, key, parse_value(text))
+        apply_overrides(data, args.overrides)
         data["run_dir"] = args.resume
         return from_dict(data)
     if not args.config:

@@ -23,9 +23,13 @@ from filelock import FileLock
 FORMAT = 2
 
 
+def cache_base(cache_dir: str | Path | None = None) -> Path:
+    """Where brainmri keeps its caches: ``cache_dir``, else $BRAINMRI_CACHE, else ~/.cache/brainmri."""
+    return Path(cache_dir or os.environ.get("BRAINMRI_CACHE") or Path.home() / ".cache" / "brainmri")
+
+
 def cache_root(cache_dir: str | Path | None = None) -> Path:
-    base = cache_dir or os.environ.get("BRAINMRI_CACHE") or Path.home() / ".cache" / "brainmri"
-    return Path(base) / "decoded"
+    return cache_base(cache_dir) / "decoded"
 
 
 def _cache_key(samples, decoder) -> str:

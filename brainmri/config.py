@@ -280,6 +280,15 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def apply_overrides(tree: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> None:
+    """Apply ``key=value`` strings to a config mapping in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, text = item.split("=", 1)
+        apply_override(tree, key.strip(), parse_value(text))
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -313,11 +322,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         ConfigError naming the file, key or value that is wrong.
     """
     data = read_yaml(path) if path is not None else {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        key, text = item.split("=", 1)
-        apply_override(data, key.strip(), parse_value(text))
+    apply_overrides(data, overrides)
     try:
         return from_dict(data)
     except ConfigError as e:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
+from brainmri.cache import cache_base
 from brainmri.transforms import Decoder, load_pil
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -47,7 +48,7 @@ class Split:
 
 
 def _index_path(root: Path) -> Path:
-    cache = Path(os.environ.get("BRAINMRI_CACHE", Path.home() / ".cache" / "brainmri"))
+    cache = cache_base()
     digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
     return cache / "index" / f"{digest}.json"
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock
+
+from brainmri.cache import cache_base
 from torch import nn
 
 
@@ -89,8 +91,7 @@ def feature_cache_key(model: nn.Module, dataset, views: int, seed: int, to_input
 def cached_features(model: nn.Module, dataset, views: int = 1, batch_size: int = 64, device="cpu", seed: int = 0,
                     cache_dir: str | Path | None = None, num_workers: int = 0, to_input=None) -> torch.Tensor:
     """``build_feature_cache`` persisted on disk: computed once under a file lock, then loaded."""
-    base = cache_dir or os.environ.get("BRAINMRI_CACHE") or Path.home() / ".cache" / "brainmri"
-    root = Path(base) / "features"
+    root = cache_base(cache_dir) / "features"
     root.mkdir(parents=True, exist_ok=True)
     path = root / f"{feature_cache_key(model, dataset, views, seed, to_input)}.pt"
     with FileLock(str(path) + ".lock"):
