@@ -49,6 +49,7 @@ class DataConfig:
     rotation_degrees: float = 10.0
     val_fraction: float = 0.2
     split_seed: int = 0
+    group_by: str = "near"  # exact | near | scan: which duplicates never straddle train/val (brainmri.leakage)
     batch_size: int = 32
     eval_batch_size: int | None = None
     num_workers: int = 2
@@ -341,6 +342,7 @@ _CHOICES = {
     "train.mixed_precision": ("no", "bf16", "fp16"),
     "data.normalize": ("imagenet", "none"),
     "data.cache": ("none", "decoded"),
+    "data.group_by": ("exact", "near", "scan"),
     "data.channels": (1, 3),
 }
 

@@ -1,4 +1,4 @@
-"""Datasets: folder scan, bad-file report, duplicate-aware stratified split, loaders.
+"""Datasets: folder scan, bad-file report, near-duplicate-grouped stratified split, loaders.
 
 Layout: ``<root>/Training/<class>/*.jpg`` and optionally ``<root>/Testing/<class>/*.jpg``
 (a root that holds the class folders directly is also accepted). Every file is fully decoded once
@@ -21,6 +21,7 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from brainmri.cache import cache_base
+from brainmri.leakage import BANDS, fingerprints, group_keys, nearest
 from brainmri.transforms import Decoder, load_pil
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -35,6 +36,11 @@ class Sample:
     path: str
     label: int
     sha1: str
+    # val/test samples: the most similar training image, its coarse similarity and the band
+    # (brainmri.leakage.BANDS); None for training samples
+    nearest_train: str | None = None
+    similarity: float | None = None
+    band: str | None = None
 
 
 @dataclass
@@ -44,7 +50,8 @@ class Split:
     val: list[Sample]
     test: list[Sample] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
-    duplicates_removed_from_test: int = 0
+    group_by: str = "near"
+    groups: int = 0  # groups the train/val split was drawn over
 
 
 def _index_path(root: Path) -> Path:
@@ -129,15 +136,21 @@ def resolve_splits_root(root: str | Path) -> tuple[Path, Path | None]:
     return train_dir, test_dir if test_dir.is_dir() else None
 
 
-def split_groups(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Stratified train/val split in which byte-identical files always land on the same side."""
+def split_groups(samples: list[Sample], val_fraction: float, seed: int,
+                 keys: list[str] | None = None) -> tuple[list[Sample], list[Sample]]:
+    """Stratified train/val split in which the samples of one group always land on the same side.
+
+    ``keys`` names each sample's group (default: its content hash, so byte-identical files stay
+    together; ``brainmri.leakage.group_keys`` gives near-duplicate groups). A group's label for
+    stratification is its most common label.
+    """
     if val_fraction <= 0:
         return list(samples), []
     groups: dict[str, list[Sample]] = {}
-    for s in samples:
-        groups.setdefault(s.sha1, []).append(s)
+    for s, k in zip(samples, keys or [s.sha1 for s in samples]):
+        groups.setdefault(k, []).append(s)
     keys = sorted(groups)
-    labels = [groups[k][0].label for k in keys]
+    labels = [int(np.bincount([s.label for s in groups[k]]).argmax()) for k in keys]
     counts = np.bincount(labels)
     stratify = labels if counts[counts > 0].min() >= 2 else None
     train_keys, val_keys = train_test_split(keys, test_size=val_fraction, random_state=seed, stratify=stratify)
@@ -151,17 +164,29 @@ def build_split(data_cfg, root: str | Path) -> Split:
     classes, samples, skipped = _scan_split_dir(train_dir, None)
     if not samples:
         raise DataError(f"no readable images under {train_dir}")
-    train, val = split_groups(samples, data_cfg.val_fraction, data_cfg.split_seed)
+    group_by = getattr(data_cfg, "group_by", "near")
+    keys = group_keys([s.path for s in samples], [s.sha1 for s in samples], group_by, data_cfg.cache_dir)
+    train, val = split_groups(samples, data_cfg.val_fraction, data_cfg.split_seed, keys)
     test: list[Sample] = []
-    leaked = 0
     if test_dir is not None:
         _, test, test_skipped = _scan_split_dir(test_dir, classes)
         skipped += test_skipped
-        # A test image that is byte-identical to a training image measures memory, not skill.
-        seen = {s.sha1 for s in samples}
-        leaked = sum(s.sha1 in seen for s in test)
-        test = [s for s in test if s.sha1 not in seen]
-    return Split(classes, train, val, test, skipped, leaked)
+    # Every held-out image carries its nearest training image: metrics by band say how a model
+    # does on images unlike anything it trained on (nothing is dropped).
+    annotate_nearest(train, val + test, data_cfg.cache_dir)
+    return Split(classes, train, val, test, skipped, group_by, len(set(keys)))
+
+
+def annotate_nearest(train: list[Sample], held_out: list[Sample], cache_dir=None) -> None:
+    """Set ``nearest_train``, ``similarity`` and ``band`` on each held-out sample."""
+    if not held_out:
+        return
+    fp = fingerprints([s.path for s in train + held_out], cache_dir)
+    near = nearest(fp[:len(train)], [s.sha1 for s in train], fp[len(train):], [s.sha1 for s in held_out])
+    for s, idx, sim, band in zip(held_out, near.index, near.coarse, near.band):
+        s.nearest_train = train[idx].path if idx >= 0 else None
+        s.similarity = round(float(sim), 4) if idx >= 0 else None
+        s.band = BANDS[band]
 
 
 def class_weights(samples: list[Sample], num_classes: int) -> torch.Tensor:

@@ -89,3 +89,29 @@ def save_confusion_png(labels, preds, classes: list[str], path: str | Path, titl
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return cm
+
+
+BAND_MIN_N = 20  # below this many samples a band reports n and accuracy only
+
+
+def band_metrics(labels, probs, bands, classes: list[str], prefix: str, band_names) -> dict[str, float]:
+    """Metrics per similarity-to-training band: ``{prefix}/band/<band>/{n,acc,…}``.
+
+    Every band gets ``n`` (0 when empty) and, when non-empty, ``acc``; a band of at least
+    ``BAND_MIN_N`` samples gets the full set of ``classification_metrics``.
+    """
+    labels = np.asarray(labels)
+    probs = np.asarray(probs, dtype=np.float64)
+    bands = np.asarray([b or "novel" for b in bands])
+    out: dict[str, float] = {}
+    for band in band_names:
+        mask = bands == band
+        key = f"{prefix}/band/{band}"
+        out[f"{key}/n"] = int(mask.sum())
+        if not mask.any():
+            continue
+        out[f"{key}/acc"] = float((probs[mask].argmax(axis=1) == labels[mask]).mean())
+        if mask.sum() >= BAND_MIN_N:
+            full = classification_metrics(labels[mask], probs[mask], classes, key)
+            out.update({k: v for k, v in full.items() if k.count("/") == key.count("/") + 1})
+    return out
