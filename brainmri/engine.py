@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from collections import Counter
 import json
 import math
 import os
@@ -177,7 +178,9 @@ class Engine:
             write_json(self.run.path / "split.json", {
                 "data_root": str(root), "classes": self.classes,
                 "train": len(self.split.train), "val": len(self.split.val), "test": len(self.split.test),
-                "test_duplicates_of_training_removed": self.split.duplicates_removed_from_test,
+                "group_by": self.split.group_by, "groups": self.split.groups,
+                "bands": {part: dict(Counter(s.band for s in getattr(self.split, part)))
+                          for part in ("val", "test")},
             })
             if self.split.skipped:
                 log.warning("skipped %d unreadable image(s); see %s: %s", len(self.split.skipped),

@@ -44,7 +44,7 @@ def test_split_is_stratified_and_keeps_duplicates_together():
     assert [s.path for s in again] == [s.path for s in train] and [s.path for s in other] != [s.path for s in train]
 
 
-def test_build_split_groups_copies_and_drops_test_leaks(phantom_root, tmp_path):
+def test_build_split_groups_copies_and_marks_test_leaks(phantom_root, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(phantom_root, root)
     glioma = sorted((root / "Training" / "glioma").glob("*.jpg"))
@@ -55,7 +55,11 @@ def test_build_split_groups_copies_and_drops_test_leaks(phantom_root, tmp_path):
     split = build_split(DataConfig(val_fraction=0.25), root)
     train_sha = {s.sha1 for s in split.train}
     assert not train_sha & {s.sha1 for s in split.val}
-    assert split.duplicates_removed_from_test == 1 and str(test_leak) not in {s.path for s in split.test}
+    # the copy stays in the test split, marked with its training twin (nothing silently dropped)
+    leak = next(s for s in split.test if s.path == str(test_leak))
+    assert leak.band == "exact" and leak.nearest_train == str(glioma[4]) and leak.similarity >= 0.999
+    assert len(split.test) == 4 * 4 + 1 and all(s.band in ("exact", "near_identical", "same_scan", "novel")
+                                                 for s in split.test + split.val)
     assert len(split.train) + len(split.val) == 4 * 12 + 3
 
 
