@@ -21,6 +21,7 @@ import yaml
 from scipy import stats
 
 from brainmri.config import flatten as flatten_config
+from brainmri.leakage import BANDS
 from brainmri.wandb_offline import read_offline_runs
 
 RUN_FILES = ("summary.json", "status.json", "metrics.jsonl")
@@ -271,7 +272,10 @@ def value_label(keys: list[str], value: tuple) -> str:
 def _metric_names(runs: list[Run], split: str) -> list[str]:
     recalls = sorted({k.removeprefix(f"{split}/") for r in runs for k in r.summary
                       if k.startswith(f"{split}/recall/")})
-    return list(METRICS) + recalls
+    # accuracy by similarity to the training images (brainmri.leakage bands), when runs carry it
+    bands = [f"band/{b}/{m}" for b in BANDS for m in ("acc", "n")
+             if any(f"{split}/band/{b}/{m}" in r.summary for r in runs)]
+    return list(METRICS) + bands + recalls
 
 
 def _seed_stats(runs: list[Run], split: str) -> dict[str, dict]:

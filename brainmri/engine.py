@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from brainmri import metrics as M
 from brainmri.config import ConfigError, RunConfig, flatten, save_config
+from brainmri.leakage import BANDS
 from brainmri.data import EpochSampler, ImageDataset, build_split, class_weights, make_loader
 from brainmri.models import build_model, freeze_frozen_norms, parameter_groups, resolve_groups, set_trainable
 from brainmri.optim import build_optimizer, build_scheduler
@@ -306,8 +307,12 @@ class Engine:
     def _evaluate(self, split: str, loader) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
         idx, probs = self._predict(loader)
         dataset = self.datasets[split]
-        labels = np.array([dataset.samples[i].label for i in idx])
-        return M.classification_metrics(labels, probs, self.classes, split), idx, probs
+        samples = [dataset.samples[i] for i in idx]
+        labels = np.array([s.label for s in samples])
+        values = M.classification_metrics(labels, probs, self.classes, split)
+        # how the model does by similarity to its training images (brainmri.leakage bands)
+        values.update(M.band_metrics(labels, probs, [s.band for s in samples], self.classes, split, BANDS))
+        return values, idx, probs
 
     # ----------------------------------------------------------------- fit
     def fit(self) -> dict:

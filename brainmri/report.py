@@ -17,6 +17,9 @@ NAMES = {"acc": "Acc", "macro_f1": "Macro-F1", "auc": "Macro-AUC", "ece": "ECE"}
 
 
 def metric_name(m: str) -> str:
+    if m.startswith("band/"):  # band/<band>/acc|n: by similarity to the training images
+        _, band, what = m.split("/")
+        return f"{'Acc' if what == 'acc' else 'n'} {band.replace('_', '-')}"
     return NAMES.get(m) or f"Recall {m.removeprefix('recall/')}"
 
 

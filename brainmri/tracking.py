@@ -92,10 +92,13 @@ class RunDir:
         tmp = path.with_name(f".{path.name}.tmp")
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["index", "path", "sha1", "label", "pred", *[f"prob_{c}" for c in classes]])
+            w.writerow(["index", "path", "sha1", "label", "pred", *[f"prob_{c}" for c in classes],
+                        "nearest_train", "similarity", "band"])
             for i, (s, y, p) in enumerate(zip(samples, labels, probs)):
+                sim = getattr(s, "similarity", None)
                 w.writerow([i, s.path, s.sha1, classes[int(y)], classes[int(p.argmax())],
-                            *[f"{float(v):.6f}" for v in p]])
+                            *[f"{float(v):.6f}" for v in p], getattr(s, "nearest_train", None) or "",
+                            "" if sim is None else f"{sim:.4f}", getattr(s, "band", None) or ""])
         os.replace(tmp, path)
 
 

@@ -137,3 +137,36 @@ def test_near_duplicate_groups_never_straddle_train_val(planted, tmp_path, seed)
     if plant["test_copy"][0] in train:
         assert copy.band == "near_identical" and copy.nearest_train == plant["test_copy"][0]
     assert all(s.nearest_train in train for s in split.val + split.test)
+
+
+def test_band_metrics_in_summary_equal_predictions_csv_and_reach_the_table(planted, tmp_path):
+    import csv
+
+    from brainmri.collect import collect_runs, compare
+    from brainmri.report import RENDERERS
+
+    from conftest import TINY, run_train
+
+    root, plant = planted
+    run_dir = tmp_path / "run"
+    run_train("--config", "configs/baseline_cnn.yaml", f"data.root={root}", f"run_dir={run_dir}",
+              "train.epochs=1", "wandb.enabled=false", *TINY)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    with open(run_dir / "predictions_test.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 * 4 + 1 and all(r["band"] in L.BANDS and r["nearest_train"] for r in rows)
+    copy = next(r for r in rows if r["path"] == plant["test_copy"][1])
+    split = json.loads((run_dir / "split.json").read_text())
+    assert split["group_by"] == "near" and sum(split["bands"]["test"].values()) == len(rows)
+    for band in L.BANDS:
+        mine = [r for r in rows if r["band"] == band]
+        assert summary[f"test/band/{band}/n"] == len(mine) == split["bands"]["test"].get(band, 0)
+        if mine:
+            acc = np.mean([r["label"] == r["pred"] for r in mine])
+            assert summary[f"test/band/{band}/acc"] == pytest.approx(acc)
+    assert copy["band"] in ("near_identical", "novel", "same_scan")
+    table = RENDERERS["md"](compare(collect_runs([run_dir])))
+    header = next(line for line in table.splitlines() if line.startswith("| Recipe"))
+    present = [b for b in L.BANDS if summary[f"test/band/{b}/n"]]
+    for band in present:
+        assert f"Acc {band.replace('_', '-')}" in header and f"n {band.replace('_', '-')}" in header
