@@ -67,7 +67,7 @@ def display_frame(cmp: Comparison, per_value: bool = False, pm: str = "±") -> p
     for rr, v, chosen in _rows(cmp, per_value):
         rec = {"Recipe": rr.recipe, "Config": value_label(rr.keys, v["value"]) + (" *" if per_value and chosen else ""),
                "Split": rr.split, "n": v["selection"]["n"], f"{cmp.metric} (selection)": fmt(v["selection"], pm)}
-        rec.update({metric_name(m): fmt(v["stats"].get(m, {}), pm) for m in _metrics(cmp)})
+        rec.update({metric_name(m): fmt(v["stats"].get(m, {}), pm, 0 if m.endswith("/n") else 3) for m in _metrics(cmp)})
         records.append(rec)
     return pd.DataFrame.from_records(records)
 
