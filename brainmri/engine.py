@@ -14,7 +14,6 @@ import hashlib
 import itertools
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -36,7 +35,8 @@ from brainmri.config import ConfigError, RunConfig, flatten, save_config
 from brainmri.data import EpochSampler, ImageDataset, build_split, class_weights, make_loader
 from brainmri.models import build_model, freeze_frozen_norms, parameter_groups, resolve_groups, set_trainable
 from brainmri.optim import build_optimizer, build_scheduler
-from brainmri.tracking import RunDir, WandbRun, log, read_json, setup_logging, write_json
+from brainmri.rundir import RunDir, read_json, write_json
+from brainmri.tracking import WandbRun, log, setup_logging
 from brainmri.transforms import Decoder, batch_normalizer, eval_transform, train_transform
 
 
@@ -231,15 +231,13 @@ class Engine:
                 ckpt["optimizer"] = optimizer.state_dict()
                 ckpt["scheduler"] = scheduler.state_dict() if scheduler is not None else None
                 ckpt["scaler"] = acc.scaler.state_dict() if acc.scaler is not None else None
-            tmp = path.with_name(f".{path.name}.tmp")
-            torch.save(ckpt, tmp)
-            os.replace(tmp, path)
+            self.run.save_checkpoint(ckpt, path)  # last.pt keeps its predecessor as last.prev.pt
         acc.wait_for_everyone()
 
     def _load_last(self) -> dict | None:
-        if not self.run.last_checkpoint.exists():
+        ckpt = self.run.load_checkpoint()  # falls back to last.prev.pt; CheckpointError if none is valid
+        if ckpt is None:
             return None
-        ckpt = torch.load(self.run.last_checkpoint, map_location="cpu", weights_only=True)
         self.model.load_state_dict(ckpt["model"])
         self.state = TrainerState(**ckpt["trainer"])
         log.info("resuming %s from epoch %d (phase %d)", self.run.path, self.state.epoch, self.state.phase)
@@ -317,7 +315,7 @@ class Engine:
             _check_same_config(cfg, run.path / "config.yaml")
             log.info("%s is finished; returning its summary", run.summary_file)
             return read_json(run.summary_file)
-        if run.last_checkpoint.exists():
+        if run.has_checkpoint():
             _check_same_config(cfg, run.path / "config.yaml", RESUME_MAY_CHANGE, "an interrupted run")
         self.wb = None
         wall_start = time.perf_counter()
