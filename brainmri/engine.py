@@ -15,7 +15,6 @@ import itertools
 from collections import Counter
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -34,11 +33,12 @@ from tqdm.auto import tqdm
 
 from brainmri import metrics as M
 from brainmri.config import ConfigError, RunConfig, flatten, save_config
-from brainmri.leakage import BANDS
+from brainmri.leakage import BANDS, band_columns
 from brainmri.data import EpochSampler, ImageDataset, build_split, class_weights, make_loader
 from brainmri.models import build_model, freeze_frozen_norms, parameter_groups, resolve_groups, set_trainable
 from brainmri.optim import build_optimizer, build_scheduler
-from brainmri.tracking import RunDir, WandbRun, log, read_json, setup_logging, write_json
+from brainmri.rundir import RunDir, read_json, write_json
+from brainmri.tracking import WandbRun, log, setup_logging
 from brainmri.transforms import Decoder, batch_normalizer, eval_transform, train_transform
 
 
@@ -235,15 +235,13 @@ class Engine:
                 ckpt["optimizer"] = optimizer.state_dict()
                 ckpt["scheduler"] = scheduler.state_dict() if scheduler is not None else None
                 ckpt["scaler"] = acc.scaler.state_dict() if acc.scaler is not None else None
-            tmp = path.with_name(f".{path.name}.tmp")
-            torch.save(ckpt, tmp)
-            os.replace(tmp, path)
+            self.run.save_checkpoint(ckpt, path)  # last.pt keeps its predecessor as last.prev.pt
         acc.wait_for_everyone()
 
     def _load_last(self) -> dict | None:
-        if not self.run.last_checkpoint.exists():
+        ckpt = self.run.load_checkpoint()  # falls back to last.prev.pt; CheckpointError if none is valid
+        if ckpt is None:
             return None
-        ckpt = torch.load(self.run.last_checkpoint, map_location="cpu", weights_only=True)
         self.model.load_state_dict(ckpt["model"])
         self.state = TrainerState(**ckpt["trainer"])
         log.info("resuming %s from epoch %d (phase %d)", self.run.path, self.state.epoch, self.state.phase)
@@ -325,7 +323,7 @@ class Engine:
             _check_same_config(cfg, run.path / "config.yaml")
             log.info("%s is finished; returning its summary", run.summary_file)
             return read_json(run.summary_file)
-        if run.last_checkpoint.exists():
+        if run.has_checkpoint():
             _check_same_config(cfg, run.path / "config.yaml", RESUME_MAY_CHANGE, "an interrupted run")
         self.wb = None
         wall_start = time.perf_counter()
@@ -493,7 +491,7 @@ class Engine:
             if acc.is_main_process:
                 samples = [self.datasets[split].samples[i] for i in idx]
                 labels = np.array([s.label for s in samples])
-                run.write_predictions(split, samples, labels, probs, self.classes)
+                run.write_predictions(split, samples, labels, probs, self.classes, extra=band_columns(samples))
                 png = run.path / f"confusion_{split}.png"
                 M.save_confusion_png(labels, probs.argmax(1), self.classes, png,
                                      f"{cfg.recipe} seed {cfg.seed}: {split} (best epoch {st.best_epoch})")

@@ -352,6 +352,13 @@ def group_keys(paths: list[str], sha1: list[str], group_by: str, cache_dir=None)
     return [f"g{lab}" for lab in labels]
 
 
+def band_columns(samples) -> dict[str, list]:
+    """Per-sample ``nearest_train``, ``similarity`` and ``band`` columns for a predictions CSV."""
+    return {"nearest_train": [s.nearest_train or "" for s in samples],
+            "similarity": ["" if s.similarity is None else f"{s.similarity:.4f}" for s in samples],
+            "band": [s.band or "" for s in samples]}
+
+
 def describe_thresholds() -> dict:
     return {"near_identical_fine": NEAR_IDENTICAL, "same_scan_coarse": SAME_SCAN,
             "fingerprint": f"{SIZE}x{SIZE} grey; coarse Pearson; fine = detail (minus Gaussian σ={_BLUR}), "

@@ -1,105 +1,17 @@
-"""The run directory and Weights & Biases logging (rank 0 only).
-
-Owns every file a run leaves behind except checkpoints: resolved config, ``metrics.jsonl``,
-``summary.json``, ``status.json``, predictions, skipped-file report, and the W&B run.
-Files that a resume or the collector reads are written tmp → ``os.replace``.
-"""
+"""Logging and Weights & Biases (rank 0 only); the run directory itself is brainmri.rundir."""
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
-import math
 import os
 import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
+from brainmri.rundir import RunDir, read_json, write_json  # noqa: F401  (re-exported)
+
 log = logging.getLogger("brainmri")
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    """Atomic JSON write; NaN (e.g. AUC with a class missing) becomes null, which any tool can read."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=False, default=str, allow_nan=False))
-    os.replace(tmp, path)
-
-
-def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-class RunDir:
-    """Paths and writers for one run directory."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.checkpoints = self.path / "checkpoints"
-
-    def create(self) -> None:
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.checkpoints / "last.pt"
-
-    @property
-    def best_checkpoint(self) -> Path:
-        return self.checkpoints / "best.pt"
-
-    @property
-    def summary_file(self) -> Path:
-        return self.path / "summary.json"
-
-    def set_status(self, status: str, epoch: int = 0, error: str | None = None) -> None:
-        write_json(self.path / "status.json", {"status": status, "epoch": epoch, "error": error})
-
-    def append_metrics(self, row: dict[str, Any]) -> None:
-        with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(_jsonable(row)) + "\n")
-
-    def truncate_metrics(self, last_epoch: int) -> None:
-        """Drop rows after ``last_epoch`` (written after the checkpoint a resume starts from)."""
-        path = self.path / "metrics.jsonl"
-        if not path.exists():
-            return
-        rows = []
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:  # a line torn by a kill mid-write: that epoch is redone anyway
-                continue
-        kept = [r for r in rows if r.get("epoch", 0) <= last_epoch]
-        tmp = path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, path)
-
-    def write_predictions(self, split: str, samples, labels, probs, classes: list[str]) -> None:
-        path = self.path / f"predictions_{split}.csv"
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["index", "path", "sha1", "label", "pred", *[f"prob_{c}" for c in classes],
-                        "nearest_train", "similarity", "band"])
-            for i, (s, y, p) in enumerate(zip(samples, labels, probs)):
-                sim = getattr(s, "similarity", None)
-                w.writerow([i, s.path, s.sha1, classes[int(y)], classes[int(p.argmax())],
-                            *[f"{float(v):.6f}" for v in p], getattr(s, "nearest_train", None) or "",
-                            "" if sim is None else f"{sim:.4f}", getattr(s, "band", None) or ""])
-        os.replace(tmp, path)
 
 
 def setup_logging(run_dir: Path | None, is_main: bool) -> None:

@@ -246,3 +246,24 @@ def test_two_processes_follow_the_one_process_loss_curve(phantom_root, tmp_path)
     wa, wb = (torch.load(tmp_path / d / "checkpoints" / "last.pt", weights_only=True)["model"] for d in ("ddp", "single"))
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_truncated_checkpoint_falls_back_to_the_previous_one(phantom_root, tmp_path):
+    run = tmp_path / "run"
+    crash = run_train(*_resume_args(phantom_root, run), "train.fail_at_epoch=3", check=False)
+    assert crash.returncode != 0
+    assert (run / "checkpoints" / "last.prev.pt").exists()
+    last = run / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    done = run_train("--resume", str(run), "train.fail_at_epoch=null")
+    assert "unreadable" in done.stderr and "previous checkpoint" in done.stderr
+    assert (run / "summary.json").exists()
+    # nothing valid left: one line, exit 2, no traceback
+    run2 = tmp_path / "run2"
+    run_train(*_resume_args(phantom_root, run2), "train.fail_at_epoch=2", check=False)
+    for name in ("last.pt", "last.prev.pt"):
+        p = run2 / "checkpoints" / name
+        if p.exists():
+            p.write_bytes(b"garbage")
+    bad = run_train("--resume", str(run2), "train.fail_at_epoch=null", check=False)
+    assert bad.returncode == 2 and "no valid checkpoint" in bad.stderr and "Traceback" not in bad.stderr
