@@ -15,7 +15,7 @@ from brainmri.config import ConfigError, apply_overrides, from_dict, load_config
 from brainmri.data import DataError
 from brainmri.engine import fit, load_run_config
 from brainmri.models import WeightsError
-from brainmri.rundir import CheckpointError
+from brainmri.rundir import CheckpointError, RunLockedError
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = resolve_config(args)
         summary = fit(cfg)
-    except (ConfigError, DataError, WeightsError, CheckpointError, FileNotFoundError) as e:
+    except (ConfigError, DataError, WeightsError, CheckpointError, RunLockedError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not one per process

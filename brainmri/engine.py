@@ -37,7 +37,7 @@ from brainmri.leakage import BANDS, band_columns
 from brainmri.data import EpochSampler, ImageDataset, build_split, class_weights, make_loader
 from brainmri.models import build_model, freeze_frozen_norms, parameter_groups, resolve_groups, set_trainable
 from brainmri.optim import build_optimizer, build_scheduler
-from brainmri.rundir import RunDir, read_json, write_json
+from brainmri.rundir import RunDir, acquire_lock, read_json, write_json
 from brainmri.tracking import WandbRun, log, setup_logging
 from brainmri.transforms import Decoder, batch_normalizer, eval_transform, train_transform
 
@@ -315,9 +315,19 @@ class Engine:
     # ----------------------------------------------------------------- fit
     def fit(self) -> dict:
         cfg, acc, run = self.cfg, self.acc, self.run
+        self.lock = None
         if acc.is_main_process:
             run.create()
+            self.lock = acquire_lock(run)  # one writer per run directory
         acc.wait_for_everyone()
+        try:
+            return self._fit_locked()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _fit_locked(self) -> dict:
+        cfg, acc, run = self.cfg, self.acc, self.run
         setup_logging(run.path, acc.is_main_process)
         if run.summary_file.exists():
             _check_same_config(cfg, run.path / "config.yaml")

@@ -181,3 +181,31 @@ class RunDir:
         path = self.path / f"predictions_{split}.csv"
         atomic_write(path, buf.getvalue())
         return path
+
+
+class RunLockedError(RuntimeError):
+    """Another process already writes this run directory (one line naming the holder)."""
+
+
+def acquire_lock(run: RunDir):
+    """Take the run directory's exclusive lock (an OS file lock: it dies with its process).
+
+    Raises :class:`RunLockedError` at once, naming the holder's host, pid and SLURM job id.
+    Returns the held ``filelock.FileLock``; call ``release()`` when done.
+    """
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(run.path / ".lock"), timeout=0)
+    holder_file = run.path / ".lock.holder"
+    try:
+        lock.acquire()
+    except Timeout:
+        try:
+            h = read_json(holder_file)
+        except (OSError, ValueError):
+            h = {}
+        raise RunLockedError(f"{run.path} is in use by host {h.get('host', '?')} pid {h.get('pid', '?')} "
+                             f"SLURM job {h.get('slurm_job_id') or '-'}; wait for it or choose another run_dir") from None
+    write_json(holder_file, {"host": socket.gethostname(), "pid": os.getpid(),
+                             "slurm_job_id": os.environ.get("SLURM_JOB_ID")})
+    return lock

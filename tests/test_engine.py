@@ -183,7 +183,7 @@ def test_finished_run_is_returned_untouched(phantom_root, tmp_path):
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
     again = run_train(*args)
     assert "val/acc" in again.stdout
-    after = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file() and p.name != "train.log"}
+    after = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file() and p.name != "train.log" and not p.name.startswith(".lock")}
     assert all(before[p] == t for p, t in after.items())
 
 
@@ -267,3 +267,24 @@ def test_truncated_checkpoint_falls_back_to_the_previous_one(phantom_root, tmp_p
             p.write_bytes(b"garbage")
     bad = run_train("--resume", str(run2), "train.fail_at_epoch=null", check=False)
     assert bad.returncode == 2 and "no valid checkpoint" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_second_writer_is_refused_with_one_line(phantom_root, tmp_path):
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from brainmri.rundir import RunDir, acquire_lock; "
+        f"lk = acquire_lock(RunDir({str(run)!r})); print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        refused = run_train(*_resume_args(phantom_root, run), check=False)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert f"pid {holder.pid}" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (run / "metrics.jsonl").exists()
