@@ -382,6 +382,20 @@ def validate(cfg: RunConfig) -> None:
     for i, phase in enumerate(cfg.phases):
         if phase.epochs < 0:
             raise ConfigError(f"train.phases[{i}].epochs must be >= 0, got {phase.epochs}")
+    if sum(phase.epochs for phase in cfg.phases) < 1:
+        key = "train.phases[*].epochs" if cfg.train.phases else "train.epochs"
+        raise ConfigError(f"{key}: nothing to train (0 epochs in total); give at least 1 epoch")
+    smallest = min_image_size(cfg)
+    if cfg.data.image_size < smallest:
+        raise ConfigError(f"data.image_size={cfg.data.image_size} is too small for model.arch={cfg.model.arch} "
+                          f"(it downsamples by {smallest}); use data.image_size >= {smallest}")
+
+
+def min_image_size(cfg: RunConfig) -> int:
+    """Smallest input side the architecture can take: each baseline block halves it, a ResNet divides by 32."""
+    if cfg.model.arch == "baseline_cnn":
+        return 2 ** len(cfg.model.channels)
+    return 32
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

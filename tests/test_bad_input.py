@@ -61,6 +61,10 @@ def test_missing_data_dir_is_named(tmp_path):
         (["nonsense"], "is not of the form key=value"),
         (["train.monitor=val/f1"], "invalid value for train.monitor: 'val/f1'"),
         (["data.val_fraction=0"], "data.val_fraction must be in"),
+        (["train.epochs=0"], "train.epochs: nothing to train"),
+        (["data.image_size=7"], "data.image_size=7 is too small for model.arch=baseline_cnn"),
+        (["recipe=resnet50_finetune", "model.arch=resnet50", "data.image_size=16"],
+         "data.image_size=16 is too small for model.arch=resnet50"),
     ],
 )
 def test_bad_config_values_are_named(overrides, message):
@@ -109,3 +113,14 @@ def test_resume_refuses_a_changed_config(phantom_root, tmp_path):
     assert proc.returncode == 2 and "interrupted run with a different config (differs in optim.lr)" in proc.stderr
     run_train("--resume", str(run_dir), "train.fail_at_epoch=null", "train.epochs=4")  # extending is fine
     assert json.loads((run_dir / "summary.json").read_text())["epochs_run"] == 4
+
+
+@pytest.mark.parametrize("bad, key", [("train.epochs=0", "train.epochs"),
+                                      ("data.image_size=7", "data.image_size=7")])
+def test_bad_sizes_fail_before_compute_with_one_line(bad, key, tmp_path):
+    proc = run_train("--config", "configs/baseline_cnn.yaml", f"run_dir={tmp_path / 'run'}", *TINY, bad,
+                     check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
