@@ -13,7 +13,7 @@ import sys
 
 from brainmri.config import ConfigError, apply_overrides, from_dict, load_config
 from brainmri.data import DataError
-from brainmri.engine import fit, load_run_config
+from brainmri.engine import TrainingInterrupted, fit, load_run_config
 from brainmri.models import WeightsError
 from brainmri.rundir import CheckpointError, RunLockedError
 
@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, WeightsError, CheckpointError, RunLockedError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:  # checkpoint kept, status.json "interrupted"/"preempted"
+        print(f"error: {e}; resume with --resume {cfg.run_dir or 'RUN_DIR'}", file=sys.stderr)
+        return e.exit_code
     if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not one per process
         print(f"{summary['run_dir']}: val/acc {summary['val/acc']:.4f}"
               + (f" test/acc {summary['test/acc']:.4f}" if "test/acc" in summary else ""))

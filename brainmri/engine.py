@@ -15,7 +15,9 @@ import itertools
 from collections import Counter
 import json
 import math
+import os
 import random
+import signal
 import sys
 import time
 import traceback
@@ -129,6 +131,18 @@ def _make_accelerator(cfg: RunConfig) -> Accelerator:
         log.warning("train.mixed_precision=fp16 needs a GPU; training in fp32 (use bf16 for CPU autocast)")
         precision = "no"
     return Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.train.grad_accum)
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM/SIGINT/SIGUSR2 stopped training after a finished step; ``exit_code`` is 128+signum."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
 
 class Engine:
@@ -271,6 +285,9 @@ class Engine:
                 optimizer.zero_grad(set_to_none=True)
             if acc.sync_gradients:
                 self.state.step += 1
+                # on a stop signal the partial epoch is dropped: last.pt (end of the previous
+                # epoch) stays, and a resume redoes this epoch exactly (per-epoch reseeding)
+                self._check_stop()
             # detach: accumulating graph-bearing tensors would keep every graph alive
             loss_sum += loss.detach() * y.size(0)
             correct += (logits.detach().argmax(1) == y).sum()
@@ -316,6 +333,41 @@ class Engine:
     def fit(self) -> dict:
         cfg, acc, run = self.cfg, self.acc, self.run
         self.lock = None
+        self._stop_signal = 0
+        previous = self._install_handlers()
+        try:
+            return self._fit_with_handlers()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _install_handlers(self) -> dict:
+        """Stop signals only set a flag; the loop stops after the current optimizer step."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        signums = [s for s in STOP_SIGNALS
+                   if not (s == signal.SIGUSR2 and os.environ.get("SUBMITIT_EXECUTOR"))]  # submitit owns USR2
+
+        def handler(signum, frame):
+            self._stop_signal = self._stop_signal or signum
+            if signum == signal.SIGINT:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C exits at once
+
+        return {s: signal.signal(s, handler) for s in signums}
+
+    def _check_stop(self) -> None:
+        """Every rank agrees on the step at which it stops (all-reduce of the flag)."""
+        flag = self._stop_signal
+        if self.acc.num_processes > 1:
+            t = torch.tensor([float(flag)], device=self.acc.device)
+            flag = int(self.acc.reduce(t, reduction="sum").item() > 0) and (self._stop_signal or int(signal.SIGTERM))
+        if flag:
+            raise TrainingInterrupted(int(flag))
+
+    def _fit_with_handlers(self) -> dict:
+        cfg, acc, run = self.cfg, self.acc, self.run
         if acc.is_main_process:
             run.create()
             self.lock = acquire_lock(run)  # one writer per run directory
@@ -352,6 +404,18 @@ class Engine:
                 run.set_status("running", self.state.epoch)
             self._run_phases(ckpt)
             summary = self._finish(time.perf_counter() - wall_start)
+        except TrainingInterrupted as e:
+            name = signal.Signals(e.signum).name
+            if acc.is_main_process:
+                run.set_status("preempted" if os.environ.get("SLURM_JOB_ID") else "interrupted",
+                               self.state.epoch, signal=name)
+            log.warning("%s: stopped after step %d; resume with --resume %s", name, self.state.step, run.path)
+            try:
+                if self.wb is not None:
+                    self.wb.finish(exit_code=e.exit_code)
+            except Exception as cleanup:
+                log.warning("W&B finish failed after %s: %s", name, cleanup)
+            raise
         except BaseException as e:
             if acc.is_main_process:
                 run.set_status("failed", self.state.epoch, f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
@@ -399,6 +463,7 @@ class Engine:
                      phase.name, ", ".join(g["name"] for g in optimizer.param_groups), phase.epochs)
             while self.state.phase_epoch < phase.epochs and not self.state.phase_stopped:
                 self._run_epoch(phase, optimizer, scheduler)
+                self._check_stop()  # a signal during evaluation: stop at this epoch's checkpoint
             self._next_phase()
 
     def _uses_feature_cache(self, phase) -> bool:
