@@ -392,3 +392,16 @@ def compare_predictions(first: RecipeResult, second: RecipeResult) -> dict:
     if not out["seeds"]:
         out["reason"] = "no common seed with predictions_test.csv in both recipes"
     return out
+
+
+# ---------------------------------------------------------------- compute cost
+
+def run_cost(run: Run) -> dict:
+    """Wall time (sum of epoch times), mean images/s and CPU-hours of one run from its history."""
+    hist = run.history()
+    wall = float(sum(h.get("time/epoch_s", 0.0) or 0.0 for h in hist))
+    ips = [h["throughput/images_per_s"] for h in hist if h.get("throughput/images_per_s")]
+    gpus = int((run.config.get("slurm") or {}).get("gpus_per_node") or 0)
+    kind = "GPU-h" if gpus else "CPU-h"
+    return {"wall_s": wall, "images_per_s": float(np.mean(ips)) if ips else math.nan,
+            "hours": wall / 3600 * max(gpus, 1), "kind": kind}

@@ -73,7 +73,7 @@ def display_frame(cmp: Comparison, per_value: bool = False, pm: str = "±") -> p
 
 
 def markdown_table(df: pd.DataFrame) -> str:
-    cells = [[str(c) for c in df.columns]] + [[str(x).replace("|", "\\|") for x in row] for row in df.values]
+    cells = [[str(c) for c in df.columns]] + [[" ".join(str(x).split()).replace("|", "\\|") for x in row] for row in df.values]
     lines = ["| " + " | ".join(r) + " |" for r in cells]
     lines.insert(1, "|" + "---|" * len(df.columns))
     return "\n".join(lines)
@@ -97,9 +97,13 @@ def _mcnemar_lines(cmp: Comparison) -> list[str]:
     return lines
 
 
-def _incomplete_frame(cmp: Comparison) -> pd.DataFrame:
+def _incomplete_frame(cmp: Comparison, full_error: bool = False) -> pd.DataFrame:
+    """One row per incomplete run; ``error`` is its first line unless ``full_error``."""
+    def err(e):
+        e = e or ""
+        return e if full_error else (e.strip().splitlines() or [""])[0][:120]
     return pd.DataFrame([{"id": r.id, "recipe": r.recipe, "seed": r.seed, "status": r.status,
-                          "error": (r.error or "")[:120], "source": r.sources[0]} for r in cmp.incomplete])
+                          "error": err(r.error), "source": r.sources[0]} for r in cmp.incomplete])
 
 
 def _intro(cmp: Comparison) -> str:
@@ -122,7 +126,15 @@ def to_markdown(cmp: Comparison, per_value: bool = False) -> str:
 
 
 def to_csv(cmp: Comparison, per_value: bool = False) -> str:
-    return results_frame(cmp, per_value).to_csv(index=False)
+    """Finished rows, then one row per incomplete run (its state and the error's first line)."""
+    df = results_frame(cmp, per_value)
+    if len(df):
+        df.insert(df.columns.get_loc("split"), "state", "finished")
+    inc = _incomplete_frame(cmp)
+    if len(inc):
+        inc = inc.rename(columns={"status": "state", "seed": "n_seeds"})[["recipe", "state", "error", "id"]]
+        df = pd.concat([df, inc], ignore_index=True)
+    return df.to_csv(index=False)
 
 
 def _tex(s: str) -> str:
@@ -138,9 +150,12 @@ def to_latex(cmp: Comparison, per_value: bool = False) -> str:
     df.columns = [_tex(c) for c in df.columns]
     body = df.to_latex(index=False, escape=False, caption=_tex(_intro(cmp)),
                        label="tab:recipes", position="t")
-    comments = _mcnemar_lines(cmp) + [f"incomplete: {r.id} {r.recipe} seed={r.seed} {r.status}"
-                                      for r in cmp.incomplete] + cmp.notes
-    return body + "".join(f"% {line}\n" for line in comments)
+    comments = _mcnemar_lines(cmp) + cmp.notes
+    if cmp.incomplete:
+        inc = _incomplete_frame(cmp)[["recipe", "seed", "status", "error"]].astype(str).map(_tex)
+        body += inc.to_latex(index=False, escape=False, caption="Incomplete runs (not averaged)",
+                             label="tab:incomplete", position="t")
+    return body + "".join(f"% {' '.join(line.split())}\n" for line in comments)
 
 
 RENDERERS = {"md": to_markdown, "csv": to_csv, "latex": to_latex}

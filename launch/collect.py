@@ -21,6 +21,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="*", help="sweep dirs, run dirs or W&B offline dirs (searched recursively)")
     p.add_argument("--format", choices=sorted(RENDERERS), default="md")
     p.add_argument("--out", help="write the table here instead of stdout")
+    p.add_argument("--html", help="also write a self-contained HTML report here (opens offline)")
     p.add_argument("--plots", help="directory for accuracy.png and val_curves.png")
     p.add_argument("--metric", default="val/acc", help="validation metric used to select the swept value")
     p.add_argument("--by", action="append", help="swept config key(s) to select over (default: all keys "
@@ -49,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).write_text(text)
     else:
         sys.stdout.write(text)
+    if args.html:
+        from brainmri.report_html import write_html
+        print(f"report: {write_html(cmp, args.html)}", file=sys.stderr)
     plots = write_plots(cmp, args.plots) if args.plots and cmp.recipes else []
     if args.wandb_report:
         try:

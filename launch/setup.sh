@@ -14,4 +14,6 @@ fi
 .venv/bin/python -c "import torch, torchvision, accelerate, wandb, submitit; print('torch', torch.__version__, '| torchvision', torchvision.__version__, '| accelerate', accelerate.__version__, '| wandb', wandb.__version__, '| submitit', submitit.__version__)"
 if [ "${1:-}" = "--slurm" ]; then
     bash slurm/install_local_cluster.sh
+    # headless Chromium opens the HTML report in tests/test_report_html.py
+    command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 fi

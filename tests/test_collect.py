@@ -251,7 +251,9 @@ def test_cli_formats_and_plots(tmp_path, capsys):
     assert r"\begin{tabular}" in tex and r"resnet18\_recipe" in tex and r"$\pm$" in tex
     assert cli.main([str(sweep), "--format", "csv", "--out", str(tmp_path / "t.csv"), "--by", "optim.lr"]) == 0
     df = pd.read_csv(tmp_path / "t.csv")
-    assert list(df["recipe"]) == ["resnet18_recipe", "cnn"] and (df["n_seeds"] == 3).all()
+    done = df[df["state"] == "finished"]
+    assert list(done["recipe"]) == ["resnet18_recipe", "cnn"] and (done["n_seeds"] == 3).all()
+    assert list(df[df["state"] == "failed"]["error"]) == ["boom"]  # incomplete runs are never dropped
 
 
 def test_wandb_report_offline_is_a_clear_failure(tmp_path, capsys):

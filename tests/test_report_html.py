@@ -1,0 +1,73 @@
+"""HTML report and incomplete runs in every format, on run dirs laid out per the contract."""
+
+import io
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from brainmri.collect import collect_runs, compare
+from brainmri.report import to_csv, to_latex, to_markdown
+from brainmri.report_html import holm, render_html
+from test_collect import make_run
+
+
+def _sweep(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 40)
+    for recipe, acc in (("baseline_cnn", 0.8), ("tiny_cnn", 0.6)):
+        for seed in (0, 1):
+            for lr in (1e-3, 3e-4):
+                pred = np.where(rng.random(40) < acc, labels, (labels + 1) % 4)
+                make_run(tmp_path, recipe, seed, lr, acc + (0.05 if lr == 1e-3 else 0) + 0.01 * seed,
+                         test_acc=float((pred == labels).mean()), preds=(labels, pred))
+    d = make_run(tmp_path, "tiny_cnn", 2, 1e-3, 0.5, status="failed")
+    (d / "status.json").write_text(json.dumps({"status": "failed", "error": "Traceback | x\nRuntimeError: boom"}))
+    return compare(collect_runs([tmp_path]))
+
+
+def test_incomplete_run_with_multiline_error_in_every_format(tmp_path):
+    cmp = _sweep(tmp_path)
+    md = to_markdown(cmp)
+    row = [l for l in md.splitlines() if "failed" in l][0]
+    assert row.count(" | ") == 5 and "| Traceback \\| x |" in row
+    assert not any(l.startswith("RuntimeError") for l in md.splitlines())  # the table is not broken
+    csv = pd.read_csv(io.StringIO(to_csv(cmp)))
+    failed = csv[csv["state"] == "failed"]
+    assert len(failed) == 1 and failed.iloc[0]["recipe"] == "tiny_cnn" and failed.iloc[0]["error"] == "Traceback | x"
+    assert (csv["state"] == "finished").sum() == 2
+    assert "failed & Traceback | x" in to_latex(cmp)
+
+
+def test_holm():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+
+
+def test_html_report_sections_and_numbers(tmp_path):
+    cmp = _sweep(tmp_path / "sweep")
+    page = render_html(cmp)
+    for i in (1, 2, 3, 4, 5, 6, 8, 9, 10):
+        assert f"id='s{i}'" in page
+    assert "http://" not in page.split("<body>")[1].split("<script>")[0]
+    assert f"{cmp.recipes[0].stats['acc']['mean']:.3f}" in page
+    assert "RuntimeError: boom" in page and "p (Holm)" in page
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="chromium not installed (launch/setup.sh installs it)")
+def test_html_report_in_headless_chromium_offline(tmp_path):
+    cmp = _sweep(tmp_path / "sweep")
+    (tmp_path / "r.html").write_text(render_html(cmp))
+    base = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--proxy-server=127.0.0.1:9",
+            "--host-resolver-rules=MAP * ~NOTFOUND", "--enable-logging=stderr", "--v=0"]
+    out = subprocess.run(base + ["--virtual-time-budget=5000", "--dump-dom", f"file://{tmp_path}/r.html"],
+                         capture_output=True, text=True, timeout=120)
+    assert not re.search(r"CONSOLE.*(Error|Uncaught)", out.stderr), out.stderr[-2000:]
+    assert out.stdout.count("class=\"main-svg\"") >= 5  # plotly drew its figures
+    assert f"{cmp.recipes[0].stats['acc']['mean']:.3f}" in out.stdout
+    subprocess.run(base + ["--window-size=1200,2400", f"--screenshot={tmp_path}/r.png", f"file://{tmp_path}/r.html"],
+                   capture_output=True, timeout=120)
+    assert (tmp_path / "r.png").stat().st_size > 10_000
