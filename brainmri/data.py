@@ -164,25 +164,31 @@ def build_split(data_cfg, root: str | Path) -> Split:
     classes, samples, skipped = _scan_split_dir(train_dir, None)
     if not samples:
         raise DataError(f"no readable images under {train_dir}")
-    group_by = getattr(data_cfg, "group_by", "near")
-    keys = group_keys([s.path for s in samples], [s.sha1 for s in samples], group_by, data_cfg.cache_dir)
-    train, val = split_groups(samples, data_cfg.val_fraction, data_cfg.split_seed, keys)
     test: list[Sample] = []
     if test_dir is not None:
         _, test, test_skipped = _scan_split_dir(test_dir, classes)
         skipped += test_skipped
+    # one fingerprint per image, used both for the groups and for the nearest-training search
+    fp = fingerprints([s.path for s in samples + test], data_cfg.cache_dir)
+    row = {s.path: i for i, s in enumerate(samples + test)}
+    group_by = getattr(data_cfg, "group_by", "near")
+    keys = group_keys(fp[:len(samples)], [s.sha1 for s in samples], group_by)
+    train, val = split_groups(samples, data_cfg.val_fraction, data_cfg.split_seed, keys)
     # Every held-out image carries its nearest training image: metrics by band say how a model
     # does on images unlike anything it trained on (nothing is dropped).
-    annotate_nearest(train, val + test, data_cfg.cache_dir)
+    annotate_nearest(train, val + test, lambda part: fp[[row[s.path] for s in part]])
     return Split(classes, train, val, test, skipped, group_by, len(set(keys)))
 
 
-def annotate_nearest(train: list[Sample], held_out: list[Sample], cache_dir=None) -> None:
-    """Set ``nearest_train``, ``similarity`` and ``band`` on each held-out sample."""
+def annotate_nearest(train: list[Sample], held_out: list[Sample], fingerprints_of) -> None:
+    """Set ``nearest_train``, ``similarity`` and ``band`` on each held-out sample.
+
+    ``fingerprints_of(samples)`` returns their ``brainmri.leakage`` fingerprints, row-aligned.
+    """
     if not held_out:
         return
-    fp = fingerprints([s.path for s in train + held_out], cache_dir)
-    near = nearest(fp[:len(train)], [s.sha1 for s in train], fp[len(train):], [s.sha1 for s in held_out])
+    near = nearest(fingerprints_of(train), [s.sha1 for s in train], fingerprints_of(held_out),
+                   [s.sha1 for s in held_out])
     for s, idx, sim, band in zip(held_out, near.index, near.coarse, near.band):
         s.nearest_train = train[idx].path if idx >= 0 else None
         s.similarity = round(float(sim), 4) if idx >= 0 else None

@@ -152,7 +152,6 @@ def fingerprints(paths: list[str], cache_dir=None, workers: int | None = None, p
             except Exception:  # unreadable: reported by the scan, NaN here
                 return np.full((3, SIZE * SIZE), np.nan, np.float32)
 
-        it = None
         with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
             it = pool.map(one, todo, chunksize=16)
             if progress:
@@ -343,12 +342,11 @@ def groups(n: int, pairs: Pairs, bands: tuple[str, ...]) -> np.ndarray:
     return labels
 
 
-def group_keys(paths: list[str], sha1: list[str], group_by: str, cache_dir=None) -> list[str]:
-    """A key per image such that images of one near-duplicate group share it (for splitting)."""
-    if group_by == "exact" or len(paths) < 2:
+def group_keys(fp: np.ndarray, sha1: list[str], group_by: str) -> list[str]:
+    """A key per image (fingerprints ``fp``) such that one near-duplicate group shares it (for splitting)."""
+    if group_by == "exact" or len(fp) < 2:
         return list(sha1)
-    fp = fingerprints(paths, cache_dir)
-    labels = groups(len(paths), near_pairs(fp, sha1), GROUP_BANDS[group_by])
+    labels = groups(len(fp), near_pairs(fp, sha1), GROUP_BANDS[group_by])
     return [f"g{lab}" for lab in labels]
 
 
