@@ -22,8 +22,7 @@ import numpy as np
 from PIL import Image
 
 from brainmri import leakage as L
-from brainmri.data import DataError, _scan_split_dir, resolve_splits_root
-from brainmri.transforms import load_pil
+from brainmri.imagefiles import DataError, _scan_split_dir, load_pil, resolve_splits_root
 
 
 def _image_info(paths: list[str]) -> dict:

@@ -20,12 +20,9 @@ import numpy as np
 import torch
 from filelock import FileLock
 
+from brainmri.cachedir import cache_base  # noqa: F401  (re-exported)
+
 FORMAT = 2
-
-
-def cache_base(cache_dir: str | Path | None = None) -> Path:
-    """Where brainmri keeps its caches: ``cache_dir``, else $BRAINMRI_CACHE, else ~/.cache/brainmri."""
-    return Path(cache_dir or os.environ.get("BRAINMRI_CACHE") or Path.home() / ".cache" / "brainmri")
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:

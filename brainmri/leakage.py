@@ -43,7 +43,8 @@ from filelock import FileLock
 from PIL import Image
 from scipy import ndimage
 
-from brainmri.cache import cache_base
+from brainmri.cachedir import cache_base
+from brainmri.imagefiles import load_pil
 
 BANDS = ("exact", "near_identical", "same_scan", "novel")
 NEAR_IDENTICAL = 0.97  # fine similarity at or above: the same picture
@@ -103,7 +104,6 @@ def fingerprint_image(img: Image.Image) -> np.ndarray:
 
 
 def fingerprint_file(path: str | Path) -> np.ndarray:
-    from brainmri.transforms import load_pil  # the loader's own decoding rules (imports torch: lazily)
 
     return fingerprint_image(load_pil(path, 1))
 

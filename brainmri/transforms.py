@@ -11,29 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torchvision.transforms import v2
+
+from brainmri.imagefiles import load_pil  # noqa: F401  (re-exported)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def load_pil(path: str | Path, channels: int) -> Image.Image:
-    """Open any PIL-readable image (L, RGB, RGBA, CMYK, P, I;16 …) as L (channels=1) or RGB.
-
-    MRI slices are grey-scale, so RGB/CMYK inputs are reduced to luminance first and then
-    repeated to 3 channels: every file reaches the model in the same colour space.
-    """
-    with Image.open(path) as img:
-        img.load()  # force a full decode here, so truncated files fail now, not mid-epoch
-        if img.mode in ("RGBA", "LA", "P", "PA"):
-            img = img.convert("RGBA")
-            background = Image.new("RGBA", img.size, (0, 0, 0, 255))
-            img = Image.alpha_composite(background, img)
-        if img.mode.startswith("I") or img.mode == "F":
-            img = img.point(lambda v: v / 256).convert("L") if img.mode.startswith("I;16") else img.convert("L")
-        gray = img.convert("L")
-    return gray if channels == 1 else gray.convert("RGB")
 
 
 class Decoder:

@@ -13,8 +13,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from brainmri.audit import audit, markdown, write_html  # noqa: E402
-from brainmri.data import DataError  # noqa: E402
-from brainmri.tracking import write_json  # noqa: E402
+from brainmri.imagefiles import DataError  # noqa: E402
+from brainmri.rundir import write_json  # noqa: E402
 
 
 def main(argv=None) -> int:
