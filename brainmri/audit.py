@@ -22,15 +22,19 @@ import numpy as np
 from PIL import Image
 
 from brainmri import leakage as L
-from brainmri.imagefiles import DataError, _scan_split_dir, load_pil, resolve_splits_root
+from brainmri.imagefiles import DataError, _scan_split_dir, file_index, load_pil, resolve_splits_root
 
 
-def _image_info(paths: list[str]) -> dict:
+def _image_info(paths: list[str], split_dirs) -> dict:
+    """Image sizes and modes, from the scan's file index (no file is opened again)."""
+    index = {}
+    for d in split_dirs:
+        index.update(file_index(d))
     sizes, modes = Counter(), Counter()
     for p in paths:
-        with Image.open(p) as im:
-            sizes[f"{im.size[0]}x{im.size[1]}"] += 1
-            modes[im.mode] += 1
+        e = index[p]
+        sizes[f"{e['dims'][0]}x{e['dims'][1]}"] += 1
+        modes[e["mode"]] += 1
     return {"sizes": dict(sizes.most_common(10)), "distinct_sizes": len(sizes), "modes": dict(modes)}
 
 
@@ -66,7 +70,7 @@ def audit(root: str | Path, cache_dir=None, progress: bool = True) -> tuple[dict
         "images": {"Training": len(train), "Testing": len(test)},
         "class_counts": {name: {sp: int(((labels == c) & (split == sp)).sum()) for sp in ("Training", "Testing")}
                          for c, name in enumerate(classes)},
-        "image_info": _image_info(paths),
+        "image_info": _image_info(paths, [d for d in (train_dir, test_dir) if d is not None]),
         "unreadable": skipped,
         "pairs": {"within_training": pair_counts((si == "Training") & (sj == "Training")),
                   "within_testing": pair_counts((si == "Testing") & (sj == "Testing")),

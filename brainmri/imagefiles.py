@@ -69,6 +69,8 @@ def _check_file(path: Path) -> dict:
     entry = {"size": stat.st_size, "mtime": stat.st_mtime_ns}
     entry["sha1"] = hashlib.sha1(path.read_bytes()).hexdigest()
     try:
+        with Image.open(path) as img:
+            entry["dims"], entry["mode"] = list(img.size), img.mode
         load_pil(path, 1)
         entry["error"] = None
     except Exception as e:  # PIL raises many types for broken files
@@ -106,7 +108,8 @@ def _scan_split_dir(split_dir: Path, classes: list[str] | None, workers: int = 4
     for path, _ in files:
         entry = index.get(str(path))
         stat = path.stat()
-        if not entry or entry["size"] != stat.st_size or entry["mtime"] != stat.st_mtime_ns:
+        if (not entry or entry["size"] != stat.st_size or entry["mtime"] != stat.st_mtime_ns
+                or ("mode" not in entry and not entry["error"])):
             todo.append(path)
     if todo:
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -125,6 +128,14 @@ def _scan_split_dir(split_dir: Path, classes: list[str] | None, workers: int = 4
         else:
             samples.append(Sample(str(path), label, entry["sha1"]))
     return classes, samples, skipped
+
+
+def file_index(split_dir: str | Path) -> dict[str, dict]:
+    """The scan's index of ``split_dir`` (after a scan): path → size, mtime, sha1, dims, mode, error."""
+    try:
+        return json.loads(_index_path(Path(split_dir)).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def resolve_splits_root(root: str | Path) -> tuple[Path, Path | None]:

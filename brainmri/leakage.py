@@ -21,8 +21,10 @@ Two fingerprints per image, both from the grey image:
 
 Candidates come from two HNSW indices (faiss, inner product; building and querying grow as
 n log n, so 100,000 images need no all-pairs comparison; below 20,000 images an exact flat
-search is faster and is used instead): the ``k`` nearest neighbours of each
-image by coarse and by aligned fine fingerprint. Each candidate pair is then scored exactly and
+search is faster and is used instead): the ``k`` nearest neighbours of each image by coarse and
+by aligned fine fingerprint, searched on the fingerprints projected onto their top 96 principal
+axes (a tenth of the dimensions; a bound on what the projection drops discards pairs that cannot
+reach a band without scoring them). Each remaining candidate pair is then scored exactly and
 banded by the thresholds below (chosen on the real data set's contact sheets; see
 ``docs/leakage.md``). Groups are the connected components of the chosen bands' pairs
 (union–find). Fingerprints are cached per file (path, size, mtime) beside the decoded-image cache.
@@ -41,7 +43,6 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 from PIL import Image
-from scipy import ndimage
 
 from brainmri.cachedir import cache_base
 from brainmri.imagefiles import load_pil
@@ -87,11 +88,15 @@ def _reduce(a: np.ndarray) -> np.ndarray:
 
 
 def _detail(a: np.ndarray) -> np.ndarray:
+    from scipy import ndimage  # only when fingerprints are computed: a cached audit skips the import
+
     return a - ndimage.gaussian_filter(a, _BLUR)
 
 
 def fingerprint_image(img: Image.Image) -> np.ndarray:
     """(3, SIZE²) float32: coarse, fine as is, fine with the head centred — each unit-norm."""
+    from scipy import ndimage
+
     grey = np.asarray(img.convert("L").resize((_WORK, _WORK), Image.BILINEAR), dtype=np.float32)
     mask = grey > _otsu(grey)
     centred = grey
@@ -109,7 +114,8 @@ def fingerprint_file(path: str | Path) -> np.ndarray:
 
 
 def _cache_file(paths: list[str], cache_dir) -> Path:
-    parents = sorted({str(Path(p).resolve().parent.parent) for p in paths})
+    # one cache per set of data folders (<split>/<class>/file: the split folders), resolved once each
+    parents = sorted({str(Path(d).resolve()) for d in {os.path.dirname(os.path.dirname(p)) for p in paths}})
     digest = hashlib.sha1("|".join(parents).encode()).hexdigest()[:16]
     return cache_base(cache_dir) / "fingerprints" / f"v{FORMAT}-{digest}.npz"
 
@@ -244,18 +250,88 @@ class Pairs:
     band: np.ndarray
 
 
-def _candidates(fp: np.ndarray, k: int, queries: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+SEARCH_DIM = 96  # candidate search runs on fingerprints projected onto their top principal axes
+
+
+@dataclass
+class _Projected:
+    """Fingerprints in a PCA basis (for the search) and the norm of what the projection drops.
+
+    For unit vectors a, b with projections pa, pb and residuals ra, rb: a·b = pa·pb + ra·rb, so
+    ``pa·pb + |ra||rb|`` bounds a·b from above (Cauchy–Schwarz) — pairs whose bound is below every
+    band threshold can be dropped without scoring them, and none is lost.
+    """
+
+    vec: np.ndarray  # (n, 3, SEARCH_DIM)
+    res: np.ndarray  # (n, 3)
+
+
+def _bases(fp: np.ndarray, seed: int = 0) -> list[np.ndarray]:
+    """(SIZE², SEARCH_DIM) bases: one for the coarse channel, one shared by the two fine channels.
+
+    The top right-singular vectors of a sample of at most 2,048 fingerprints (uncentred: the basis
+    that keeps dot products best), by a randomised range finder (Halko et al. 2011, two power
+    iterations): a few small matrix products instead of a 1,024² eigen-decomposition.
+    """
+    rng = np.random.default_rng(seed)
+    sub = fp if len(fp) <= 2048 else fp[np.sort(rng.choice(len(fp), 2048, replace=False))]
+    out = []
+    for channels in ((0,), (1, 2)):
+        x = np.ascontiguousarray(sub[:, channels].reshape(-1, fp.shape[-1]), dtype=np.float32)
+        y = _orth(x @ rng.standard_normal((x.shape[1], SEARCH_DIM + 16)).astype(np.float32))
+        for _ in range(2):
+            y = _orth(x @ (x.T @ y))
+        b = (y.T @ x).astype(np.float64)  # x ≈ y b; the right-singular vectors of b are x's
+        s2, u = np.linalg.eigh(b @ b.T)
+        top = np.argsort(s2)[::-1][:SEARCH_DIM]
+        top = top[s2[top] > s2.max() * 1e-9]
+        v = np.zeros((x.shape[1], SEARCH_DIM), np.float32)  # zero columns when the sample has lower rank
+        v[:, :len(top)] = (b.T @ u[:, top]) / np.sqrt(np.maximum(s2[top], 1e-12))
+        out.append(v)
+    return out
+
+
+def _orth(y: np.ndarray) -> np.ndarray:
+    """Orthonormal columns spanning ``y`` (from its Gram matrix, twice for accuracy; columns that
+    add nothing are dropped, so a sample of fewer images than dimensions works too)."""
+    for _ in range(2):
+        s, u = np.linalg.eigh((y.T @ y).astype(np.float64))
+        keep = s > max(s.max(), 1e-30) * 1e-9
+        y = y @ (u[:, keep] / np.sqrt(s[keep])).astype(np.float32)
+    return y
+
+
+def _project(fp: np.ndarray, bases: list[np.ndarray]) -> _Projected:
+    vec = np.empty((len(fp), 3, SEARCH_DIM), np.float32)
+    for c in range(3):
+        vec[:, c] = fp[:, c] @ bases[0 if c == 0 else 1]
+    sq = np.einsum("ncd,ncd->nc", fp, fp) - np.einsum("ncd,ncd->nc", vec, vec)  # |a|² = |Pa|² + |a - Pa|²
+    return _Projected(vec, np.sqrt(np.clip(sq, 0.0, None)))
+
+
+def _candidates(base: _Projected, k: int, queries: _Projected | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(query row, base row) candidate pairs from the coarse and the aligned-fine index."""
-    q = fp if queries is None else queries
+    q = base if queries is None else queries
     qi, bi = [], []
     for channel in (0, 2):
-        ids = _search(_hnsw(fp[:, channel]), q[:, channel], k)
-        rows = np.repeat(np.arange(len(q)), ids.shape[1])
+        ids = _search(_hnsw(base.vec[:, channel]), q.vec[:, channel], k)
+        rows = np.repeat(np.arange(len(q.vec)), ids.shape[1])
         cols = ids.ravel()
         ok = cols >= 0
         qi.append(rows[ok])
         bi.append(cols[ok])
     return np.concatenate(qi), np.concatenate(bi)
+
+
+def _upper_bounds(p: _Projected, i: np.ndarray, j: np.ndarray, slack: float = 1e-4) -> np.ndarray:
+    """(pairs, 3): an upper bound of each channel's similarity of the pairs (i, j)."""
+    return np.einsum("ncd,ncd->nc", p.vec[i], p.vec[j]) + p.res[i] * p.res[j] + slack
+
+
+def _may_be_close(p: _Projected, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Pairs whose similarity bound reaches a band threshold on some channel."""
+    upper = _upper_bounds(p, i, j)
+    return (upper[:, 0] >= SAME_SCAN) | (upper[:, 1:].max(axis=1) >= NEAR_IDENTICAL)
 
 
 def near_pairs(fp: np.ndarray, sha1: list[str], k: int = 8) -> Pairs:
@@ -264,7 +340,8 @@ def near_pairs(fp: np.ndarray, sha1: list[str], k: int = 8) -> Pairs:
     if n < 2:
         e = np.zeros(0, np.int64)
         return Pairs(e, e, np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0, np.int8))
-    a, b = _candidates(fp, k + 1)
+    proj = _project(fp, _bases(fp))
+    a, b = _candidates(proj, k + 1)
     # identical bytes are always a pair, whether or not the index returned them
     by_hash: dict[str, list[int]] = {}
     for idx, h in enumerate(sha1):
@@ -277,9 +354,12 @@ def near_pairs(fp: np.ndarray, sha1: list[str], k: int = 8) -> Pairs:
     i, j = np.minimum(a, b)[keep], np.maximum(a, b)[keep]
     uniq = np.unique(i.astype(np.int64) * n + j)
     i, j = uniq // n, uniq % n
-    coarse, fine = pair_scores(fp, i, fp, j)
     h = np.array(sha1)
-    band = band_of(coarse, fine, h[i] == h[j])
+    exact = h[i] == h[j]
+    keep = exact | _may_be_close(proj, i, j)
+    i, j, exact = i[keep], j[keep], exact[keep]
+    coarse, fine = pair_scores(fp, i, fp, j)
+    band = band_of(coarse, fine, exact)
     keep = band < 3
     return Pairs(i[keep], j[keep], coarse[keep], fine[keep], band[keep])
 
@@ -301,7 +381,8 @@ def nearest(base_fp: np.ndarray, base_sha1: list[str], query_fp: np.ndarray, que
     if m == 0 or len(base_fp) == 0:
         return Nearest(np.full(m, -1), np.full(m, np.nan, np.float32), np.full(m, np.nan, np.float32),
                        np.full(m, 3, np.int8))
-    q, b = _candidates(base_fp, k, queries=query_fp)
+    bases = _bases(base_fp)
+    q, b = _candidates(_project(base_fp, bases), k, queries=_project(query_fp, bases))
     by_hash: dict[str, int] = {}
     for idx, h in enumerate(base_sha1):
         by_hash.setdefault(h, idx)

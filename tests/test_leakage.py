@@ -89,6 +89,19 @@ def test_every_planted_copy_is_found_and_distinct_subjects_never_merge(planted, 
     assert np.bincount(groups).max() == 2
 
 
+def test_search_projection_never_drops_a_pair_that_reaches_a_band(planted, tmp_path):
+    """The candidate search runs on PCA-projected fingerprints; its pruning bound must hold for every pair."""
+    root, _ = planted
+    paths = sorted(str(p) for p in (root / "Training").glob("*/*.jpg"))
+    fp = L.fingerprints(paths, tmp_path)
+    train, held = fp[::2], fp[1::2]  # basis fitted on one half, bound checked on the other half too
+    proj = L._project(fp, L._bases(train))
+    i, j = np.triu_indices(len(fp), 1)
+    exact = np.einsum("ncd,ncd->nc", fp[i], fp[j])
+    assert (L._upper_bounds(proj, i, j) >= exact).all()
+    assert len(held) and proj.vec.shape[-1] == L.SEARCH_DIM < fp.shape[-1]
+
+
 def test_audit_reports_cross_label_and_test_leak_and_hits_cache(planted, tmp_path):
     root, plant = planted
     report, _ = audit(root, cache_dir=tmp_path, progress=False)
