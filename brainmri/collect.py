@@ -237,8 +237,8 @@ def mean_ci(values: Iterable[float], level: float = 0.95, bounds: tuple[float, f
 
 
 def metric_bounds(metric: str) -> tuple[float, float] | None:
-    """Rates (accuracy, F1, AUC, ECE, recall …) live in [0, 1]; a loss has no upper bound."""
-    return None if "loss" in metric else (0.0, 1.0)
+    """Rates (accuracy, F1, AUC, ECE, recall …) live in [0, 1]; a loss or a count (``…/n``) does not."""
+    return None if "loss" in metric or metric.endswith("/n") else (0.0, 1.0)
 
 
 def lower_is_better(metric: str) -> bool:

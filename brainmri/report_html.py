@@ -49,6 +49,16 @@ def _predictions(run: Run) -> pd.DataFrame | None:
     return pd.read_csv(p) if p and p.exists() else None
 
 
+def _class_index(values: pd.Series, classes: list[str]) -> np.ndarray:
+    """Class indices of a predictions column, which holds class names (the engine) or indices."""
+    if pd.api.types.is_integer_dtype(values):
+        return values.to_numpy()
+    index = {c: i for i, c in enumerate(classes)}
+    for v in values:
+        index.setdefault(v, len(index))
+    return values.map(index).to_numpy()
+
+
 def holm(pvalues: list[float]) -> list[float]:
     """Holm step-down adjusted p-values (same order as given)."""
     order = np.argsort(pvalues)
@@ -157,9 +167,10 @@ def render_html(cmp: Comparison, title: str = "brainmri recipe comparison") -> s
         classes = rr.runs[0].summary.get("classes") or []
         if preds:
             df = pd.concat(preds)
-            k = max(len(classes), int(df[["label", "pred"]].max().max()) + 1)
+            label, pred = _class_index(df["label"], classes), _class_index(df["pred"], classes)
+            k = max(len(classes), int(max(label.max(), pred.max())) + 1)
             cm = np.zeros((k, k), int)
-            np.add.at(cm, (df["label"].to_numpy(), df["pred"].to_numpy()), 1)
+            np.add.at(cm, (label, pred), 1)
             norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
             names = classes or [str(i) for i in range(k)]
             fig = go.Figure(go.Heatmap(z=norm, x=names, y=names, text=cm, texttemplate="%{text}",
