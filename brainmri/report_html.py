@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from plotly.utils import PlotlyJSONEncoder
 
-from brainmri.collect import Comparison, Run, flatten, mcnemar, value_label
+from brainmri.collect import Comparison, Run, _load_predictions, flatten, mcnemar, value_label
 from brainmri.report import _incomplete_frame, _intro, display_frame
 
 SORT_JS = """
@@ -85,8 +85,15 @@ def _plotly_template() -> str:
 
 
 def _predictions(run: Run) -> pd.DataFrame | None:
-    p = run.run_dir / "predictions_test.csv" if run.run_dir else None
-    return pd.read_csv(p) if p and p.exists() else None
+    return _load_predictions(run)
+
+
+def _paired_correct(pa: pd.DataFrame, pb: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image correctness of two runs on their common test images, matched on path."""
+    if len(pa) == len(pb) and (pa["path"].to_numpy() == pb["path"].to_numpy()).all():
+        return ((pa["pred"] == pa["label"]).to_numpy(), (pb["pred"] == pb["label"]).to_numpy())
+    m = pa.merge(pb, on="path", suffixes=("_a", "_b"))
+    return (m["pred_a"] == m["label_a"]).to_numpy(), (m["pred_b"] == m["label_b"]).to_numpy()
 
 
 def _class_index(values: pd.Series, classes: list[str]) -> np.ndarray:
@@ -94,7 +101,7 @@ def _class_index(values: pd.Series, classes: list[str]) -> np.ndarray:
     if pd.api.types.is_integer_dtype(values):
         return values.to_numpy()
     index = {c: i for i, c in enumerate(classes)}
-    for v in values:
+    for v in pd.unique(values):
         index.setdefault(v, len(index))
     return values.map(index).to_numpy()
 
@@ -120,11 +127,11 @@ def pairwise_mcnemar(cmp: Comparison) -> pd.DataFrame:
             pa, pb = _predictions(ra), _predictions(rb[ra.seed])
             if pa is None or pb is None:
                 continue
-            m = pa.merge(pb, on="path", suffixes=("_a", "_b"))
-            res = mcnemar(m["pred_a"] == m["label_a"], m["pred_b"] == m["label_b"])
-            rows.append({"A": a.recipe, "B": b.recipe, "seed": ra.seed, "n": len(m),
-                         "acc A": round(float((m["pred_a"] == m["label_a"]).mean()), 4),
-                         "acc B": round(float((m["pred_b"] == m["label_b"]).mean()), 4),
+            ca, cb = _paired_correct(pa, pb)
+            res = mcnemar(ca, cb)
+            rows.append({"A": a.recipe, "B": b.recipe, "seed": ra.seed, "n": len(ca),
+                         "acc A": round(float(ca.mean()), 4) if len(ca) else None,
+                         "acc B": round(float(cb.mean()), 4) if len(cb) else None,
                          "b": res["b"], "c": res["c"], "method": res["method"], "p": res["p"]})
     df = pd.DataFrame(rows)
     if len(df):
