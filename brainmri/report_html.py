@@ -20,7 +20,10 @@ import pandas as pd
 from plotly.utils import PlotlyJSONEncoder
 
 from brainmri.collect import Comparison, Run, _load_predictions, flatten, mcnemar, value_label
+from brainmri.leakage import BANDS
 from brainmri.report import _incomplete_frame, _intro, display_frame
+
+COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
 SORT_JS = """
 document.querySelectorAll('table.sortable th').forEach(function (th, i) {
@@ -196,9 +199,11 @@ def render_html(cmp: Comparison, title: str = "brainmri recipe comparison") -> s
             g = pd.DataFrame([{"x": h.get("epoch"), "y": h[metric]} for h in hist]).groupby("x")["y"]
             g = g.agg(["mean", "std"]).fillna(0.0)
             x = list(g.index)
+            color = COLORS[i % len(COLORS)]
             fig.add_scatter(x=x + x[::-1], y=list(g["mean"] + g["std"]) + list(g["mean"] - g["std"])[::-1],
-                            fill="toself", opacity=0.2, line={"width": 0}, showlegend=False, hoverinfo="skip")
-            fig.add_scatter(x=x, y=list(g["mean"]), mode="lines+markers", name=rr.recipe)
+                            fill="toself", opacity=0.2, line={"width": 0}, fillcolor=color, showlegend=False,
+                            hoverinfo="skip")
+            fig.add_scatter(x=x, y=list(g["mean"]), mode="lines+markers", name=rr.recipe, line={"color": color})
             phases = {}
             for h in hist:
                 phases.setdefault(h.get("phase"), h.get("epoch"))
@@ -246,9 +251,12 @@ def render_html(cmp: Comparison, title: str = "brainmri recipe comparison") -> s
             f_ = [r.summary.get(f"{rr.split}/f1/{c}") for r in rr.runs]
             recall_rows.append({"recipe": rr.recipe, "class": c,
                                 "recall": _mean(r_), "F1": _mean(f_)})
-        for r in rr.runs:
-            for band, b in ((r.summary.get("test") or {}).get("bands") or r.summary.get("test_bands") or {}).items():
-                band_rows.append({"recipe": rr.recipe, "seed": r.seed, "band": band, **b})
+        for r in rr.runs:  # the engine's flat keys: <split>/band/<band>/{n,acc,...}
+            for band in BANDS:
+                key = f"{rr.split}/band/{band}/"
+                if r.summary.get(key + "n"):
+                    band_rows.append({"recipe": rr.recipe, "seed": r.seed, "band": band, "n": r.summary[key + "n"],
+                                      "acc": r.summary.get(key + "acc")})
     sec.append(("4. Confusion matrices (chosen configuration)", "".join(parts) or "<p>No predictions_test.csv.</p>"))
     ece_tab = pd.DataFrame([{"recipe": rr.recipe, "ECE": rr.stats.get("ece", {}).get("mean")} for rr in cmp.recipes])
     sec.append(("5. Calibration and per-class metrics", "".join(rel_parts) + _table(ece_tab, True)
@@ -257,7 +265,10 @@ def render_html(cmp: Comparison, title: str = "brainmri recipe comparison") -> s
     sec.append(("6. Pairwise McNemar (Holm-corrected)",
                 _table(pw, True) if len(pw) else "<p>Fewer than two recipes with test predictions: no paired test.</p>"))
     if band_rows:
-        sec.append(("7. Accuracy by similarity-to-training band", _table(pd.DataFrame(band_rows), True)))
+        bands = pd.DataFrame(band_rows).groupby(["recipe", "band"], sort=False).agg(
+            seeds=("seed", "count"), n=("n", "mean"), acc_mean=("acc", "mean"), acc_std=("acc", "std")).reset_index()
+        sec.append(("7. Accuracy by similarity-to-training band (chosen configuration, over seeds)",
+                    _table(bands.round(4), True)))
     sec.append(("8. Compute cost", _table(cost_frame(cmp), True)))
     inc = _incomplete_frame(cmp, full_error=True)
     sec.append(("9. Failed or unfinished runs", "".join(
