@@ -131,7 +131,10 @@ def wait(jobs: list[submitit.Job], poll_s: float = 2.0, stream=None) -> None:
             text = ", ".join(f"{n} {state}" for state, n in counts.items())
             if bar is not None:
                 bar.set_postfix_str(text, refresh=False)
-                bar.update(done - bar.n)
+                if done > bar.n:
+                    bar.update(done - bar.n)  # redraws, with tqdm's rate and ETA
+                else:
+                    bar.refresh()  # elapsed time keeps moving while nothing ends
             elif counts != last:
                 elapsed = time.monotonic() - start
                 eta = elapsed / done * (len(jobs) - done) if 0 < done < len(jobs) else None
