@@ -8,6 +8,7 @@ Knows nothing about training: it only reads the run-dir files and W&B records of
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -237,8 +238,8 @@ def mean_ci(values: Iterable[float], level: float = 0.95, bounds: tuple[float, f
 
 
 def metric_bounds(metric: str) -> tuple[float, float] | None:
-    """Rates (accuracy, F1, AUC, ECE, recall …) live in [0, 1]; a loss has no upper bound."""
-    return None if "loss" in metric else (0.0, 1.0)
+    """Rates (accuracy, F1, AUC, ECE, recall …) live in [0, 1]; a loss or a count (``…/n``) does not."""
+    return None if "loss" in metric or metric.endswith("/n") else (0.0, 1.0)
 
 
 def lower_is_better(metric: str) -> bool:
@@ -358,9 +359,19 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
     return {"b": b, "c": c, "method": "chi2-cc", "statistic": float(stat), "p": float(stats.chi2.sf(stat, 1))}
 
 
+@functools.lru_cache(maxsize=256)
+def _read_predictions(path: str, mtime_ns: int, size: int) -> pd.DataFrame:
+    return pd.read_csv(path)
+
+
 def _load_predictions(run: Run) -> pd.DataFrame | None:
+    """A run's ``predictions_test.csv`` (read once per version of the file; treat it as read-only)."""
     path = run.run_dir / "predictions_test.csv" if run.run_dir else None
-    return pd.read_csv(path) if path and path.exists() else None
+    try:
+        st = path.stat() if path else None
+    except OSError:
+        return None
+    return _read_predictions(str(path), st.st_mtime_ns, st.st_size) if st else None
 
 
 def compare_predictions(first: RecipeResult, second: RecipeResult) -> dict:

@@ -573,6 +573,7 @@ class Engine:
                 self.wb.log_image(f"{split}/confusion_matrix", png)
         summary["config"] = cfg.to_dict()
         if acc.is_main_process:
+            self.wb.log_results(run.path, summary)
             self.wb.summary({k: v for k, v in summary.items() if k != "config"})
             write_json(run.summary_file, summary)
             run.set_status("finished", st.epoch)

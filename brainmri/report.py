@@ -1,4 +1,5 @@
-"""Render a brainmri.collect.Comparison: Markdown, CSV, LaTeX, PNG plots, optional W&B report.
+"""Render a brainmri.collect.Comparison: Markdown, CSV, LaTeX and PNG plots (HTML: brainmri.report_html,
+W&B report: brainmri.wandb_report).
 
 Owns presentation only; every number comes from the Comparison (no statistics here).
 """
@@ -6,7 +7,6 @@ Owns presentation only; every number comes from the Comparison (no statistics he
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -217,35 +217,3 @@ def _save(fig, path) -> Path:
 def write_plots(cmp: Comparison, out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     return [plot_accuracy(cmp, out_dir / "accuracy.png"), plot_val_curves(cmp, out_dir / "val_curves.png")]
-
-
-# ---------------------------------------------------------------- W&B report
-
-class ReportUnavailable(RuntimeError):
-    pass
-
-
-def publish_wandb_report(cmp: Comparison, plots: list[Path], project: str, entity: str | None = None,
-                         title: str = "brainmri recipe comparison") -> str:
-    """Log table + plots to a ``collect`` run and publish a W&B report around them; returns its URL.
-
-    Raises ReportUnavailable (with the reason) when offline or wandb-workspaces is missing.
-    """
-    if os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun"):
-        raise ReportUnavailable(f"WANDB_MODE={os.environ['WANDB_MODE']}: a report needs the W&B server")
-    try:
-        import wandb_workspaces.reports.v2 as wr
-    except ImportError as exc:
-        raise ReportUnavailable("wandb-workspaces is not installed (pip install 'wandb[workspaces]')") from exc
-    import wandb
-    run = wandb.init(project=project, entity=entity, job_type="collect")
-    run.log({"comparison": wandb.Table(dataframe=results_frame(cmp)),
-             **{f"collect/{p.stem}": wandb.Image(str(p)) for p in plots}})
-    run.finish()
-    report = wr.Report(project=project, entity=entity or run.entity, title=title, blocks=[
-        wr.MarkdownBlock(text=to_markdown(cmp)),
-        wr.PanelGrid(runsets=[wr.Runset(project=project, entity=entity or run.entity)],
-                     panels=[wr.MediaBrowser(media_keys=[f"collect/{p.stem}" for p in plots])]),
-    ])
-    report.save()
-    return report.url

@@ -6,6 +6,9 @@ brainmri.collect's statistics (McNemar). Plotly's offline bundle is inlined once
 
 from __future__ import annotations
 
+import base64
+import functools
+import gzip
 import html
 import itertools
 import math
@@ -13,9 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from plotly.utils import PlotlyJSONEncoder
 
-from brainmri.collect import Comparison, Run, flatten, mcnemar, value_label
+from brainmri.collect import Comparison, Run, _load_predictions, flatten, mcnemar, value_label
+from brainmri.leakage import BANDS
 from brainmri.report import _incomplete_frame, _intro, display_frame
+
+COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
 SORT_JS = """
 document.querySelectorAll('table.sortable th').forEach(function (th, i) {
@@ -40,12 +47,65 @@ def _table(df: pd.DataFrame, sortable: bool = False) -> str:
 
 
 def _fig(fig) -> str:
-    return fig.to_html(full_html=False, include_plotlyjs=False)
+    """A placeholder div and the figure's JSON (without the shared template); PLOTLY_LOADER draws it."""
+    spec = fig.to_plotly_json()
+    spec["layout"].pop("template", None)
+    data = json.dumps(spec, cls=PlotlyJSONEncoder, separators=(",", ":")).replace("</", "<\\/")
+    return f"<div class='plotly-fig'></div><script type='application/json' class='plotly-data'>{data}</script>"
+
+
+# plotly.js inlined gzip-compressed (≈ 1.9 MB of base64 instead of 4.8 MB; the package ships no
+# partial bundle) and unpacked by the browser's DecompressionStream, then every figure is drawn
+# with one shared template. Works from file:// with no network.
+PLOTLY_LOADER = """
+(function () {
+  var bytes = Uint8Array.from(atob(document.getElementById('plotly-gz').textContent), function (c) { return c.charCodeAt(0); });
+  var template = JSON.parse(document.getElementById('plotly-template').textContent);
+  new Response(new Blob([bytes]).stream().pipeThrough(new DecompressionStream('gzip'))).text().then(function (src) {
+    var s = document.createElement('script'); s.text = src; document.head.appendChild(s);
+    document.querySelectorAll('div.plotly-fig').forEach(function (div) {
+      var spec = JSON.parse(div.nextElementSibling.textContent);
+      spec.layout.template = template;
+      Plotly.newPlot(div, spec.data, spec.layout, {responsive: true});
+    });
+  });
+})();
+"""
+
+
+@functools.lru_cache(maxsize=1)
+def _plotly_gz() -> str:
+    from plotly.offline import get_plotlyjs
+
+    return base64.b64encode(gzip.compress(get_plotlyjs().encode(), 9, mtime=0)).decode()
+
+
+def _plotly_template() -> str:
+    import plotly.io as pio
+
+    return json.dumps(pio.templates[pio.templates.default].to_plotly_json()["layout"], cls=PlotlyJSONEncoder)
 
 
 def _predictions(run: Run) -> pd.DataFrame | None:
-    p = run.run_dir / "predictions_test.csv" if run.run_dir else None
-    return pd.read_csv(p) if p and p.exists() else None
+    return _load_predictions(run)
+
+
+def _paired_correct(pa: pd.DataFrame, pb: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image correctness of two runs on their common test images, matched on path."""
+    if len(pa) == len(pb) and (pa["path"].to_numpy() == pb["path"].to_numpy()).all():
+        return ((pa["pred"] == pa["label"]).to_numpy(), (pb["pred"] == pb["label"]).to_numpy())
+    m = pa.merge(pb, on="path", suffixes=("_a", "_b"))
+    return (m["pred_a"] == m["label_a"]).to_numpy(), (m["pred_b"] == m["label_b"]).to_numpy()
+
+
+def _class_index(values: pd.Series, classes: list[str]) -> np.ndarray:
+    """Class indices of a predictions column, which holds class names (the engine) or indices."""
+    if pd.api.types.is_integer_dtype(values):
+        return values.to_numpy()
+    index = {c: i for i, c in enumerate(classes)}
+    for v in pd.unique(values):
+        index.setdefault(v, len(index))
+    return values.map(index).to_numpy()
 
 
 def holm(pvalues: list[float]) -> list[float]:
@@ -69,11 +129,11 @@ def pairwise_mcnemar(cmp: Comparison) -> pd.DataFrame:
             pa, pb = _predictions(ra), _predictions(rb[ra.seed])
             if pa is None or pb is None:
                 continue
-            m = pa.merge(pb, on="path", suffixes=("_a", "_b"))
-            res = mcnemar(m["pred_a"] == m["label_a"], m["pred_b"] == m["label_b"])
-            rows.append({"A": a.recipe, "B": b.recipe, "seed": ra.seed, "n": len(m),
-                         "acc A": round(float((m["pred_a"] == m["label_a"]).mean()), 4),
-                         "acc B": round(float((m["pred_b"] == m["label_b"]).mean()), 4),
+            ca, cb = _paired_correct(pa, pb)
+            res = mcnemar(ca, cb)
+            rows.append({"A": a.recipe, "B": b.recipe, "seed": ra.seed, "n": len(ca),
+                         "acc A": round(float(ca.mean()), 4) if len(ca) else None,
+                         "acc B": round(float(cb.mean()), 4) if len(cb) else None,
                          "b": res["b"], "c": res["c"], "method": res["method"], "p": res["p"]})
     df = pd.DataFrame(rows)
     if len(df):
@@ -108,7 +168,6 @@ def config_diff(cmp: Comparison) -> pd.DataFrame:
 
 def render_html(cmp: Comparison, title: str = "brainmri recipe comparison") -> str:
     import plotly.graph_objects as go
-    from plotly.offline import get_plotlyjs
 
     sec: list[tuple[str, str]] = []
     sec.append(("1. Comparison table", f"<p>{html.escape(_intro(cmp))}</p>" + _table(display_frame(cmp), True)
@@ -139,9 +198,11 @@ def render_html(cmp: Comparison, title: str = "brainmri recipe comparison") -> s
             g = pd.DataFrame([{"x": h.get("epoch"), "y": h[metric]} for h in hist]).groupby("x")["y"]
             g = g.agg(["mean", "std"]).fillna(0.0)
             x = list(g.index)
+            color = COLORS[i % len(COLORS)]
             fig.add_scatter(x=x + x[::-1], y=list(g["mean"] + g["std"]) + list(g["mean"] - g["std"])[::-1],
-                            fill="toself", opacity=0.2, line={"width": 0}, showlegend=False, hoverinfo="skip")
-            fig.add_scatter(x=x, y=list(g["mean"]), mode="lines+markers", name=rr.recipe)
+                            fill="toself", opacity=0.2, line={"width": 0}, fillcolor=color, showlegend=False,
+                            hoverinfo="skip")
+            fig.add_scatter(x=x, y=list(g["mean"]), mode="lines+markers", name=rr.recipe, line={"color": color})
             phases = {}
             for h in hist:
                 phases.setdefault(h.get("phase"), h.get("epoch"))
@@ -156,9 +217,10 @@ def render_html(cmp: Comparison, title: str = "brainmri recipe comparison") -> s
         classes = rr.runs[0].summary.get("classes") or []
         if preds:
             df = pd.concat(preds)
-            k = max(len(classes), int(df[["label", "pred"]].max().max()) + 1)
+            label, pred = _class_index(df["label"], classes), _class_index(df["pred"], classes)
+            k = max(len(classes), int(max(label.max(), pred.max())) + 1)
             cm = np.zeros((k, k), int)
-            np.add.at(cm, (df["label"].to_numpy(), df["pred"].to_numpy()), 1)
+            np.add.at(cm, (label, pred), 1)
             norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
             names = classes or [str(i) for i in range(k)]
             fig = go.Figure(go.Heatmap(z=norm, x=names, y=names, text=cm, texttemplate="%{text}",
@@ -188,9 +250,12 @@ def render_html(cmp: Comparison, title: str = "brainmri recipe comparison") -> s
             f_ = [r.summary.get(f"{rr.split}/f1/{c}") for r in rr.runs]
             recall_rows.append({"recipe": rr.recipe, "class": c,
                                 "recall": _mean(r_), "F1": _mean(f_)})
-        for r in rr.runs:
-            for band, b in ((r.summary.get("test") or {}).get("bands") or r.summary.get("test_bands") or {}).items():
-                band_rows.append({"recipe": rr.recipe, "seed": r.seed, "band": band, **b})
+        for r in rr.runs:  # the engine's flat keys: <split>/band/<band>/{n,acc,...}
+            for band in BANDS:
+                key = f"{rr.split}/band/{band}/"
+                if r.summary.get(key + "n"):
+                    band_rows.append({"recipe": rr.recipe, "seed": r.seed, "band": band, "n": r.summary[key + "n"],
+                                      "acc": r.summary.get(key + "acc")})
     sec.append(("4. Confusion matrices (chosen configuration)", "".join(parts) or "<p>No predictions_test.csv.</p>"))
     ece_tab = pd.DataFrame([{"recipe": rr.recipe, "ECE": rr.stats.get("ece", {}).get("mean")} for rr in cmp.recipes])
     sec.append(("5. Calibration and per-class metrics", "".join(rel_parts) + _table(ece_tab, True)
@@ -199,7 +264,10 @@ def render_html(cmp: Comparison, title: str = "brainmri recipe comparison") -> s
     sec.append(("6. Pairwise McNemar (Holm-corrected)",
                 _table(pw, True) if len(pw) else "<p>Fewer than two recipes with test predictions: no paired test.</p>"))
     if band_rows:
-        sec.append(("7. Accuracy by similarity-to-training band", _table(pd.DataFrame(band_rows), True)))
+        bands = pd.DataFrame(band_rows).groupby(["recipe", "band"], sort=False).agg(
+            seeds=("seed", "count"), n=("n", "mean"), acc_mean=("acc", "mean"), acc_std=("acc", "std")).reset_index()
+        sec.append(("7. Accuracy by similarity-to-training band (chosen configuration, over seeds)",
+                    _table(bands.round(4), True)))
     sec.append(("8. Compute cost", _table(cost_frame(cmp), True)))
     inc = _incomplete_frame(cmp, full_error=True)
     sec.append(("9. Failed or unfinished runs", "".join(
@@ -210,8 +278,10 @@ def render_html(cmp: Comparison, title: str = "brainmri recipe comparison") -> s
     sec.append(("10. Config differences between recipes", _table(cd) if len(cd) else "<p>No differences.</p>"))
     body = "".join(f"<section id='s{t.split('.')[0]}'><h2>{html.escape(t)}</h2>{c}</section>" for t, c in sec)
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{CSS}</style><script>{get_plotlyjs()}</script></head><body><h1>{html.escape(title)}</h1>"
-            f"{body}<script>{SORT_JS}</script></body></html>")
+            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}"
+            f"<script type='application/octet-stream' id='plotly-gz'>{_plotly_gz()}</script>"
+            f"<script type='application/json' id='plotly-template'>{_plotly_template()}</script>"
+            f"<script>{PLOTLY_LOADER}</script><script>{SORT_JS}</script></body></html>")
 
 
 def _mean(xs):

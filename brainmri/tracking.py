@@ -64,6 +64,9 @@ class WandbRun:
             tags=list(cfg.wandb.tags), config=cfg.to_dict(), id=self.run_id, resume="allow",
             dir=str(run_dir), settings=wandb.Settings(console="off", x_disable_stats=True),
         )
+        # the run's summary shows the best value of the monitored metric while it trains; at the end
+        # the engine writes the best checkpoint's metrics over it (the same number for the monitor)
+        self.run.define_metric(cfg.train.monitor, summary=cfg.train.monitor_mode)
         log.info("W&B run %s (%s)", self.run_id, os.environ.get("WANDB_MODE", "online"))
 
     def log(self, row: dict[str, Any], step: int) -> None:
@@ -75,6 +78,28 @@ class WandbRun:
             import wandb
 
             self.run.log({key: wandb.Image(str(path))}, step=step, commit=True)
+
+    def log_results(self, run_dir: Path, summary: dict[str, Any]) -> None:
+        """Confusion-matrix plots, per-class and predictions tables of a finished run (brainmri.wandb_results).
+
+        Tables with images are W&B run artifacts; their files are staged under ``run_dir/wandb``
+        (unless ``WANDB_DATA_DIR`` says otherwise), so an offline run directory holds everything
+        ``wandb sync`` needs. A failure here is a warning: the run directory is the record.
+        """
+        if self.run is None:
+            return
+        from brainmri.wandb_results import results_media
+
+        default_dir = "WANDB_DATA_DIR" not in os.environ
+        if default_dir:
+            os.environ["WANDB_DATA_DIR"] = str(Path(run_dir) / "wandb")
+        try:
+            self.run.log(results_media(run_dir, summary), commit=True)
+        except Exception as exc:  # media are a view of the run directory, never worth failing a run over
+            log.warning("W&B result tables not logged: %s: %s", type(exc).__name__, exc)
+        finally:
+            if default_dir:
+                os.environ.pop("WANDB_DATA_DIR", None)
 
     def summary(self, values: dict[str, Any]) -> None:
         if self.run is not None:

@@ -100,7 +100,8 @@ def read_wandb_file(path: str | Path) -> dict:
 
     Returns a dict with run_id, project, entity, name, group, job_type, tags, config (nested,
     without ``_wandb``), history (row dicts in logged order, with ``_step``/``_runtime``/``_timestamp``),
-    summary (folded, without ``_wandb``), state ("finished" | "failed" | "running": no exit record,
+    summary (folded, without ``_wandb``), artifacts (name, type and ``files``: path in the
+    artifact -> local file, e.g. the images of a logged table), state ("finished" | "failed" | "running": no exit record,
     i.e. still running or killed), exit_code, start_time (epoch seconds), files, errors.
 
     Example: ``read_wandb_file(".../offline-run-20260101_000000-abc/run-abc.wandb")["summary"]``
@@ -109,7 +110,7 @@ def read_wandb_file(path: str | Path) -> dict:
     errors: list[str] = []
     run = {"run_id": path.stem.removeprefix("run-"), "project": "", "entity": "", "name": "",
            "group": "", "job_type": "", "tags": [], "config": {}, "history": [], "summary": {},
-           "state": "running", "exit_code": None, "start_time": None, "files": [str(path)]}
+           "artifacts": [], "state": "running", "exit_code": None, "start_time": None, "files": [str(path)]}
     for rec in iter_records(path, errors):
         kind = rec.WhichOneof("record_type")
         if kind == "history":
@@ -128,6 +129,10 @@ def read_wandb_file(path: str | Path) -> dict:
             if r.HasField("start_time"):
                 run["start_time"] = r.start_time.seconds + r.start_time.nanos / 1e9
             _fold(run["config"], r.config)
+        elif kind == "artifact":
+            a = rec.artifact
+            run["artifacts"].append({"name": a.name, "type": a.type,
+                                     "files": {c.path: c.local_path for c in a.manifest.contents}})
         elif kind == "exit":
             run["exit_code"] = rec.exit.exit_code
             run["state"] = "finished" if rec.exit.exit_code == 0 else "failed"
@@ -150,11 +155,12 @@ def merge_pieces(pieces: list[dict]) -> dict:
     Config and summary are folded piece by piece (later wins). History rows are concatenated;
     an offline resume restarts ``_step`` at 0, so rows are not keyed by step. When rows carry an
     ``epoch`` (brainmri does), a re-logged epoch after resuming from an older checkpoint replaces
-    the earlier row, and rows are ordered by epoch. State, exit code and identity come from the
+    the earlier row, and rows are ordered by epoch; rows without one (media logged at the end)
+    follow in logged order. State, exit code and identity come from the
     last piece, start_time from the first.
     """
     pieces = sorted(pieces, key=_piece_order)
-    run = {**pieces[-1], "config": {}, "summary": {}, "history": [], "files": [], "errors": []}
+    run = {**pieces[-1], "config": {}, "summary": {}, "history": [], "files": [], "errors": [], "artifacts": []}
     run["start_time"] = pieces[0]["start_time"]
     for p in pieces:
         _deep_update(run["config"], p["config"])
@@ -162,9 +168,10 @@ def merge_pieces(pieces: list[dict]) -> dict:
         run["history"].extend(p["history"])
         run["files"] += p["files"]
         run["errors"] += p["errors"]
-    if len(pieces) > 1 and run["history"] and all("epoch" in r for r in run["history"]):
-        by_epoch = {r["epoch"]: r for r in run["history"]}
-        run["history"] = [by_epoch[e] for e in sorted(by_epoch)]
+        run["artifacts"] += p.get("artifacts", [])
+    if len(pieces) > 1 and any("epoch" in r for r in run["history"]):
+        by_epoch = {r["epoch"]: r for r in run["history"] if "epoch" in r}
+        run["history"] = [by_epoch[e] for e in sorted(by_epoch)] + [r for r in run["history"] if "epoch" not in r]
     run["pieces"] = len(pieces)
     return run
 

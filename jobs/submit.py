@@ -97,9 +97,61 @@ def run_in_process(sweep: Sweep, tasks: list[Task]) -> None:
         save_table(sweep.dir, sweep.tasks)
 
 
-def wait(jobs: list[submitit.Job], poll_s: float = 2.0) -> None:
-    while not all(job.done() for job in jobs):
-        time.sleep(poll_s)
+def job_counts(jobs: list[submitit.Job]) -> dict[str, int]:
+    """How many of ``jobs`` are pending, running, finished and failed (one scheduler query per poll)."""
+    counts = dict.fromkeys(("pending", "running", "finished", "failed"), 0)
+    for job in jobs:
+        if job.done():
+            try:
+                ok = job.exception() is None  # read from the job's result file, no waiting
+            except Exception:  # killed before it could write one
+                ok = False
+            counts["finished" if ok else "failed"] += 1
+        else:
+            counts["running" if str(job.state).split()[0] in ("RUNNING", "COMPLETING") else "pending"] += 1
+    return counts
+
+
+def wait(jobs: list[submitit.Job], poll_s: float = 2.0, stream=None) -> None:
+    """Block until every job ended, showing pending/running/finished/failed, elapsed time and ETA.
+
+    On a terminal: a live tqdm bar on stderr. Otherwise (logs, CI): one line per change of the counts.
+    """
+    import sys
+    from tqdm import tqdm
+
+    stream = stream or sys.stderr
+    start, last = time.monotonic(), None
+    live = stream.isatty()
+    bar = tqdm(total=len(jobs), desc="tasks", unit="task", file=stream, dynamic_ncols=True) if live else None
+    try:
+        while True:
+            counts = job_counts(jobs)
+            done = counts["finished"] + counts["failed"]
+            text = ", ".join(f"{n} {state}" for state, n in counts.items())
+            if bar is not None:
+                bar.set_postfix_str(text, refresh=False)
+                if done > bar.n:
+                    bar.update(done - bar.n)  # redraws, with tqdm's rate and ETA
+                else:
+                    bar.refresh()  # elapsed time keeps moving while nothing ends
+            elif counts != last:
+                elapsed = time.monotonic() - start
+                eta = elapsed / done * (len(jobs) - done) if 0 < done < len(jobs) else None
+                print(f"tasks: {text} of {len(jobs)}; elapsed {_duration(elapsed)}"
+                      + (f", ETA {_duration(eta)}" if eta is not None else ""), file=stream, flush=True)
+            last = counts
+            if done == len(jobs):
+                return
+            time.sleep(poll_s)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}h{m % 60:02d}m" if m >= 60 else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
 def _tail(text: str, lines: int = ERROR_TAIL_LINES) -> str:

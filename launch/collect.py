@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from brainmri.collect import collect_runs, compare  # noqa: E402
-from brainmri.report import RENDERERS, ReportUnavailable, publish_wandb_report, write_plots  # noqa: E402
+from brainmri.report import RENDERERS, write_plots  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -31,7 +31,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb-entity")
     p.add_argument("--group", help="W&B group (the sweep name)")
     p.add_argument("--tag", action="append", default=[], help="W&B tag (repeatable; runs must have all)")
-    p.add_argument("--wandb-report", action="store_true", help="publish table + plots as a W&B report")
+    p.add_argument("--wandb-report", action="store_true", help="save a W&B report (runset grouped by recipe: "
+                   "val curves, test accuracy per recipe, swept keys, the table, confusion matrices); needs the server")
     return p
 
 
@@ -53,10 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.html:
         from brainmri.report_html import write_html
         print(f"report: {write_html(cmp, args.html)}", file=sys.stderr)
-    plots = write_plots(cmp, args.plots) if args.plots and cmp.recipes else []
+    if args.plots and cmp.recipes:
+        write_plots(cmp, args.plots)
     if args.wandb_report:
+        from brainmri.wandb_report import ReportUnavailable, publish_wandb_report
         try:
-            print(publish_wandb_report(cmp, plots, args.wandb_project or "brainmri", args.wandb_entity),
+            print(publish_wandb_report(cmp, args.wandb_project or "brainmri", args.wandb_entity, args.group),
                   file=sys.stderr)
         except ReportUnavailable as exc:
             print(f"--wandb-report: not published: {exc}", file=sys.stderr)

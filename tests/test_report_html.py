@@ -13,7 +13,7 @@ import pytest
 from brainmri.collect import collect_runs, compare
 from brainmri.report import to_csv, to_latex, to_markdown
 from brainmri.report_html import holm, render_html
-from test_collect import make_run
+from run_dirs import make_run
 
 
 def _sweep(tmp_path):
@@ -71,3 +71,15 @@ def test_html_report_in_headless_chromium_offline(tmp_path):
     subprocess.run(base + ["--window-size=1200,2400", f"--screenshot={tmp_path}/r.png", f"file://{tmp_path}/r.html"],
                    capture_output=True, timeout=120)
     assert (tmp_path / "r.png").stat().st_size > 10_000
+
+
+def test_band_section_from_the_engines_flat_summary_keys(tmp_path):
+    for seed, acc in ((0, 0.5), (1, 0.7)):
+        d = make_run(tmp_path, "baseline_cnn", seed, 1e-3, 0.8, test_acc=0.8)
+        summary = json.loads((d / "summary.json").read_text())
+        summary.update({"test/band/novel/n": 30, "test/band/novel/acc": acc, "test/band/exact/n": 0})
+        (d / "summary.json").write_text(json.dumps(summary))
+    page = render_html(compare(collect_runs([tmp_path])))
+    section = page.split("id='s7'")[1].split("</section>")[0]
+    assert "novel" in section and "exact" not in section  # empty bands are left out
+    assert "<td>0.6</td>" in section and "<td>30.0</td>" in section and "<td>2</td>" in section
