@@ -63,3 +63,42 @@ def restore_optimization(ckpt: dict, optimizer, scheduler=None, scaler=None) -> 
         scheduler.load_state_dict(ckpt["scheduler"])
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
+
+
+# ------------------------------------------------------------------ mid-epoch position
+def rng_state() -> dict:
+    """This process's torch (CPU and CUDA), NumPy and Python RNG states, as weights-only-loadable values."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, mt, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": version, "state": list(mt), "gauss": py_gauss},
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+def capture_position(epoch: int, batches: int, accum_step: int, elapsed_s: float, accumulators: torch.Tensor,
+                     gather_object) -> dict:
+    """Where inside ``epoch`` training stands, for every rank (call on all ranks at the same step).
+
+    ``batches`` micro-batches of the epoch are done on each rank, ``accum_step`` is accelerate's
+    gradient-accumulation counter, ``accumulators`` this rank's running (loss sum, correct, count)
+    of the epoch; each rank's RNG states come along, so the rest of the epoch draws the same numbers.
+    ``gather_object`` is ``accelerate.utils.gather_object``.
+    """
+    mine = {"rng": rng_state(), "accumulators": accumulators.detach().cpu().clone()}
+    return {"epoch": epoch, "batches": batches, "accum_step": accum_step, "elapsed_s": elapsed_s,
+            "ranks": gather_object([mine])}

@@ -221,6 +221,32 @@ class ImageDataset(torch.utils.data.Dataset):
         return self.transform(self.raw(i)), self.samples[i].label, i
 
 
+class EpochSeeded(torch.utils.data.Dataset):
+    """``dataset`` whose item i in epoch e draws its random augmentation from a seed fixed by (seed, e, i).
+
+    The augmentation of an image then depends on nothing else (not on the loader's worker count, nor
+    on what the main process drew before), so an epoch resumed half-way sees the same images.
+    """
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    @property
+    def samples(self):
+        return self.dataset.samples
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        with torch.random.fork_rng(devices=[]):  # the caller's RNG stream is left as it was
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch * 100_019 + i * 7919 + 1) % (2**63))
+            return self.dataset[i]
+
+
 class EpochSampler(torch.utils.data.Sampler[int]):
     """Shuffle seeded by (seed, epoch): the order of any epoch is reproducible after a resume."""
 

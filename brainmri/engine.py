@@ -28,17 +28,18 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-from brainmri.checkpoint import TrainerState, make_checkpoint, restore_optimization
+from brainmri.checkpoint import (TrainerState, capture_position, make_checkpoint, restore_optimization,
+                                 set_rng_state)
 from brainmri.config import ConfigError, RunConfig, flatten, save_config
 from brainmri.evaluate import confusion_png, evaluate_split
-from brainmri.data import EpochSampler, ImageDataset, build_split, class_weights, make_loader
+from brainmri.data import EpochSampler, EpochSeeded, ImageDataset, build_split, class_weights, make_loader
 from brainmri.models import build_model, freeze_frozen_norms, parameter_groups, resolve_groups, set_trainable
 from brainmri.optim import build_optimizer, build_scheduler
-from brainmri.rundir import RunDir, acquire_lock, read_json, write_json
+from brainmri.rundir import CheckpointError, RunDir, acquire_lock, read_json, write_json
 from brainmri.tracking import WandbRun, log, setup_logging
 from brainmri.transforms import Decoder, batch_normalizer, eval_transform, train_transform
 
@@ -57,6 +58,7 @@ def default_run_dir(cfg: RunConfig) -> Path:
     data.pop("run_dir")
     data.pop("wandb")
     data["train"].pop("fail_at_epoch")
+    data["train"].pop("checkpoint_every_min")
     digest = hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
     return Path("runs") / f"{cfg.recipe}-seed{cfg.seed}-{digest}"
 
@@ -77,7 +79,7 @@ def resolve_data_root(cfg: RunConfig) -> Path:
 
 
 # keys that never change what a run computes
-NEVER_MATTERS = ("run_dir", "wandb.", "train.fail_at_epoch")
+NEVER_MATTERS = ("run_dir", "wandb.", "train.fail_at_epoch", "train.checkpoint_every_min")
 # and what a resume may change besides: how long to train and how to feed the data
 RESUME_MAY_CHANGE = NEVER_MATTERS + ("train.epochs", "train.phases", "data.num_workers", "data.eval_batch_size",
                                      "train.max_steps_per_epoch")
@@ -124,6 +126,7 @@ class TrainingInterrupted(Exception):
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+PROGRESS_EVERY_S = 1.0  # status.json's in-epoch progress is rewritten at most this often (and at batch 1)
 
 
 class Engine:
@@ -165,7 +168,8 @@ class Engine:
         self.sampler = EpochSampler(len(self.split.train), cfg.seed)
         bs = cfg.data.batch_size
         ebs = cfg.data.eval_batch_size or bs
-        self.train_loader = make_loader(self.datasets["train"], bs, cfg.data.num_workers, self.sampler)
+        self.train_seeded = EpochSeeded(self.datasets["train"], cfg.seed)  # augmentation seeded per (epoch, image)
+        self.train_loader = make_loader(self.train_seeded, bs, cfg.data.num_workers, self.sampler)
         self.val_loader = make_loader(self.datasets["val"], ebs, cfg.data.num_workers)
         self.test_loader = make_loader(self.datasets["test"], ebs, cfg.data.num_workers) if self.split.test else None
         if acc.is_main_process:
@@ -216,12 +220,14 @@ class Engine:
         return optimizer, scheduler
 
     # ------------------------------------------------------------ checkpoints
-    def _save_checkpoint(self, path: Path, optimizer=None, scheduler=None) -> None:
+    def _save_checkpoint(self, path: Path, optimizer=None, scheduler=None, position: dict | None = None) -> None:
         """Rank 0 writes ``path`` atomically; every rank waits for it."""
         if self.acc.is_main_process:  # the whole net, even while only the head is wrapped
             self.run.save_checkpoint(make_checkpoint(self.model, self.state, self.classes, self.cfg.to_dict(),
-                                                     optimizer, scheduler, self.acc.scaler), path)
+                                                     optimizer, scheduler, self.acc.scaler, position), path)
         self.acc.wait_for_everyone()
+        if path == self.run.last_checkpoint:
+            self._last_save = time.perf_counter()
 
     def _load_last(self) -> dict | None:
         ckpt = self.run.load_checkpoint()  # falls back to last.prev.pt; CheckpointError if none is valid
@@ -233,19 +239,33 @@ class Engine:
         return ckpt
 
     # --------------------------------------------------------------- loops
-    def _train_epoch(self, optimizer, phase_name: str) -> dict[str, float]:
-        cfg, acc = self.cfg, self.acc
+    def _train_epoch(self, optimizer, scheduler, phase_name: str, position: dict | None) -> dict[str, float]:
+        """One epoch (or the rest of one, from a mid-epoch ``position``); returns its train metrics."""
+        cfg, acc, st = self.cfg, self.acc, self.state
+        epoch = st.epoch + 1
         self.ddp_model.train()
         freeze_frozen_norms(self.ddp_model)
-        loss_sum = torch.zeros((), device=acc.device)
-        correct = torch.zeros((), device=acc.device)
-        count = torch.zeros((), device=acc.device)
+        sums = torch.zeros(3, dtype=torch.float64, device=acc.device)  # loss sum, correct, count
+        done, before, rng = 0, 0.0, None
+        loader = self.train_loader_p
+        if position is not None:  # continue inside the epoch: skip what was trained, restore the rest
+            mine = position["ranks"][acc.process_index]
+            done, before, rng = position["batches"], position["elapsed_s"], mine["rng"]
+            sums = mine["accumulators"].to(device=acc.device, dtype=torch.float64)
+            loader = acc.skip_first_batches(self.train_loader_p, done)
+            acc.step = position["accum_step"]
+            log.info("resuming epoch %d after %d batch(es) (step %d)", epoch, done, st.step)
+        loader.set_epoch(epoch)
         max_micro = cfg.train.max_steps_per_epoch * cfg.train.grad_accum if cfg.train.max_steps_per_epoch else None
-        batches = itertools.islice(self.train_loader_p, max_micro)  # islice(…, None) is the whole epoch
-        bar = tqdm(batches, disable=not (acc.is_main_process and sys.stderr.isatty()), leave=False,
-                   desc=f"epoch {self.state.epoch + 1} [{phase_name}]", total=max_micro or len(self.train_loader_p))
+        left = None if max_micro is None else max(max_micro - done, 0)
+        bar = tqdm(itertools.islice(loader, left), disable=not (acc.is_main_process and sys.stderr.isatty()),
+                   leave=False, desc=f"epoch {epoch} [{phase_name}]", initial=done,
+                   total=max_micro or len(self.train_loader_p))
         start = time.perf_counter()
         for x, y, _ in bar:
+            if rng is not None:  # after the skipping loader drew its seed: the stream of the interrupted run
+                set_rng_state(rng)
+                rng = None
             with acc.accumulate(self.ddp_model):
                 logits = self.ddp_model(self.to_input(x))
                 loss = self.criterion(logits.float(), y)
@@ -254,22 +274,36 @@ class Engine:
                     acc.clip_grad_norm_(self.ddp_model.parameters(), cfg.optim.clip_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            if acc.sync_gradients:
-                self.state.step += 1
-                # on a stop signal the partial epoch is dropped: last.pt (end of the previous
-                # epoch) stays, and a resume redoes this epoch exactly (per-epoch reseeding)
-                self._check_stop()
             # detach: accumulating graph-bearing tensors would keep every graph alive
-            loss_sum += loss.detach() * y.size(0)
-            correct += (logits.detach().argmax(1) == y).sum()
-            count += y.size(0)
-        elapsed = time.perf_counter() - start
-        totals = acc.reduce(torch.stack([loss_sum, correct, count]), reduction="sum").tolist()
+            sums[0] += loss.detach().double() * y.size(0)
+            sums[1] += (logits.detach().argmax(1) == y).sum()
+            sums[2] += y.size(0)
+            done += 1
+            if acc.sync_gradients:
+                st.step += 1
+                self._after_step(optimizer, scheduler, epoch, done, before + time.perf_counter() - start, sums)
+        elapsed = before + time.perf_counter() - start
+        totals = acc.reduce(sums, reduction="sum").tolist()
         images = int(totals[2])
-        self.state.images_seen += images
-        self.state.train_time_s += elapsed
+        st.images_seen += images
+        st.train_time_s += elapsed
         return {"train/loss": totals[0] / max(images, 1), "train/acc": totals[1] / max(images, 1),
                 "time/epoch_s": elapsed, "throughput/images_per_s": images / max(elapsed, 1e-9)}
+
+    def _after_step(self, optimizer, scheduler, epoch: int, done: int, elapsed: float, sums) -> None:
+        """After an optimizer step: on a stop signal or when due, write a mid-epoch ``last.pt``."""
+        every = self.cfg.train.checkpoint_every_min * 60
+        due = every > 0 and time.perf_counter() - self._last_save >= every  # rank 0's clock decides
+        stop, due = self._agree(due and self.acc.is_main_process)
+        if stop or due:
+            position = capture_position(epoch, done, self.acc.step, elapsed, sums, gather_object)
+            self._save_checkpoint(self.run.last_checkpoint, optimizer, scheduler, position)
+        if stop:
+            raise TrainingInterrupted(stop)
+        now = time.perf_counter()
+        if self.acc.is_main_process and (done == 1 or now - self._last_progress >= PROGRESS_EVERY_S):
+            self._last_progress = now  # status.json says where the epoch stands (the sweep shows it)
+            self.run.set_status("running", self.state.epoch, in_epoch=epoch, batch=done, step=self.state.step)
 
     def _validate(self) -> dict[str, float]:
         return evaluate_split("val", self.ddp_model, self.val_loader_p, self.acc, self.classes,
@@ -280,6 +314,7 @@ class Engine:
         cfg, acc, run = self.cfg, self.acc, self.run
         self.lock = None
         self._stop_signal = 0
+        self._last_save = self._last_progress = time.perf_counter()
         previous = self._install_handlers()
         try:
             return self._fit_with_handlers()
@@ -298,19 +333,27 @@ class Engine:
 
         def handler(signum, frame):
             self._stop_signal = self._stop_signal or signum
+            again = ""
             if signum == signal.SIGINT:
                 signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C exits at once
+                again = " (press Ctrl-C again to exit at once, without a checkpoint)"
+            log.warning("%s: stopping after this step%s", signal.Signals(signum).name, again)
 
         return {s: signal.signal(s, handler) for s in signums}
 
+    def _agree(self, due: bool = False) -> tuple[int, bool]:
+        """(stop signal, checkpoint due) agreed by every rank at this step (one all-reduce of the flags)."""
+        if self.acc.num_processes == 1:
+            return self._stop_signal, due
+        flags = torch.tensor([float(self._stop_signal), float(due)], device=self.acc.device)
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        return int(flags[0].item()), bool(flags[1].item())
+
     def _check_stop(self) -> None:
-        """Every rank agrees on the step at which it stops (all-reduce of the flag)."""
-        flag = self._stop_signal
-        if self.acc.num_processes > 1:
-            t = torch.tensor([float(flag)], device=self.acc.device)
-            flag = int(self.acc.reduce(t, reduction="sum").item() > 0) and (self._stop_signal or int(signal.SIGTERM))
-        if flag:
-            raise TrainingInterrupted(int(flag))
+        """A signal that came during evaluation: stop at this epoch's checkpoint."""
+        stop, _ = self._agree()
+        if stop:
+            raise TrainingInterrupted(stop)
 
     def _fit_with_handlers(self) -> dict:
         cfg, acc, run = self.cfg, self.acc, self.run
@@ -398,15 +441,28 @@ class Engine:
                 train_loader, val_loader = self._feature_loaders()
             self.ddp_model, optimizer, self.train_loader_p, self.val_loader_p = acc.prepare(
                 net, optimizer, train_loader, val_loader)
-            if ckpt is not None and "optimizer" in ckpt and self.state.phase_epoch > 0:
+            position = self._position(ckpt)
+            if ckpt is not None and "optimizer" in ckpt and (self.state.phase_epoch > 0 or position is not None):
                 restore_optimization(ckpt, optimizer, scheduler, acc.scaler)
             ckpt = None
             log.info("phase %d/%d %r: training %s for %d epoch(s)", self.state.phase + 1, len(phases),
                      phase.name, ", ".join(g["name"] for g in optimizer.param_groups), phase.epochs)
             while self.state.phase_epoch < phase.epochs and not self.state.phase_stopped:
-                self._run_epoch(phase, optimizer, scheduler)
+                self._run_epoch(phase, optimizer, scheduler, position)
+                position = None
                 self._check_stop()  # a signal during evaluation: stop at this epoch's checkpoint
             self._next_phase()
+
+    def _position(self, ckpt: dict | None) -> dict | None:
+        """The mid-epoch position of the checkpoint we resume from, if it stopped inside an epoch."""
+        position = (ckpt or {}).get("position")
+        if position is None or position["epoch"] != self.state.epoch + 1:
+            return None
+        if len(position["ranks"]) != self.acc.num_processes:
+            raise CheckpointError(f"{self.run.last_checkpoint} stopped inside epoch {position['epoch']} with "
+                                  f"{len(position['ranks'])} process(es); resume it with that many (now "
+                                  f"{self.acc.num_processes})")
+        return position
 
     def _uses_feature_cache(self, phase) -> bool:
         return (self.cfg.model.feature_cache_views > 0 and self.cfg.model.arch.startswith("resnet")
@@ -434,7 +490,7 @@ class Engine:
         self.state.es_best = None
         self.state.es_bad_epochs = 0
 
-    def _run_epoch(self, phase, optimizer, scheduler) -> None:
+    def _run_epoch(self, phase, optimizer, scheduler, position: dict | None = None) -> None:
         cfg, acc, st = self.cfg, self.acc, self.state
         epoch = st.epoch + 1
         if cfg.train.fail_at_epoch is not None and epoch == cfg.train.fail_at_epoch:
@@ -442,11 +498,12 @@ class Engine:
         _seed_epoch(cfg.seed, epoch, acc.process_index)
         # accelerate's loader re-sets the sampler epoch from its own iteration counter on every
         # __iter__, and that counter restarts at 0 after a resume: pin it to the true epoch.
-        self.train_loader_p.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+        self.train_seeded.set_epoch(epoch)
         if self.feature_train is not None:
             self.feature_train.set_epoch(epoch)
         row = {"epoch": epoch, "phase": phase.name}
-        row.update(self._train_epoch(optimizer, phase.name))
+        row.update(self._train_epoch(optimizer, scheduler, phase.name, position))
         val = self._validate()
         row.update({k: v for k, v in val.items() if k.count("/") == 1})
         for group in optimizer.param_groups:
