@@ -390,6 +390,8 @@ class Engine:
             self.wb = WandbRun(cfg, run.path, self.state.wandb_id, acc.is_main_process)
             self.state.wandb_id = self.wb.run_id
             if acc.is_main_process:
+                self.wb.backfill(run.read_metrics())
+            if acc.is_main_process:
                 run.set_status("running", self.state.epoch)
             self._run_phases(ckpt)
             summary = self._finish(time.perf_counter() - wall_start)

@@ -141,10 +141,27 @@ def test_timed_checkpoint_survives_sigkill_and_resumes_exactly(phantom_root, str
     assert proc.returncode == -signal.SIGKILL
     position = _position(run_dir)
     assert position is not None and position["epoch"] == 2 and position["batches"] > 0
+    # a kill often cuts W&B's service off before it wrote epoch 1's row; make that certain
+    (piece,) = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert [r["epoch"] for r in read_wandb_file(piece)["history"]] in ([], [1])
+    _cut_before_history(piece)
 
-    run_train("--resume", str(run_dir))
+    resumed = run_train("--resume", str(run_dir))
+    assert "logged 1 epoch row(s) it had missed" in resumed.stderr
     assert_same_run(straight, run_dir)
     assert_wandb_history_complete(run_dir)
+
+
+def _cut_before_history(piece: Path) -> None:
+    """Truncate a .wandb file just before its first history record (a tail lost to the kill)."""
+    data = piece.read_bytes()
+    lo, hi = 7, len(data)  # the longest prefix without a history row
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        piece.write_bytes(data[:mid])
+        lo, hi = (mid, hi) if not read_wandb_file(piece)["history"] else (lo, mid - 1)
+    piece.write_bytes(data[:lo])
+    assert read_wandb_file(piece)["history"] == []
 
 
 def test_two_process_sigterm_mid_epoch_resumes_exactly(phantom_root, tmp_path):
