@@ -99,6 +99,47 @@ def _check_same_config(cfg: RunConfig, saved: Path, may_change: tuple[str, ...] 
                           f"(differs in {', '.join(diff[:5])}); choose another run_dir")
 
 
+def _phase_plan(tree: dict) -> list[tuple]:
+    train = tree.get("train", {})
+    phases = train.get("phases") or [{"name": "train", "epochs": train.get("epochs"), "train": train.get("trainable")}]
+    return [(p.get("name"), p.get("epochs"), p.get("train"), p.get("lr_mult") or {}) for p in phases]
+
+
+def _extends_finished(cfg: RunConfig, saved: Path) -> bool:
+    """False for the same config (the finished run is returned as is); True when ``cfg`` only adds
+    epochs to the last phase (the run is extended); any other difference is a ConfigError."""
+    try:
+        old = yaml.safe_load(saved.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    new = cfg.to_dict()
+    fo, fn = flatten(old), flatten(new)
+    diff = sorted(k for k in set(fo) | set(fn) if not k.startswith(NEVER_MATTERS) and fo.get(k) != fn.get(k))
+    if not diff:
+        return False
+    a, b = _phase_plan(old), _phase_plan(new)
+    longer = (len(a) == len(b) and a[:-1] == b[:-1] and a[-1][0] == b[-1][0] and a[-1][2:] == b[-1][2:]
+              and b[-1][1] > a[-1][1])
+    if longer and set(diff) <= {"train.epochs", "train.phases"}:
+        return True
+    raise ConfigError(f"{saved.parent} already holds a finished run with a different config "
+                      f"(differs in {', '.join(diff[:5])}); choose another run_dir, or extend it by giving "
+                      f"its last phase more epochs and nothing else")
+
+
+def _replan_cosine(scheduler, optimizer, epochs: int) -> None:
+    """A cosine schedule resumed with a longer phase: T_max becomes the new length, and the LR jumps to the
+    longer schedule's value at the current epoch (so the rest follows it; the epochs already trained
+    followed the shorter one)."""
+    if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) or scheduler.T_max == max(epochs, 1):
+        return
+    scheduler.T_max = max(epochs, 1)
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = scheduler.eta_min + (base - scheduler.eta_min) * (
+            1 + math.cos(math.pi * scheduler.last_epoch / scheduler.T_max)) / 2
+    log.info("cosine schedule re-planned to T_max=%d epochs", scheduler.T_max)
+
+
 def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
     """Reseed every RNG from (seed, epoch, rank): epoch N draws the same numbers after a resume."""
     s = (seed * 1_000_003 + epoch * 1009 + rank) % (2**31)
@@ -370,10 +411,14 @@ class Engine:
     def _fit_locked(self) -> dict:
         cfg, acc, run = self.cfg, self.acc, self.run
         setup_logging(run.path, acc.is_main_process)
-        if run.summary_file.exists():
-            _check_same_config(cfg, run.path / "config.yaml")
+        extend = run.summary_file.exists() and _extends_finished(cfg, run.path / "config.yaml")
+        if run.summary_file.exists() and not extend:
             log.info("%s is finished; returning its summary", run.summary_file)
             return read_json(run.summary_file)
+        acc.wait_for_everyone()  # every rank has decided before rank 0 moves the old summary aside
+        if extend and acc.is_main_process:
+            os.replace(run.summary_file, run.path / "summary.prev.json")
+            log.info("extending the finished run %s (its summary is now summary.prev.json)", run.path)
         if run.has_checkpoint():
             _check_same_config(cfg, run.path / "config.yaml", RESUME_MAY_CHANGE, "an interrupted run")
         self.wb = None
@@ -427,9 +472,12 @@ class Engine:
     def _run_phases(self, ckpt: dict | None) -> None:
         cfg, acc = self.cfg, self.acc
         phases = cfg.phases
+        # the last phase is never left: a finished run keeps its counters, so it can be extended
         while self.state.phase < len(phases):
             phase = phases[self.state.phase]
             if self.state.phase_epoch >= phase.epochs or self.state.phase_stopped:
+                if self.state.phase + 1 == len(phases):
+                    break
                 self._next_phase()
                 continue
             set_trainable(self.model, phase.train)
@@ -446,6 +494,7 @@ class Engine:
             position = self._position(ckpt)
             if ckpt is not None and "optimizer" in ckpt and (self.state.phase_epoch > 0 or position is not None):
                 restore_optimization(ckpt, optimizer, scheduler, acc.scaler)
+                _replan_cosine(scheduler, optimizer, phase.epochs)
             ckpt = None
             log.info("phase %d/%d %r: training %s for %d epoch(s)", self.state.phase + 1, len(phases),
                      phase.name, ", ".join(g["name"] for g in optimizer.param_groups), phase.epochs)
@@ -453,7 +502,6 @@ class Engine:
                 self._run_epoch(phase, optimizer, scheduler, position)
                 position = None
                 self._check_stop()  # a signal during evaluation: stop at this epoch's checkpoint
-            self._next_phase()
 
     def _position(self, ckpt: dict | None) -> dict | None:
         """The mid-epoch position of the checkpoint we resume from, if it stopped inside an epoch."""
@@ -589,9 +637,17 @@ def fit(cfg: RunConfig) -> dict:
     return Engine(cfg).fit()
 
 
-def load_run_config(run_dir: str | Path) -> dict:
-    """The resolved config saved in a run directory (for ``--resume``)."""
+def load_run_config(run_dir: str | Path, fresh: bool = False) -> dict:
+    """The resolved config saved in a run directory (for ``--resume``).
+
+    A directory with a config but neither a checkpoint nor a summary has nothing to resume: a
+    CheckpointError says so, unless ``fresh`` (start that config from scratch there).
+    """
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"--resume: no config.yaml in {run_dir}")
+    run = RunDir(run_dir)
+    if not fresh and not run.has_checkpoint() and not run.summary_file.exists():
+        raise CheckpointError(f"--resume: {run_dir} has a config.yaml but no checkpoint (it stopped before its "
+                              f"first checkpoint); add --fresh to start it from scratch")
     return yaml.safe_load(path.read_text())
