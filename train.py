@@ -14,9 +14,11 @@ import sys
 
 from brainmri.config import ConfigError, apply_overrides, from_dict, load_config
 from brainmri.data import DataError
-from brainmri.engine import TrainingInterrupted, fit, load_run_config
+from brainmri.engine import fit
+from brainmri.resume import load_run_config
 from brainmri.models import WeightsError
 from brainmri.rundir import CheckpointError, RunLockedError
+from brainmri.signals import TrainingInterrupted
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -65,7 +65,15 @@ def restore_optimization(ckpt: dict, optimizer, scheduler=None, scaler=None) -> 
         scaler.load_state_dict(ckpt["scaler"])
 
 
-# ------------------------------------------------------------------ mid-epoch position
+# ------------------------------------------------------------------ RNG streams and mid-epoch position
+def seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Reseed every RNG from (seed, epoch, rank): epoch N draws the same numbers after a resume."""
+    s = (seed * 1_000_003 + epoch * 1009 + rank) % (2**31)
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
 def rng_state() -> dict:
     """This process's torch (CPU and CUDA), NumPy and Python RNG states, as weights-only-loadable values."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 from sklearn.model_selection import train_test_split
 
 from brainmri.cache import cache_base
@@ -279,3 +280,18 @@ def make_loader(dataset, batch_size: int, num_workers: int, sampler=None, drop_l
         persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
     )
+
+
+def resolve_data_root(cfg) -> Path:
+    """The configured data root, or the embedded synthetic phantoms (generated once, under a lock)."""
+    if cfg.data.root:
+        return Path(cfg.data.root)
+    from brainmri.phantoms import generate_phantoms
+
+    s = cfg.data.synthetic
+    root = Path(cfg.data.synthetic_dir) / f"n{s.n_per_class}-t{s.n_test_per_class}-px{s.image_size}-seed{s.seed}"
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root) + ".lock"):  # parallel sweep tasks share one copy
+        generate_phantoms(root, n_per_class=s.n_per_class, n_test_per_class=s.n_test_per_class,
+                          image_size=s.image_size, seed=s.seed)
+    return root

@@ -1,45 +1,44 @@
 """The training engine: one loop for every recipe, on top of accelerate.
 
 ``fit(cfg)`` trains the phases of a config (DDP on any number of processes, bf16/fp16 mixed
-precision, gradient accumulation, ReduceLROnPlateau, early stopping, best and last checkpoints),
-evaluates the best checkpoint on val and test, and writes the run directory. A run directory
-that already holds ``checkpoints/last.pt`` is resumed exactly; one that holds a finished
-``summary.json`` is returned as is. This is the only module that talks to accelerate; it knows
-nothing about SLURM or sweeps.
+precision, gradient accumulation, ReduceLROnPlateau, early stopping, best and last checkpoints,
+mid-epoch checkpoints on a timer or a stop signal), evaluates the best checkpoint on val and test
+(``brainmri.evaluate``), and writes the run directory. A run directory that already holds
+``checkpoints/last.pt`` is resumed exactly (inside the epoch when it stopped there); one that holds
+a finished ``summary.json`` is returned as is, or extended when the config only adds epochs to its
+last phase. What a checkpoint holds is ``brainmri.checkpoint``'s. The engine knows nothing about
+SLURM or sweeps.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-from collections import Counter
-import json
 import math
+from collections import Counter
 import os
-import random
 import signal
 import sys
 import time
 import traceback
 from pathlib import Path
 
-import numpy as np
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object, set_seed
-from filelock import FileLock
 from tqdm.auto import tqdm
 
-from brainmri.checkpoint import (TrainerState, capture_position, make_checkpoint, restore_optimization,
+from brainmri.checkpoint import (TrainerState, capture_position, make_checkpoint, restore_optimization, seed_epoch,
                                  set_rng_state)
-from brainmri.config import ConfigError, RunConfig, flatten, save_config
+from brainmri.config import ConfigError, RunConfig, save_config
 from brainmri.evaluate import confusion_png, evaluate_split
-from brainmri.data import EpochSampler, EpochSeeded, ImageDataset, build_split, class_weights, make_loader
+from brainmri.data import (EpochSampler, EpochSeeded, ImageDataset, build_split, class_weights, make_loader,
+                           resolve_data_root)
 from brainmri.models import build_model, freeze_frozen_norms, parameter_groups, resolve_groups, set_trainable
-from brainmri.optim import build_optimizer, build_scheduler
+from brainmri.optim import build_optimizer, build_scheduler, replan_cosine
+from brainmri.resume import check_resumable, default_run_dir, extends_finished
 from brainmri.rundir import CheckpointError, RunDir, acquire_lock, read_json, write_json
+from brainmri.signals import StopSignals, TrainingInterrupted
 from brainmri.tracking import WandbRun, log, setup_logging
 from brainmri.transforms import Decoder, batch_normalizer, eval_transform, train_transform
 
@@ -52,102 +51,6 @@ def _better(value: float, best: float | None, mode: str, min_delta: float = 0.0)
     return value < best - min_delta if mode == "min" else value > best + min_delta
 
 
-def default_run_dir(cfg: RunConfig) -> Path:
-    """``runs/<recipe>-seed<seed>-<hash>``: the same config always maps to the same run."""
-    data = cfg.to_dict()
-    data.pop("run_dir")
-    data.pop("wandb")
-    data["train"].pop("fail_at_epoch")
-    data["train"].pop("checkpoint_every_min")
-    digest = hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
-    return Path("runs") / f"{cfg.recipe}-seed{cfg.seed}-{digest}"
-
-
-def resolve_data_root(cfg: RunConfig) -> Path:
-    """The configured data root, or the embedded synthetic phantoms (generated once, under a lock)."""
-    if cfg.data.root:
-        return Path(cfg.data.root)
-    from brainmri.phantoms import generate_phantoms
-
-    s = cfg.data.synthetic
-    root = Path(cfg.data.synthetic_dir) / f"n{s.n_per_class}-t{s.n_test_per_class}-px{s.image_size}-seed{s.seed}"
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root) + ".lock"):  # parallel sweep tasks share one copy
-        generate_phantoms(root, n_per_class=s.n_per_class, n_test_per_class=s.n_test_per_class,
-                          image_size=s.image_size, seed=s.seed)
-    return root
-
-
-# keys that never change what a run computes
-NEVER_MATTERS = ("run_dir", "wandb.", "train.fail_at_epoch", "train.checkpoint_every_min")
-# and what a resume may change besides: how long to train and how to feed the data
-RESUME_MAY_CHANGE = NEVER_MATTERS + ("train.epochs", "train.phases", "data.num_workers", "data.eval_batch_size",
-                                     "train.max_steps_per_epoch")
-
-
-def _check_same_config(cfg: RunConfig, saved: Path, may_change: tuple[str, ...] = NEVER_MATTERS,
-                       what: str = "a finished run") -> None:
-    """A run directory is never reused for a different config (a resume may only extend training)."""
-    try:
-        old = flatten(yaml.safe_load(saved.read_text()) or {})
-    except (OSError, yaml.YAMLError):
-        return  # no readable config to compare with: the checkpoint itself decides
-    new = flatten(cfg.to_dict())
-    diff = sorted(k for k in set(old) | set(new) if not k.startswith(may_change) and old.get(k) != new.get(k))
-    if diff:
-        raise ConfigError(f"{saved.parent} already holds {what} with a different config "
-                          f"(differs in {', '.join(diff[:5])}); choose another run_dir")
-
-
-def _phase_plan(tree: dict) -> list[tuple]:
-    train = tree.get("train", {})
-    phases = train.get("phases") or [{"name": "train", "epochs": train.get("epochs"), "train": train.get("trainable")}]
-    return [(p.get("name"), p.get("epochs"), p.get("train"), p.get("lr_mult") or {}) for p in phases]
-
-
-def _extends_finished(cfg: RunConfig, saved: Path) -> bool:
-    """False for the same config (the finished run is returned as is); True when ``cfg`` only adds
-    epochs to the last phase (the run is extended); any other difference is a ConfigError."""
-    try:
-        old = yaml.safe_load(saved.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return False
-    new = cfg.to_dict()
-    fo, fn = flatten(old), flatten(new)
-    diff = sorted(k for k in set(fo) | set(fn) if not k.startswith(NEVER_MATTERS) and fo.get(k) != fn.get(k))
-    if not diff:
-        return False
-    a, b = _phase_plan(old), _phase_plan(new)
-    longer = (len(a) == len(b) and a[:-1] == b[:-1] and a[-1][0] == b[-1][0] and a[-1][2:] == b[-1][2:]
-              and b[-1][1] > a[-1][1])
-    if longer and set(diff) <= {"train.epochs", "train.phases"}:
-        return True
-    raise ConfigError(f"{saved.parent} already holds a finished run with a different config "
-                      f"(differs in {', '.join(diff[:5])}); choose another run_dir, or extend it by giving "
-                      f"its last phase more epochs and nothing else")
-
-
-def _replan_cosine(scheduler, optimizer, epochs: int) -> None:
-    """A cosine schedule resumed with a longer phase: T_max becomes the new length, and the LR jumps to the
-    longer schedule's value at the current epoch (so the rest follows it; the epochs already trained
-    followed the shorter one)."""
-    if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) or scheduler.T_max == max(epochs, 1):
-        return
-    scheduler.T_max = max(epochs, 1)
-    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
-        group["lr"] = scheduler.eta_min + (base - scheduler.eta_min) * (
-            1 + math.cos(math.pi * scheduler.last_epoch / scheduler.T_max)) / 2
-    log.info("cosine schedule re-planned to T_max=%d epochs", scheduler.T_max)
-
-
-def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
-    """Reseed every RNG from (seed, epoch, rank): epoch N draws the same numbers after a resume."""
-    s = (seed * 1_000_003 + epoch * 1009 + rank) % (2**31)
-    random.seed(s)
-    np.random.seed(s)
-    torch.manual_seed(s)
-
-
 def _make_accelerator(cfg: RunConfig) -> Accelerator:
     precision = cfg.train.mixed_precision
     if precision == "fp16" and not torch.cuda.is_available():
@@ -157,17 +60,7 @@ def _make_accelerator(cfg: RunConfig) -> Accelerator:
     return Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.train.grad_accum)
 
 
-class TrainingInterrupted(Exception):
-    """SIGTERM/SIGINT/SIGUSR2 stopped training after a finished step; ``exit_code`` is 128+signum."""
-
-    def __init__(self, signum: int):
-        self.signum = signum
-        self.exit_code = 128 + signum
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
-
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
-PROGRESS_EVERY_S = 1.0  # status.json's in-epoch progress is rewritten at most this often (and at batch 1)
+PROGRESS_EVERY_S = 1.0  # status.json's in-epoch progress is rewritten at most this often (and at an epoch's first step)
 
 
 class Engine:
@@ -179,6 +72,9 @@ class Engine:
         self.run = RunDir(cfg.run_dir or default_run_dir(cfg))
         self.state = TrainerState()
         self.feature_train = None  # the FeatureDataset while a phase trains the head on cached features
+        self.signals = StopSignals()
+        self._last_save = self._last_progress = time.perf_counter()  # last last.pt / status.json progress write
+        self._progress_epoch = 0
 
     # ----------------------------------------------------------------- setup
     def _setup_data(self) -> None:
@@ -342,8 +238,8 @@ class Engine:
         if stop:
             raise TrainingInterrupted(stop)
         now = time.perf_counter()
-        if self.acc.is_main_process and (done == 1 or now - self._last_progress >= PROGRESS_EVERY_S):
-            self._last_progress = now  # status.json says where the epoch stands (the sweep shows it)
+        if self.acc.is_main_process and (self._progress_epoch != epoch or now - self._last_progress >= PROGRESS_EVERY_S):
+            self._progress_epoch, self._last_progress = epoch, now  # status.json: where the epoch stands
             self.run.set_status("running", self.state.epoch, in_epoch=epoch, batch=done, step=self.state.step)
 
     def _validate(self) -> dict[str, float]:
@@ -352,41 +248,15 @@ class Engine:
 
     # ----------------------------------------------------------------- fit
     def fit(self) -> dict:
-        cfg, acc, run = self.cfg, self.acc, self.run
         self.lock = None
-        self._stop_signal = 0
-        self._last_save = self._last_progress = time.perf_counter()
-        previous = self._install_handlers()
-        try:
+        with self.signals:  # a stop signal only sets a flag, read after each optimizer step
             return self._fit_with_handlers()
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-
-    def _install_handlers(self) -> dict:
-        """Stop signals only set a flag; the loop stops after the current optimizer step."""
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        signums = [s for s in STOP_SIGNALS
-                   if not (s == signal.SIGUSR2 and os.environ.get("SUBMITIT_EXECUTOR"))]  # submitit owns USR2
-
-        def handler(signum, frame):
-            self._stop_signal = self._stop_signal or signum
-            again = ""
-            if signum == signal.SIGINT:
-                signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C exits at once
-                again = " (press Ctrl-C again to exit at once, without a checkpoint)"
-            log.warning("%s: stopping after this step%s", signal.Signals(signum).name, again)
-
-        return {s: signal.signal(s, handler) for s in signums}
 
     def _agree(self, due: bool = False) -> tuple[int, bool]:
         """(stop signal, checkpoint due) agreed by every rank at this step (one all-reduce of the flags)."""
         if self.acc.num_processes == 1:
-            return self._stop_signal, due
-        flags = torch.tensor([float(self._stop_signal), float(due)], device=self.acc.device)
+            return self.signals.signum, due
+        flags = torch.tensor([float(self.signals.signum), float(due)], device=self.acc.device)
         torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
         return int(flags[0].item()), bool(flags[1].item())
 
@@ -397,7 +267,7 @@ class Engine:
             raise TrainingInterrupted(stop)
 
     def _fit_with_handlers(self) -> dict:
-        cfg, acc, run = self.cfg, self.acc, self.run
+        acc, run = self.acc, self.run
         if acc.is_main_process:
             run.create()
             self.lock = acquire_lock(run)  # one writer per run directory
@@ -411,7 +281,7 @@ class Engine:
     def _fit_locked(self) -> dict:
         cfg, acc, run = self.cfg, self.acc, self.run
         setup_logging(run.path, acc.is_main_process)
-        extend = run.summary_file.exists() and _extends_finished(cfg, run.path / "config.yaml")
+        extend = run.summary_file.exists() and extends_finished(cfg, run.path / "config.yaml")
         if run.summary_file.exists() and not extend:
             log.info("%s is finished; returning its summary", run.summary_file)
             return read_json(run.summary_file)
@@ -420,7 +290,7 @@ class Engine:
             os.replace(run.summary_file, run.path / "summary.prev.json")
             log.info("extending the finished run %s (its summary is now summary.prev.json)", run.path)
         if run.has_checkpoint():
-            _check_same_config(cfg, run.path / "config.yaml", RESUME_MAY_CHANGE, "an interrupted run")
+            check_resumable(cfg, run.path / "config.yaml")
         self.wb = None
         wall_start = time.perf_counter()
         try:  # from here on, a failure is recorded in status.json (the sweep reads it)
@@ -494,7 +364,7 @@ class Engine:
             position = self._position(ckpt)
             if ckpt is not None and "optimizer" in ckpt and (self.state.phase_epoch > 0 or position is not None):
                 restore_optimization(ckpt, optimizer, scheduler, acc.scaler)
-                _replan_cosine(scheduler, optimizer, phase.epochs)
+                replan_cosine(scheduler, optimizer, phase.epochs)
             ckpt = None
             log.info("phase %d/%d %r: training %s for %d epoch(s)", self.state.phase + 1, len(phases),
                      phase.name, ", ".join(g["name"] for g in optimizer.param_groups), phase.epochs)
@@ -545,7 +415,7 @@ class Engine:
         epoch = st.epoch + 1
         if cfg.train.fail_at_epoch is not None and epoch == cfg.train.fail_at_epoch:
             raise RuntimeError(f"train.fail_at_epoch={epoch}: simulated crash")
-        _seed_epoch(cfg.seed, epoch, acc.process_index)
+        seed_epoch(cfg.seed, epoch, acc.process_index)
         # accelerate's loader re-sets the sampler epoch from its own iteration counter on every
         # __iter__, and that counter restarts at 0 after a resume: pin it to the true epoch.
         self.sampler.set_epoch(epoch)
@@ -635,19 +505,3 @@ def fit(cfg: RunConfig) -> dict:
         >>> summary = fit(load_config("configs/baseline_cnn.yaml", ["train.epochs=2"]))
     """
     return Engine(cfg).fit()
-
-
-def load_run_config(run_dir: str | Path, fresh: bool = False) -> dict:
-    """The resolved config saved in a run directory (for ``--resume``).
-
-    A directory with a config but neither a checkpoint nor a summary has nothing to resume: a
-    CheckpointError says so, unless ``fresh`` (start that config from scratch there).
-    """
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume: no config.yaml in {run_dir}")
-    run = RunDir(run_dir)
-    if not fresh and not run.has_checkpoint() and not run.summary_file.exists():
-        raise CheckpointError(f"--resume: {run_dir} has a config.yaml but no checkpoint (it stopped before its "
-                              f"first checkpoint); add --fresh to start it from scratch")
-    return yaml.safe_load(path.read_text())
