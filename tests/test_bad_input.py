@@ -63,6 +63,7 @@ def test_missing_data_dir_is_named(tmp_path):
         (["data.val_fraction=0"], "data.val_fraction must be in"),
         (["train.epochs=0"], "train.epochs: nothing to train"),
         (["data.image_size=7"], "data.image_size=7 is too small for model.arch=baseline_cnn"),
+        (["train.checkpoint_every_min=-1"], "train.checkpoint_every_min must be >= 0"),
         (["recipe=resnet50_finetune", "model.arch=resnet50", "data.image_size=16"],
          "data.image_size=16 is too small for model.arch=resnet50"),
     ],
