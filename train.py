@@ -3,6 +3,7 @@
     accelerate launch train.py --config configs/resnet50_finetune.yaml data.root=/data/brain-mri optim.lr=3e-4
     python train.py --config configs/baseline_cnn.yaml                 # one process, CPU or one GPU
     python train.py --resume runs/<run>                                # continue an interrupted run
+    python train.py --resume runs/<run> train.epochs=20                # extend a finished (or interrupted) run
 """
 
 from __future__ import annotations
@@ -13,22 +14,26 @@ import sys
 
 from brainmri.config import ConfigError, apply_overrides, from_dict, load_config
 from brainmri.data import DataError
-from brainmri.engine import TrainingInterrupted, fit, load_run_config
+from brainmri.engine import fit
+from brainmri.resume import load_run_config
 from brainmri.models import WeightsError
 from brainmri.rundir import CheckpointError, RunLockedError
+from brainmri.signals import TrainingInterrupted
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="recipe YAML, e.g. configs/baseline_cnn.yaml")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR with its saved config")
+    parser.add_argument("--fresh", action="store_true",
+                        help="with --resume on a run that never wrote a checkpoint: start it from scratch")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     return parser
 
 
 def resolve_config(args):
     if args.resume:
-        data = load_run_config(args.resume)
+        data = load_run_config(args.resume, fresh=args.fresh)
         apply_overrides(data, args.overrides)
         data["run_dir"] = args.resume
         return from_dict(data)

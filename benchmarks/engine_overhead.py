@@ -62,7 +62,7 @@ def main() -> None:
             bare_opt.zero_grad(set_to_none=True)
 
     def engine_epoch() -> None:
-        eng._train_epoch(optimizer, "train")
+        eng._train_epoch(optimizer, None, "train", None)
 
     times = {"engine": [], "bare": []}
     for rep in range(args.repeats + 1):

@@ -41,10 +41,7 @@ def _image_info(paths: list[str], split_dirs) -> dict:
 def audit(root: str | Path, cache_dir=None, progress: bool = True) -> tuple[dict, dict]:
     """Return (report, details): the JSON-able report, and the pairs/paths the HTML sheets need."""
     train_dir, test_dir = resolve_splits_root(root)
-    classes, train, skipped = _scan_split_dir(train_dir, None)
-    if len(classes) < 2:
-        raise DataError(f"{train_dir} has {len(classes)} class folder(s) ({', '.join(classes) or 'none'}); "
-                        "a classification audit needs at least two")
+    classes, train, skipped = _scan_split_dir(train_dir, None)  # refuses fewer than two class folders
     test = []
     if test_dir is not None:
         _, test, test_skipped = _scan_split_dir(test_dir, classes)

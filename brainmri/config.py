@@ -124,6 +124,7 @@ class TrainConfig:
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     max_steps_per_epoch: int | None = None
     deterministic: bool = False
+    checkpoint_every_min: float = 10.0  # also write last.pt inside an epoch this often (minutes; 0: epochs only)
     fail_at_epoch: int | None = None  # test hook: raise at the start of this epoch
 
 
@@ -377,6 +378,9 @@ def validate(cfg: RunConfig) -> None:
     for key in ("train.monitor", "scheduler.monitor", "train.early_stop.monitor"):
         if _get(cfg, key) not in MONITORS:
             raise ConfigError(f"invalid value for {key}: {_get(cfg, key)!r} (choose from {', '.join(MONITORS)})")
+    if not cfg.train.checkpoint_every_min >= 0:
+        raise ConfigError(f"train.checkpoint_every_min must be >= 0 minutes (0 disables mid-epoch checkpoints), "
+                          f"got {cfg.train.checkpoint_every_min}")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
     for i, phase in enumerate(cfg.phases):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 from sklearn.model_selection import train_test_split
 
 from brainmri.leakage import BANDS, fingerprints, group_keys, nearest
@@ -118,6 +119,32 @@ class ImageDataset(torch.utils.data.Dataset):
         return self.transform(self.raw(i)), self.samples[i].label, i
 
 
+class EpochSeeded(torch.utils.data.Dataset):
+    """``dataset`` whose item i in epoch e draws its random augmentation from a seed fixed by (seed, e, i).
+
+    The augmentation of an image then depends on nothing else (not on the loader's worker count, nor
+    on what the main process drew before), so an epoch resumed half-way sees the same images.
+    """
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    @property
+    def samples(self):
+        return self.dataset.samples
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        with torch.random.fork_rng(devices=[]):  # the caller's RNG stream is left as it was
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch * 100_019 + i * 7919 + 1) % (2**63))
+            return self.dataset[i]
+
+
 class EpochSampler(torch.utils.data.Sampler[int]):
     """Shuffle seeded by (seed, epoch): the order of any epoch is reproducible after a resume."""
 
@@ -147,3 +174,18 @@ def make_loader(dataset, batch_size: int, num_workers: int, sampler=None, drop_l
         persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
     )
+
+
+def resolve_data_root(cfg) -> Path:
+    """The configured data root, or the embedded synthetic phantoms (generated once, under a lock)."""
+    if cfg.data.root:
+        return Path(cfg.data.root)
+    from brainmri.phantoms import generate_phantoms
+
+    s = cfg.data.synthetic
+    root = Path(cfg.data.synthetic_dir) / f"n{s.n_per_class}-t{s.n_test_per_class}-px{s.image_size}-seed{s.seed}"
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root) + ".lock"):  # parallel sweep tasks share one copy
+        generate_phantoms(root, n_per_class=s.n_per_class, n_test_per_class=s.n_test_per_class,
+                          image_size=s.image_size, seed=s.seed)
+    return root

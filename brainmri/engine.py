@@ -1,65 +1,46 @@
 """The training engine: one loop for every recipe, on top of accelerate.
 
 ``fit(cfg)`` trains the phases of a config (DDP on any number of processes, bf16/fp16 mixed
-precision, gradient accumulation, ReduceLROnPlateau, early stopping, best and last checkpoints),
-evaluates the best checkpoint on val and test, and writes the run directory. A run directory
-that already holds ``checkpoints/last.pt`` is resumed exactly; one that holds a finished
-``summary.json`` is returned as is. This is the only module that talks to accelerate; it knows
-nothing about SLURM or sweeps.
+precision, gradient accumulation, ReduceLROnPlateau, early stopping, best and last checkpoints,
+mid-epoch checkpoints on a timer or a stop signal), evaluates the best checkpoint on val and test
+(``brainmri.evaluate``), and writes the run directory. A run directory that already holds
+``checkpoints/last.pt`` is resumed exactly (inside the epoch when it stopped there); one that holds
+a finished ``summary.json`` is returned as is, or extended when the config only adds epochs to its
+last phase. What a checkpoint holds is ``brainmri.checkpoint``'s. The engine knows nothing about
+SLURM or sweeps.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-from collections import Counter
-import json
 import math
+from collections import Counter
 import os
-import random
 import signal
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
-from filelock import FileLock
+from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
-from brainmri import metrics as M
-from brainmri.config import ConfigError, RunConfig, flatten, save_config
-from brainmri.leakage import BANDS, band_columns
-from brainmri.data import EpochSampler, ImageDataset, build_split, class_weights, make_loader
+from brainmri.checkpoint import (TrainerState, capture_position, make_checkpoint, restore_optimization, seed_epoch,
+                                 set_rng_state)
+from brainmri.config import ConfigError, RunConfig, save_config
+from brainmri.evaluate import confusion_png, evaluate_split
+from brainmri.data import (EpochSampler, EpochSeeded, ImageDataset, build_split, class_weights, make_loader,
+                           resolve_data_root)
 from brainmri.models import build_model, freeze_frozen_norms, parameter_groups, resolve_groups, set_trainable
-from brainmri.optim import build_optimizer, build_scheduler
-from brainmri.rundir import RunDir, acquire_lock, read_json, write_json
+from brainmri.optim import build_optimizer, build_scheduler, replan_cosine
+from brainmri.resume import check_resumable, default_run_dir, extends_finished
+from brainmri.rundir import CheckpointError, RunDir, acquire_lock, read_json, write_json
+from brainmri.signals import StopSignals, TrainingInterrupted
 from brainmri.tracking import WandbRun, log, setup_logging
 from brainmri.transforms import Decoder, batch_normalizer, eval_transform, train_transform
-
-
-@dataclass
-class TrainerState:
-    """Every counter a resume needs; saved in each checkpoint."""
-
-    epoch: int = 0  # epochs completed over all phases
-    phase: int = 0
-    phase_epoch: int = 0  # epochs completed in the current phase
-    phase_stopped: bool = False  # early stopping ended the current phase
-    step: int = 0  # optimizer steps
-    best_metric: float | None = None
-    best_epoch: int = 0
-    es_best: float | None = None
-    es_bad_epochs: int = 0
-    wandb_id: str | None = None
-    images_seen: int = 0
-    train_time_s: float = 0.0
 
 
 def _better(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
@@ -68,60 +49,6 @@ def _better(value: float, best: float | None, mode: str, min_delta: float = 0.0)
     if best is None:
         return True
     return value < best - min_delta if mode == "min" else value > best + min_delta
-
-
-def default_run_dir(cfg: RunConfig) -> Path:
-    """``runs/<recipe>-seed<seed>-<hash>``: the same config always maps to the same run."""
-    data = cfg.to_dict()
-    data.pop("run_dir")
-    data.pop("wandb")
-    data["train"].pop("fail_at_epoch")
-    digest = hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
-    return Path("runs") / f"{cfg.recipe}-seed{cfg.seed}-{digest}"
-
-
-def resolve_data_root(cfg: RunConfig) -> Path:
-    """The configured data root, or the embedded synthetic phantoms (generated once, under a lock)."""
-    if cfg.data.root:
-        return Path(cfg.data.root)
-    from brainmri.phantoms import generate_phantoms
-
-    s = cfg.data.synthetic
-    root = Path(cfg.data.synthetic_dir) / f"n{s.n_per_class}-t{s.n_test_per_class}-px{s.image_size}-seed{s.seed}"
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root) + ".lock"):  # parallel sweep tasks share one copy
-        generate_phantoms(root, n_per_class=s.n_per_class, n_test_per_class=s.n_test_per_class,
-                          image_size=s.image_size, seed=s.seed)
-    return root
-
-
-# keys that never change what a run computes
-NEVER_MATTERS = ("run_dir", "wandb.", "train.fail_at_epoch")
-# and what a resume may change besides: how long to train and how to feed the data
-RESUME_MAY_CHANGE = NEVER_MATTERS + ("train.epochs", "train.phases", "data.num_workers", "data.eval_batch_size",
-                                     "train.max_steps_per_epoch")
-
-
-def _check_same_config(cfg: RunConfig, saved: Path, may_change: tuple[str, ...] = NEVER_MATTERS,
-                       what: str = "a finished run") -> None:
-    """A run directory is never reused for a different config (a resume may only extend training)."""
-    try:
-        old = flatten(yaml.safe_load(saved.read_text()) or {})
-    except (OSError, yaml.YAMLError):
-        return  # no readable config to compare with: the checkpoint itself decides
-    new = flatten(cfg.to_dict())
-    diff = sorted(k for k in set(old) | set(new) if not k.startswith(may_change) and old.get(k) != new.get(k))
-    if diff:
-        raise ConfigError(f"{saved.parent} already holds {what} with a different config "
-                          f"(differs in {', '.join(diff[:5])}); choose another run_dir")
-
-
-def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
-    """Reseed every RNG from (seed, epoch, rank): epoch N draws the same numbers after a resume."""
-    s = (seed * 1_000_003 + epoch * 1009 + rank) % (2**31)
-    random.seed(s)
-    np.random.seed(s)
-    torch.manual_seed(s)
 
 
 def _make_accelerator(cfg: RunConfig) -> Accelerator:
@@ -133,16 +60,7 @@ def _make_accelerator(cfg: RunConfig) -> Accelerator:
     return Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.train.grad_accum)
 
 
-class TrainingInterrupted(Exception):
-    """SIGTERM/SIGINT/SIGUSR2 stopped training after a finished step; ``exit_code`` is 128+signum."""
-
-    def __init__(self, signum: int):
-        self.signum = signum
-        self.exit_code = 128 + signum
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
-
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+PROGRESS_EVERY_S = 1.0  # status.json's in-epoch progress is rewritten at most this often (and at an epoch's first step)
 
 
 class Engine:
@@ -154,6 +72,9 @@ class Engine:
         self.run = RunDir(cfg.run_dir or default_run_dir(cfg))
         self.state = TrainerState()
         self.feature_train = None  # the FeatureDataset while a phase trains the head on cached features
+        self.signals = StopSignals()
+        self._last_save = self._last_progress = time.perf_counter()  # last last.pt / status.json progress write
+        self._progress_epoch = 0
 
     # ----------------------------------------------------------------- setup
     def _setup_data(self) -> None:
@@ -184,7 +105,8 @@ class Engine:
         self.sampler = EpochSampler(len(self.split.train), cfg.seed)
         bs = cfg.data.batch_size
         ebs = cfg.data.eval_batch_size or bs
-        self.train_loader = make_loader(self.datasets["train"], bs, cfg.data.num_workers, self.sampler)
+        self.train_seeded = EpochSeeded(self.datasets["train"], cfg.seed)  # augmentation seeded per (epoch, image)
+        self.train_loader = make_loader(self.train_seeded, bs, cfg.data.num_workers, self.sampler)
         self.val_loader = make_loader(self.datasets["val"], ebs, cfg.data.num_workers)
         self.test_loader = make_loader(self.datasets["test"], ebs, cfg.data.num_workers) if self.split.test else None
         if acc.is_main_process:
@@ -235,46 +157,52 @@ class Engine:
         return optimizer, scheduler
 
     # ------------------------------------------------------------ checkpoints
-    def _save_checkpoint(self, path: Path, optimizer=None, scheduler=None) -> None:
+    def _save_checkpoint(self, path: Path, optimizer=None, scheduler=None, position: dict | None = None) -> None:
         """Rank 0 writes ``path`` atomically; every rank waits for it."""
-        acc = self.acc
-        if acc.is_main_process:
-            ckpt = {
-                "model": self.model.state_dict(),  # the whole net, even while only the head is wrapped
-                "trainer": asdict(self.state),
-                "classes": self.classes,
-                "config": self.cfg.to_dict(),
-            }
-            if optimizer is not None:
-                ckpt["optimizer"] = optimizer.state_dict()
-                ckpt["scheduler"] = scheduler.state_dict() if scheduler is not None else None
-                ckpt["scaler"] = acc.scaler.state_dict() if acc.scaler is not None else None
-            self.run.save_checkpoint(ckpt, path)  # last.pt keeps its predecessor as last.prev.pt
-        acc.wait_for_everyone()
+        if self.acc.is_main_process:  # the whole net, even while only the head is wrapped
+            self.run.save_checkpoint(make_checkpoint(self.model, self.state, self.classes, self.cfg.to_dict(),
+                                                     optimizer, scheduler, self.acc.scaler, position), path)
+        self.acc.wait_for_everyone()
+        if path == self.run.last_checkpoint:
+            self._last_save = time.perf_counter()
 
     def _load_last(self) -> dict | None:
         ckpt = self.run.load_checkpoint()  # falls back to last.prev.pt; CheckpointError if none is valid
         if ckpt is None:
             return None
         self.model.load_state_dict(ckpt["model"])
-        self.state = TrainerState(**ckpt["trainer"])
+        self.state = TrainerState.from_dict(ckpt["trainer"])
         log.info("resuming %s from epoch %d (phase %d)", self.run.path, self.state.epoch, self.state.phase)
         return ckpt
 
     # --------------------------------------------------------------- loops
-    def _train_epoch(self, optimizer, phase_name: str) -> dict[str, float]:
-        cfg, acc = self.cfg, self.acc
+    def _train_epoch(self, optimizer, scheduler, phase_name: str, position: dict | None) -> dict[str, float]:
+        """One epoch (or the rest of one, from a mid-epoch ``position``); returns its train metrics."""
+        cfg, acc, st = self.cfg, self.acc, self.state
+        epoch = st.epoch + 1
         self.ddp_model.train()
         freeze_frozen_norms(self.ddp_model)
-        loss_sum = torch.zeros((), device=acc.device)
-        correct = torch.zeros((), device=acc.device)
-        count = torch.zeros((), device=acc.device)
+        sums = torch.zeros(3, dtype=torch.float64, device=acc.device)  # loss sum, correct, count
+        done, before, rng = 0, 0.0, None
+        loader = self.train_loader_p
+        if position is not None:  # continue inside the epoch: skip what was trained, restore the rest
+            mine = position["ranks"][acc.process_index]
+            done, before, rng = position["batches"], position["elapsed_s"], mine["rng"]
+            sums = mine["accumulators"].to(device=acc.device, dtype=torch.float64)
+            loader = acc.skip_first_batches(self.train_loader_p, done)
+            acc.step = position["accum_step"]
+            log.info("resuming epoch %d after %d batch(es) (step %d)", epoch, done, st.step)
+        loader.set_epoch(epoch)
         max_micro = cfg.train.max_steps_per_epoch * cfg.train.grad_accum if cfg.train.max_steps_per_epoch else None
-        batches = itertools.islice(self.train_loader_p, max_micro)  # islice(…, None) is the whole epoch
-        bar = tqdm(batches, disable=not (acc.is_main_process and sys.stderr.isatty()), leave=False,
-                   desc=f"epoch {self.state.epoch + 1} [{phase_name}]", total=max_micro or len(self.train_loader_p))
+        left = None if max_micro is None else max(max_micro - done, 0)
+        bar = tqdm(itertools.islice(loader, left), disable=not (acc.is_main_process and sys.stderr.isatty()),
+                   leave=False, desc=f"epoch {epoch} [{phase_name}]", initial=done,
+                   total=max_micro or len(self.train_loader_p))
         start = time.perf_counter()
         for x, y, _ in bar:
+            if rng is not None:  # after the skipping loader drew its seed: the stream of the interrupted run
+                set_rng_state(rng)
+                rng = None
             with acc.accumulate(self.ddp_model):
                 logits = self.ddp_model(self.to_input(x))
                 loss = self.criterion(logits.float(), y)
@@ -283,91 +211,63 @@ class Engine:
                     acc.clip_grad_norm_(self.ddp_model.parameters(), cfg.optim.clip_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            if acc.sync_gradients:
-                self.state.step += 1
-                # on a stop signal the partial epoch is dropped: last.pt (end of the previous
-                # epoch) stays, and a resume redoes this epoch exactly (per-epoch reseeding)
-                self._check_stop()
             # detach: accumulating graph-bearing tensors would keep every graph alive
-            loss_sum += loss.detach() * y.size(0)
-            correct += (logits.detach().argmax(1) == y).sum()
-            count += y.size(0)
-        elapsed = time.perf_counter() - start
-        totals = acc.reduce(torch.stack([loss_sum, correct, count]), reduction="sum").tolist()
+            sums[0] += loss.detach().double() * y.size(0)
+            sums[1] += (logits.detach().argmax(1) == y).sum()
+            sums[2] += y.size(0)
+            done += 1
+            if acc.sync_gradients:
+                st.step += 1
+                self._after_step(optimizer, scheduler, epoch, done, before + time.perf_counter() - start, sums)
+        elapsed = before + time.perf_counter() - start
+        totals = acc.reduce(sums, reduction="sum").tolist()
         images = int(totals[2])
-        self.state.images_seen += images
-        self.state.train_time_s += elapsed
+        st.images_seen += images
+        st.train_time_s += elapsed
         return {"train/loss": totals[0] / max(images, 1), "train/acc": totals[1] / max(images, 1),
                 "time/epoch_s": elapsed, "throughput/images_per_s": images / max(elapsed, 1e-9)}
 
-    @torch.no_grad()
-    def _predict(self, loader) -> tuple[np.ndarray, np.ndarray]:
-        """Softmax probabilities and dataset indices, each sample counted once across ranks."""
-        self.ddp_model.eval()
-        probs, indices = [], []
-        for x, _, idx in loader:
-            logits = self.ddp_model(self.to_input(x))
-            # gather_for_metrics drops the samples that even batching duplicated on the last step
-            logits, idx = self.acc.gather_for_metrics((logits.float().contiguous(), idx.contiguous()))
-            probs.append(torch.softmax(logits, dim=1).cpu())
-            indices.append(idx.cpu())
-        probs_np = torch.cat(probs).numpy()
-        idx_np = torch.cat(indices).numpy()
-        n = len(loader.dataset)
-        if len(idx_np) != n or len(np.unique(idx_np)) != n:
-            raise RuntimeError(f"evaluation covered {len(np.unique(idx_np))} unique of {n} samples "
-                               f"({len(idx_np)} predictions)")
-        return idx_np, probs_np
+    def _after_step(self, optimizer, scheduler, epoch: int, done: int, elapsed: float, sums) -> None:
+        """After an optimizer step: on a stop signal or when due, write a mid-epoch ``last.pt``."""
+        every = self.cfg.train.checkpoint_every_min * 60
+        due = every > 0 and time.perf_counter() - self._last_save >= every  # rank 0's clock decides
+        stop, due = self._agree(due and self.acc.is_main_process)
+        if stop or due:
+            position = capture_position(epoch, done, self.acc.step, elapsed, sums, gather_object)
+            self._save_checkpoint(self.run.last_checkpoint, optimizer, scheduler, position)
+        if stop:
+            raise TrainingInterrupted(stop)
+        now = time.perf_counter()
+        if self.acc.is_main_process and (self._progress_epoch != epoch or now - self._last_progress >= PROGRESS_EVERY_S):
+            self._progress_epoch, self._last_progress = epoch, now  # status.json: where the epoch stands
+            self.run.set_status("running", self.state.epoch, in_epoch=epoch, batch=done, step=self.state.step)
 
-    def _evaluate(self, split: str, loader) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-        idx, probs = self._predict(loader)
-        dataset = self.datasets[split]
-        samples = [dataset.samples[i] for i in idx]
-        labels = np.array([s.label for s in samples])
-        values = M.classification_metrics(labels, probs, self.classes, split)
-        # how the model does by similarity to its training images (brainmri.leakage bands)
-        values.update(M.band_metrics(labels, probs, [s.band for s in samples], self.classes, split, BANDS))
-        return values, idx, probs
+    def _validate(self) -> dict[str, float]:
+        return evaluate_split("val", self.ddp_model, self.val_loader_p, self.acc, self.classes,
+                              self.val_loader_p.dataset.samples, to_input=self.to_input)
 
     # ----------------------------------------------------------------- fit
     def fit(self) -> dict:
-        cfg, acc, run = self.cfg, self.acc, self.run
         self.lock = None
-        self._stop_signal = 0
-        previous = self._install_handlers()
-        try:
+        with self.signals:  # a stop signal only sets a flag, read after each optimizer step
             return self._fit_with_handlers()
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
 
-    def _install_handlers(self) -> dict:
-        """Stop signals only set a flag; the loop stops after the current optimizer step."""
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        signums = [s for s in STOP_SIGNALS
-                   if not (s == signal.SIGUSR2 and os.environ.get("SUBMITIT_EXECUTOR"))]  # submitit owns USR2
-
-        def handler(signum, frame):
-            self._stop_signal = self._stop_signal or signum
-            if signum == signal.SIGINT:
-                signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C exits at once
-
-        return {s: signal.signal(s, handler) for s in signums}
+    def _agree(self, due: bool = False) -> tuple[int, bool]:
+        """(stop signal, checkpoint due) agreed by every rank at this step (one all-reduce of the flags)."""
+        if self.acc.num_processes == 1:
+            return self.signals.signum, due
+        flags = torch.tensor([float(self.signals.signum), float(due)], device=self.acc.device)
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        return int(flags[0].item()), bool(flags[1].item())
 
     def _check_stop(self) -> None:
-        """Every rank agrees on the step at which it stops (all-reduce of the flag)."""
-        flag = self._stop_signal
-        if self.acc.num_processes > 1:
-            t = torch.tensor([float(flag)], device=self.acc.device)
-            flag = int(self.acc.reduce(t, reduction="sum").item() > 0) and (self._stop_signal or int(signal.SIGTERM))
-        if flag:
-            raise TrainingInterrupted(int(flag))
+        """A signal that came during evaluation: stop at this epoch's checkpoint."""
+        stop, _ = self._agree()
+        if stop:
+            raise TrainingInterrupted(stop)
 
     def _fit_with_handlers(self) -> dict:
-        cfg, acc, run = self.cfg, self.acc, self.run
+        acc, run = self.acc, self.run
         if acc.is_main_process:
             run.create()
             self.lock = acquire_lock(run)  # one writer per run directory
@@ -381,12 +281,16 @@ class Engine:
     def _fit_locked(self) -> dict:
         cfg, acc, run = self.cfg, self.acc, self.run
         setup_logging(run.path, acc.is_main_process)
-        if run.summary_file.exists():
-            _check_same_config(cfg, run.path / "config.yaml")
+        extend = run.summary_file.exists() and extends_finished(cfg, run.path / "config.yaml")
+        if run.summary_file.exists() and not extend:
             log.info("%s is finished; returning its summary", run.summary_file)
             return read_json(run.summary_file)
+        acc.wait_for_everyone()  # every rank has decided before rank 0 moves the old summary aside
+        if extend and acc.is_main_process:
+            os.replace(run.summary_file, run.path / "summary.prev.json")
+            log.info("extending the finished run %s (its summary is now summary.prev.json)", run.path)
         if run.has_checkpoint():
-            _check_same_config(cfg, run.path / "config.yaml", RESUME_MAY_CHANGE, "an interrupted run")
+            check_resumable(cfg, run.path / "config.yaml")
         self.wb = None
         wall_start = time.perf_counter()
         try:  # from here on, a failure is recorded in status.json (the sweep reads it)
@@ -400,6 +304,8 @@ class Engine:
                 run.truncate_metrics(self.state.epoch)
             self.wb = WandbRun(cfg, run.path, self.state.wandb_id, acc.is_main_process)
             self.state.wandb_id = self.wb.run_id
+            if acc.is_main_process:
+                self.wb.backfill(run.read_metrics())
             if acc.is_main_process:
                 run.set_status("running", self.state.epoch)
             self._run_phases(ckpt)
@@ -436,9 +342,12 @@ class Engine:
     def _run_phases(self, ckpt: dict | None) -> None:
         cfg, acc = self.cfg, self.acc
         phases = cfg.phases
+        # the last phase is never left: a finished run keeps its counters, so it can be extended
         while self.state.phase < len(phases):
             phase = phases[self.state.phase]
             if self.state.phase_epoch >= phase.epochs or self.state.phase_stopped:
+                if self.state.phase + 1 == len(phases):
+                    break
                 self._next_phase()
                 continue
             set_trainable(self.model, phase.train)
@@ -452,19 +361,28 @@ class Engine:
                 train_loader, val_loader = self._feature_loaders()
             self.ddp_model, optimizer, self.train_loader_p, self.val_loader_p = acc.prepare(
                 net, optimizer, train_loader, val_loader)
-            if ckpt is not None and "optimizer" in ckpt and self.state.phase_epoch > 0:
-                optimizer.load_state_dict(ckpt["optimizer"])
-                if scheduler is not None and ckpt.get("scheduler"):
-                    scheduler.load_state_dict(ckpt["scheduler"])
-                if acc.scaler is not None and ckpt.get("scaler"):
-                    acc.scaler.load_state_dict(ckpt["scaler"])
+            position = self._position(ckpt)
+            if ckpt is not None and "optimizer" in ckpt and (self.state.phase_epoch > 0 or position is not None):
+                restore_optimization(ckpt, optimizer, scheduler, acc.scaler)
+                replan_cosine(scheduler, optimizer, phase.epochs)
             ckpt = None
             log.info("phase %d/%d %r: training %s for %d epoch(s)", self.state.phase + 1, len(phases),
                      phase.name, ", ".join(g["name"] for g in optimizer.param_groups), phase.epochs)
             while self.state.phase_epoch < phase.epochs and not self.state.phase_stopped:
-                self._run_epoch(phase, optimizer, scheduler)
+                self._run_epoch(phase, optimizer, scheduler, position)
+                position = None
                 self._check_stop()  # a signal during evaluation: stop at this epoch's checkpoint
-            self._next_phase()
+
+    def _position(self, ckpt: dict | None) -> dict | None:
+        """The mid-epoch position of the checkpoint we resume from, if it stopped inside an epoch."""
+        position = (ckpt or {}).get("position")
+        if position is None or position["epoch"] != self.state.epoch + 1:
+            return None
+        if len(position["ranks"]) != self.acc.num_processes:
+            raise CheckpointError(f"{self.run.last_checkpoint} stopped inside epoch {position['epoch']} with "
+                                  f"{len(position['ranks'])} process(es); resume it with that many (now "
+                                  f"{self.acc.num_processes})")
+        return position
 
     def _uses_feature_cache(self, phase) -> bool:
         return (self.cfg.model.feature_cache_views > 0 and self.cfg.model.arch.startswith("resnet")
@@ -492,20 +410,21 @@ class Engine:
         self.state.es_best = None
         self.state.es_bad_epochs = 0
 
-    def _run_epoch(self, phase, optimizer, scheduler) -> None:
+    def _run_epoch(self, phase, optimizer, scheduler, position: dict | None = None) -> None:
         cfg, acc, st = self.cfg, self.acc, self.state
         epoch = st.epoch + 1
         if cfg.train.fail_at_epoch is not None and epoch == cfg.train.fail_at_epoch:
             raise RuntimeError(f"train.fail_at_epoch={epoch}: simulated crash")
-        _seed_epoch(cfg.seed, epoch, acc.process_index)
+        seed_epoch(cfg.seed, epoch, acc.process_index)
         # accelerate's loader re-sets the sampler epoch from its own iteration counter on every
         # __iter__, and that counter restarts at 0 after a resume: pin it to the true epoch.
-        self.train_loader_p.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+        self.train_seeded.set_epoch(epoch)
         if self.feature_train is not None:
             self.feature_train.set_epoch(epoch)
         row = {"epoch": epoch, "phase": phase.name}
-        row.update(self._train_epoch(optimizer, phase.name))
-        val, _, _ = self._evaluate("val", self.val_loader_p)
+        row.update(self._train_epoch(optimizer, scheduler, phase.name, position))
+        val = self._validate()
         row.update({k: v for k, v in val.items() if k.count("/") == 1})
         for group in optimizer.param_groups:
             row[f"lr/{group['name']}"] = group["lr"]
@@ -561,16 +480,11 @@ class Engine:
                    "images_per_s": st.images_seen / max(st.train_time_s, 1e-9),
                    "skipped_files": len(self.split.skipped)}
         for split, loader in loaders.items():
-            values, idx, probs = self._evaluate(split, acc.prepare_data_loader(loader))
-            summary.update(values)
+            summary.update(evaluate_split(split, self.ddp_model, loader, acc, self.classes, loader.dataset.samples,
+                                          run, self.normalize, f"{cfg.recipe} seed {cfg.seed}: {split} "
+                                          f"(best epoch {st.best_epoch})"))
             if acc.is_main_process:
-                samples = [self.datasets[split].samples[i] for i in idx]
-                labels = np.array([s.label for s in samples])
-                run.write_predictions(split, samples, labels, probs, self.classes, extra=band_columns(samples))
-                png = run.path / f"confusion_{split}.png"
-                M.save_confusion_png(labels, probs.argmax(1), self.classes, png,
-                                     f"{cfg.recipe} seed {cfg.seed}: {split} (best epoch {st.best_epoch})")
-                self.wb.log_image(f"{split}/confusion_matrix", png)
+                self.wb.log_image(f"{split}/confusion_matrix", confusion_png(run, split))
         summary["config"] = cfg.to_dict()
         if acc.is_main_process:
             self.wb.log_results(run.path, summary)
@@ -592,11 +506,3 @@ def fit(cfg: RunConfig) -> dict:
         >>> summary = fit(load_config("configs/baseline_cnn.yaml", ["train.epochs=2"]))
     """
     return Engine(cfg).fit()
-
-
-def load_run_config(run_dir: str | Path) -> dict:
-    """The resolved config saved in a run directory (for ``--resume``)."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume: no config.yaml in {run_dir}")
-    return yaml.safe_load(path.read_text())

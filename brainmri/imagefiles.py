@@ -86,6 +86,9 @@ def _scan_split_dir(split_dir: Path, classes: list[str] | None, workers: int = 4
         classes = found
     if not classes:
         raise DataError(f"no class folders in {split_dir} (expected {split_dir}/<class>/*.jpg)")
+    if len(classes) < 2:
+        raise DataError(f"{split_dir} holds one class folder ({classes[0]}); a classifier needs at least two "
+                        f"(expected {split_dir}/<class>/*.jpg for each class)")
     files: list[tuple[Path, int]] = []
     for label, name in enumerate(classes):
         class_dir = split_dir / name

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Sequence
 
+import math
+
 import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, ReduceLROnPlateau
@@ -203,3 +205,15 @@ def build_scheduler(
             raise ValueError("cosine scheduler needs T_max")
         return CosineAnnealingLR(optimizer, T_max=T_max, eta_min=eta_min)
     raise ValueError(f"Unknown scheduler {name!r}; valid: {', '.join(SCHEDULERS)}")
+
+
+def replan_cosine(scheduler, optimizer, epochs: int) -> None:
+    """A cosine schedule resumed with a longer phase: T_max becomes the new length, and the LR jumps to the
+    longer schedule's value at the current epoch (so the rest follows it; the epochs already trained
+    followed the shorter one)."""
+    if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) or scheduler.T_max == max(epochs, 1):
+        return
+    scheduler.T_max = max(epochs, 1)
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = scheduler.eta_min + (base - scheduler.eta_min) * (
+            1 + math.cos(math.pi * scheduler.last_epoch / scheduler.T_max)) / 2

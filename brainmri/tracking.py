@@ -41,16 +41,34 @@ def _has_api_key() -> bool:
         return False
 
 
+def logged_epochs(wandb_dir: Path, run_id: str) -> set[int]:
+    """Epochs in the history of the pieces of W&B run ``run_id`` under ``wandb_dir`` (a torn tail is ignored)."""
+    from brainmri.wandb_offline import find_wandb_files, read_wandb_file
+
+    epochs: set[int] = set()
+    for path in find_wandb_files(wandb_dir) if wandb_dir.is_dir() else []:
+        if path.name == f"run-{run_id}.wandb":
+            epochs.update(int(r["epoch"]) for r in read_wandb_file(path)["history"] if "epoch" in r)
+    return epochs
+
+
 class WandbRun:
     """A W&B run on rank 0; a no-op elsewhere or when disabled.
 
     Honours ``WANDB_MODE``; with no mode set and no API key the run is written offline.
     ``run_id`` is stored in the checkpoint so a resumed job continues the same W&B run.
+
+    History is one row per epoch at ``step = epoch``. A resumed run first reads the pieces of its
+    run already on disk (``<run_dir>/wandb/*/run-<id>.wandb``, written in online mode too): epochs
+    they hold are never logged again, and :meth:`backfill` logs the ``metrics.jsonl`` rows they miss
+    (a SIGKILL can cut the W&B service off before it wrote them). So every epoch appears exactly
+    once, in increasing steps.
     """
 
     def __init__(self, cfg, run_dir: Path, run_id: str | None, enabled: bool):
         self.run = None
         self.run_id = run_id
+        self.logged: set[int] = set()  # epochs the W&B run already holds
         if not (enabled and cfg.wandb.enabled) or os.environ.get("WANDB_MODE") == "disabled":
             return
         import wandb
@@ -58,6 +76,8 @@ class WandbRun:
         if not os.environ.get("WANDB_MODE") and not _has_api_key():
             os.environ["WANDB_MODE"] = "offline"
         self.run_id = run_id or uuid.uuid4().hex[:8]
+        if run_id:
+            self.logged = logged_epochs(run_dir / "wandb", run_id)
         self.run = wandb.init(
             project=cfg.wandb.project, entity=cfg.wandb.entity, group=cfg.wandb.group,
             job_type=cfg.wandb.job_type or cfg.recipe, name=cfg.wandb.name or run_dir.name,
@@ -70,14 +90,27 @@ class WandbRun:
         log.info("W&B run %s (%s)", self.run_id, os.environ.get("WANDB_MODE", "online"))
 
     def log(self, row: dict[str, Any], step: int) -> None:
-        if self.run is not None:
+        """Log an epoch's row at ``step`` (its epoch) unless the run already holds that epoch."""
+        if self.run is not None and step not in self.logged:
             self.run.log({k: v for k, v in row.items() if v is not None}, step=step, commit=True)
+            self.logged.add(step)
 
-    def log_image(self, key: str, path: Path, step: int | None = None) -> None:
+    def backfill(self, rows: list[dict[str, Any]]) -> int:
+        """Log the epoch rows (``metrics.jsonl``) the W&B run is missing, in order; returns how many."""
+        missing = [r for r in rows if "epoch" in r and r["epoch"] not in self.logged]
+        if self.run is None or not missing:
+            return 0
+        for row in sorted(missing, key=lambda r: r["epoch"]):
+            self.log(row, step=row["epoch"])
+        log.info("W&B run %s: logged %d epoch row(s) it had missed", self.run_id, len(missing))
+        return len(missing)
+
+    def log_image(self, key: str, path: Path) -> None:
+        """An image in the run's summary (it takes no history step, so a later extension continues at epoch + 1)."""
         if self.run is not None:
             import wandb
 
-            self.run.log({key: wandb.Image(str(path))}, step=step, commit=True)
+            self.run.summary[key] = wandb.Image(str(path))
 
     def log_results(self, run_dir: Path, summary: dict[str, Any]) -> None:
         """Confusion-matrix plots, per-class and predictions tables of a finished run (brainmri.wandb_results).

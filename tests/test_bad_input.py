@@ -63,6 +63,7 @@ def test_missing_data_dir_is_named(tmp_path):
         (["data.val_fraction=0"], "data.val_fraction must be in"),
         (["train.epochs=0"], "train.epochs: nothing to train"),
         (["data.image_size=7"], "data.image_size=7 is too small for model.arch=baseline_cnn"),
+        (["train.checkpoint_every_min=-1"], "train.checkpoint_every_min must be >= 0"),
         (["recipe=resnet50_finetune", "model.arch=resnet50", "data.image_size=16"],
          "data.image_size=16 is too small for model.arch=resnet50"),
     ],
@@ -124,3 +125,15 @@ def test_bad_sizes_fail_before_compute_with_one_line(bad, key, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and key in lines[0] and "Traceback" not in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_one_class_data_root_is_refused_before_training(data_copy, tmp_path):
+    for name in ("meningioma", "notumor", "pituitary"):
+        shutil.rmtree(data_copy / "Training" / name)
+    proc = run_train("--config", "configs/baseline_cnn.yaml", f"data.root={data_copy}",
+                     f"run_dir={tmp_path / 'run'}", *TINY, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{data_copy / 'Training'} holds one class folder (glioma)" in lines[0]
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.pt"))

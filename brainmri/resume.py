@@ -1,0 +1,100 @@
+"""Which run a config belongs to, and whether a run directory may continue with it.
+
+- :func:`default_run_dir`: the same config always maps to the same ``runs/<recipe>-seed<seed>-<hash>``.
+- :func:`check_resumable`: an interrupted run may resume with a config that differs only in how
+  long it trains or how data is fed (:data:`RESUME_MAY_CHANGE`); anything else is a ConfigError.
+- :func:`extends_finished`: a finished run is returned as is for the same config, extended when the
+  config only adds epochs to its last phase, refused otherwise.
+- :func:`load_run_config`: the saved config for ``train.py --resume`` (refusing a directory that
+  never wrote a checkpoint unless asked to start fresh).
+
+Reads config files only; knows nothing about models or training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+
+from brainmri.config import ConfigError, RunConfig, flatten
+from brainmri.rundir import CheckpointError, RunDir
+
+# keys that never change what a run computes
+NEVER_MATTERS = ("run_dir", "wandb.", "train.fail_at_epoch", "train.checkpoint_every_min")
+# and what a resume may change besides: how long to train and how to feed the data
+RESUME_MAY_CHANGE = NEVER_MATTERS + ("train.epochs", "train.phases", "data.num_workers", "data.eval_batch_size",
+                                     "train.max_steps_per_epoch")
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    """``runs/<recipe>-seed<seed>-<hash>``: the same config always maps to the same run."""
+    data = cfg.to_dict()
+    data.pop("run_dir")
+    data.pop("wandb")
+    data["train"].pop("fail_at_epoch")
+    data["train"].pop("checkpoint_every_min")
+    digest = hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
+    return Path("runs") / f"{cfg.recipe}-seed{cfg.seed}-{digest}"
+
+
+def _saved(saved: Path) -> dict | None:
+    try:
+        return yaml.safe_load(saved.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None  # no readable config to compare with: the checkpoint itself decides
+
+
+def _diff(old: dict, cfg: RunConfig, may_change: tuple[str, ...]) -> list[str]:
+    fo, fn = flatten(old), flatten(cfg.to_dict())
+    return sorted(k for k in set(fo) | set(fn) if not k.startswith(may_change) and fo.get(k) != fn.get(k))
+
+
+def check_resumable(cfg: RunConfig, saved: Path) -> None:
+    """An interrupted run (config file ``saved``) continues only with a config that may change (see above)."""
+    old = _saved(saved)
+    diff = [] if old is None else _diff(old, cfg, RESUME_MAY_CHANGE)
+    if diff:
+        raise ConfigError(f"{saved.parent} already holds an interrupted run with a different config "
+                          f"(differs in {', '.join(diff[:5])}); choose another run_dir")
+
+
+def _phase_plan(tree: dict) -> list[tuple]:
+    train = tree.get("train", {})
+    phases = train.get("phases") or [{"name": "train", "epochs": train.get("epochs"), "train": train.get("trainable")}]
+    return [(p.get("name"), p.get("epochs"), p.get("train"), p.get("lr_mult") or {}) for p in phases]
+
+
+def extends_finished(cfg: RunConfig, saved: Path) -> bool:
+    """False for the same config (the finished run is returned as is); True when ``cfg`` only adds
+    epochs to the last phase (the run is extended); any other difference is a ConfigError."""
+    old = _saved(saved)
+    diff = [] if old is None else _diff(old, cfg, NEVER_MATTERS)
+    if not diff:
+        return False
+    a, b = _phase_plan(old), _phase_plan(cfg.to_dict())
+    longer = (len(a) == len(b) and a[:-1] == b[:-1] and a[-1][0] == b[-1][0] and a[-1][2:] == b[-1][2:]
+              and b[-1][1] > a[-1][1])
+    if longer and set(diff) <= {"train.epochs", "train.phases"}:
+        return True
+    raise ConfigError(f"{saved.parent} already holds a finished run with a different config "
+                      f"(differs in {', '.join(diff[:5])}); choose another run_dir, or extend it by giving "
+                      f"its last phase more epochs and nothing else")
+
+
+def load_run_config(run_dir: str | Path, fresh: bool = False) -> dict:
+    """The resolved config saved in a run directory (for ``--resume``).
+
+    A directory with a config but neither a checkpoint nor a summary has nothing to resume: a
+    CheckpointError says so, unless ``fresh`` (start that config from scratch there).
+    """
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no config.yaml in {run_dir}")
+    run = RunDir(run_dir)
+    if not fresh and not run.has_checkpoint() and not run.summary_file.exists():
+        raise CheckpointError(f"--resume: {run_dir} has a config.yaml but no checkpoint (it stopped before its "
+                              f"first checkpoint); add --fresh to start it from scratch")
+    return yaml.safe_load(path.read_text())

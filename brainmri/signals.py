@@ -1,0 +1,54 @@
+"""Stop signals: SIGTERM, SIGINT and SIGUSR2 only set a flag; training stops after the current step.
+
+:class:`StopSignals` installs the handlers for the duration of a ``with`` block (main thread only;
+SIGUSR2 is left to submitit inside a sweep job) and remembers the first signal. A second SIGINT
+exits at once (the default action). :class:`TrainingInterrupted` carries the exit code 128+signum.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+
+log = logging.getLogger("brainmri")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM/SIGINT/SIGUSR2 stopped training after a finished step; ``exit_code`` is 128+signum."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+class StopSignals:
+    """``with StopSignals() as stop: ... stop.signum`` (0 until a stop signal came)."""
+
+    def __init__(self):
+        self.signum = 0
+        self._previous: dict = {}
+
+    def _handler(self, signum, frame) -> None:
+        self.signum = self.signum or signum
+        again = ""
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C exits at once
+            again = " (press Ctrl-C again to exit at once, without a checkpoint)"
+        log.warning("%s: stopping after this step%s", signal.Signals(signum).name, again)
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for s in STOP_SIGNALS:
+                if not (s == signal.SIGUSR2 and os.environ.get("SUBMITIT_EXECUTOR")):  # submitit owns USR2
+                    self._previous[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
