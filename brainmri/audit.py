@@ -19,7 +19,6 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from brainmri import leakage as L
 from brainmri.imagefiles import DataError, _scan_split_dir, file_index, load_pil, resolve_splits_root

@@ -7,6 +7,7 @@ brainmri.collect's statistics (McNemar). Plotly's offline bundle is inlined once
 from __future__ import annotations
 
 import base64
+import json
 import functools
 import gzip
 import html
