@@ -21,7 +21,6 @@ import signal
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,33 +32,15 @@ from accelerate.utils import set_seed
 from filelock import FileLock
 from tqdm.auto import tqdm
 
-from brainmri import metrics as M
+from brainmri.checkpoint import TrainerState, make_checkpoint, restore_optimization
 from brainmri.config import ConfigError, RunConfig, flatten, save_config
-from brainmri.leakage import BANDS, band_columns
+from brainmri.evaluate import confusion_png, evaluate_split
 from brainmri.data import EpochSampler, ImageDataset, build_split, class_weights, make_loader
 from brainmri.models import build_model, freeze_frozen_norms, parameter_groups, resolve_groups, set_trainable
 from brainmri.optim import build_optimizer, build_scheduler
 from brainmri.rundir import RunDir, acquire_lock, read_json, write_json
 from brainmri.tracking import WandbRun, log, setup_logging
 from brainmri.transforms import Decoder, batch_normalizer, eval_transform, train_transform
-
-
-@dataclass
-class TrainerState:
-    """Every counter a resume needs; saved in each checkpoint."""
-
-    epoch: int = 0  # epochs completed over all phases
-    phase: int = 0
-    phase_epoch: int = 0  # epochs completed in the current phase
-    phase_stopped: bool = False  # early stopping ended the current phase
-    step: int = 0  # optimizer steps
-    best_metric: float | None = None
-    best_epoch: int = 0
-    es_best: float | None = None
-    es_bad_epochs: int = 0
-    wandb_id: str | None = None
-    images_seen: int = 0
-    train_time_s: float = 0.0
 
 
 def _better(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
@@ -237,27 +218,17 @@ class Engine:
     # ------------------------------------------------------------ checkpoints
     def _save_checkpoint(self, path: Path, optimizer=None, scheduler=None) -> None:
         """Rank 0 writes ``path`` atomically; every rank waits for it."""
-        acc = self.acc
-        if acc.is_main_process:
-            ckpt = {
-                "model": self.model.state_dict(),  # the whole net, even while only the head is wrapped
-                "trainer": asdict(self.state),
-                "classes": self.classes,
-                "config": self.cfg.to_dict(),
-            }
-            if optimizer is not None:
-                ckpt["optimizer"] = optimizer.state_dict()
-                ckpt["scheduler"] = scheduler.state_dict() if scheduler is not None else None
-                ckpt["scaler"] = acc.scaler.state_dict() if acc.scaler is not None else None
-            self.run.save_checkpoint(ckpt, path)  # last.pt keeps its predecessor as last.prev.pt
-        acc.wait_for_everyone()
+        if self.acc.is_main_process:  # the whole net, even while only the head is wrapped
+            self.run.save_checkpoint(make_checkpoint(self.model, self.state, self.classes, self.cfg.to_dict(),
+                                                     optimizer, scheduler, self.acc.scaler), path)
+        self.acc.wait_for_everyone()
 
     def _load_last(self) -> dict | None:
         ckpt = self.run.load_checkpoint()  # falls back to last.prev.pt; CheckpointError if none is valid
         if ckpt is None:
             return None
         self.model.load_state_dict(ckpt["model"])
-        self.state = TrainerState(**ckpt["trainer"])
+        self.state = TrainerState.from_dict(ckpt["trainer"])
         log.info("resuming %s from epoch %d (phase %d)", self.run.path, self.state.epoch, self.state.phase)
         return ckpt
 
@@ -300,34 +271,9 @@ class Engine:
         return {"train/loss": totals[0] / max(images, 1), "train/acc": totals[1] / max(images, 1),
                 "time/epoch_s": elapsed, "throughput/images_per_s": images / max(elapsed, 1e-9)}
 
-    @torch.no_grad()
-    def _predict(self, loader) -> tuple[np.ndarray, np.ndarray]:
-        """Softmax probabilities and dataset indices, each sample counted once across ranks."""
-        self.ddp_model.eval()
-        probs, indices = [], []
-        for x, _, idx in loader:
-            logits = self.ddp_model(self.to_input(x))
-            # gather_for_metrics drops the samples that even batching duplicated on the last step
-            logits, idx = self.acc.gather_for_metrics((logits.float().contiguous(), idx.contiguous()))
-            probs.append(torch.softmax(logits, dim=1).cpu())
-            indices.append(idx.cpu())
-        probs_np = torch.cat(probs).numpy()
-        idx_np = torch.cat(indices).numpy()
-        n = len(loader.dataset)
-        if len(idx_np) != n or len(np.unique(idx_np)) != n:
-            raise RuntimeError(f"evaluation covered {len(np.unique(idx_np))} unique of {n} samples "
-                               f"({len(idx_np)} predictions)")
-        return idx_np, probs_np
-
-    def _evaluate(self, split: str, loader) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-        idx, probs = self._predict(loader)
-        dataset = self.datasets[split]
-        samples = [dataset.samples[i] for i in idx]
-        labels = np.array([s.label for s in samples])
-        values = M.classification_metrics(labels, probs, self.classes, split)
-        # how the model does by similarity to its training images (brainmri.leakage bands)
-        values.update(M.band_metrics(labels, probs, [s.band for s in samples], self.classes, split, BANDS))
-        return values, idx, probs
+    def _validate(self) -> dict[str, float]:
+        return evaluate_split("val", self.ddp_model, self.val_loader_p, self.acc, self.classes,
+                              self.val_loader_p.dataset.samples, to_input=self.to_input)
 
     # ----------------------------------------------------------------- fit
     def fit(self) -> dict:
@@ -453,11 +399,7 @@ class Engine:
             self.ddp_model, optimizer, self.train_loader_p, self.val_loader_p = acc.prepare(
                 net, optimizer, train_loader, val_loader)
             if ckpt is not None and "optimizer" in ckpt and self.state.phase_epoch > 0:
-                optimizer.load_state_dict(ckpt["optimizer"])
-                if scheduler is not None and ckpt.get("scheduler"):
-                    scheduler.load_state_dict(ckpt["scheduler"])
-                if acc.scaler is not None and ckpt.get("scaler"):
-                    acc.scaler.load_state_dict(ckpt["scaler"])
+                restore_optimization(ckpt, optimizer, scheduler, acc.scaler)
             ckpt = None
             log.info("phase %d/%d %r: training %s for %d epoch(s)", self.state.phase + 1, len(phases),
                      phase.name, ", ".join(g["name"] for g in optimizer.param_groups), phase.epochs)
@@ -505,7 +447,7 @@ class Engine:
             self.feature_train.set_epoch(epoch)
         row = {"epoch": epoch, "phase": phase.name}
         row.update(self._train_epoch(optimizer, phase.name))
-        val, _, _ = self._evaluate("val", self.val_loader_p)
+        val = self._validate()
         row.update({k: v for k, v in val.items() if k.count("/") == 1})
         for group in optimizer.param_groups:
             row[f"lr/{group['name']}"] = group["lr"]
@@ -561,16 +503,11 @@ class Engine:
                    "images_per_s": st.images_seen / max(st.train_time_s, 1e-9),
                    "skipped_files": len(self.split.skipped)}
         for split, loader in loaders.items():
-            values, idx, probs = self._evaluate(split, acc.prepare_data_loader(loader))
-            summary.update(values)
+            summary.update(evaluate_split(split, self.ddp_model, loader, acc, self.classes, loader.dataset.samples,
+                                          run, self.normalize, f"{cfg.recipe} seed {cfg.seed}: {split} "
+                                          f"(best epoch {st.best_epoch})"))
             if acc.is_main_process:
-                samples = [self.datasets[split].samples[i] for i in idx]
-                labels = np.array([s.label for s in samples])
-                run.write_predictions(split, samples, labels, probs, self.classes, extra=band_columns(samples))
-                png = run.path / f"confusion_{split}.png"
-                M.save_confusion_png(labels, probs.argmax(1), self.classes, png,
-                                     f"{cfg.recipe} seed {cfg.seed}: {split} (best epoch {st.best_epoch})")
-                self.wb.log_image(f"{split}/confusion_matrix", png)
+                self.wb.log_image(f"{split}/confusion_matrix", confusion_png(run, split))
         summary["config"] = cfg.to_dict()
         if acc.is_main_process:
             self.wb.summary({k: v for k, v in summary.items() if k != "config"})

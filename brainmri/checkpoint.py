@@ -1,0 +1,65 @@
+"""What a checkpoint contains, and how the training state goes in and comes back out.
+
+A checkpoint is a plain dict (``torch.load(..., weights_only=True)`` reads it):
+
+- ``model``: the whole network's state dict; ``classes``; ``config`` (the resolved config);
+- ``trainer``: :class:`TrainerState`, every counter a resume needs;
+- ``optimizer``, ``scheduler``, ``scaler``: state dicts (``last.pt`` only; ``best.pt`` holds weights);
+- ``position`` (mid-epoch checkpoints only): where inside the epoch training stopped — see
+  :func:`capture_position`.
+
+Files, atomic writes and the ``last.pt`` → ``last.prev.pt`` rotation are ``brainmri.rundir``'s.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+
+
+@dataclass
+class TrainerState:
+    """Every counter a resume needs; saved in each checkpoint."""
+
+    epoch: int = 0  # epochs completed over all phases
+    phase: int = 0
+    phase_epoch: int = 0  # epochs completed in the current phase
+    phase_stopped: bool = False  # early stopping ended the current phase
+    step: int = 0  # optimizer steps
+    best_metric: float | None = None
+    best_epoch: int = 0
+    es_best: float | None = None
+    es_bad_epochs: int = 0
+    wandb_id: str | None = None
+    images_seen: int = 0
+    train_time_s: float = 0.0
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainerState":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def make_checkpoint(model: torch.nn.Module, state: TrainerState, classes: list[str], config: dict,
+                    optimizer=None, scheduler=None, scaler=None, position: dict | None = None) -> dict:
+    """The checkpoint dict; with ``optimizer`` it can resume training, without it holds weights only."""
+    ckpt = {"model": model.state_dict(), "trainer": asdict(state), "classes": classes, "config": config}
+    if optimizer is not None:
+        ckpt["optimizer"] = optimizer.state_dict()
+        ckpt["scheduler"] = scheduler.state_dict() if scheduler is not None else None
+        ckpt["scaler"] = scaler.state_dict() if scaler is not None else None
+    if position is not None:
+        ckpt["position"] = position
+    return ckpt
+
+
+def restore_optimization(ckpt: dict, optimizer, scheduler=None, scaler=None) -> None:
+    """Load the optimizer, scheduler and grad-scaler states saved by :func:`make_checkpoint`."""
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt.get("scheduler"):
+        scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
