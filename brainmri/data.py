@@ -250,3 +250,11 @@ def make_loader(dataset, batch_size: int, num_workers: int, sampler=None, drop_l
         persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
     )
+
+
+def scan_folder(split_dir: str | Path, classes: list[str] | None = None) -> tuple[list[str], list[Sample], list[dict]]:
+    """``(classes, samples, skipped)`` of one ``<dir>/<class>/*`` folder, with the loader's rules.
+
+    With ``classes`` the labels follow that order (a missing or empty class folder is a ``DataError``).
+    """
+    return _scan_split_dir(Path(split_dir), classes)
