@@ -17,7 +17,7 @@ import numpy as np
 
 from brainmri.data import DataError, ImageDataset, make_loader, resolve_splits_root, scan_folder
 from brainmri.leakage import BANDS, fingerprints, nearest
-from brainmri.predict import TrainedModel, _accelerator, load_trained, training_reference
+from brainmri.predict import TrainedModel, inference_accelerator, load_trained, training_reference
 from brainmri.rundir import RunDir, write_json
 from brainmri.transforms import eval_transform
 
@@ -75,7 +75,7 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path, out: str | Path | N
     dataset = ImageDataset(samples, trained.decoder, eval_transform(cfg.data))
     loader = make_loader(dataset, batch_size or cfg.data.eval_batch_size or cfg.data.batch_size, num_workers)
     out_dir.mkdir(parents=True, exist_ok=True)
-    acc = _accelerator(cfg)
+    acc = inference_accelerator(cfg)
     try:
         model = acc.prepare_model(trained.model, evaluation_mode=True)
         values = evaluate_split(SPLIT, model, loader, acc, trained.classes, samples, RunDir(out_dir),

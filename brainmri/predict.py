@@ -166,7 +166,7 @@ class Predictions:
         return [self.classes[int(k)] for k in self.probs.argmax(1)] if self.probs is not None else []
 
 
-def _accelerator(cfg: RunConfig):
+def inference_accelerator(cfg: RunConfig):
     from accelerate import Accelerator
 
     precision = cfg.train.mixed_precision
@@ -190,7 +190,7 @@ def predict_files(trained: TrainedModel, inputs: list[str | Path], batch_size: i
     dataset = InputDataset(collected.files, trained.decoder, reference is not None)
     bs = batch_size or trained.cfg.data.eval_batch_size or trained.cfg.data.batch_size
     loader = torch.utils.data.DataLoader(dataset, batch_size=bs, num_workers=num_workers, shuffle=False)
-    acc = _accelerator(trained.cfg)
+    acc = inference_accelerator(trained.cfg)
     explainer = None
     try:
         model = acc.prepare_model(trained.model, evaluation_mode=True)
