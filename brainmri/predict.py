@@ -69,7 +69,13 @@ def load_trained(run_dir: str | Path) -> TrainedModel:
     if not run.best_checkpoint.is_file():
         raise CheckpointError(f"{run.path} has no best checkpoint ({run.best_checkpoint}): "
                               "the run has not finished an epoch yet")
-    ckpt = run.load_checkpoint(run.best_checkpoint)  # one-line CheckpointError when unreadable
+    try:
+        ckpt = torch.load(run.best_checkpoint, map_location="cpu", weights_only=True)
+        if not isinstance(ckpt, dict) or "model" not in ckpt:
+            raise ValueError("not a brainmri checkpoint")
+    except Exception as e:  # truncated zip, bad pickle, wrong content
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise CheckpointError(f"{run.best_checkpoint} is unreadable ({type(e).__name__}: {first})") from None
     classes = list(ckpt.get("classes") or [])
     if not classes:
         raise CheckpointError(f"{run.best_checkpoint} names no classes")

@@ -29,3 +29,14 @@ def test_cam_energy_lies_in_the_lesion(tmp_path):
     print(f"lesion share {share:.3f}, CAM energy inside {energy:.3f}, pointing game {pointing:.2f}")
     assert 0 < share < 0.05
     assert energy > 2.5 * share and pointing > 5 * share  # chance: energy = share, pointing = share
+
+
+def test_resnet_cam_uses_layer4():
+    from brainmri.config import ModelConfig
+    from brainmri.explain import cam_maps
+    from brainmri.models import build_model, cam_target_layer
+
+    net = build_model(ModelConfig(arch="resnet50", pretrained=False), 4, 3, 64).eval()
+    assert cam_target_layer(net) is net.layer4[-1]
+    maps = cam_maps(net, torch.randn(2, 3, 64, 64), [0, 3])
+    assert maps.shape == (2, 64, 64) and np.isfinite(maps).all()

@@ -135,7 +135,12 @@ def test_a_run_without_a_best_checkpoint_is_one_line(trained, phantom_root, tmp_
     run = tmp_path / "unfinished"
     (run / "checkpoints").mkdir(parents=True)
     shutil.copy(trained / "config.yaml", run / "config.yaml")
-    for target, expected in ((run, "no best checkpoint"), (tmp_path / "nowhere", "run directory not found")):
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(trained, corrupt, ignore=shutil.ignore_patterns("wandb"))
+    best = corrupt / "checkpoints" / "best.pt"
+    best.write_bytes(best.read_bytes()[:1000])
+    for target, expected in ((run, "no best checkpoint"), (tmp_path / "nowhere", "run directory not found"),
+                             (corrupt, "best.pt is unreadable")):
         proc = predict(target, phantom_root / "Testing", "--out", tmp_path / "x.csv")
         assert proc.returncode == 2
         assert proc.stderr.strip().count("\n") == 0 and expected in proc.stderr, proc.stderr
