@@ -58,8 +58,9 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path, out: str | Path | N
     folder = evaluation_folder(data_root)
     check_classes(_class_folders(folder), trained.classes, folder)
     out_dir = Path(out) if out else default_out(trained.run_dir, Path(data_root))
-    if out_dir.resolve() == trained.run_dir.resolve():
-        raise DataError(f"--out {out_dir} is the run directory itself; its training results are never overwritten")
+    if out_dir.resolve() == trained.run_dir.resolve() or (out_dir / "checkpoints").is_dir():
+        raise DataError(f"--out {out_dir} is a run directory; choose another folder (training results are "
+                        "never overwritten)")
     _, samples, skipped = scan_folder(folder, trained.classes)
     if not samples:
         raise DataError(f"no readable images under {folder}")
