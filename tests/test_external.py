@@ -86,3 +86,5 @@ def test_renamed_classes_fail_with_the_difference(trained, phantom_root, tmp_pat
     assert "\n" not in line and "Traceback" not in line
     assert "missing ['glioma']" in line and "not in the run ['glioma_tumor']" in line
     assert not (trained / "eval" / "renamed").exists()
+    proc = evaluate(trained, "--data", phantom_root, "--out", trained)  # never over the run's own results
+    assert proc.returncode == 2 and "is a run directory" in proc.stderr and proc.stderr.count("\n") == 1
