@@ -15,6 +15,7 @@ Results: benchmarks/results/cam_pointing.json and benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -23,14 +24,17 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import ROOT, scratch_dir, write_result
+from _common import RESULTS, ROOT, scratch_dir, write_result
 
-RECIPES = {
-    "baseline_cnn": ["data.batch_size=16", "train.epochs=8"],
-    # from random initialisation: both phases of the recipe, shortened; CPU: fp32, no decoded cache
-    "resnet50_finetune": ["model.pretrained=false", "data.batch_size=16", "train.mixed_precision=no",
-                          "data.cache=none", "train.phases.0.epochs=2", "train.phases.1.epochs=6",
-                          "train.early_stop.enabled=false"],
+_R50 = ["model.pretrained=false", "data.batch_size=16", "train.mixed_precision=no", "data.cache='none'",
+        "train.early_stop.enabled=false"]
+RECIPES = {  # label → (recipe, overrides)
+    "baseline_cnn": ("baseline_cnn", ["data.batch_size=16", "train.epochs=8"]),
+    # from random initialisation: the recipe's two phases (head, then head + layer4), shortened;
+    # CPU: fp32, no decoded cache
+    "resnet50_finetune": ("resnet50_finetune", [*_R50, "train.phases.0.epochs=2", "train.phases.1.epochs=6"]),
+    # from random initialisation, every layer trained (one phase)
+    "resnet50_all": ("resnet50_finetune", [*_R50, "train.phases=[{name: all, epochs: 8, train: [all]}]"]),
 }
 
 
@@ -71,7 +75,8 @@ def score(run: Path, root: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipes", nargs="+", default=list(RECIPES))
+    p.add_argument("--recipes", nargs="+", default=["baseline_cnn", "resnet50_finetune"], choices=list(RECIPES))
+    p.add_argument("--append", action="store_true", help="add to the runs already in the result file")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--resnet-seeds", nargs="+", type=int, default=[0])
     p.add_argument("--n-per-class", type=int, default=40)
@@ -85,21 +90,24 @@ def main() -> None:
                              image_size=128, seed=0)
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "2", "BRAINMRI_CACHE": str(work / "cache")}
     results = []
-    for recipe in args.recipes:
+    for label in args.recipes:
+        recipe, overrides = RECIPES[label]
         for seed in (args.resnet_seeds if recipe.startswith("resnet") else args.seeds):
-            run = work / f"{recipe}-{seed}"
+            run = work / f"{label}-{seed}"
             cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / f"{recipe}.yaml"),
                    f"data.root={root}", f"run_dir={run}", f"seed={seed}", f"data.image_size={args.image_size}",
-                   "data.num_workers=0", "wandb.enabled=false", *RECIPES[recipe]]
+                   "data.num_workers=0", "wandb.enabled=false", *overrides]
             start = time.perf_counter()
             subprocess.run(cmd, check=True, env=env, cwd=ROOT, capture_output=True)
             train_s = time.perf_counter() - start
             scores = score(run, root)
             a = scores["all"]
-            print(f"{recipe} seed {seed}: acc {a['acc']:.2f} energy {a['energy']:.3f} (share {a['lesion_share']:.3f}, "
+            print(f"{label} seed {seed}: acc {a['acc']:.2f} energy {a['energy']:.3f} (share {a['lesion_share']:.3f}, "
                   f"centre prior {a['centre_prior_energy']:.3f}) pointing {a['pointing']:.2f}  [{train_s:.0f} s]")
-            results.append({"recipe": recipe, "seed": seed, "overrides": RECIPES[recipe], "train_wall_s": train_s,
+            results.append({"label": label, "recipe": recipe, "seed": seed, "overrides": overrides, "train_wall_s": train_s,
                             "scores": scores})
+    if args.append and (RESULTS / "cam_pointing.json").is_file():
+        results = json.loads((RESULTS / "cam_pointing.json").read_text())["runs"] + results
     write_result("cam_pointing", {"phantoms": {"n_per_class": args.n_per_class, "n_test_per_class":
                                                args.n_test_per_class, "image_size": 128, "seed": 0},
                                   "model_image_size": args.image_size, "runs": results})
