@@ -19,7 +19,7 @@ from sklearn.model_selection import train_test_split
 
 from brainmri.leakage import BANDS, fingerprints, group_keys, nearest
 from brainmri.imagefiles import (  # noqa: F401  (re-exported: the loader's file rules)
-    IMAGE_EXTENSIONS, DataError, Sample, _scan_split_dir, resolve_splits_root)
+    IMAGE_EXTENSIONS, DataError, Sample, _scan_split_dir, resolve_splits_root, scan_folder)
 from brainmri.transforms import Decoder
 
 

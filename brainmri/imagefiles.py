@@ -133,6 +133,14 @@ def _scan_split_dir(split_dir: Path, classes: list[str] | None, workers: int = 4
     return classes, samples, skipped
 
 
+def scan_folder(split_dir: str | Path, classes: list[str] | None = None) -> tuple[list[str], list[Sample], list[dict]]:
+    """``(classes, samples, skipped)`` of one ``<dir>/<class>/*`` folder, with the loader's rules.
+
+    With ``classes`` the labels follow that order (a missing or empty class folder is a ``DataError``).
+    """
+    return _scan_split_dir(Path(split_dir), classes)
+
+
 def file_index(split_dir: str | Path) -> dict[str, dict]:
     """The scan's index of ``split_dir`` (after a scan): path → size, mtime, sha1, dims, mode, error."""
     try:

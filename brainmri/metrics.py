@@ -115,3 +115,29 @@ def band_metrics(labels, probs, bands, classes: list[str], prefix: str, band_nam
             full = classification_metrics(labels[mask], probs[mask], classes, key)
             out.update({k: v for k, v in full.items() if k.count("/") == key.count("/") + 1})
     return out
+
+
+def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion (accuracy, a recall) from ``n`` trials."""
+    if n <= 0:
+        return math.nan, math.nan
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def bootstrap_interval(labels, probs, metric, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of ``metric(labels, probs)`` over resampled samples."""
+    labels, probs = np.asarray(labels), np.asarray(probs, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(labels), len(labels))
+        v = metric(labels[idx], probs[idx])
+        if v is not None and not math.isnan(v):
+            values.append(v)
+    if not values:
+        return math.nan, math.nan
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return float(lo), float(hi)

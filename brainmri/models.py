@@ -171,3 +171,12 @@ def freeze_frozen_norms(model: nn.Module) -> None:
             params = list(m.parameters(recurse=False))
             if params and not any(p.requires_grad for p in params):
                 m.eval()
+
+
+def cam_target_layer(model: nn.Module) -> nn.Module:
+    """The layer Grad-CAM explains: the output of the last conv block (baseline) or ``layer4`` (ResNets)."""
+    if isinstance(model, BaselineCNN):
+        return model.features[-1]  # Conv → ReLU → MaxPool of the last block
+    if hasattr(model, "layer4"):
+        return model.layer4[-1]
+    raise ValueError(f"no Grad-CAM target layer for {type(model).__name__}")

@@ -298,6 +298,38 @@ def generate_phantoms(root: str | os.PathLike, n_per_class: int = 40, n_test_per
     return root
 
 
+def lesion_mask(path: str | os.PathLike, threshold: float = 24.0) -> np.ndarray:
+    """Where the lesion of a generated phantom file lies: a bool array at the set's image size.
+
+    The file name and the set's manifest give the image's generator state; rendering that state once
+    with its label and once as ``notumor`` gives the same head with and without the lesion, and the
+    lesion is where the two differ (by more than ``threshold`` grey levels after a light blur that
+    evens out the two renders' noise). All False for ``notumor``.
+    """
+    from scipy import ndimage
+
+    path = Path(path)
+    root, split, label = path.parents[2], path.parent.parent.name, path.parent.name
+    manifest = read_manifest(root)
+    if manifest is None or split not in SPLITS or label not in CLASSES:
+        raise ValueError(f"{path} is not a file of a generated phantom set")
+    params = manifest["params"]
+    index = int(path.stem.rsplit("_", 1)[1]) - 1
+    state = [params["seed"], SPLITS.index(split), CLASSES.index(label), index]
+    size = params["image_size"]
+    if label == "notumor":
+        return np.zeros((size, size), dtype=bool)
+    with_lesion = render_phantom(label, np.random.default_rng(state), size).astype(np.float32)
+    without = render_phantom("notumor", np.random.default_rng(state), size).astype(np.float32)
+    diff = ndimage.gaussian_filter(np.abs(with_lesion - without), 1.0)
+    mask = ndimage.binary_fill_holes(ndimage.binary_closing(diff > threshold, iterations=2))
+    labels, n = ndimage.label(mask)
+    if n > 1:  # keep the lesion, not specks where the two noise draws happened to differ
+        sizes = ndimage.sum(mask, labels, range(1, n + 1))
+        mask = labels == (1 + int(np.argmax(sizes)))
+    return mask
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m brainmri.phantoms",
                                      description="Write synthetic MRI-like brain phantoms in the Kaggle layout.")

@@ -28,7 +28,11 @@ class Decoder:
         self.resize = v2.Resize((image_size, image_size), antialias=True)
 
     def __call__(self, path: str | Path) -> torch.Tensor:
-        img = v2.functional.pil_to_tensor(load_pil(path, self.channels))
+        return self.from_grey(load_pil(path, 1))
+
+    def from_grey(self, grey: Image.Image) -> torch.Tensor:
+        """A grey-scale (mode ``L``) image already decoded (e.g. a DICOM slice) → the same tensor."""
+        img = v2.functional.pil_to_tensor(grey if self.channels == 1 else grey.convert("RGB"))
         return self.resize(img).contiguous()
 
     def key(self) -> str:
