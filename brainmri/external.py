@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
 from brainmri.data import DataError, ImageDataset, make_loader, resolve_splits_root, scan_folder
 from brainmri.leakage import BANDS, fingerprints, nearest

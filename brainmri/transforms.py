@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torchvision.transforms import v2
 
 from brainmri.imagefiles import load_pil  # noqa: F401  (re-exported)
