@@ -60,13 +60,14 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "baseline_cnn"  # baseline_cnn | resnet50 | resnet152
+    arch: str = "baseline_cnn"  # baseline_cnn | torchvision:<any classification model> (resnet50, resnet152 = aliases)
     head: str = "linear"  # linear | mlp
     head_hidden: int = 512
     dropout: float = 0.5
     hidden: int = 256  # baseline_cnn dense width
     channels: list[int] = field(default_factory=lambda: [32, 64, 128])  # baseline_cnn conv widths
-    pretrained: bool = False  # torchvision ImageNet weights from the local torch cache
+    pretrained: bool = False  # ImageNet weights: fetched once into the local torch cache, then read from it
+    weights_url: str | None = None  # pretrained weights from this URL instead of torchvision's (a mirror)
     weights: str | None = None  # path to a local .pth state_dict (overrides pretrained)
     feature_cache_views: int = 0  # >0: cache frozen-backbone features for that many augmented views
 
@@ -332,7 +333,6 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
 
 _CHOICES = {
     "recipe": RECIPES,
-    "model.arch": ("baseline_cnn", "resnet50", "resnet152"),
     "model.head": ("linear", "mlp"),
     "optim.name": ("adam", "adamw", "sgd", "ranger"),
     "scheduler.name": ("none", "plateau", "cosine"),
@@ -385,17 +385,29 @@ def validate(cfg: RunConfig) -> None:
     if sum(phase.epochs for phase in cfg.phases) < 1:
         key = "train.phases[*].epochs" if cfg.train.phases else "train.epochs"
         raise ConfigError(f"{key}: nothing to train (0 epochs in total); give at least 1 epoch")
-    smallest = min_image_size(cfg)
-    if cfg.data.image_size < smallest:
+    from brainmri import models  # the model registry owns the architectures and what they accept
+
+    try:
+        models.check_arch(cfg.model.arch)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    smallest, exact = models.min_image_size(cfg.model)
+    if cfg.data.image_size < smallest or (exact and cfg.data.image_size != smallest):
+        need = f"data.image_size={smallest}" if exact else f"data.image_size >= {smallest}"
         raise ConfigError(f"data.image_size={cfg.data.image_size} is too small for model.arch={cfg.model.arch} "
-                          f"(it downsamples by {smallest}); use data.image_size >= {smallest}")
-
-
-def min_image_size(cfg: RunConfig) -> int:
-    """Smallest input side the architecture can take: each baseline block halves it, a ResNet divides by 32."""
-    if cfg.model.arch == "baseline_cnn":
-        return 2 ** len(cfg.model.channels)
-    return 32
+                          f"(smallest input {smallest} px); use {need}" if not exact else
+                          f"data.image_size={cfg.data.image_size} does not fit model.arch={cfg.model.arch} "
+                          f"(it takes exactly {smallest} px); use {need}")
+    try:
+        net = models.skeleton(cfg.model, cfg.data.channels, cfg.data.image_size)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    for i, phase in enumerate(cfg.phases):
+        try:
+            models.assign_groups(net, phase.train)
+        except ValueError as e:
+            key = f"train.phases[{i}].train" if cfg.train.phases else "train.trainable"
+            raise ConfigError(f"{key}: {e}") from None
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

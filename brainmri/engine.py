@@ -37,7 +37,8 @@ from brainmri import metrics as M
 from brainmri.config import ConfigError, RunConfig, flatten, save_config
 from brainmri.leakage import BANDS, band_columns
 from brainmri.data import EpochSampler, ImageDataset, build_split, class_weights, make_loader
-from brainmri.models import build_model, freeze_frozen_norms, parameter_groups, resolve_groups, set_trainable
+from brainmri.models import (assign_groups, build_model, freeze_frozen_norms, resolve_groups, set_trainable,
+                             supports_feature_cache)
 from brainmri.optim import build_optimizer, build_scheduler
 from brainmri.rundir import RunDir, acquire_lock, read_json, write_json
 from brainmri.tracking import WandbRun, log, setup_logging
@@ -213,8 +214,8 @@ class Engine:
 
     def _build_optimizer(self, phase):
         cfg = self.cfg
-        groups = parameter_groups(self.model)
-        trained = resolve_groups(self.model, phase.train)
+        groups = assign_groups(self.model, phase.train)
+        trained = list(groups)
         unknown = sorted(set(phase.lr_mult) - set(trained))
         if unknown:
             raise ConfigError(f"phase {phase.name!r}: lr_mult for {unknown[0]!r}, which the phase does not train "
@@ -222,7 +223,7 @@ class Engine:
         param_groups = []
         for name in trained:
             lr = cfg.optim.lr * phase.lr_mult.get(name, 1.0)
-            param_groups.append({"name": name, "params": [p for _, p in groups[name]], "lr": lr})
+            param_groups.append({"name": name, "params": groups[name], "lr": lr})
         o = cfg.optim
         optimizer = build_optimizer(o.name, param_groups, lr=o.lr, weight_decay=o.weight_decay,
                                     betas=tuple(o.betas), eps=o.eps, lookahead_k=o.lookahead_k,
@@ -467,7 +468,7 @@ class Engine:
             self._next_phase()
 
     def _uses_feature_cache(self, phase) -> bool:
-        return (self.cfg.model.feature_cache_views > 0 and self.cfg.model.arch.startswith("resnet")
+        return (self.cfg.model.feature_cache_views > 0 and supports_feature_cache(self.model)
                 and resolve_groups(self.model, phase.train) == ["head"])
 
     def _feature_loaders(self):

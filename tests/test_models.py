@@ -7,9 +7,8 @@ import torch
 from torchvision import models as tvm
 
 from brainmri.config import ModelConfig
-from brainmri.models import (
-    WeightsError, build_model, imagenet_weights_path, parameter_groups, set_trainable,
-)
+from brainmri.models import WeightsError, assign_groups, build_model, parameter_groups, pretrained_url, set_trainable
+from brainmri.weights import cache_path
 
 
 def test_baseline_cnn_shapes_follow_the_recipe():
@@ -44,17 +43,19 @@ def test_weights_path_loads_backbone_and_replaces_head(tmp_path):
 
 
 def test_pretrained_from_the_local_torch_cache(tmp_path, monkeypatch):
-    """model.pretrained=true reads torchvision's IMAGENET1K_V2 file from $TORCH_HOME, offline."""
+    """model.pretrained=true reads torchvision's IMAGENET1K_V2 file from $TORCH_HOME; with no network
+    (this machine has none) the error says where to put the file."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     cfg = ModelConfig(arch="resnet50", pretrained=True)
+    assert pretrained_url(cfg) == tvm.ResNet50_Weights.IMAGENET1K_V2.url
     with pytest.raises(WeightsError, match="not in the local torch cache") as err:
         build_model(cfg, num_classes=4)
-    assert "model.weights=" in str(err.value) and str(imagenet_weights_path("resnet50")) in str(err.value)
+    cached = cache_path(pretrained_url(cfg))
+    assert "model.weights=" in str(err.value) and str(cached) in str(err.value)
     torch.manual_seed(2)
     src = tvm.resnet50(weights=None)
-    cached = imagenet_weights_path("resnet50")
     assert cached.parent == tmp_path / "hub" / "checkpoints"
-    cached.parent.mkdir(parents=True)
+    assert not [p for p in cached.parent.iterdir() if p.suffix != ".lock"]  # no partial download left behind
     torch.save(src.state_dict(), cached)
     net = build_model(cfg, num_classes=4)
     assert torch.equal(net.conv1.weight, src.conv1.weight)
@@ -72,9 +73,34 @@ def test_mismatched_or_missing_weights_are_errors(tmp_path):
 def test_parameter_groups_and_freezing():
     net = build_model(ModelConfig(arch="resnet50"), num_classes=4)
     groups = parameter_groups(net)
-    assert set(groups) == {"backbone", "layer4", "head"}
+    assert {"backbone", "head", "layer1", "layer4", "layer4.2"} <= set(groups)
+    assert {n for n, _ in groups["head"]} == {"fc.weight", "fc.bias"}
+    assert {n for n, _ in groups["backbone"]} == {n for n, _ in net.named_parameters()} - {"fc.weight", "fc.bias"}
     set_trainable(net, ["head", "layer4"])
     trainable = {n for n, p in net.named_parameters() if p.requires_grad}
     assert trainable == {n for n, _ in groups["head"] + groups["layer4"]}
     with pytest.raises(ValueError, match="unknown parameter group 'layer9'"):
         set_trainable(net, ["layer9"])
+
+
+def test_nested_groups_give_each_parameter_to_the_most_specific_one():
+    net = build_model(ModelConfig(arch="resnet50"), num_classes=4)
+    assigned = assign_groups(net, ["backbone", "layer4", "head"])
+    assert list(assigned) == ["backbone", "layer4", "head"]
+    ids = {g: {id(p) for p in ps} for g, ps in assigned.items()}
+    assert ids["layer4"] == {id(p) for p in net.layer4.parameters()}
+    assert not ids["backbone"] & ids["layer4"] and len(set().union(*ids.values())) == len(list(net.parameters()))
+    assert list(assign_groups(net, ["all"])) == ["backbone", "head"]
+
+
+def test_grey_input_sums_the_rgb_filters_of_the_first_conv(tmp_path):
+    """A 1-channel ResNet with the summed filters computes what the 3-channel one does on a replicated grey image."""
+    torch.manual_seed(3)
+    path = tmp_path / "r18.pth"
+    torch.save(tvm.resnet18(weights=None).state_dict(), path)
+    cfg = ModelConfig(arch="torchvision:resnet18", weights=str(path))
+    grey, rgb = build_model(cfg, 4, in_channels=1).eval(), build_model(cfg, 4, in_channels=3).eval()
+    grey.fc.load_state_dict(rgb.fc.state_dict())
+    assert grey.conv1.in_channels == 1
+    x = torch.rand(2, 1, 64, 64)
+    torch.testing.assert_close(grey(x), rgb(x.expand(-1, 3, -1, -1)), rtol=1e-4, atol=1e-5)
