@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import ast
+import re
 import dataclasses
 import os
 import typing
@@ -22,7 +23,7 @@ from typing import Any
 
 import yaml
 
-RECIPES = ("baseline_cnn", "resnet50_feature", "resnet50_finetune", "resnet152_ranger")
+RECIPE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # it names run directories and W&B job types
 
 
 class ConfigError(ValueError):
@@ -141,7 +142,7 @@ class WandbConfig:
 
 @dataclass
 class RunConfig:
-    recipe: str = "baseline_cnn"
+    recipe: str = "baseline_cnn"  # any name: a recipe is its YAML (default: the YAML's file name)
     seed: int = 0
     run_dir: str | None = None  # None → runs/<recipe>-seed<seed>-<hash>
     data: DataConfig = field(default_factory=DataConfig)
@@ -306,6 +307,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def recipe_name(path: str | Path, data: dict[str, Any] | None = None) -> str:
+    """The recipe a YAML defines: its ``recipe:`` key, else its file name (``configs/efficientnet_b0.yaml``
+    → ``efficientnet_b0``)."""
+    data = read_yaml(path) if data is None else data
+    return str(data.get("recipe") or Path(path).stem)
+
+
 def from_dict(data: dict[str, Any]) -> RunConfig:
     cfg = _build(RunConfig, data)
     validate(cfg)
@@ -324,6 +332,8 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         ConfigError naming the file, key or value that is wrong.
     """
     data = read_yaml(path) if path is not None else {}
+    if path is not None:
+        data.setdefault("recipe", recipe_name(path, data))
     apply_overrides(data, overrides)
     try:
         return from_dict(data)
@@ -332,7 +342,6 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
 
 
 _CHOICES = {
-    "recipe": RECIPES,
     "model.head": ("linear", "mlp"),
     "optim.name": ("adam", "adamw", "sgd", "ranger"),
     "scheduler.name": ("none", "plateau", "cosine"),
@@ -362,8 +371,9 @@ def validate(cfg: RunConfig) -> None:
     for key, choices in _CHOICES.items():
         value = _get(cfg, key)
         if value not in choices:
-            kind = "unknown recipe" if key == "recipe" else f"invalid value for {key}"
-            raise ConfigError(f"{kind}: {value!r} (choose from {', '.join(map(str, choices))})")
+            raise ConfigError(f"invalid value for {key}: {value!r} (choose from {', '.join(map(str, choices))})")
+    if not RECIPE_NAME.fullmatch(cfg.recipe):
+        raise ConfigError(f"recipe: {cfg.recipe!r} is not a plain name (letters, digits, _ . + -)")
     unknown_aug = set(cfg.data.augment) - {"hflip", "vflip", "rotation"}
     if unknown_aug:
         raise ConfigError(f"invalid value in data.augment: {sorted(unknown_aug)[0]!r} (choose from hflip, vflip, rotation)")

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from brainmri.config import ConfigError, flatten, load_config, parse_value, read_yaml
+from brainmri.config import ConfigError, flatten, load_config, parse_value, read_yaml, recipe_name
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 SWEEP_KEYS = {"name", "recipe", "recipes", "overrides", "grid", "slurm"}
@@ -122,10 +122,11 @@ def _tags(name: str, recipe: str, params: dict[str, Any]) -> list[str]:
 
 
 def _recipe_path(recipe: str) -> Path:
+    """A recipe is ``configs/<name>.yaml`` or any YAML path (absolute, or relative to the working directory)."""
     path = Path(recipe) if recipe.endswith((".yaml", ".yml")) else CONFIGS_DIR / f"{recipe}.yaml"
     if not path.is_file():
         raise SweepError(f"recipe {recipe!r}: no config file {path}")
-    return path
+    return path.resolve()
 
 
 def _slurm_resources(data: dict[str, Any]) -> SlurmResources:
@@ -213,8 +214,12 @@ def expand(sweep: Sweep) -> list[Task]:
     """One task per recipe x grid point, each validated against the RunConfig schema."""
     keys = list(sweep.grid)
     tasks, seen = [], set()
-    for recipe in sweep.recipes:
-        config_path = _recipe_path(recipe)
+    for entry in sweep.recipes:
+        config_path = _recipe_path(entry)
+        try:
+            recipe = recipe_name(config_path)  # the YAML's recipe: (or file name), also for a path entry
+        except ConfigError as e:
+            raise SweepError(str(e)) from None
         for values in itertools.product(*(sweep.grid[k] for k in keys)):
             params = {k: _normalize(v) for k, v in zip(keys, values)}
             chosen = {k: _normalize(v) for k, v in sweep.overrides.items()} | params

@@ -53,7 +53,8 @@ def test_missing_data_dir_is_named(tmp_path):
     "overrides, message",
     [
         (["optim.lrr=0.1"], "unknown config key optim.lrr"),
-        (["recipe=resnet9000"], "unknown recipe: 'resnet9000'"),
+        (["recipe=a/b"], "recipe: 'a/b' is not a plain name"),
+        (["model.arch=torchvision:resnet9000"], "unknown model.arch 'torchvision:resnet9000' (choose from baseline_cnn"),
         (["optim.lr=fast"], "optim.lr: expected a number, got 'fast'"),
         (["train.mixed_precision=fp8"], "invalid value for train.mixed_precision: 'fp8'"),
         (["data.batch_size=0"], "data.batch_size must be >= 1"),
