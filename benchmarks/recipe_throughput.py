@@ -22,7 +22,7 @@ import torch
 
 from _common import write_result
 from brainmri.config import load_config
-from brainmri.models import build_model, freeze_frozen_norms, parameter_groups, resolve_groups, set_trainable
+from brainmri.models import assign_groups, build_model, freeze_frozen_norms, set_trainable
 from brainmri.optim import build_optimizer
 from brainmri.transforms import batch_normalizer, train_transform
 
@@ -41,12 +41,9 @@ def measure(name: str, image_size: int, batch_size: int, steps: int, precision: 
     model = build_model(cfg.model, 4, cfg.data.channels, image_size)
     phase = cfg.phases[0]
     set_trainable(model, phase.train)
-    groups = parameter_groups(model)
-    o = cfg.optim
-    param_groups = [{"name": g, "params": [p for _, p in groups[g]], "lr": o.lr * phase.lr_mult.get(g, 1.0)}
-                    for g in resolve_groups(model, phase.train)]
-    opt = build_optimizer(o.name, param_groups, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), eps=o.eps,
-                          lookahead_k=o.lookahead_k, lookahead_alpha=o.lookahead_alpha, gc_conv=o.gc_conv, gc_fc=o.gc_fc)
+    param_groups = [{"name": g, "params": ps, "lr": cfg.optim.lr * phase.lr_mult.get(g, 1.0)}
+                    for g, ps in assign_groups(model, phase.train).items()]
+    opt = build_optimizer(cfg.optim, param_groups)
     transform = train_transform(cfg.data)
     raw = torch.randint(0, 256, (batch_size, cfg.data.channels, image_size, image_size), dtype=torch.uint8)
     x = batch_normalizer(cfg.data)(torch.stack([transform(img) for img in raw]))

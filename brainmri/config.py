@@ -75,9 +75,10 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adam"  # adam | adamw | sgd | ranger
+    name: str = "adam"  # brainmri.optim.OPTIMIZERS: adam | adamw | sgd | ranger
     lr: float = 1e-3
     weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     lookahead_k: int = 6
@@ -89,7 +90,7 @@ class OptimConfig:
 
 @dataclass
 class SchedulerConfig:
-    name: str = "none"  # none | plateau | cosine
+    name: str = "none"  # brainmri.optim.SCHEDULERS: none | plateau | cosine (both decay to min_lr)
     monitor: str = "val/loss"
     mode: str = "min"
     factor: float = 0.1
@@ -343,8 +344,6 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
 
 _CHOICES = {
     "model.head": ("linear", "mlp"),
-    "optim.name": ("adam", "adamw", "sgd", "ranger"),
-    "scheduler.name": ("none", "plateau", "cosine"),
     "scheduler.mode": ("min", "max"),
     "train.monitor_mode": ("min", "max"),
     "train.early_stop.mode": ("min", "max"),
@@ -395,7 +394,11 @@ def validate(cfg: RunConfig) -> None:
     if sum(phase.epochs for phase in cfg.phases) < 1:
         key = "train.phases[*].epochs" if cfg.train.phases else "train.epochs"
         raise ConfigError(f"{key}: nothing to train (0 epochs in total); give at least 1 epoch")
-    from brainmri import models  # the model registry owns the architectures and what they accept
+    from brainmri import models, optim  # the registries own the architectures, optimizers and schedulers
+
+    for key, registry in (("optim.name", optim.OPTIMIZERS), ("scheduler.name", optim.SCHEDULERS)):
+        if _get(cfg, key) not in registry:
+            raise ConfigError(f"invalid value for {key}: {_get(cfg, key)!r} (choose from {', '.join(registry)})")
 
     try:
         models.check_arch(cfg.model.arch)
@@ -413,11 +416,15 @@ def validate(cfg: RunConfig) -> None:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     for i, phase in enumerate(cfg.phases):
+        key = f"train.phases[{i}]" if cfg.train.phases else "train"
         try:
-            models.assign_groups(net, phase.train)
+            trained = models.assign_groups(net, phase.train)
         except ValueError as e:
-            key = f"train.phases[{i}].train" if cfg.train.phases else "train.trainable"
-            raise ConfigError(f"{key}: {e}") from None
+            raise ConfigError(f"{key}.{'train' if cfg.train.phases else 'trainable'}: {e}") from None
+        extra = sorted(set(phase.lr_mult) - set(trained))
+        if extra:
+            raise ConfigError(f"{key}.lr_mult: {extra[0]!r} is not a group the phase trains "
+                              f"(it trains {', '.join(trained)})")
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

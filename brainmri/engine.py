@@ -224,15 +224,8 @@ class Engine:
         for name in trained:
             lr = cfg.optim.lr * phase.lr_mult.get(name, 1.0)
             param_groups.append({"name": name, "params": groups[name], "lr": lr})
-        o = cfg.optim
-        optimizer = build_optimizer(o.name, param_groups, lr=o.lr, weight_decay=o.weight_decay,
-                                    betas=tuple(o.betas), eps=o.eps, lookahead_k=o.lookahead_k,
-                                    lookahead_alpha=o.lookahead_alpha, gc_conv=o.gc_conv, gc_fc=o.gc_fc)
-        s = cfg.scheduler
-        kwargs = {"mode": s.mode, "factor": s.factor, "patience": s.patience, "min_lr": s.min_lr}
-        if s.name == "cosine":
-            kwargs = {"T_max": max(phase.epochs, 1)}
-        scheduler = build_scheduler(s.name, optimizer, **kwargs)
+        optimizer = build_optimizer(cfg.optim, param_groups)
+        scheduler = build_scheduler(cfg.scheduler, optimizer, epochs=phase.epochs)
         return optimizer, scheduler
 
     # ------------------------------------------------------------ checkpoints
