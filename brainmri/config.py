@@ -13,6 +13,8 @@ Example:
 from __future__ import annotations
 
 import ast
+import hashlib
+import json
 import re
 import dataclasses
 import os
@@ -30,7 +32,48 @@ class ConfigError(ValueError):
     """A config file, key or value is invalid; the message names it."""
 
 
-@dataclass
+class FrozenDict(dict):
+    """A dict that refuses changes: a loaded ``RunConfig`` is read-only all the way down."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("a loaded RunConfig is read-only; build a new one (load_config / from_dict with overrides)")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _refuse
+
+
+# ------------------------------------------------------------------ run identity
+# A run is defined by every config key except these, which only change how it runs (where it
+# writes, what it reports to, how it feeds the data, test hooks). The run-directory hash, the
+# check that a run directory holds the same run, sweep task ids and the collector's compared keys
+# all ignore them (dotted prefixes, as in ``flatten``).
+RUNTIME_KEYS = ("run_dir", "wandb.", "train.fail_at_epoch", "data.num_workers", "data.eval_batch_size",
+                "data.cache", "data.cache_dir", "data.synthetic_dir")
+# What a resume may change besides: how long it trains.
+EXTENDABLE_KEYS = ("train.epochs", "train.phases", "train.max_steps_per_epoch")
+
+
+def is_runtime_key(key: str) -> bool:
+    """Whether dotted ``key`` only changes how a run runs, not what it computes."""
+    return key.startswith(RUNTIME_KEYS)
+
+
+def identity(tree: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a config mapping (nested or dotted) that define the run, flattened."""
+    return {k: v for k, v in flatten(_plain(tree)).items() if not is_runtime_key(k)}
+
+
+def run_hash(cfg: "RunConfig") -> str:
+    """8 hex digits naming the run ``cfg`` computes (the same whatever its runtime keys)."""
+    return hashlib.sha1(json.dumps(identity(cfg.to_dict()), sort_keys=True).encode()).hexdigest()[:8]
+
+
+def differing_keys(old: dict[str, Any], new: dict[str, Any], may_change: tuple[str, ...] = ()) -> list[str]:
+    """Dotted identity keys (outside ``may_change``) whose values differ between two config mappings."""
+    a, b = identity(old), identity(new)
+    return sorted(k for k in set(a) | set(b) if not k.startswith(may_change) and a.get(k) != b.get(k))
+
+
+@dataclass(frozen=True)
 class SyntheticConfig:
     n_per_class: int = 40
     n_test_per_class: int = 10
@@ -38,7 +81,7 @@ class SyntheticConfig:
     seed: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     root: str | None = None  # ImageFolder root with Training/ (and optional Testing/); None → phantoms
     synthetic_dir: str = "data/phantoms"
@@ -46,7 +89,7 @@ class DataConfig:
     image_size: int = 224
     channels: int = 3  # 1 = grayscale input, 3 = grayscale→3 channels / RGB
     normalize: str = "imagenet"  # imagenet | none
-    augment: list[str] = field(default_factory=lambda: ["hflip", "rotation"])
+    augment: tuple[str, ...] = ("hflip", "rotation")
     rotation_degrees: float = 10.0
     val_fraction: float = 0.2
     split_seed: int = 0
@@ -59,27 +102,27 @@ class DataConfig:
     cache_dir: str | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     arch: str = "baseline_cnn"  # baseline_cnn | torchvision:<any classification model> (resnet50, resnet152 = aliases)
     head: str = "linear"  # linear | mlp
     head_hidden: int = 512
     dropout: float = 0.5
     hidden: int = 256  # baseline_cnn dense width
-    channels: list[int] = field(default_factory=lambda: [32, 64, 128])  # baseline_cnn conv widths
+    channels: tuple[int, ...] = (32, 64, 128)  # baseline_cnn conv widths
     pretrained: bool = False  # ImageNet weights: fetched once into the local torch cache, then read from it
     weights_url: str | None = None  # pretrained weights from this URL instead of torchvision's (a mirror)
     weights: str | None = None  # path to a local .pth state_dict (overrides pretrained)
     feature_cache_views: int = 0  # >0: cache frozen-backbone features for that many augmented views
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     name: str = "adam"  # brainmri.optim.OPTIMIZERS: adam | adamw | sgd | ranger
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    betas: tuple[float, ...] = (0.9, 0.999)
     eps: float = 1e-8
     lookahead_k: int = 6
     lookahead_alpha: float = 0.5
@@ -88,7 +131,7 @@ class OptimConfig:
     clip_grad_norm: float | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class SchedulerConfig:
     name: str = "none"  # brainmri.optim.SCHEDULERS: none | plateau | cosine (both decay to min_lr)
     monitor: str = "val/loss"
@@ -98,7 +141,7 @@ class SchedulerConfig:
     min_lr: float = 0.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class EarlyStopConfig:
     enabled: bool = False
     monitor: str = "val/loss"
@@ -107,19 +150,19 @@ class EarlyStopConfig:
     min_delta: float = 0.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class PhaseConfig:
     name: str = "train"
     epochs: int = 1
-    train: list[str] = field(default_factory=lambda: ["all"])  # parameter groups to train
-    lr_mult: dict[str, float] = field(default_factory=dict)  # group LR = optim.lr × mult (default 1)
+    train: tuple[str, ...] = ("all",)  # parameter groups to train
+    lr_mult: dict[str, float] = field(default_factory=lambda: FrozenDict())  # group LR = optim.lr × mult (default 1)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 10  # used when no phases are given
-    trainable: list[str] = field(default_factory=lambda: ["all"])  # groups trained without phases
-    phases: list[PhaseConfig] = field(default_factory=list)
+    trainable: tuple[str, ...] = ("all",)  # groups trained without phases
+    phases: tuple[PhaseConfig, ...] = ()
     grad_accum: int = 1
     mixed_precision: str = "no"  # no | bf16 | fp16
     monitor: str = "val/acc"  # best-checkpoint metric
@@ -130,7 +173,7 @@ class TrainConfig:
     fail_at_epoch: int | None = None  # test hook: raise at the start of this epoch
 
 
-@dataclass
+@dataclass(frozen=True)
 class WandbConfig:
     enabled: bool = True
     project: str = "brainmri"
@@ -138,10 +181,10 @@ class WandbConfig:
     group: str | None = None
     job_type: str | None = None
     name: str | None = None
-    tags: list[str] = field(default_factory=list)
+    tags: tuple[str, ...] = ()
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
     recipe: str = "baseline_cnn"  # any name: a recipe is its YAML (default: the YAML's file name)
     seed: int = 0
@@ -154,14 +197,23 @@ class RunConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain dicts and lists (YAML/JSON-ready, and what ``from_dict`` reads back)."""
+        return _plain(dataclasses.asdict(self))
 
     @property
-    def phases(self) -> list[PhaseConfig]:
+    def phases(self) -> tuple[PhaseConfig, ...]:
         """The phases to run; a config without phases is one phase of ``train.epochs``."""
         if self.train.phases:
             return self.train.phases
-        return [PhaseConfig(name="train", epochs=self.train.epochs, train=list(self.train.trainable))]
+        return (PhaseConfig(name="train", epochs=self.train.epochs, train=self.train.trainable),)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _hints(cls) -> dict[str, Any]:
@@ -190,14 +242,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return _build(tp, value, key)
-    if origin is list:
+    if origin in (list, tuple):  # read-only once loaded: lists become tuples
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+        return FrozenDict({str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()})
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")

@@ -10,10 +10,8 @@ nothing about SLURM or sweeps.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from collections import Counter
-import json
 import math
 import os
 import random
@@ -34,7 +32,8 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from brainmri import metrics as M
-from brainmri.config import ConfigError, RunConfig, flatten, save_config
+from brainmri.config import (EXTENDABLE_KEYS, RUNTIME_KEYS, ConfigError, RunConfig, differing_keys, run_hash,
+                             save_config)
 from brainmri.leakage import BANDS, band_columns
 from brainmri.data import EpochSampler, ImageDataset, build_split, class_weights, make_loader
 from brainmri.models import (assign_groups, build_model, freeze_frozen_norms, resolve_groups, set_trainable,
@@ -72,13 +71,8 @@ def _better(value: float, best: float | None, mode: str, min_delta: float = 0.0)
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
-    """``runs/<recipe>-seed<seed>-<hash>``: the same config always maps to the same run."""
-    data = cfg.to_dict()
-    data.pop("run_dir")
-    data.pop("wandb")
-    data["train"].pop("fail_at_epoch")
-    digest = hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
-    return Path("runs") / f"{cfg.recipe}-seed{cfg.seed}-{digest}"
+    """``runs/<recipe>-seed<seed>-<hash>``: the same run (``config.run_hash``) always maps to the same directory."""
+    return Path("runs") / f"{cfg.recipe}-seed{cfg.seed}-{run_hash(cfg)}"
 
 
 def resolve_data_root(cfg: RunConfig) -> Path:
@@ -96,22 +90,19 @@ def resolve_data_root(cfg: RunConfig) -> Path:
     return root
 
 
-# keys that never change what a run computes
-NEVER_MATTERS = ("run_dir", "wandb.", "train.fail_at_epoch")
-# and what a resume may change besides: how long to train and how to feed the data
-RESUME_MAY_CHANGE = NEVER_MATTERS + ("train.epochs", "train.phases", "data.num_workers", "data.eval_batch_size",
-                                     "train.max_steps_per_epoch")
+# keys that never change what a run computes, and what a resume may change besides (brainmri.config)
+NEVER_MATTERS = RUNTIME_KEYS
+RESUME_MAY_CHANGE = RUNTIME_KEYS + EXTENDABLE_KEYS
 
 
 def _check_same_config(cfg: RunConfig, saved: Path, may_change: tuple[str, ...] = NEVER_MATTERS,
                        what: str = "a finished run") -> None:
     """A run directory is never reused for a different config (a resume may only extend training)."""
     try:
-        old = flatten(yaml.safe_load(saved.read_text()) or {})
+        old = yaml.safe_load(saved.read_text()) or {}
     except (OSError, yaml.YAMLError):
         return  # no readable config to compare with: the checkpoint itself decides
-    new = flatten(cfg.to_dict())
-    diff = sorted(k for k in set(old) | set(new) if not k.startswith(may_change) and old.get(k) != new.get(k))
+    diff = differing_keys(old, cfg.to_dict(), may_change)
     if diff:
         raise ConfigError(f"{saved.parent} already holds {what} with a different config "
                           f"(differs in {', '.join(diff[:5])}); choose another run_dir")

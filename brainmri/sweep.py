@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from brainmri.config import ConfigError, flatten, load_config, parse_value, read_yaml, recipe_name
+from brainmri.config import ConfigError, flatten, is_runtime_key, load_config, parse_value, read_yaml, recipe_name
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 SWEEP_KEYS = {"name", "recipe", "recipes", "overrides", "grid", "slurm"}
@@ -111,8 +111,10 @@ def _normalize(value: Any) -> Any:
 
 
 def task_id(recipe: str, overrides: dict[str, Any]) -> str:
-    """Short hash of the recipe and its sorted overrides: the same task always gets the same id."""
-    payload = json.dumps([recipe, sorted(overrides.items())], sort_keys=True, default=str)
+    """Short hash of the recipe and its sorted overrides: the same task always gets the same id
+    (overrides of keys that only change how it runs, ``config.RUNTIME_KEYS``, do not count)."""
+    defining = {k: v for k, v in overrides.items() if not is_runtime_key(k)}
+    payload = json.dumps([recipe, sorted(defining.items())], sort_keys=True, default=str)
     return hashlib.sha1(payload.encode()).hexdigest()[:10]
 
 
