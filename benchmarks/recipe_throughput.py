@@ -35,17 +35,17 @@ def rss_mib() -> float:
 
 def measure(name: str, image_size: int, batch_size: int, steps: int, precision: str) -> dict:
     recipe = name.split("+")[0]
-    cfg = load_config(f"configs/{recipe}.yaml", [f"data.image_size={image_size}", "model.pretrained=false"])
+    cfg = load_config(f"configs/{recipe}.yaml", [f"data.input_size={image_size}", "model.pretrained=false"])
     torch.manual_seed(0)
     rss_start = rss_mib()
-    model = build_model(cfg.model, 4, cfg.data.channels, image_size)
+    model = build_model(cfg.model, 4, cfg.data.input_channels, image_size)
     phase = cfg.phases[0]
     set_trainable(model, phase.train)
     param_groups = [{"name": g, "params": ps, "lr": cfg.optim.lr * phase.lr_mult.get(g, 1.0)}
                     for g, ps in assign_groups(model, phase.train).items()]
     opt = build_optimizer(cfg.optim, param_groups)
     transform = train_transform(cfg.data)
-    raw = torch.randint(0, 256, (batch_size, cfg.data.channels, image_size, image_size), dtype=torch.uint8)
+    raw = torch.randint(0, 256, (batch_size, cfg.data.input_channels, image_size, image_size), dtype=torch.uint8)
     x = batch_normalizer(cfg.data)(torch.stack([transform(img) for img in raw]))
     y = torch.arange(batch_size) % 4
     if name.endswith("+cache"):

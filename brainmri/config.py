@@ -77,7 +77,7 @@ def differing_keys(old: dict[str, Any], new: dict[str, Any], may_change: tuple[s
 class SyntheticConfig:
     n_per_class: int = 40
     n_test_per_class: int = 10
-    image_size: int = 224
+    render_size: int = 224  # side of the generated phantom files (the model sees data.input_size)
     seed: int = 0
 
 
@@ -86,8 +86,8 @@ class DataConfig:
     root: str | None = None  # ImageFolder root with Training/ (and optional Testing/); None → phantoms
     synthetic_dir: str = "data/phantoms"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    image_size: int = 224
-    channels: int = 3  # 1 = grayscale input, 3 = grayscale→3 channels / RGB
+    input_size: int = 224  # images are resized to input_size × input_size for the model
+    input_channels: int = 3  # 1 = grey-scale input, 3 = grey-scale replicated to 3 channels
     normalize: str = "imagenet"  # imagenet | none
     augment: tuple[str, ...] = ("hflip", "rotation")
     rotation_degrees: float = 10.0
@@ -109,7 +109,7 @@ class ModelConfig:
     head_hidden: int = 512
     dropout: float = 0.5
     hidden: int = 256  # baseline_cnn dense width
-    channels: tuple[int, ...] = (32, 64, 128)  # baseline_cnn conv widths
+    conv_widths: tuple[int, ...] = (32, 64, 128)  # baseline_cnn: output channels of its conv blocks
     pretrained: bool = False  # ImageNet weights: fetched once into the local torch cache, then read from it
     weights_url: str | None = None  # pretrained weights from this URL instead of torchvision's (a mirror)
     weights: str | None = None  # path to a local .pth state_dict (overrides pretrained)
@@ -269,10 +269,23 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+# Keys that were renamed: the old spelling (a saved config, a sweep, an override) is an error naming the new one.
+RENAMED = {
+    "data.image_size": "data.input_size",
+    "data.channels": "data.input_channels",
+    "data.synthetic.image_size": "data.synthetic.render_size",
+    "model.channels": "model.conv_widths",
+}
+
+
 def _build(cls, data: dict[str, Any], prefix: str = ""):
     hints = _hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
+    for key in unknown:
+        old = f"{prefix}.{key}" if prefix else key
+        if old in RENAMED:
+            raise ConfigError(f"config key {old} was renamed {RENAMED[old]}: write {RENAMED[old]}")
     if unknown:
         where = f"{prefix}." if prefix else ""
         raise ConfigError(
@@ -403,7 +416,7 @@ _CHOICES = {
     "data.normalize": ("imagenet", "none"),
     "data.cache": ("none", "decoded"),
     "data.group_by": ("exact", "near", "scan"),
-    "data.channels": (1, 3),
+    "data.input_channels": (1, 3),
 }
 
 
@@ -428,7 +441,7 @@ def validate(cfg: RunConfig) -> None:
     unknown_aug = set(cfg.data.augment) - {"hflip", "vflip", "rotation"}
     if unknown_aug:
         raise ConfigError(f"invalid value in data.augment: {sorted(unknown_aug)[0]!r} (choose from hflip, vflip, rotation)")
-    positive = ["data.batch_size", "data.image_size", "train.grad_accum", "optim.lookahead_k"]
+    positive = ["data.batch_size", "data.input_size", "train.grad_accum", "optim.lookahead_k"]
     for key in positive:
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")
@@ -457,14 +470,14 @@ def validate(cfg: RunConfig) -> None:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     smallest, exact = models.min_image_size(cfg.model)
-    if cfg.data.image_size < smallest or (exact and cfg.data.image_size != smallest):
-        need = f"data.image_size={smallest}" if exact else f"data.image_size >= {smallest}"
-        raise ConfigError(f"data.image_size={cfg.data.image_size} is too small for model.arch={cfg.model.arch} "
+    if cfg.data.input_size < smallest or (exact and cfg.data.input_size != smallest):
+        need = f"data.input_size={smallest}" if exact else f"data.input_size >= {smallest}"
+        raise ConfigError(f"data.input_size={cfg.data.input_size} is too small for model.arch={cfg.model.arch} "
                           f"(smallest input {smallest} px); use {need}" if not exact else
-                          f"data.image_size={cfg.data.image_size} does not fit model.arch={cfg.model.arch} "
+                          f"data.input_size={cfg.data.input_size} does not fit model.arch={cfg.model.arch} "
                           f"(it takes exactly {smallest} px); use {need}")
     try:
-        net = models.skeleton(cfg.model, cfg.data.channels, cfg.data.image_size)
+        net = models.skeleton(cfg.model, cfg.data.input_channels, cfg.data.input_size)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     for i, phase in enumerate(cfg.phases):

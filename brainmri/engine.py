@@ -82,11 +82,11 @@ def resolve_data_root(cfg: RunConfig) -> Path:
     from brainmri.phantoms import generate_phantoms
 
     s = cfg.data.synthetic
-    root = Path(cfg.data.synthetic_dir) / f"n{s.n_per_class}-t{s.n_test_per_class}-px{s.image_size}-seed{s.seed}"
+    root = Path(cfg.data.synthetic_dir) / f"n{s.n_per_class}-t{s.n_test_per_class}-px{s.render_size}-seed{s.seed}"
     root.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root) + ".lock"):  # parallel sweep tasks share one copy
         generate_phantoms(root, n_per_class=s.n_per_class, n_test_per_class=s.n_test_per_class,
-                          image_size=s.image_size, seed=s.seed)
+                          image_size=s.render_size, seed=s.seed)
     return root
 
 
@@ -154,7 +154,7 @@ class Engine:
             root = resolve_data_root(cfg)
             self.split = build_split(cfg.data, root)
         self.classes = self.split.classes
-        decoder = Decoder(cfg.data.image_size, cfg.data.channels)
+        decoder = Decoder(cfg.data.input_size, cfg.data.input_channels)
         sources = {}
         if cfg.data.cache == "decoded":
             from brainmri.cache import DecodedCache
@@ -198,7 +198,7 @@ class Engine:
 
     def _setup_model(self) -> None:
         cfg = self.cfg
-        self.model = build_model(cfg.model, len(self.classes), cfg.data.channels, cfg.data.image_size)
+        self.model = build_model(cfg.model, len(self.classes), cfg.data.input_channels, cfg.data.input_size)
         weight = class_weights(self.split.train, len(self.classes)) if cfg.data.class_weights else None
         self.criterion = torch.nn.CrossEntropyLoss(weight=weight.to(self.acc.device) if weight is not None else None)
         self.model.to(self.acc.device)

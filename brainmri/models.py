@@ -79,7 +79,7 @@ def min_image_size(model_cfg) -> tuple[int, bool]:
     (five stride-2 stages); a vision transformer takes exactly its patch grid's size."""
     name = torchvision_name(model_cfg.arch)
     if name is None:
-        return 2 ** len(model_cfg.channels), False
+        return 2 ** len(model_cfg.conv_widths), False
     side = max(32, *torchvision_weights(name).meta.get("min_size", (1, 1)))
     return side, name.startswith("vit_")
 
@@ -211,7 +211,7 @@ def build_model(model_cfg, num_classes: int, in_channels: int = 3, image_size: i
     """
     check_arch(model_cfg.arch)
     if model_cfg.arch == "baseline_cnn":
-        return BaselineCNN(num_classes, in_channels, image_size, tuple(model_cfg.channels),
+        return BaselineCNN(num_classes, in_channels, image_size, tuple(model_cfg.conv_widths),
                            model_cfg.hidden, model_cfg.dropout)
     return _torchvision(model_cfg, num_classes, in_channels)
 
@@ -220,13 +220,13 @@ def skeleton(model_cfg, in_channels: int = 3, image_size: int = 224) -> nn.Modul
     """The architecture on the meta device (names and shapes only: no memory, no weights), to check
     a config's parameter groups before any compute; cached per architecture settings."""
     m = model_cfg
-    return _skeleton(m.arch, m.head, m.head_hidden, m.dropout, m.hidden, tuple(m.channels), in_channels, image_size)
+    return _skeleton(m.arch, m.head, m.head_hidden, m.dropout, m.hidden, tuple(m.conv_widths), in_channels, image_size)
 
 
 @functools.lru_cache(maxsize=16)
 def _skeleton(arch, head, head_hidden, dropout, hidden, channels, in_channels, image_size) -> nn.Module:
     cfg = types.SimpleNamespace(arch=arch, head=head, head_hidden=head_hidden, dropout=dropout, hidden=hidden,
-                                channels=list(channels), pretrained=False, weights=None, weights_url=None)
+                                conv_widths=list(channels), pretrained=False, weights=None, weights_url=None)
     with torch.device("meta"):
         return build_model(cfg, 4, in_channels, image_size)
 

@@ -21,7 +21,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # Small and fast: every recipe trains on these in seconds on a 2-core CPU.
 TINY = [
-    "data.image_size=32",
+    "data.input_size=32",
     "data.batch_size=8",
     "data.num_workers=0",
     "train.mixed_precision=no",

@@ -68,9 +68,13 @@ def test_missing_data_dir_is_named(tmp_path):
         (["train.monitor=val/f1"], "invalid value for train.monitor: 'val/f1'"),
         (["data.val_fraction=0"], "data.val_fraction must be in"),
         (["train.epochs=0"], "train.epochs: nothing to train"),
-        (["data.image_size=7"], "data.image_size=7 is too small for model.arch=baseline_cnn"),
-        (["recipe=resnet50_finetune", "model.arch=resnet50", "data.image_size=16"],
-         "data.image_size=16 is too small for model.arch=resnet50"),
+        (["data.input_size=7"], "data.input_size=7 is too small for model.arch=baseline_cnn"),
+        (["recipe=resnet50_finetune", "model.arch=resnet50", "data.input_size=16"],
+         "data.input_size=16 is too small for model.arch=resnet50"),
+        (["data.image_size=64"], "config key data.image_size was renamed data.input_size"),
+        (["data.channels=1"], "config key data.channels was renamed data.input_channels"),
+        (["data.synthetic.image_size=64"], "config key data.synthetic.image_size was renamed data.synthetic.render_size"),
+        (["model.channels=[8]"], "config key model.channels was renamed model.conv_widths"),
     ],
 )
 def test_bad_config_values_are_named(overrides, message):
@@ -122,7 +126,7 @@ def test_resume_refuses_a_changed_config(phantom_root, tmp_path):
 
 
 @pytest.mark.parametrize("bad, key", [("train.epochs=0", "train.epochs"),
-                                      ("data.image_size=7", "data.image_size=7")])
+                                      ("data.input_size=7", "data.input_size=7")])
 def test_bad_sizes_fail_before_compute_with_one_line(bad, key, tmp_path):
     proc = run_train("--config", "configs/baseline_cnn.yaml", f"run_dir={tmp_path / 'run'}", *TINY, bad,
                      check=False)

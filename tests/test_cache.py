@@ -49,7 +49,7 @@ def samples(tmp_path):
 
 
 def test_cached_and_uncached_paths_give_identical_tensors(samples, tmp_path):
-    data_cfg = DataConfig(image_size=32, channels=3, augment=["hflip", "vflip", "rotation"], rotation_degrees=20)
+    data_cfg = DataConfig(input_size=32, input_channels=3, augment=["hflip", "vflip", "rotation"], rotation_degrees=20)
     decoder = Decoder(32, 3)
     cache = DecodedCache.build(samples, decoder, tmp_path / "cache")
     for transform in (train_transform(data_cfg), eval_transform(data_cfg)):
@@ -89,7 +89,7 @@ def test_cache_is_picklable_for_dataloader_workers(samples, tmp_path):
     cache(0)  # opens the memmap; pickling must not carry it
     clone = pickle.loads(pickle.dumps(cache))
     assert clone._mm is None and torch.equal(clone(3), decoder(samples[3].path))
-    ds = ImageDataset(samples, decoder, eval_transform(DataConfig(channels=3)), cache)
+    ds = ImageDataset(samples, decoder, eval_transform(DataConfig(input_channels=3)), cache)
     batches = list(torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2))
     expected = torch.stack([ds[i][0] for i in range(len(ds))])
     assert torch.equal(torch.cat([b[0] for b in batches]), expected)

@@ -16,7 +16,7 @@ from brainmri.sweep import load_sweep
 from conftest import ROOT, TINY, run_train
 
 NEW_RECIPE = {  # no recipe: key: the file name names it
-    "data": {"channels": 1, "normalize": "imagenet", "augment": ["hflip"], "batch_size": 8},
+    "data": {"input_channels": 1, "normalize": "imagenet", "augment": ["hflip"], "batch_size": 8},
     "model": {"arch": "torchvision:mobilenet_v3_small", "head": "linear", "pretrained": False},
     "optim": {"name": "adamw", "lr": 1.0e-3, "weight_decay": 1.0e-4},
     "train": {"monitor": "val/acc", "phases": [
