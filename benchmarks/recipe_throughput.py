@@ -68,7 +68,7 @@ def measure(name: str, image_size: int, batch_size: int, steps: int, precision: 
     for _ in range(steps):
         step()
     elapsed = time.perf_counter() - start
-    return {"recipe": name, "optimizer": o.name, "trainable": phase.train, "precision": precision,
+    return {"recipe": name, "optimizer": cfg.optim.name, "trainable": list(phase.train), "precision": precision,
             "image_size": image_size, "batch_size": batch_size, "steps": steps, "step_s": elapsed / steps,
             "images_per_s": steps * batch_size / elapsed,
             "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),

@@ -2,34 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing as mp
 import pickle
 import time
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from brainmri.cache import DecodedCache
 from brainmri.config import DataConfig
-from brainmri.data import ImageDataset, Sample
+from brainmri.data import ImageDataset
 from brainmri.transforms import Decoder, batch_normalizer, eval_transform, train_transform
-
-
-def make_samples(root, n: int = 8, seed: int = 0) -> list[Sample]:
-    """Tiny JPEG/PNG files of mixed size and colour mode."""
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    samples = []
-    for i in range(n):
-        side = 40 + 3 * i
-        arr = rng.integers(0, 256, (side, side + 5, 3) if i % 2 else (side, side), dtype=np.uint8)
-        path = root / f"img{i}.{'jpg' if i % 3 else 'png'}"
-        Image.fromarray(arr).save(path)
-        samples.append(Sample(str(path), i % 4, hashlib.sha1(path.read_bytes()).hexdigest()))
-    return samples
+from conftest import make_samples
 
 
 class CountingDecoder(Decoder):

@@ -14,51 +14,14 @@ from scipy import stats
 
 from brainmri.collect import api_filters, collect_runs, compare, mcnemar, mean_ci, runs_from_api
 from brainmri.report import to_csv, to_markdown
+from conftest import make_run
+from conftest import run_metrics as _metrics
 from wandb_runs import write_runs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "launch"))
 import collect as cli  # noqa: E402  (launch/collect.py)
 
 os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true")
-CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
-
-
-def make_run(root, recipe, seed, lr, val_acc, test_acc=None, status="finished", wandb_id=None, preds=None,
-             epochs=3):
-    """A run dir laid out per CONTRACT.md; metrics derived from val_acc/test_acc so they differ per metric."""
-    d = Path(root) / f"{recipe}-lr{lr}-s{seed}"
-    d.mkdir(parents=True)
-    config = {"recipe": recipe, "seed": seed, "run_dir": str(d), "optim": {"name": "adam", "lr": lr},
-              "wandb": {"enabled": True, "group": "g", "tags": []}}
-    (d / "config.yaml").write_text(yaml.safe_dump(config))
-    rows = [{"epoch": e, "phase": "main", "step": e, "lr": lr, "train/loss": 1 / e, "train/acc": 0.5,
-             "val/loss": 1 / e, "val/acc": val_acc - 0.1 * (epochs - e), "val/macro_f1": 0.5, "val/auc": 0.5,
-             "val/ece": 0.1, "time/epoch_s": 1.0, "throughput/images_per_s": 10.0} for e in range(1, epochs + 1)]
-    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (d / "status.json").write_text(json.dumps({"status": status, "error": None if status != "failed" else "boom",
-                                               "epoch": epochs}))
-    if status != "finished":
-        return d
-    summary = {"status": "finished", "run_id": d.name, "recipe": recipe, "seed": seed, "wandb_id": wandb_id,
-               "classes": CLASSES, "best_epoch": epochs, "monitor": "val/acc", "config": config,
-               **_metrics("val", val_acc)}
-    if test_acc is not None:
-        summary.update(_metrics("test", test_acc))
-    (d / "summary.json").write_text(json.dumps(summary))
-    if preds is not None:
-        labels, pred = preds
-        pd.DataFrame({"index": range(len(labels)), "path": [f"img{i}.jpg" for i in range(len(labels))],
-                      "sha1": "x", "label": labels, "pred": pred}).to_csv(d / "predictions_test.csv", index=False)
-    return d
-
-
-def _metrics(split, acc):
-    out = {f"{split}/acc": acc, f"{split}/macro_f1": acc - 0.02, f"{split}/auc": min(1.0, acc + 0.05),
-           f"{split}/ece": 1 - acc, f"{split}/loss": 2 - acc}
-    out.update({f"{split}/recall/{c}": acc - 0.01 * i for i, c in enumerate(CLASSES)})
-    return out
-
-
 def _by_hand(x):
     x = np.array(x, dtype=float)
     n, mean = len(x), x.sum() / len(x)

@@ -11,7 +11,7 @@ from brainmri.config import DataConfig
 from brainmri.data import ImageDataset
 from brainmri.models import freeze_frozen_norms, set_trainable
 from brainmri.transforms import Decoder, batch_normalizer, eval_transform, train_transform
-from test_cache import make_samples
+from conftest import make_samples
 
 SIZE = 32
 

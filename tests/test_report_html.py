@@ -13,7 +13,7 @@ import pytest
 from brainmri.collect import collect_runs, compare
 from brainmri.report import to_csv, to_latex, to_markdown
 from brainmri.report_html import holm, render_html
-from test_collect import make_run
+from conftest import make_run
 
 
 def _sweep(tmp_path):
