@@ -26,10 +26,12 @@ def test_baseline_cnn_shapes_follow_the_recipe():
 
 
 def test_ranger_recipe_builds_what_its_yaml_says():
-    """configs/resnet152_ranger.yaml: ResNet-152, head Linear(→512) → ReLU → Dropout 0.5 → Linear; Ranger k=6 α=0.5, GC, lr 1e-5."""
+    """configs/resnet152_ranger.yaml: ResNet-152, head Linear(→512) → ReLU → Dropout 0.5 → Linear;
+    Ranger k=6 α=0.5 with Gradient Centralization, lr 1e-5."""
     cfg = load_config("configs/resnet152_ranger.yaml", ["model.pretrained=false"])
     net = build_model(cfg.model, num_classes=4, in_channels=cfg.data.input_channels)
-    assert type(net) is tvm.ResNet and [len(layer) for layer in (net.layer1, net.layer2, net.layer3, net.layer4)] == [3, 8, 36, 3]
+    assert type(net) is tvm.ResNet
+    assert [len(layer) for layer in (net.layer1, net.layer2, net.layer3, net.layer4)] == [3, 8, 36, 3]
     kinds = [type(m).__name__ for m in net.fc]
     assert kinds == ["Linear", "ReLU", "Dropout", "Linear"]
     assert net.fc[0].out_features == 512 and net.fc[2].p == 0.5 and net.fc[3].out_features == 4
