@@ -53,7 +53,7 @@ def score(run: Path, root: Path) -> dict:
 
     trained = load_trained(run)
     out = {}
-    prior = centre_prior(trained.cfg.data.image_size)
+    prior = centre_prior(trained.cfg.data.input_size)
     for cls in ("glioma", "meningioma", "pituitary"):
         files = sorted((root / "Testing" / cls).glob("*.jpg"))
         inputs = trained.normalize(torch.stack([trained.decoder(p) for p in files]))
@@ -95,7 +95,7 @@ def main() -> None:
         for seed in (args.resnet_seeds if recipe.startswith("resnet") else args.seeds):
             run = work / f"{label}-{seed}"
             cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / f"{recipe}.yaml"),
-                   f"data.root={root}", f"run_dir={run}", f"seed={seed}", f"data.image_size={args.image_size}",
+                   f"data.root={root}", f"run_dir={run}", f"seed={seed}", f"data.input_size={args.image_size}",
                    "data.num_workers=0", "wandb.enabled=false", *overrides]
             start = time.perf_counter()
             subprocess.run(cmd, check=True, env=env, cwd=ROOT, capture_output=True)

@@ -26,14 +26,14 @@ import time
 from _common import ROOT, scratch_dir, write_result
 
 ARCH = {  # whole-network training with Adam: the optimizer state is twice the weights
-    "baseline_cnn": ["data.image_size=64", "data.batch_size=16"],
-    "resnet50": ["model.arch=resnet50", "model.pretrained=false", "data.image_size=64", "data.batch_size=8"],
+    "baseline_cnn": ["data.input_size=64", "data.batch_size=16"],
+    "resnet50": ["model.arch=resnet50", "model.pretrained=false", "data.input_size=64", "data.batch_size=8"],
 }
 
 
 def overrides(arch: str, every: float, run_dir: str, data_dir: str, steps: int) -> list[str]:
     return [*ARCH[arch], f"train.checkpoint_every_min={every}", f"run_dir={run_dir}", f"data.synthetic_dir={data_dir}",
-            "data.synthetic.n_per_class=16", "data.synthetic.n_test_per_class=2", "data.synthetic.image_size=64",
+            "data.synthetic.n_per_class=16", "data.synthetic.n_test_per_class=2", "data.synthetic.render_size=64",
             "data.num_workers=0", "train.mixed_precision=no", "wandb.enabled=false", "train.epochs=1",
             f"train.max_steps_per_epoch={steps}", "data.augment=[]"]
 

@@ -28,11 +28,11 @@ PRESETS = {
     "baseline": [],  # no augmentation, as configs/baseline_cnn.yaml
     "augment": ["hflip", "rotation"],  # as resnet50_feature / resnet152_ranger
 }
-NORMALIZE = batch_normalizer(DataConfig(channels=3))  # the engine's per-batch uint8 → float step
+NORMALIZE = batch_normalizer(DataConfig(input_channels=3))  # the engine's per-batch uint8 → float step
 
 
 def make_transform(preset: str, size: int):
-    return train_transform(DataConfig(image_size=size, channels=3, augment=PRESETS[preset], rotation_degrees=10.0))
+    return train_transform(DataConfig(input_size=size, input_channels=3, augment=PRESETS[preset], rotation_degrees=10.0))
 
 
 def data_pass(loader) -> None:

@@ -34,7 +34,7 @@ def main() -> None:
 
     run_dir = scratch_dir("engine_overhead-")
     cfg = load_config("configs/baseline_cnn.yaml", [
-        f"data.root={args.data_root}", f"data.image_size={args.image_size}", f"data.batch_size={args.batch_size}",
+        f"data.root={args.data_root}", f"data.input_size={args.image_size}", f"data.batch_size={args.batch_size}",
         "data.cache=decoded", "data.num_workers=0", "train.mixed_precision=no", "wandb.enabled=false",
         f"train.max_steps_per_epoch={args.steps}", f"run_dir={run_dir}"])
     eng = Engine(cfg)

@@ -48,7 +48,7 @@ def main() -> None:
     samples = build_split(DataConfig(), args.data_root).train[: args.images]
     decoder = Decoder(args.image_size, 3)
     cache = DecodedCache.build(samples, decoder, scratch_dir("feature_cache-"))
-    dataset = ImageDataset(samples, decoder, eval_transform(DataConfig(channels=3)), cache)
+    dataset = ImageDataset(samples, decoder, eval_transform(DataConfig(input_channels=3)), cache)
 
     torch.manual_seed(0)
     model = tvm.resnet50(weights=None)
@@ -56,7 +56,7 @@ def main() -> None:
     set_trainable(model, ["head"])
     opt = torch.optim.Adam(model.fc.parameters(), lr=1e-3)
     image_loader = make_loader(dataset, args.batch_size, 0)
-    norm = batch_normalizer(DataConfig(channels=3))  # loaders ship uint8; the engine normalises per batch
+    norm = batch_normalizer(DataConfig(input_channels=3))  # loaders ship uint8; the engine normalises per batch
 
     with torch.inference_mode():  # warm-up, so the timed build does not pay one-off allocator costs
         model.eval()(norm(next(iter(image_loader))[0]))

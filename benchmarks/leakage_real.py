@@ -54,7 +54,7 @@ def main() -> None:
             run_dir = runs / f"{group_by}-seed{seed}"
             cmd = [sys.executable, str(ROOT / "train.py"), "--config", "configs/baseline_cnn.yaml", f"seed={seed}",
                    f"run_dir={run_dir}", f"data.root={root}", f"data.group_by={group_by}",
-                   f"data.image_size={args.image_size}", "data.cache=decoded", "data.num_workers=0",
+                   f"data.input_size={args.image_size}", "data.cache=decoded", "data.num_workers=0",
                    "data.augment=[hflip]", f"train.epochs={args.epochs}", "scheduler.name=cosine",
                    "train.mixed_precision=no", "wandb.enabled=false"]
             print("+", " ".join(cmd), flush=True)

@@ -38,7 +38,7 @@ def main() -> None:
     args = p.parse_args()
 
     overrides = [
-        f"data.root={args.data_root}", f"data.image_size={args.image_size}", "data.cache=decoded",
+        f"data.root={args.data_root}", f"data.input_size={args.image_size}", "data.cache=decoded",
         "data.num_workers=0",  # cached uint8 tensors: worker processes would only add overhead on 2 cores
         "data.augment=[hflip]", f"train.epochs={args.epochs}", "scheduler.name=cosine",
         "train.mixed_precision=no", "wandb.enabled=false", *args.extra,

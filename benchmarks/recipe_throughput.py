@@ -22,7 +22,7 @@ import torch
 
 from _common import write_result
 from brainmri.config import load_config
-from brainmri.models import build_model, freeze_frozen_norms, parameter_groups, resolve_groups, set_trainable
+from brainmri.models import assign_groups, build_model, freeze_frozen_norms, set_trainable
 from brainmri.optim import build_optimizer
 from brainmri.transforms import batch_normalizer, train_transform
 
@@ -35,20 +35,17 @@ def rss_mib() -> float:
 
 def measure(name: str, image_size: int, batch_size: int, steps: int, precision: str) -> dict:
     recipe = name.split("+")[0]
-    cfg = load_config(f"configs/{recipe}.yaml", [f"data.image_size={image_size}", "model.pretrained=false"])
+    cfg = load_config(f"configs/{recipe}.yaml", [f"data.input_size={image_size}", "model.pretrained=false"])
     torch.manual_seed(0)
     rss_start = rss_mib()
-    model = build_model(cfg.model, 4, cfg.data.channels, image_size)
+    model = build_model(cfg.model, 4, cfg.data.input_channels, image_size)
     phase = cfg.phases[0]
     set_trainable(model, phase.train)
-    groups = parameter_groups(model)
-    o = cfg.optim
-    param_groups = [{"name": g, "params": [p for _, p in groups[g]], "lr": o.lr * phase.lr_mult.get(g, 1.0)}
-                    for g in resolve_groups(model, phase.train)]
-    opt = build_optimizer(o.name, param_groups, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), eps=o.eps,
-                          lookahead_k=o.lookahead_k, lookahead_alpha=o.lookahead_alpha, gc_conv=o.gc_conv, gc_fc=o.gc_fc)
+    param_groups = [{"name": g, "params": ps, "lr": cfg.optim.lr * phase.lr_mult.get(g, 1.0)}
+                    for g, ps in assign_groups(model, phase.train).items()]
+    opt = build_optimizer(cfg.optim, param_groups)
     transform = train_transform(cfg.data)
-    raw = torch.randint(0, 256, (batch_size, cfg.data.channels, image_size, image_size), dtype=torch.uint8)
+    raw = torch.randint(0, 256, (batch_size, cfg.data.input_channels, image_size, image_size), dtype=torch.uint8)
     x = batch_normalizer(cfg.data)(torch.stack([transform(img) for img in raw]))
     y = torch.arange(batch_size) % 4
     if name.endswith("+cache"):
@@ -71,7 +68,7 @@ def measure(name: str, image_size: int, batch_size: int, steps: int, precision: 
     for _ in range(steps):
         step()
     elapsed = time.perf_counter() - start
-    return {"recipe": name, "optimizer": o.name, "trainable": phase.train, "precision": precision,
+    return {"recipe": name, "optimizer": cfg.optim.name, "trainable": list(phase.train), "precision": precision,
             "image_size": image_size, "batch_size": batch_size, "steps": steps, "step_s": elapsed / steps,
             "images_per_s": steps * batch_size / elapsed,
             "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),

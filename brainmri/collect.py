@@ -21,13 +21,15 @@ import pandas as pd
 import yaml
 from scipy import stats
 
+from brainmri.config import RUNTIME_KEYS
 from brainmri.config import flatten as flatten_config
 from brainmri.leakage import BANDS
 from brainmri.wandb_offline import read_offline_runs
 
 RUN_FILES = ("summary.json", "status.json", "metrics.jsonl")
-# Config keys that differ between runs without defining a different model.
-NOT_SWEPT = ("seed", "run_dir", "run_id", "wandb.", "data.synthetic_dir", "train.fail_at_epoch")
+# Config keys that differ between runs without defining a different model: the seed (the replicate
+# axis) and every key that only changes how a run runs (brainmri.config.RUNTIME_KEYS).
+NOT_SWEPT = ("seed", "run_id", *RUNTIME_KEYS)
 METRICS = ("acc", "macro_f1", "auc", "ece")
 SOURCE_RANK = {"rundir": 0, "wandb-offline": 1, "wandb-api": 2}
 EXACT_MCNEMAR_BELOW = 25  # discordant pairs; below this the chi-square approximation is poor

@@ -13,6 +13,9 @@ Example:
 from __future__ import annotations
 
 import ast
+import hashlib
+import json
+import re
 import dataclasses
 import os
 import typing
@@ -22,30 +25,71 @@ from typing import Any
 
 import yaml
 
-RECIPES = ("baseline_cnn", "resnet50_feature", "resnet50_finetune", "resnet152_ranger")
+RECIPE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # it names run directories and W&B job types
 
 
 class ConfigError(ValueError):
     """A config file, key or value is invalid; the message names it."""
 
 
-@dataclass
+class FrozenDict(dict):
+    """A dict that refuses changes: a loaded ``RunConfig`` is read-only all the way down."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("a loaded RunConfig is read-only; build a new one (load_config / from_dict with overrides)")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _refuse
+
+
+# ------------------------------------------------------------------ run identity
+# A run is defined by every config key except these, which only change how it runs (where it
+# writes, what it reports to, how it feeds the data, test hooks). The run-directory hash, the
+# check that a run directory holds the same run, sweep task ids and the collector's compared keys
+# all ignore them (dotted prefixes, as in ``flatten``).
+RUNTIME_KEYS = ("run_dir", "wandb.", "train.fail_at_epoch", "train.checkpoint_every_min", "data.num_workers",
+                "data.eval_batch_size", "data.cache", "data.cache_dir", "data.synthetic_dir")
+# What a resume may change besides: how long it trains.
+EXTENDABLE_KEYS = ("train.epochs", "train.phases", "train.max_steps_per_epoch")
+
+
+def is_runtime_key(key: str) -> bool:
+    """Whether dotted ``key`` only changes how a run runs, not what it computes."""
+    return key.startswith(RUNTIME_KEYS)
+
+
+def identity(tree: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a config mapping (nested or dotted) that define the run, flattened."""
+    return {k: v for k, v in flatten(_plain(tree)).items() if not is_runtime_key(k)}
+
+
+def run_hash(cfg: "RunConfig") -> str:
+    """8 hex digits naming the run ``cfg`` computes (the same whatever its runtime keys)."""
+    return hashlib.sha1(json.dumps(identity(cfg.to_dict()), sort_keys=True).encode()).hexdigest()[:8]
+
+
+def differing_keys(old: dict[str, Any], new: dict[str, Any], may_change: tuple[str, ...] = ()) -> list[str]:
+    """Dotted identity keys (outside ``may_change``) whose values differ between two config mappings."""
+    a, b = identity(old), identity(new)
+    return sorted(k for k in set(a) | set(b) if not k.startswith(may_change) and a.get(k) != b.get(k))
+
+
+@dataclass(frozen=True)
 class SyntheticConfig:
     n_per_class: int = 40
     n_test_per_class: int = 10
-    image_size: int = 224
+    render_size: int = 224  # side of the generated phantom files (the model sees data.input_size)
     seed: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     root: str | None = None  # ImageFolder root with Training/ (and optional Testing/); None → phantoms
     synthetic_dir: str = "data/phantoms"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    image_size: int = 224
-    channels: int = 3  # 1 = grayscale input, 3 = grayscale→3 channels / RGB
+    input_size: int = 224  # images are resized to input_size × input_size for the model
+    input_channels: int = 3  # 1 = grey-scale input, 3 = grey-scale replicated to 3 channels
     normalize: str = "imagenet"  # imagenet | none
-    augment: list[str] = field(default_factory=lambda: ["hflip", "rotation"])
+    augment: tuple[str, ...] = ("hflip", "rotation")
     rotation_degrees: float = 10.0
     val_fraction: float = 0.2
     split_seed: int = 0
@@ -58,25 +102,27 @@ class DataConfig:
     cache_dir: str | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "baseline_cnn"  # baseline_cnn | resnet50 | resnet152
+    arch: str = "baseline_cnn"  # baseline_cnn | torchvision:<any classification model> (resnet50, resnet152 = aliases)
     head: str = "linear"  # linear | mlp
     head_hidden: int = 512
     dropout: float = 0.5
     hidden: int = 256  # baseline_cnn dense width
-    channels: list[int] = field(default_factory=lambda: [32, 64, 128])  # baseline_cnn conv widths
-    pretrained: bool = False  # torchvision ImageNet weights from the local torch cache
+    conv_widths: tuple[int, ...] = (32, 64, 128)  # baseline_cnn: output channels of its conv blocks
+    pretrained: bool = False  # ImageNet weights: fetched once into the local torch cache, then read from it
+    weights_url: str | None = None  # pretrained weights from this URL instead of torchvision's (a mirror)
     weights: str | None = None  # path to a local .pth state_dict (overrides pretrained)
     feature_cache_views: int = 0  # >0: cache frozen-backbone features for that many augmented views
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
-    name: str = "adam"  # adam | adamw | sgd | ranger
+    name: str = "adam"  # brainmri.optim.OPTIMIZERS: adam | adamw | sgd | ranger
     lr: float = 1e-3
     weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    momentum: float = 0.9  # sgd
+    betas: tuple[float, ...] = (0.9, 0.999)
     eps: float = 1e-8
     lookahead_k: int = 6
     lookahead_alpha: float = 0.5
@@ -85,9 +131,9 @@ class OptimConfig:
     clip_grad_norm: float | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class SchedulerConfig:
-    name: str = "none"  # none | plateau | cosine
+    name: str = "none"  # brainmri.optim.SCHEDULERS: none | plateau | cosine (both decay to min_lr)
     monitor: str = "val/loss"
     mode: str = "min"
     factor: float = 0.1
@@ -95,7 +141,7 @@ class SchedulerConfig:
     min_lr: float = 0.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class EarlyStopConfig:
     enabled: bool = False
     monitor: str = "val/loss"
@@ -104,19 +150,19 @@ class EarlyStopConfig:
     min_delta: float = 0.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class PhaseConfig:
     name: str = "train"
     epochs: int = 1
-    train: list[str] = field(default_factory=lambda: ["all"])  # parameter groups to train
-    lr_mult: dict[str, float] = field(default_factory=dict)  # group LR = optim.lr × mult (default 1)
+    train: tuple[str, ...] = ("all",)  # parameter groups to train
+    lr_mult: dict[str, float] = field(default_factory=lambda: FrozenDict())  # group LR = optim.lr × mult (default 1)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 10  # used when no phases are given
-    trainable: list[str] = field(default_factory=lambda: ["all"])  # groups trained without phases
-    phases: list[PhaseConfig] = field(default_factory=list)
+    trainable: tuple[str, ...] = ("all",)  # groups trained without phases
+    phases: tuple[PhaseConfig, ...] = ()
     grad_accum: int = 1
     mixed_precision: str = "no"  # no | bf16 | fp16
     monitor: str = "val/acc"  # best-checkpoint metric
@@ -128,7 +174,7 @@ class TrainConfig:
     fail_at_epoch: int | None = None  # test hook: raise at the start of this epoch
 
 
-@dataclass
+@dataclass(frozen=True)
 class WandbConfig:
     enabled: bool = True
     project: str = "brainmri"
@@ -136,12 +182,12 @@ class WandbConfig:
     group: str | None = None
     job_type: str | None = None
     name: str | None = None
-    tags: list[str] = field(default_factory=list)
+    tags: tuple[str, ...] = ()
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
-    recipe: str = "baseline_cnn"
+    recipe: str = "baseline_cnn"  # any name: a recipe is its YAML (default: the YAML's file name)
     seed: int = 0
     run_dir: str | None = None  # None → runs/<recipe>-seed<seed>-<hash>
     data: DataConfig = field(default_factory=DataConfig)
@@ -152,14 +198,23 @@ class RunConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain dicts and lists (YAML/JSON-ready, and what ``from_dict`` reads back)."""
+        return _plain(dataclasses.asdict(self))
 
     @property
-    def phases(self) -> list[PhaseConfig]:
+    def phases(self) -> tuple[PhaseConfig, ...]:
         """The phases to run; a config without phases is one phase of ``train.epochs``."""
         if self.train.phases:
             return self.train.phases
-        return [PhaseConfig(name="train", epochs=self.train.epochs, train=list(self.train.trainable))]
+        return (PhaseConfig(name="train", epochs=self.train.epochs, train=self.train.trainable),)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _hints(cls) -> dict[str, Any]:
@@ -188,14 +243,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return _build(tp, value, key)
-    if origin is list:
+    if origin in (list, tuple):  # read-only once loaded: lists become tuples
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+        return FrozenDict({str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()})
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
@@ -215,10 +270,23 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+# Keys that were renamed: the old spelling (a saved config, a sweep, an override) is an error naming the new one.
+RENAMED = {
+    "data.image_size": "data.input_size",
+    "data.channels": "data.input_channels",
+    "data.synthetic.image_size": "data.synthetic.render_size",
+    "model.channels": "model.conv_widths",
+}
+
+
 def _build(cls, data: dict[str, Any], prefix: str = ""):
     hints = _hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
+    for key in unknown:
+        old = f"{prefix}.{key}" if prefix else key
+        if old in RENAMED:
+            raise ConfigError(f"config key {old} was renamed {RENAMED[old]}: write {RENAMED[old]}")
     if unknown:
         where = f"{prefix}." if prefix else ""
         raise ConfigError(
@@ -306,6 +374,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def recipe_name(path: str | Path, data: dict[str, Any] | None = None) -> str:
+    """The recipe a YAML defines: its ``recipe:`` key, else its file name (``configs/efficientnet_b0.yaml``
+    → ``efficientnet_b0``)."""
+    data = read_yaml(path) if data is None else data
+    return str(data.get("recipe") or Path(path).stem)
+
+
 def from_dict(data: dict[str, Any]) -> RunConfig:
     cfg = _build(RunConfig, data)
     validate(cfg)
@@ -324,6 +399,8 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         ConfigError naming the file, key or value that is wrong.
     """
     data = read_yaml(path) if path is not None else {}
+    if path is not None:
+        data.setdefault("recipe", recipe_name(path, data))
     apply_overrides(data, overrides)
     try:
         return from_dict(data)
@@ -332,11 +409,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
 
 
 _CHOICES = {
-    "recipe": RECIPES,
-    "model.arch": ("baseline_cnn", "resnet50", "resnet152"),
     "model.head": ("linear", "mlp"),
-    "optim.name": ("adam", "adamw", "sgd", "ranger"),
-    "scheduler.name": ("none", "plateau", "cosine"),
     "scheduler.mode": ("min", "max"),
     "train.monitor_mode": ("min", "max"),
     "train.early_stop.mode": ("min", "max"),
@@ -344,7 +417,7 @@ _CHOICES = {
     "data.normalize": ("imagenet", "none"),
     "data.cache": ("none", "decoded"),
     "data.group_by": ("exact", "near", "scan"),
-    "data.channels": (1, 3),
+    "data.input_channels": (1, 3),
 }
 
 
@@ -363,12 +436,13 @@ def validate(cfg: RunConfig) -> None:
     for key, choices in _CHOICES.items():
         value = _get(cfg, key)
         if value not in choices:
-            kind = "unknown recipe" if key == "recipe" else f"invalid value for {key}"
-            raise ConfigError(f"{kind}: {value!r} (choose from {', '.join(map(str, choices))})")
+            raise ConfigError(f"invalid value for {key}: {value!r} (choose from {', '.join(map(str, choices))})")
+    if not RECIPE_NAME.fullmatch(cfg.recipe):
+        raise ConfigError(f"recipe: {cfg.recipe!r} is not a plain name (letters, digits, _ . + -)")
     unknown_aug = set(cfg.data.augment) - {"hflip", "vflip", "rotation"}
     if unknown_aug:
         raise ConfigError(f"invalid value in data.augment: {sorted(unknown_aug)[0]!r} (choose from hflip, vflip, rotation)")
-    positive = ["data.batch_size", "data.image_size", "train.grad_accum", "optim.lookahead_k"]
+    positive = ["data.batch_size", "data.input_size", "train.grad_accum", "optim.lookahead_k"]
     for key in positive:
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")
@@ -389,17 +463,37 @@ def validate(cfg: RunConfig) -> None:
     if sum(phase.epochs for phase in cfg.phases) < 1:
         key = "train.phases[*].epochs" if cfg.train.phases else "train.epochs"
         raise ConfigError(f"{key}: nothing to train (0 epochs in total); give at least 1 epoch")
-    smallest = min_image_size(cfg)
-    if cfg.data.image_size < smallest:
-        raise ConfigError(f"data.image_size={cfg.data.image_size} is too small for model.arch={cfg.model.arch} "
-                          f"(it downsamples by {smallest}); use data.image_size >= {smallest}")
+    from brainmri import models, optim  # the registries own the architectures, optimizers and schedulers
 
+    for key, registry in (("optim.name", optim.OPTIMIZERS), ("scheduler.name", optim.SCHEDULERS)):
+        if _get(cfg, key) not in registry:
+            raise ConfigError(f"invalid value for {key}: {_get(cfg, key)!r} (choose from {', '.join(registry)})")
 
-def min_image_size(cfg: RunConfig) -> int:
-    """Smallest input side the architecture can take: each baseline block halves it, a ResNet divides by 32."""
-    if cfg.model.arch == "baseline_cnn":
-        return 2 ** len(cfg.model.channels)
-    return 32
+    try:
+        models.check_arch(cfg.model.arch)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    smallest, exact = models.min_image_size(cfg.model)
+    if cfg.data.input_size < smallest or (exact and cfg.data.input_size != smallest):
+        need = f"data.input_size={smallest}" if exact else f"data.input_size >= {smallest}"
+        raise ConfigError(f"data.input_size={cfg.data.input_size} is too small for model.arch={cfg.model.arch} "
+                          f"(smallest input {smallest} px); use {need}" if not exact else
+                          f"data.input_size={cfg.data.input_size} does not fit model.arch={cfg.model.arch} "
+                          f"(it takes exactly {smallest} px); use {need}")
+    try:
+        net = models.skeleton(cfg.model, cfg.data.input_channels, cfg.data.input_size)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    for i, phase in enumerate(cfg.phases):
+        key = f"train.phases[{i}]" if cfg.train.phases else "train"
+        try:
+            trained = models.assign_groups(net, phase.train)
+        except ValueError as e:
+            raise ConfigError(f"{key}.{'train' if cfg.train.phases else 'trainable'}: {e}") from None
+        extra = sorted(set(phase.lr_mult) - set(trained))
+        if extra:
+            raise ConfigError(f"{key}.lr_mult: {extra[0]!r} is not a group the phase trains "
+                              f"(it trains {', '.join(trained)})")
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

@@ -183,9 +183,9 @@ def resolve_data_root(cfg) -> Path:
     from brainmri.phantoms import generate_phantoms
 
     s = cfg.data.synthetic
-    root = Path(cfg.data.synthetic_dir) / f"n{s.n_per_class}-t{s.n_test_per_class}-px{s.image_size}-seed{s.seed}"
+    root = Path(cfg.data.synthetic_dir) / f"n{s.n_per_class}-t{s.n_test_per_class}-px{s.render_size}-seed{s.seed}"
     root.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root) + ".lock"):  # parallel sweep tasks share one copy
         generate_phantoms(root, n_per_class=s.n_per_class, n_test_per_class=s.n_test_per_class,
-                          image_size=s.image_size, seed=s.seed)
+                          image_size=s.render_size, seed=s.seed)
     return root

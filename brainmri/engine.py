@@ -34,7 +34,8 @@ from brainmri.config import ConfigError, RunConfig, save_config
 from brainmri.evaluate import confusion_png, evaluate_split
 from brainmri.data import (EpochSampler, EpochSeeded, ImageDataset, build_split, class_weights, make_loader,
                            resolve_data_root)
-from brainmri.models import build_model, freeze_frozen_norms, parameter_groups, resolve_groups, set_trainable
+from brainmri.models import (assign_groups, build_model, freeze_frozen_norms, resolve_groups, set_trainable,
+                             supports_feature_cache)
 from brainmri.optim import build_optimizer, build_scheduler, replan_cosine
 from brainmri.resume import check_resumable, default_run_dir, extends_finished
 from brainmri.rundir import CheckpointError, RunDir, acquire_lock, read_json, write_json
@@ -83,7 +84,7 @@ class Engine:
             root = resolve_data_root(cfg)
             self.split = build_split(cfg.data, root)
         self.classes = self.split.classes
-        decoder = Decoder(cfg.data.image_size, cfg.data.channels)
+        decoder = Decoder(cfg.data.input_size, cfg.data.input_channels)
         sources = {}
         if cfg.data.cache == "decoded":
             from brainmri.cache import DecodedCache
@@ -128,15 +129,15 @@ class Engine:
 
     def _setup_model(self) -> None:
         cfg = self.cfg
-        self.model = build_model(cfg.model, len(self.classes), cfg.data.channels, cfg.data.image_size)
+        self.model = build_model(cfg.model, len(self.classes), cfg.data.input_channels, cfg.data.input_size)
         weight = class_weights(self.split.train, len(self.classes)) if cfg.data.class_weights else None
         self.criterion = torch.nn.CrossEntropyLoss(weight=weight.to(self.acc.device) if weight is not None else None)
         self.model.to(self.acc.device)
 
     def _build_optimizer(self, phase):
         cfg = self.cfg
-        groups = parameter_groups(self.model)
-        trained = resolve_groups(self.model, phase.train)
+        groups = assign_groups(self.model, phase.train)
+        trained = list(groups)
         unknown = sorted(set(phase.lr_mult) - set(trained))
         if unknown:
             raise ConfigError(f"phase {phase.name!r}: lr_mult for {unknown[0]!r}, which the phase does not train "
@@ -144,16 +145,9 @@ class Engine:
         param_groups = []
         for name in trained:
             lr = cfg.optim.lr * phase.lr_mult.get(name, 1.0)
-            param_groups.append({"name": name, "params": [p for _, p in groups[name]], "lr": lr})
-        o = cfg.optim
-        optimizer = build_optimizer(o.name, param_groups, lr=o.lr, weight_decay=o.weight_decay,
-                                    betas=tuple(o.betas), eps=o.eps, lookahead_k=o.lookahead_k,
-                                    lookahead_alpha=o.lookahead_alpha, gc_conv=o.gc_conv, gc_fc=o.gc_fc)
-        s = cfg.scheduler
-        kwargs = {"mode": s.mode, "factor": s.factor, "patience": s.patience, "min_lr": s.min_lr}
-        if s.name == "cosine":
-            kwargs = {"T_max": max(phase.epochs, 1)}
-        scheduler = build_scheduler(s.name, optimizer, **kwargs)
+            param_groups.append({"name": name, "params": groups[name], "lr": lr})
+        optimizer = build_optimizer(cfg.optim, param_groups)
+        scheduler = build_scheduler(cfg.scheduler, optimizer, epochs=phase.epochs)
         return optimizer, scheduler
 
     # ------------------------------------------------------------ checkpoints
@@ -385,7 +379,7 @@ class Engine:
         return position
 
     def _uses_feature_cache(self, phase) -> bool:
-        return (self.cfg.model.feature_cache_views > 0 and self.cfg.model.arch.startswith("resnet")
+        return (self.cfg.model.feature_cache_views > 0 and supports_feature_cache(self.model)
                 and resolve_groups(self.model, phase.train) == ["head"])
 
     def _feature_loaders(self):

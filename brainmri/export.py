@@ -47,7 +47,7 @@ def preprocessing(trained: TrainedModel) -> dict:
     """How to turn an image file into the model's input, as data (mirrors ``brainmri.transforms``)."""
     from torchvision.transforms import v2
 
-    c, size = trained.cfg.data.channels, trained.cfg.data.image_size
+    c, size = trained.cfg.data.input_channels, trained.cfg.data.input_size
     mean, std = [0.0] * c, [1.0] * c
     for t in trained.normalize.transforms:
         if isinstance(t, v2.Normalize):
@@ -159,7 +159,7 @@ def code_version() -> str:
 
 
 def model_card(trained: TrainedModel, files: dict[str, str]) -> dict:
-    size, c = trained.cfg.data.image_size, trained.cfg.data.channels
+    size, c = trained.cfg.data.input_size, trained.cfg.data.input_channels
     return {
         "format": "brainmri-model-card", "version": 1,
         "run": trained.run_dir.name, "recipe": trained.cfg.recipe, "arch": trained.cfg.model.arch,
@@ -187,7 +187,7 @@ def export(trained: TrainedModel, out_dir: str | Path, formats: list[str]) -> di
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     net = _WithSoftmax(trained.model).eval()
-    c, size = trained.cfg.data.channels, trained.cfg.data.image_size
+    c, size = trained.cfg.data.input_channels, trained.cfg.data.input_size
     example = torch.zeros(2, c, size, size)
     written: dict[str, Path] = {}
     if "onnx" in formats:

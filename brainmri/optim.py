@@ -1,8 +1,9 @@
 """Optimizers and LR schedulers for brainmri.
 
 Owns Gradient Centralization (``centralize_gradient``), the ``Lookahead`` wrapper, ``Ranger``
-(RAdam with decoupled weight decay + GC + Lookahead) and the ``build_optimizer`` /
-``build_scheduler`` factories the engine calls with named parameter groups.
+(RAdam with decoupled weight decay + GC + Lookahead), the optimizer and scheduler registries
+(``OPTIMIZERS``, ``SCHEDULERS``) and the ``build_optimizer`` / ``build_scheduler`` factories the
+engine calls with named parameter groups and the config's ``optim`` / ``scheduler`` sections.
 """
 
 from __future__ import annotations
@@ -14,9 +15,6 @@ import math
 import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, ReduceLROnPlateau
-
-OPTIMIZERS = ("adam", "adamw", "sgd", "ranger")
-SCHEDULERS = ("none", "plateau", "cosine")
 
 
 def centralize_gradient(
@@ -148,63 +146,54 @@ class Ranger(Lookahead):
                         p.grad.copy_(centered)
 
 
-def build_optimizer(
-    name: str,
-    param_groups: Sequence[dict[str, Any]],
-    *,
-    lr: float,
-    weight_decay: float = 0.0,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-    momentum: float = 0.9,
-    lookahead_k: int = 6,
-    lookahead_alpha: float = 0.5,
-    gc_conv: bool = True,
-    gc_fc: bool = True,
-) -> Optimizer:
-    """Build optimizer ``name`` (adam | adamw | sgd | ranger) over named parameter groups.
+# ------------------------------------------------------------------ registries
+# One registry each: name → factory. The hyper-parameters are the config dataclasses'
+# (brainmri.config.OptimConfig / SchedulerConfig), handed on as they are; config validation asks
+# these registries which names exist.
+OPTIMIZERS: dict[str, Callable[[list[dict[str, Any]], Any], Optimizer]] = {
+    "adam": lambda groups, o: torch.optim.Adam(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                               weight_decay=o.weight_decay),
+    "adamw": lambda groups, o: torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                                 weight_decay=o.weight_decay),
+    "sgd": lambda groups, o: torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay),
+    "ranger": lambda groups, o: Ranger(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
+                                       k=o.lookahead_k, alpha=o.lookahead_alpha, gc_conv=o.gc_conv, gc_fc=o.gc_fc),
+}
+
+SCHEDULERS: dict[str, Callable[[Optimizer, Any, int], LRScheduler | ReduceLROnPlateau | None]] = {
+    "none": lambda opt, s, epochs: None,
+    # stepped once per epoch with the monitored metric
+    "plateau": lambda opt, s, epochs: ReduceLROnPlateau(opt, mode=s.mode, factor=s.factor, patience=s.patience,
+                                                        min_lr=s.min_lr),
+    # from each group's LR down to min_lr over the phase's epochs (stepped once per epoch)
+    "cosine": lambda opt, s, epochs: CosineAnnealingLR(opt, T_max=max(epochs, 1), eta_min=s.min_lr),
+}
+
+
+def _lookup(registry: dict, kind: str, name: str):
+    if name not in registry:
+        raise ValueError(f"Unknown {kind} {name!r}; valid: {', '.join(registry)}")
+    return registry[name]
+
+
+def build_optimizer(optim_cfg, param_groups: Sequence[dict[str, Any]]) -> Optimizer:
+    """Build optimizer ``optim_cfg.name`` (see ``OPTIMIZERS``) with the hyper-parameters of ``optim_cfg``.
 
     ``param_groups`` is a list of dicts ``{"name": str, "params": [...], "lr": float}``; a group's own
-    ``lr`` (or any other hyper-parameter) overrides the keyword value. The dicts are copied, and their
-    extra keys such as ``"name"`` stay in ``optimizer.param_groups``. ``momentum`` is used by sgd only.
+    ``lr`` (or any other hyper-parameter) overrides the config's. The dicts are copied, and their extra
+    keys such as ``"name"`` stay in ``optimizer.param_groups``.
+
+    Example:
+        >>> build_optimizer(OptimConfig(name="ranger", lr=1e-5), [{"name": "all", "params": net.parameters()}])
     """
-    groups = [dict(g) for g in param_groups]
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "ranger":
-        return Ranger(
-            groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-            k=lookahead_k, alpha=lookahead_alpha, gc_conv=gc_conv, gc_fc=gc_fc,
-        )
-    raise ValueError(f"Unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+    factory = _lookup(OPTIMIZERS, "optimizer", optim_cfg.name)
+    return factory([dict(g) for g in param_groups], optim_cfg)
 
 
-def build_scheduler(
-    name: str | None,
-    optimizer: Optimizer,
-    *,
-    mode: str = "min",
-    factor: float = 0.1,
-    patience: int = 10,
-    min_lr: float | list[float] = 0.0,
-    T_max: int | None = None,
-    eta_min: float = 0.0,
-) -> LRScheduler | ReduceLROnPlateau | None:
-    """Build LR scheduler ``name``: none -> None, plateau -> ReduceLROnPlateau (call ``step(metric)``),
-    cosine -> CosineAnnealingLR over ``T_max`` scheduler steps."""
-    if name in (None, "none"):
-        return None
-    if name == "plateau":
-        return ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience, min_lr=min_lr)
-    if name == "cosine":
-        if T_max is None:
-            raise ValueError("cosine scheduler needs T_max")
-        return CosineAnnealingLR(optimizer, T_max=T_max, eta_min=eta_min)
-    raise ValueError(f"Unknown scheduler {name!r}; valid: {', '.join(SCHEDULERS)}")
+def build_scheduler(scheduler_cfg, optimizer: Optimizer, epochs: int = 1) -> LRScheduler | ReduceLROnPlateau | None:
+    """Build LR scheduler ``scheduler_cfg.name`` (see ``SCHEDULERS``) for a phase of ``epochs`` epochs:
+    none → None, plateau → ReduceLROnPlateau (``step(metric)``), cosine → CosineAnnealingLR to ``min_lr``."""
+    return _lookup(SCHEDULERS, "scheduler", scheduler_cfg.name)(optimizer, scheduler_cfg, epochs)
 
 
 def replan_cosine(scheduler, optimizer, epochs: int) -> None:

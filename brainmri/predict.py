@@ -81,14 +81,14 @@ def load_trained(run_dir: str | Path) -> TrainedModel:
         raise CheckpointError(f"{run.best_checkpoint} names no classes")
     model_cfg = copy.deepcopy(cfg.model)
     model_cfg.pretrained, model_cfg.weights = False, None  # every weight comes from the checkpoint
-    model = build_model(model_cfg, len(classes), cfg.data.channels, cfg.data.image_size)
+    model = build_model(model_cfg, len(classes), cfg.data.input_channels, cfg.data.input_size)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise CheckpointError(f"{run.best_checkpoint} does not match the run's config.yaml: "
                               f"{str(e).splitlines()[0]}") from None
     model.eval()
-    return TrainedModel(run.path, cfg, classes, model, Decoder(cfg.data.image_size, cfg.data.channels),
+    return TrainedModel(run.path, cfg, classes, model, Decoder(cfg.data.input_size, cfg.data.input_channels),
                         batch_normalizer(cfg.data), (ckpt.get("trainer") or {}).get("best_epoch"))
 
 

@@ -13,31 +13,22 @@ Reads config files only; knows nothing about models or training.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import yaml
 
-from brainmri.config import ConfigError, RunConfig, flatten
+from brainmri.config import EXTENDABLE_KEYS, RUNTIME_KEYS, ConfigError, RunConfig, differing_keys, run_hash
 from brainmri.rundir import CheckpointError, RunDir
 
-# keys that never change what a run computes
-NEVER_MATTERS = ("run_dir", "wandb.", "train.fail_at_epoch", "train.checkpoint_every_min")
-# and what a resume may change besides: how long to train and how to feed the data
-RESUME_MAY_CHANGE = NEVER_MATTERS + ("train.epochs", "train.phases", "data.num_workers", "data.eval_batch_size",
-                                     "train.max_steps_per_epoch")
+# keys that never change what a run computes (brainmri.config: the one definition of run identity)
+NEVER_MATTERS = RUNTIME_KEYS
+# and what a resume may change besides: how long to train
+RESUME_MAY_CHANGE = RUNTIME_KEYS + EXTENDABLE_KEYS
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
-    """``runs/<recipe>-seed<seed>-<hash>``: the same config always maps to the same run."""
-    data = cfg.to_dict()
-    data.pop("run_dir")
-    data.pop("wandb")
-    data["train"].pop("fail_at_epoch")
-    data["train"].pop("checkpoint_every_min")
-    digest = hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
-    return Path("runs") / f"{cfg.recipe}-seed{cfg.seed}-{digest}"
+    """``runs/<recipe>-seed<seed>-<hash>``: the same run (``config.run_hash``) always maps to the same directory."""
+    return Path("runs") / f"{cfg.recipe}-seed{cfg.seed}-{run_hash(cfg)}"
 
 
 def _saved(saved: Path) -> dict | None:
@@ -48,8 +39,7 @@ def _saved(saved: Path) -> dict | None:
 
 
 def _diff(old: dict, cfg: RunConfig, may_change: tuple[str, ...]) -> list[str]:
-    fo, fn = flatten(old), flatten(cfg.to_dict())
-    return sorted(k for k in set(fo) | set(fn) if not k.startswith(may_change) and fo.get(k) != fn.get(k))
+    return differing_keys(old, cfg.to_dict(), may_change)
 
 
 def check_resumable(cfg: RunConfig, saved: Path) -> None:

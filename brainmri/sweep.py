@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from brainmri.config import ConfigError, flatten, load_config, parse_value, read_yaml
+from brainmri.config import ConfigError, flatten, is_runtime_key, load_config, parse_value, read_yaml, recipe_name
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 SWEEP_KEYS = {"name", "recipe", "recipes", "overrides", "grid", "slurm"}
@@ -111,8 +111,10 @@ def _normalize(value: Any) -> Any:
 
 
 def task_id(recipe: str, overrides: dict[str, Any]) -> str:
-    """Short hash of the recipe and its sorted overrides: the same task always gets the same id."""
-    payload = json.dumps([recipe, sorted(overrides.items())], sort_keys=True, default=str)
+    """Short hash of the recipe and its sorted overrides: the same task always gets the same id
+    (overrides of keys that only change how it runs, ``config.RUNTIME_KEYS``, do not count)."""
+    defining = {k: v for k, v in overrides.items() if not is_runtime_key(k)}
+    payload = json.dumps([recipe, sorted(defining.items())], sort_keys=True, default=str)
     return hashlib.sha1(payload.encode()).hexdigest()[:10]
 
 
@@ -122,10 +124,11 @@ def _tags(name: str, recipe: str, params: dict[str, Any]) -> list[str]:
 
 
 def _recipe_path(recipe: str) -> Path:
+    """A recipe is ``configs/<name>.yaml`` or any YAML path (absolute, or relative to the working directory)."""
     path = Path(recipe) if recipe.endswith((".yaml", ".yml")) else CONFIGS_DIR / f"{recipe}.yaml"
     if not path.is_file():
         raise SweepError(f"recipe {recipe!r}: no config file {path}")
-    return path
+    return path.resolve()
 
 
 def _slurm_resources(data: dict[str, Any]) -> SlurmResources:
@@ -213,8 +216,12 @@ def expand(sweep: Sweep) -> list[Task]:
     """One task per recipe x grid point, each validated against the RunConfig schema."""
     keys = list(sweep.grid)
     tasks, seen = [], set()
-    for recipe in sweep.recipes:
-        config_path = _recipe_path(recipe)
+    for entry in sweep.recipes:
+        config_path = _recipe_path(entry)
+        try:
+            recipe = recipe_name(config_path)  # the YAML's recipe: (or file name), also for a path entry
+        except ConfigError as e:
+            raise SweepError(str(e)) from None
         for values in itertools.product(*(sweep.grid[k] for k in keys)):
             params = {k: _normalize(v) for k, v in zip(keys, values)}
             chosen = {k: _normalize(v) for k, v in sweep.overrides.items()} | params

@@ -71,4 +71,4 @@ def batch_normalizer(data_cfg) -> v2.Compose:
     Loaders ship uint8 (4× less to collate and copy to the GPU); converting per batch rather than
     per image is what lets the decoded-image cache pay off.
     """
-    return v2.Compose([v2.ToDtype(torch.float32, scale=True), *_normalize(data_cfg.channels, data_cfg.normalize)])
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), *_normalize(data_cfg.input_channels, data_cfg.normalize)])

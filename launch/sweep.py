@@ -18,6 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from brainmri.config import load_config  # noqa: E402
+from brainmri.models import WeightsError, ensure_weights  # noqa: E402
 from brainmri.sweep import SweepError, Task, format_params, load_sweep, load_table, save_sweep, save_table  # noqa: E402
 from jobs.submit import CLUSTERS, executor_parameters, refresh, submit, wait  # noqa: E402
 
@@ -68,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {t.id}: {t.command()}")
     if args.dry_run or not chosen:
         return 0
+    for t in chosen:  # pretrained weights: downloaded once here, read from the cache by every task
+        ensure_weights(load_config(t.config_path, t.overrides))
     save_sweep(sweep)
     jobs = submit(sweep, chosen, args.cluster)
     if args.cluster == "slurm":
@@ -89,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             return status(argv[1])
         return run(get_args_parser().parse_args(argv))
-    except SweepError as e:
+    except (SweepError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

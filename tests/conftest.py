@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "brain-tumor-mri" / "Training"
@@ -21,7 +24,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # Small and fast: every recipe trains on these in seconds on a 2-core CPU.
 TINY = [
-    "data.image_size=32",
+    "data.input_size=32",
     "data.batch_size=8",
     "data.num_workers=0",
     "train.mixed_precision=no",
@@ -63,3 +66,20 @@ def accelerate_cpu(num_processes: int) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
             str(num_processes), "--num_machines", "1", "--main_process_port", "0",
             "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+# ------------------------------------------------------------------ shared factories
+def make_samples(root, n: int = 8, seed: int = 0) -> list:
+    """Tiny JPEG/PNG files of mixed size and colour mode, as ``brainmri.data.Sample`` rows."""
+    from brainmri.data import Sample
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    samples = []
+    for i in range(n):
+        side = 40 + 3 * i
+        arr = rng.integers(0, 256, (side, side + 5, 3) if i % 2 else (side, side), dtype=np.uint8)
+        path = root / f"img{i}.{'jpg' if i % 3 else 'png'}"
+        Image.fromarray(arr).save(path)
+        samples.append(Sample(str(path), i % 4, hashlib.sha1(path.read_bytes()).hexdigest()))
+    return samples

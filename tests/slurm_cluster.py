@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 READY_STATES = {"idle", "mixed", "allocated", "completing"}
 ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING", "SUSPENDED"}
 # every task trains in seconds on one CPU
-TINY = {"data.image_size": 32, "data.batch_size": 8, "data.num_workers": 0, "train.mixed_precision": "no",
+TINY = {"data.input_size": 32, "data.batch_size": 8, "data.num_workers": 0, "train.mixed_precision": "no",
         "train.epochs": 2, "train.max_steps_per_epoch": 2}
 SMALL_JOBS = {"cpus_per_task": 1, "mem_gb": 2, "time_min": 30}
 

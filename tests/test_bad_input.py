@@ -53,19 +53,29 @@ def test_missing_data_dir_is_named(tmp_path):
     "overrides, message",
     [
         (["optim.lrr=0.1"], "unknown config key optim.lrr"),
-        (["recipe=resnet9000"], "unknown recipe: 'resnet9000'"),
+        (["recipe=a/b"], "recipe: 'a/b' is not a plain name"),
+        (["model.arch=torchvision:resnet9000"], "unknown model.arch 'torchvision:resnet9000' (choose from baseline_cnn"),
         (["optim.lr=fast"], "optim.lr: expected a number, got 'fast'"),
         (["train.mixed_precision=fp8"], "invalid value for train.mixed_precision: 'fp8'"),
+        (["optim.name=adamx"], "invalid value for optim.name: 'adamx' (choose from adam, adamw, sgd, ranger"),
+        (["scheduler.name=step"], "invalid value for scheduler.name: 'step' (choose from none, plateau, cosine"),
+        (["train.trainable=[head,layer4]"], "train.trainable: unknown parameter group 'layer4'"),
+        (["train.phases=[{train: [head], lr_mult: {features: 0.1}}]"],
+         "train.phases[0].lr_mult: 'features' is not a group the phase trains (it trains head"),
         (["data.batch_size=0"], "data.batch_size must be >= 1"),
         (["train.phases.3.epochs=1"], "train.phases: expected a list"),
         (["nonsense"], "is not of the form key=value"),
         (["train.monitor=val/f1"], "invalid value for train.monitor: 'val/f1'"),
         (["data.val_fraction=0"], "data.val_fraction must be in"),
         (["train.epochs=0"], "train.epochs: nothing to train"),
-        (["data.image_size=7"], "data.image_size=7 is too small for model.arch=baseline_cnn"),
+        (["data.input_size=7"], "data.input_size=7 is too small for model.arch=baseline_cnn"),
+        (["recipe=resnet50_finetune", "model.arch=resnet50", "data.input_size=16"],
+         "data.input_size=16 is too small for model.arch=resnet50"),
+        (["data.image_size=64"], "config key data.image_size was renamed data.input_size"),
+        (["data.channels=1"], "config key data.channels was renamed data.input_channels"),
+        (["data.synthetic.image_size=64"], "config key data.synthetic.image_size was renamed data.synthetic.render_size"),
+        (["model.channels=[8]"], "config key model.channels was renamed model.conv_widths"),
         (["train.checkpoint_every_min=-1"], "train.checkpoint_every_min must be >= 0"),
-        (["recipe=resnet50_finetune", "model.arch=resnet50", "data.image_size=16"],
-         "data.image_size=16 is too small for model.arch=resnet50"),
     ],
 )
 def test_bad_config_values_are_named(overrides, message):
@@ -117,7 +127,7 @@ def test_resume_refuses_a_changed_config(phantom_root, tmp_path):
 
 
 @pytest.mark.parametrize("bad, key", [("train.epochs=0", "train.epochs"),
-                                      ("data.image_size=7", "data.image_size=7")])
+                                      ("data.input_size=7", "data.input_size=7")])
 def test_bad_sizes_fail_before_compute_with_one_line(bad, key, tmp_path):
     proc = run_train("--config", "configs/baseline_cnn.yaml", f"run_dir={tmp_path / 'run'}", *TINY, bad,
                      check=False)

@@ -2,34 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing as mp
 import pickle
 import time
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from brainmri.cache import DecodedCache
 from brainmri.config import DataConfig
-from brainmri.data import ImageDataset, Sample
+from brainmri.data import ImageDataset
 from brainmri.transforms import Decoder, batch_normalizer, eval_transform, train_transform
-
-
-def make_samples(root, n: int = 8, seed: int = 0) -> list[Sample]:
-    """Tiny JPEG/PNG files of mixed size and colour mode."""
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    samples = []
-    for i in range(n):
-        side = 40 + 3 * i
-        arr = rng.integers(0, 256, (side, side + 5, 3) if i % 2 else (side, side), dtype=np.uint8)
-        path = root / f"img{i}.{'jpg' if i % 3 else 'png'}"
-        Image.fromarray(arr).save(path)
-        samples.append(Sample(str(path), i % 4, hashlib.sha1(path.read_bytes()).hexdigest()))
-    return samples
+from conftest import make_samples
 
 
 class CountingDecoder(Decoder):
@@ -49,7 +33,7 @@ def samples(tmp_path):
 
 
 def test_cached_and_uncached_paths_give_identical_tensors(samples, tmp_path):
-    data_cfg = DataConfig(image_size=32, channels=3, augment=["hflip", "vflip", "rotation"], rotation_degrees=20)
+    data_cfg = DataConfig(input_size=32, input_channels=3, augment=["hflip", "vflip", "rotation"], rotation_degrees=20)
     decoder = Decoder(32, 3)
     cache = DecodedCache.build(samples, decoder, tmp_path / "cache")
     for transform in (train_transform(data_cfg), eval_transform(data_cfg)):
@@ -89,7 +73,7 @@ def test_cache_is_picklable_for_dataloader_workers(samples, tmp_path):
     cache(0)  # opens the memmap; pickling must not carry it
     clone = pickle.loads(pickle.dumps(cache))
     assert clone._mm is None and torch.equal(clone(3), decoder(samples[3].path))
-    ds = ImageDataset(samples, decoder, eval_transform(DataConfig(channels=3)), cache)
+    ds = ImageDataset(samples, decoder, eval_transform(DataConfig(input_channels=3)), cache)
     batches = list(torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2))
     expected = torch.stack([ds[i][0] for i in range(len(ds))])
     assert torch.equal(torch.cat([b[0] for b in batches]), expected)

@@ -247,7 +247,7 @@ def test_e2e_offline_wandb_equals_summary_json(tmp_path, tiny_real_data):
     pytest.importorskip("brainmri.engine")
     from conftest import run_train
 
-    tiny = ["data.image_size=32", "data.batch_size=8", "data.num_workers=0"]
+    tiny = ["data.input_size=32", "data.batch_size=8", "data.num_workers=0"]
 
     for seed in (0, 1):
         run_train("--config", "configs/baseline_cnn.yaml", *tiny, f"seed={seed}", f"run_dir={tmp_path / f's{seed}'}",

@@ -207,12 +207,28 @@ def test_early_stopping_ends_the_phase(phantom_root, tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["epochs_run"] == 3
 
 
-def test_bf16_autocast_on_cpu(phantom_root, tmp_path):
-    run_dir = tmp_path / "run"
-    run_train("--config", "configs/baseline_cnn.yaml", f"data.root={phantom_root}", f"run_dir={run_dir}", *TINY,
-              "train.epochs=1", "train.mixed_precision=bf16")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["config"]["train"]["mixed_precision"] == "bf16" and np.isfinite(summary["val/loss"])
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("no", torch.float32)])
+def test_bf16_autocast_on_cpu_runs_the_forward_in_bf16(precision, dtype, phantom_root, tmp_path):
+    """A forward hook on every module sees what the engine's training forward really computes in."""
+    from brainmri.config import load_config
+    from brainmri.engine import fit
+
+    seen = {}
+
+    def hook(module, args, output):
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)) and torch.is_grad_enabled():
+            seen.setdefault(type(module).__name__, set()).add(output.dtype)
+
+    cfg = load_config("configs/baseline_cnn.yaml", [f"data.root={phantom_root}", f"run_dir={tmp_path / 'run'}", *TINY,
+                                                    "train.epochs=1", f"train.mixed_precision={precision}",
+                                                    "wandb.enabled=false"])
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        summary = fit(cfg)
+    finally:
+        handle.remove()
+    assert seen == {"Conv2d": {dtype}, "Linear": {dtype}}  # training forwards (grad enabled) only
+    assert summary["config"]["train"]["mixed_precision"] == precision and np.isfinite(summary["val/loss"])
 
 
 def test_feature_cache_trains_the_head_like_the_full_backbone(phantom_root, resnet_weights, tmp_path):

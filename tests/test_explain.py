@@ -15,7 +15,7 @@ def test_cam_energy_lies_in_the_lesion(tmp_path):
 
     root = generate_phantoms(tmp_path / "data", n_per_class=30, n_test_per_class=6, image_size=128, seed=0)
     run = tmp_path / "run"
-    run_train("--config", "configs/baseline_cnn.yaml", f"data.root={root}", f"run_dir={run}", "data.image_size=64",
+    run_train("--config", "configs/baseline_cnn.yaml", f"data.root={root}", f"run_dir={run}", "data.input_size=64",
               "data.batch_size=16", "data.num_workers=0", "train.epochs=8", "wandb.enabled=false")
     trained = load_trained(run)
     files = [p for c in ("glioma", "meningioma", "pituitary") for p in sorted((root / "Testing" / c).glob("*.jpg"))]

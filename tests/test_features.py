@@ -11,7 +11,7 @@ from brainmri.config import DataConfig
 from brainmri.data import ImageDataset
 from brainmri.models import freeze_frozen_norms, set_trainable
 from brainmri.transforms import Decoder, batch_normalizer, eval_transform, train_transform
-from test_cache import make_samples
+from conftest import make_samples
 
 SIZE = 32
 
@@ -29,13 +29,13 @@ def model():
     return net.eval()
 
 
-NORM = batch_normalizer(DataConfig(channels=3))  # the engine's per-batch uint8 → float step
+NORM = batch_normalizer(DataConfig(input_channels=3))  # the engine's per-batch uint8 → float step
 
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
     samples = make_samples(tmp_path_factory.mktemp("images"), n=6)
-    cfg = DataConfig(image_size=SIZE, channels=3, augment=["hflip", "vflip", "rotation"], rotation_degrees=20)
+    cfg = DataConfig(input_size=SIZE, input_channels=3, augment=["hflip", "vflip", "rotation"], rotation_degrees=20)
     decoder = Decoder(SIZE, 3)
     return ImageDataset(samples, decoder, train_transform(cfg)), ImageDataset(samples, decoder, eval_transform(cfg))
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from brainmri.config import OptimConfig, SchedulerConfig
 from brainmri.optim import Lookahead, Ranger, build_optimizer, build_scheduler, centralize_gradient
 
 
@@ -124,12 +125,11 @@ def test_state_dict_roundtrip_continues_identical_trajectory(tmp_path):
 def test_reduce_lr_on_plateau_acts_on_ranger_groups():
     model = _model()
     opt = build_optimizer(
-        "ranger",
+        OptimConfig(name="ranger", lr=5e-3),
         [{"name": "backbone", "params": model[0].parameters(), "lr": 1e-3},
          {"name": "head", "params": model[4].parameters(), "lr": 1e-2}],
-        lr=5e-3,
     )
-    sched = build_scheduler("plateau", opt, mode="min", factor=0.5, patience=0)
+    sched = build_scheduler(SchedulerConfig(name="plateau", mode="min", factor=0.5, patience=0), opt)
     sched.step(1.0)
     sched.step(1.0)
     assert [g["lr"] for g in opt.base_optimizer.param_groups] == pytest.approx([5e-4, 5e-3])
@@ -142,12 +142,33 @@ def test_build_optimizer_kinds_and_per_group_lr():
               {"name": "head", "params": list(model[4].parameters())}]
     for name, cls in [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW),
                       ("sgd", torch.optim.SGD), ("ranger", Ranger)]:
-        opt = build_optimizer(name, groups, lr=1e-3, weight_decay=0.01)
+        opt = build_optimizer(OptimConfig(name=name, lr=1e-3, weight_decay=0.01, momentum=0.8), groups)
         assert type(opt) is cls
         assert [(g["name"], g["lr"]) for g in opt.param_groups] == [("backbone", 1e-4), ("head", 1e-3)]
+        assert opt.param_groups[1]["weight_decay"] == 0.01  # the config's hyper-parameters, handed on
+        if name == "sgd":
+            assert opt.param_groups[1]["momentum"] == 0.8
     assert "lr" not in groups[1]  # caller's dicts are not modified
-    assert isinstance(build_scheduler("cosine", opt, T_max=5), torch.optim.lr_scheduler.CosineAnnealingLR)
-    assert build_scheduler("none", opt) is None
+    assert isinstance(build_scheduler(SchedulerConfig(name="cosine"), opt, epochs=5),
+                      torch.optim.lr_scheduler.CosineAnnealingLR)
+    assert build_scheduler(SchedulerConfig(name="none"), opt) is None
+
+
+def test_cosine_schedule_ends_at_min_lr():
+    """Each group's LR follows the cosine from its own start down to scheduler.min_lr at the last epoch."""
+    model = _model()
+    opt = build_optimizer(OptimConfig(name="adamw", lr=1e-2),
+                          [{"name": "backbone", "params": model[0].parameters(), "lr": 1e-3},
+                           {"name": "head", "params": model[4].parameters()}])
+    sched = build_scheduler(SchedulerConfig(name="cosine", min_lr=1e-4), opt, epochs=4)
+    seen = []
+    for batch in _batches(4):
+        _backward(model, batch)
+        opt.step()
+        sched.step()
+        seen.append([g["lr"] for g in opt.param_groups])
+    assert seen[-1] == pytest.approx([1e-4, 1e-4])
+    assert seen[1][1] == pytest.approx(1e-4 + (1e-2 - 1e-4) * 0.5)  # half way: the mean of start and end
 
 
 @pytest.mark.parametrize(
@@ -157,8 +178,8 @@ def test_build_optimizer_kinds_and_per_group_lr():
         (lambda ps: Lookahead(torch.optim.SGD(ps, lr=0.1), alpha=1.5), "1.5"),
         (lambda ps: Ranger(ps, k=-2), "-2"),
         (lambda ps: Ranger(ps, lr=-0.25), "-0.25"),
-        (lambda ps: build_optimizer("adamx", [{"name": "all", "params": ps}], lr=1e-3), "'adamx'.*ranger"),
-        (lambda ps: build_scheduler("step", torch.optim.SGD(ps, lr=0.1)), "'step'.*plateau"),
+        (lambda ps: build_optimizer(OptimConfig(name="adamx"), [{"name": "all", "params": ps}]), "'adamx'.*ranger"),
+        (lambda ps: build_scheduler(SchedulerConfig(name="step"), torch.optim.SGD(ps, lr=0.1)), "'step'.*plateau"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(make, match):

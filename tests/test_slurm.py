@@ -73,7 +73,7 @@ def test_grid_2x2_runs_as_one_array_and_every_task_finishes(tmp_path, phantom_ro
 @pytest.mark.slow
 def test_preempted_task_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one(tmp_path, phantom_root):
     # larger images: an epoch must last long enough to be interrupted in the middle of the run
-    common = ["data.root=" + str(phantom_root), *(f"{k}={v}" for k, v in TINY.items()), "data.image_size=96",
+    common = ["data.root=" + str(phantom_root), *(f"{k}={v}" for k, v in TINY.items()), "data.input_size=96",
               "data.batch_size=4", "train.epochs=4", "train.max_steps_per_epoch=null"]
     executor = submitit.AutoExecutor(folder=tmp_path / "submitit" / "%j", cluster="slurm")
     executor.update_parameters(timeout_min=30, cpus_per_task=1, mem_gb=2, slurm_signal_delay_s=30)
