@@ -53,32 +53,43 @@ brainmri_has_override() {
     return 1
 }
 
+# From the moment this file is sourced a USR2 or TERM is caught: before training starts it
+# means "do not start" (USR2: requeue), later it is forwarded to the training command.
 _brainmri_signals=0
 _brainmri_stop=""
+_brainmri_child=""
+_brainmri_on_signal() {
+    _brainmri_signals=$((_brainmri_signals + 1))
+    _brainmri_stop=${_brainmri_stop:-$1}
+    if [[ -n $_brainmri_child ]]; then kill -"$1" "$_brainmri_child" 2>/dev/null || true; fi
+}
+trap '_brainmri_on_signal USR2' USR2
+trap '_brainmri_on_signal TERM' TERM
 
 # brainmri_run CMD...: run CMD, forward USR2/TERM to it, requeue after a USR2 stop; returns CMD's status.
 brainmri_run() {
-    local child status=0 seen again
+    local status=0 seen again
+    if [[ -n $_brainmri_stop ]]; then  # signalled while the job was still setting up
+        [[ $_brainmri_stop == USR2 ]] && brainmri_requeue "not started"
+        [[ $_brainmri_stop == USR2 ]] && return 140
+        return 143
+    fi
     "$@" &
-    child=$!
-    # shellcheck disable=SC2064  # $child is fixed now
-    trap "_brainmri_signals=\$((_brainmri_signals + 1)); _brainmri_stop=\${_brainmri_stop:-USR2}; kill -USR2 $child 2>/dev/null || true" USR2
-    # shellcheck disable=SC2064
-    trap "_brainmri_signals=\$((_brainmri_signals + 1)); _brainmri_stop=\${_brainmri_stop:-TERM}; kill -TERM $child 2>/dev/null || true" TERM
+    _brainmri_child=$!
     while :; do
         seen=$_brainmri_signals
-        wait "$child" && status=0 || status=$?
+        wait "$_brainmri_child" && status=0 || status=$?
         ((seen == _brainmri_signals)) && break  # the child ended
         # a trapped signal interrupted the wait: wait on while the child lives; if it ended meanwhile,
         # its status is still there to collect (127: already collected above)
-        if ! kill -0 "$child" 2>/dev/null; then
-            wait "$child" 2>/dev/null && status=0 || { again=$?; ((again != 127)) && status=$again; }
+        if ! kill -0 "$_brainmri_child" 2>/dev/null; then
+            wait "$_brainmri_child" 2>/dev/null && status=0 || { again=$?; ((again != 127)) && status=$again; }
             break
         fi
     done
-    trap - USR2 TERM
+    _brainmri_child=""
     if [[ $_brainmri_stop == USR2 && $status -ne 0 ]]; then
-        brainmri_requeue "$status"
+        brainmri_requeue "exit $status"
     fi
     return "$status"
 }
@@ -87,11 +98,11 @@ brainmri_requeue() {
     local job=${SLURM_JOB_ID:-} restarts=${SLURM_RESTART_COUNT:-0} max=${BRAINMRI_MAX_REQUEUES:-20}
     [[ -n ${SLURM_ARRAY_JOB_ID:-} ]] && job=${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}
     if [[ -z $job ]]; then
-        echo "$(date -Is) stopped by USR2 (exit $1) outside SLURM: not requeued" >&2
+        echo "$(date -Is) stopped by USR2 ($1) outside SLURM: not requeued" >&2
     elif ((restarts >= max)); then
-        echo "$(date -Is) $job stopped by USR2 (exit $1): not requeued, already requeued $restarts times (BRAINMRI_MAX_REQUEUES=$max)" >&2
+        echo "$(date -Is) $job stopped by USR2 ($1): not requeued, already requeued $restarts times (BRAINMRI_MAX_REQUEUES=$max)" >&2
     else
-        echo "$(date -Is) $job stopped by USR2 (exit $1): checkpoint kept, requeueing (attempt $((restarts + 2)))"
+        echo "$(date -Is) $job stopped by USR2 ($1): requeueing; attempt $((restarts + 2)) resumes from the last checkpoint"
         scontrol requeue "$job"
     fi
 }
