@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from brainmri.sweep import (SweepError, Task, arrays, bill, describe, format_params, load_sweep, load_table,  # noqa: E402
-                            save_sweep, save_table)
+from brainmri.sweep import (SweepError, Task, arrays, bill, describe, format_params, load_sweep,  # noqa: E402
+                            load_table, save_sweep, save_table)
 from jobs.submit import CLUSTERS, executor_parameters, refresh, submit, wait  # noqa: E402
 
 RESUBMITTABLE = {"new", "failed"}

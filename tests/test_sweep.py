@@ -256,4 +256,37 @@ def test_local_task_killed_from_outside_is_failed_with_its_signal(tmp_path, phan
     for record in (root / "killed" / "submitit").glob("*/*_exit.json"):
         record.unlink()
     shown = run_sweep("status", root / "killed")
-    assert shown.returncode == 1 and f"training process {status['pid']} on" in shown.stdout and "is gone" in shown.stdout
+    assert shown.returncode == 1 and "1 failed" in shown.stdout
+    assert f"training process {status['pid']} on" in shown.stdout and "is gone" in shown.stdout
+
+
+def test_templates_source_the_site_setup_first(tmp_path):
+    marker = tmp_path / "setup-ran"
+    setup = tmp_path / "site.sh"
+    # a site file: module loads and the like; here it also picks the "python" that runs training
+    setup.write_text(f'echo "$SLURM_JOB_ID" > {marker}\nexport BRAINMRI_PYTHON=echo\n')
+    env = {**os.environ, "SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_JOB_ID": "7", "SLURM_JOB_ID": "9",
+           "SLURM_CPUS_PER_TASK": "3", "BRAINMRI_SETUP": str(setup)}
+    proc = subprocess.run(["bash", "slurm/train_array.sbatch", "configs/baseline_cnn.yaml", "optim.lr=3e-4"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert marker.read_text() == "9\n"
+    # what training was started with: the seed from the index, workers from the CPUs (3 - 1)
+    assert proc.stdout.splitlines()[-1] == ("train.py --config configs/baseline_cnn.yaml seed=2 "
+                                            "data.num_workers=2 optim.lr=3e-4")
+    missing = subprocess.run(["bash", "slurm/train_array.sbatch", "configs/baseline_cnn.yaml"], cwd=ROOT,
+                             env={**env, "BRAINMRI_SETUP": str(tmp_path / "nope.sh")}, capture_output=True,
+                             text=True, timeout=60)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [
+        f"error: BRAINMRI_SETUP={tmp_path / 'nope.sh'} is not a readable file"]
+
+
+def test_shipped_recipe_comparison_expands_into_one_array_per_recipe(tmp_path):
+    sweep = load_sweep(ROOT / "configs" / "sweeps" / "compare_recipes.yaml", sweeps_root=tmp_path)
+    per_recipe = {r: [t for t in sweep.tasks if t.recipe == r] for r in sweep.recipes}
+    assert {r: len(ts) for r, ts in per_recipe.items()} == {"baseline_cnn": 9, "resnet50_feature": 9,
+                                                            "resnet50_finetune": 9, "resnet152_ranger": 12}
+    assert sorted({t.params["optim.lr"] for t in per_recipe["resnet152_ranger"]}) == [3e-6, 1e-5, 3e-5, 1e-4]
+    assert sorted({t.params["optim.lr"] for t in per_recipe["baseline_cnn"]}) == [3e-4, 1e-3, 3e-3]
+    assert len(arrays(sweep, sweep.tasks)) == 4
