@@ -16,8 +16,9 @@
 # log keeps every attempt.
 
 # Torch's elastic agent (accelerate launch --multi_gpu) handles only TERM/INT/HUP/QUIT unless
-# told otherwise; with USR2 in the list it forwards it to its workers and waits for them.
-export TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR2
+# told otherwise (torchrun --signals-to-handle, here through its PET_ variable); with USR2 in the
+# list it forwards it to its workers and waits for them, up to TORCH_ELASTIC_SHUTDOWN_TIMEOUT s.
+export PET_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR2
 export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-100}
 
 brainmri_die() { echo "error: $*" >&2; exit 2; }

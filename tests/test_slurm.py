@@ -349,3 +349,37 @@ def test_four_recipes_with_own_resources_run_as_arrays_and_end_in_one_table(tmp_
     table_rows = [line for line in collect.stdout.splitlines() if line.startswith("| ")]
     for recipe in RECIPES:
         assert sum(recipe in line for line in table_rows) >= 1, collect.stdout
+
+
+@pytest.mark.slow
+def test_warning_signal_reaches_every_process_through_the_launchers(tmp_path, phantom_root):
+    # scancel --signal=USR2 --batch is what --signal=B:USR2@T sends at T before the limit: to the batch
+    # shell only, which passes it on through accelerate's elastic agent (two processes on one node)
+    # and through srun to the agent on each node (two nodes)
+    overrides = [f"data.root={phantom_root}", *(f"{k}={v}" for k, v in TINY.items()), "data.image_size=64",
+                 "data.batch_size=4", "train.max_steps_per_epoch=null", "train.epochs=30"]
+    jobs = {}
+    for template in ("train_single_node", "train_multinode"):
+        proc = subprocess.run(["sbatch", "--parsable", "--cpus-per-task=1", f"--output={tmp_path}/{template}-%j.out",
+                               f"slurm/{template}.sbatch", "configs/baseline_cnn.yaml", *overrides,
+                               f"run_dir={tmp_path / template}"], cwd=ROOT, capture_output=True, text=True,
+                              check=True)
+        jobs[template] = proc.stdout.strip().split(";")[0]
+    signalled, deadline = set(), time.time() + 300
+    while len(signalled) < len(jobs):
+        assert time.time() < deadline, "no checkpoint to stop at"
+        for template, job_id in jobs.items():
+            if template not in signalled and (tmp_path / template / "checkpoints" / "last.pt").exists():
+                subprocess.run(["scancel", "--signal=USR2", "--batch", job_id], check=True)
+                signalled.add(template)
+        time.sleep(0.2)
+    for template, job_id in jobs.items():
+        state = wait_for_job(job_id)
+        out = (tmp_path / f"{template}-{job_id}.out").read_text()
+        assert state == "COMPLETED", out[-3000:]
+        assert show_job(job_id)["Restarts"] == "1" and attempts(out) == 2, out[-3000:]
+        assert out.count("WARNING SIGUSR2: stopped after step") == 2  # both processes stopped themselves
+        run_dir = tmp_path / template
+        assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+        assert "resuming" in (run_dir / "train.log").read_text()
+        assert [r["epoch"] for r in rows(run_dir)] == list(range(1, 31))
