@@ -2,9 +2,11 @@
 
 The job carries only the resolved config dict (a small pickle, no model). The engine saves
 ``checkpoints/last.pt`` every epoch and resumes from it, so ``checkpoint()`` does no I/O: it
-only requeues a fresh job with the same config. When the task runs as several SLURM tasks (one
-per GPU, over one or more nodes) the job exports torch.distributed's variables from SLURM's
-first; accelerate picks them up. Knows nothing about sweeps or models.
+only requeues a fresh job with the same config. submitit calls it on USR2, which SLURM sends
+``slurm.signal_delay_s`` before the time limit (a time-out: requeued up to ``slurm.max_requeues``
+times) or on pre-emption; the requeued job resumes from the last epoch. When the task runs as
+several SLURM tasks (one per GPU, over one or more nodes) the job exports torch.distributed's
+variables from SLURM's first; accelerate picks them up. Knows nothing about sweeps or models.
 """
 
 from __future__ import annotations

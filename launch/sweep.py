@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from brainmri.config import load_config  # noqa: E402
 from brainmri.models import WeightsError, ensure_weights  # noqa: E402
-from brainmri.sweep import SweepError, Task, format_params, load_sweep, load_table, save_sweep, save_table  # noqa: E402
+from brainmri.sweep import (SweepError, Task, arrays, bill, describe, format_params, load_sweep,  # noqa: E402
+                            load_table, save_sweep, save_table)
 from jobs.submit import CLUSTERS, executor_parameters, refresh, submit, wait  # noqa: E402
 
 RESUBMITTABLE = {"new", "failed"}
@@ -56,6 +57,15 @@ def status(sweep_dir: str) -> int:
     return print_status(tasks)
 
 
+def print_bill(sweep, tasks: list[Task]) -> None:
+    b = bill(sweep, tasks)
+    print(f"bill (requested at the time limits): {b['tasks']} task(s) in {b['arrays']} array(s)")
+    print(f"  {'recipe':<22} {'tasks':>5} {'array':>5} {'GPU-h':>9} {'CPU-h':>9}")
+    for r in b["rows"]:
+        print(f"  {r['recipe']:<22} {r['tasks']:>5} {r['array']:>5} {r['gpu_hours']:>9.1f} {r['cpu_hours']:>9.1f}")
+    print(f"  {'total':<22} {b['tasks']:>5} {b['arrays']:>5} {b['gpu_hours']:>9.1f} {b['cpu_hours']:>9.1f}")
+
+
 def run(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.config, args.overrides, args.sweeps_root)
     refresh(sweep.dir, sweep.tasks)
@@ -64,10 +74,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"sweep {sweep.name}: {len(sweep.tasks)} task(s) in {sweep.dir}; {len(chosen)} to submit "
           f"({sum(t.state == 'finished' for t in sweep.tasks)} finished, "
           f"{sum(t.state not in RESUBMITTABLE | {'finished'} for t in sweep.tasks)} queued or running)")
-    print(f"resources per task ({args.cluster}): " + ", ".join(
-        f"{k}={v}" for k, v in executor_parameters(sweep, args.cluster).items() if not k.endswith("_setup")))
+    groups = arrays(sweep, chosen)
+    for i, (res, group) in enumerate(groups, 1):  # every array's parameters are checked before any submission
+        params = executor_parameters(res, sweep.name, args.cluster)
+        recipes = ", ".join(dict.fromkeys(t.recipe for t in group))
+        print(f"array {i}/{len(groups)} ({recipes}; {len(group)} task(s)), per task: {describe(res)}")
+        print("  " + ", ".join(f"{k}={v}" for k, v in params.items() if not k.endswith("_setup")))
+        for line in res.setup if args.cluster == "slurm" else ():
+            print(f"  setup: {line}")
     for t in chosen:
         print(f"  {t.id}: {t.command()}")
+    if chosen and (args.dry_run or args.cluster == "slurm"):
+        print_bill(sweep, chosen)
     if args.dry_run or not chosen:
         return 0
     for t in chosen:  # pretrained weights: downloaded once here, read from the cache by every task
@@ -75,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
     save_sweep(sweep)
     jobs = submit(sweep, chosen, args.cluster)
     if args.cluster == "slurm":
-        print(f"submitted array {jobs[0].job_id.split('_')[0]} ({len(jobs)} task(s)); "
+        ids = list(dict.fromkeys(j.job_id.split("_")[0] for j in jobs))
+        print(f"submitted {len(ids)} array(s) {' '.join(ids)} ({len(jobs)} task(s)); "
               f"python launch/sweep.py status {sweep.dir}")
         if not args.wait:
             return 0
