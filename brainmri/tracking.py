@@ -90,9 +90,14 @@ class WandbRun:
         log.info("W&B run %s (%s)", self.run_id, os.environ.get("WANDB_MODE", "online"))
 
     def log(self, row: dict[str, Any], step: int) -> None:
-        """Log an epoch's row at ``step`` (its epoch) unless the run already holds that epoch."""
+        """Log an epoch's row at ``step`` (its epoch) unless the run already holds that epoch.
+
+        The row is committed by the next epoch's row or at the end (so the finished run's result
+        media join the last epoch's row instead of taking a step of their own, and a later extension
+        continues at epoch + 1); a row a kill cut off is backfilled on resume (:meth:`backfill`).
+        """
         if self.run is not None and step not in self.logged:
-            self.run.log({k: v for k, v in row.items() if v is not None}, step=step, commit=True)
+            self.run.log({k: v for k, v in row.items() if v is not None}, step=step, commit=False)
             self.logged.add(step)
 
     def backfill(self, rows: list[dict[str, Any]]) -> int:
@@ -127,7 +132,8 @@ class WandbRun:
         if default_dir:
             os.environ["WANDB_DATA_DIR"] = str(Path(run_dir) / "wandb")
         try:
-            self.run.log(results_media(run_dir, summary), commit=True)
+            step = summary.get("epochs_run") or (max(self.logged) if self.logged else None)
+            self.run.log(results_media(run_dir, summary), step=step, commit=True)
         except Exception as exc:  # media are a view of the run directory, never worth failing a run over
             log.warning("W&B result tables not logged: %s: %s", type(exc).__name__, exc)
         finally:
