@@ -121,7 +121,7 @@ def read_run_dir(d: str | Path) -> Run:
     # without W&B the directory itself is the identity: task ids repeat across sweeps with the same grid
     return Run(id=wandb_id or str(d.resolve()), status=state,
                config=config or {}, summary=summary if state == "finished" else {},
-               sources=[f"rundir:{d}"], history_fn=lambda: _read_jsonl(d / "metrics.jsonl"),
+               sources=[f"rundir:{d}"], history_fn=lambda: [r for r in _read_jsonl(d / "metrics.jsonl") if "epoch" in r],
                run_dir=d, start_time=(d / "config.yaml").stat().st_mtime if (d / "config.yaml").exists() else None,
                error=status.get("error"))
 

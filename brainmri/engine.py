@@ -483,6 +483,8 @@ class Engine:
         if acc.is_main_process:
             self.wb.log_results(run.path, summary)
             self.wb.summary({k: v for k, v in summary.items() if k != "config"})
+            run.append_metrics({"evaluation": "best_checkpoint", "best_epoch": st.best_epoch, "epochs_run": st.epoch,
+                                **{k: v for k, v in summary.items() if k.startswith(("val/", "test/"))}})
             write_json(run.summary_file, summary)
             run.set_status("finished", st.epoch)
             log.info("finished %s: val/acc %.4f%s", run.path, summary["val/acc"],

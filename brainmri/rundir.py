@@ -150,6 +150,8 @@ class RunDir:
             f.write(json.dumps(_jsonable(row)) + "\n")
 
     def read_metrics(self) -> list[dict]:
+        """Every row: one per epoch (``epoch``), then, once finished, the closing evaluation row
+        (``"evaluation": "best_checkpoint"``: val and test metrics of the best checkpoint, per band too)."""
         path = self.path / "metrics.jsonl"
         rows = []
         if path.exists():
@@ -165,7 +167,8 @@ class RunDir:
         path = self.path / "metrics.jsonl"
         if not path.exists():
             return
-        kept = [r for r in self.read_metrics() if r.get("epoch", 0) <= last_epoch]
+        # the closing evaluation row (no "epoch") is rewritten when the run finishes again
+        kept = [r for r in self.read_metrics() if "epoch" in r and r["epoch"] <= last_epoch]
         atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write_predictions(self, split: str, samples, labels, probs, classes: list[str],

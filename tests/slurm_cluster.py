@@ -78,5 +78,5 @@ def wait_for_job(job_id: str, timeout: float = 500) -> str:
 
 def images_per_epoch(run_dir: Path) -> list[int]:
     """Training images each epoch saw over all ranks: world size x per-rank images."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "epoch" in r]
     return [round(r["time/epoch_s"] * r["throughput/images_per_s"]) for r in rows]

@@ -18,7 +18,7 @@ RECIPES = ["baseline_cnn", "resnet50_feature", "resnet50_finetune", "resnet152_r
 
 
 def read_rows(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "epoch" in r]
 
 
 def wandb_runs(run_dir: Path) -> list[Path]:

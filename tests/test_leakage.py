@@ -165,6 +165,12 @@ def test_band_metrics_in_summary_equal_predictions_csv_and_reach_the_table(plant
     run_train("--config", "configs/baseline_cnn.yaml", f"data.root={root}", f"run_dir={run_dir}",
               "train.epochs=1", "wandb.enabled=false", *TINY)
     summary = json.loads((run_dir / "summary.json").read_text())
+    # metrics.jsonl closes with the best checkpoint's evaluation: the same val/test (and band) numbers
+    *epochs, final = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert final["evaluation"] == "best_checkpoint" and all("epoch" in r for r in epochs)
+    expected = {"evaluation": "best_checkpoint", "best_epoch": summary["best_epoch"], "epochs_run": summary["epochs_run"],
+                **{k: v for k, v in summary.items() if k.startswith(("val/", "test/"))}}
+    assert json.dumps(final, sort_keys=True) == json.dumps(expected, sort_keys=True)  # NaN-safe equality
     with open(run_dir / "predictions_test.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 * 4 + 1 and all(r["band"] in L.BANDS and r["nearest_train"] for r in rows)

@@ -30,7 +30,7 @@ def _args(root, run_dir, *extra):
 
 def _rows(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    return [r for r in map(json.loads, path.read_text().splitlines()) if "epoch" in r] if path.exists() else []
 
 
 def _status(run_dir: Path) -> dict:

@@ -45,7 +45,7 @@ def table(sweep_dir: Path) -> dict[str, dict]:
 
 
 def rows(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "epoch" in r]
 
 
 def wandb_files(run_dir: Path) -> list[Path]:
