@@ -206,7 +206,7 @@ def _hnsw(vectors: np.ndarray):
         return index
     index = faiss.IndexHNSWFlat(vectors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = 80
-    index.hnsw.efSearch = 64
+    index.hnsw.efSearch = 128
     index.add(np.ascontiguousarray(vectors, dtype=np.float32))
     return index
 
@@ -328,10 +328,13 @@ def _upper_bounds(p: _Projected, i: np.ndarray, j: np.ndarray, slack: float = 1e
     return np.einsum("ncd,ncd->nc", p.vec[i], p.vec[j]) + p.res[i] * p.res[j] + slack
 
 
-def _may_be_close(p: _Projected, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """Pairs whose similarity bound reaches a band threshold on some channel."""
-    upper = _upper_bounds(p, i, j)
-    return (upper[:, 0] >= SAME_SCAN) | (upper[:, 1:].max(axis=1) >= NEAR_IDENTICAL)
+def _may_be_close(p: _Projected, i: np.ndarray, j: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Pairs whose similarity bound reaches a band threshold on some channel (in chunks: bounded memory)."""
+    out = np.empty(len(i), bool)
+    for s in range(0, len(i), chunk):
+        upper = _upper_bounds(p, i[s:s + chunk], j[s:s + chunk])
+        out[s:s + chunk] = (upper[:, 0] >= SAME_SCAN) | (upper[:, 1:].max(axis=1) >= NEAR_IDENTICAL)
+    return out
 
 
 def near_pairs(fp: np.ndarray, sha1: list[str], k: int = 8) -> Pairs:
