@@ -6,58 +6,9 @@
     python train.py --resume runs/<run> train.epochs=20                # extend a finished (or interrupted) run
 """
 
-from __future__ import annotations
-
-import argparse
-import os
 import sys
 
-from brainmri.config import ConfigError, apply_overrides, from_dict, load_config
-from brainmri.data import DataError
-from brainmri.engine import fit
-from brainmri.resume import load_run_config
-from brainmri.models import WeightsError
-from brainmri.rundir import CheckpointError, RunLockedError
-from brainmri.signals import TrainingInterrupted
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="recipe YAML, e.g. configs/baseline_cnn.yaml")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR with its saved config")
-    parser.add_argument("--fresh", action="store_true",
-                        help="with --resume on a run that never wrote a checkpoint: start it from scratch")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
-    return parser
-
-
-def resolve_config(args):
-    if args.resume:
-        data = load_run_config(args.resume, fresh=args.fresh)
-        apply_overrides(data, args.overrides)
-        data["run_dir"] = args.resume
-        return from_dict(data)
-    if not args.config:
-        raise ConfigError("give --config configs/<recipe>.yaml (or --resume RUN_DIR)")
-    return load_config(args.config, args.overrides)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    try:
-        cfg = resolve_config(args)
-        summary = fit(cfg)
-    except (ConfigError, DataError, WeightsError, CheckpointError, RunLockedError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except TrainingInterrupted as e:  # checkpoint kept, status.json "interrupted"/"preempted"
-        print(f"error: {e}; resume with --resume {cfg.run_dir or 'RUN_DIR'}", file=sys.stderr)
-        return e.exit_code
-    if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not one per process
-        print(f"{summary['run_dir']}: val/acc {summary['val/acc']:.4f}"
-              + (f" test/acc {summary['test/acc']:.4f}" if "test/acc" in summary else ""))
-    return 0
-
+from brainmri.cli.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

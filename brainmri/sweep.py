@@ -4,7 +4,7 @@ Owns the sweep schema (recipes x seeds x grid + fixed overrides + SLURM resource
 recipe's own block merged over the sweep-wide keys), stable task ids, each task's run directory
 and W&B grouping, and ``tasks.json``/``tasks.csv``. Every task is checked by building its
 ``RunConfig`` before anything is submitted. Knows nothing about submitit or training:
-``jobs/`` runs a task, ``launch/sweep.py`` submits them.
+``brainmri.jobs`` runs a task, ``launch/sweep.py`` submits them.
 
 Merge rules (per recipe; the more specific level wins, a key set twice on one level is an error):
     command line key=value  >  per_recipe.<recipe>.{overrides, grid, lr_scale}  >  sweep-wide ones
@@ -65,7 +65,7 @@ class Task:
     run_dir: str
     job_id: str | None = None
     cluster: str | None = None  # slurm | local | debug, once submitted
-    state: str = "new"  # new | submitted | pending | running | finished | failed (see jobs/submit.py)
+    state: str = "new"  # new | submitted | pending | running | finished | failed (see brainmri/jobs/submit.py)
     error: str | None = None
 
     def command(self) -> str:

@@ -7,37 +7,9 @@ Writes model.onnx (dynamic batch axis) and/or model.ts (TorchScript) and model_c
 (classes, preprocessing, input size, metrics with intervals, data fingerprint, config, code version).
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from brainmri.config import ConfigError  # noqa: E402
-from brainmri.export import FORMATS, ExportError, export  # noqa: E402
-from brainmri.models import WeightsError  # noqa: E402
-from brainmri.predict import RunError, load_trained  # noqa: E402
-from brainmri.rundir import CheckpointError  # noqa: E402
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", help="a brainmri run directory (config.yaml + checkpoints/best.pt)")
-    p.add_argument("--format", nargs="+", default=["onnx"], metavar="FMT", help=f"{' '.join(FORMATS)} (default onnx)")
-    p.add_argument("--out", required=True, help="output folder")
-    args = p.parse_args(argv)
-    try:
-        trained = load_trained(args.run_dir)
-        written = export(trained, args.out, args.format)
-    except (RunError, CheckpointError, ConfigError, WeightsError, ExportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for kind, path in written.items():
-        print(f"{kind}: {path}")
-    return 0
-
+from brainmri.cli.export import main
 
 if __name__ == "__main__":
     sys.exit(main())

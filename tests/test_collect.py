@@ -3,8 +3,6 @@
 import json
 import math
 import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,8 +15,7 @@ from brainmri.report import to_csv, to_markdown
 from run_dirs import CLASSES, _metrics, make_run  # noqa: F401  (make_run is used by other tests too)
 from wandb_runs import write_runs
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "launch"))
-import collect as cli  # noqa: E402  (launch/collect.py)
+from brainmri.cli import collect as cli  # launch/collect.py is its shim
 
 os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true")
 def _by_hand(x):

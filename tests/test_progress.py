@@ -1,4 +1,4 @@
-"""jobs.submit.wait shows sweep progress on real submitit local jobs: a live bar on a terminal, one
+"""brainmri.jobs.submit.wait shows sweep progress on real submitit local jobs: a live bar on a terminal, one
 line per change of the counts otherwise."""
 
 import fcntl
@@ -10,7 +10,7 @@ import time
 
 import submitit
 
-from jobs.submit import wait
+from brainmri.jobs.submit import wait
 
 
 def _jobs(folder):

@@ -20,7 +20,7 @@ import submitit
 import yaml
 
 from brainmri.config import load_config
-from jobs.train_job import TrainJob
+from brainmri.jobs.train_job import TrainJob
 from conftest import run_train
 from slurm_cluster import (ROOT, SMALL_JOBS, TINY, cluster_problem, images_per_epoch, run_sweep, wait_for_job,
                            write_sweep)

@@ -1,9 +1,9 @@
 """The process around one ``--cluster local`` task: runs it as a child and records how it ended.
 
-submitit's local executor starts each task as ``python -m jobs.local_task <python> -u -m
+submitit's local executor starts each task as ``python -m brainmri.jobs.local_task <python> -u -m
 submitit.core._submit <folder>``. Stop signals (TERM, INT, USR2, CONT) are passed on to the task;
 when the task ends, its exit code, and the signal if one killed it (SIGKILL from outside, the OOM
-killer), go to ``<folder>/<job id>_<task>_exit.json``, which ``jobs.submit`` reads for the task's
+killer), go to ``<folder>/<job id>_<task>_exit.json``, which ``brainmri.jobs.submit`` reads for the task's
 state. The task dies with this process (PR_SET_PDEATHSIG), so none outlives a killed sweep.
 """
 
@@ -34,7 +34,7 @@ def _die_with_parent() -> None:
 
 def main(argv: list[str]) -> int:
     if not argv:
-        print("usage: python -m jobs.local_task COMMAND...", file=sys.stderr)
+        print("usage: python -m brainmri.jobs.local_task COMMAND...", file=sys.stderr)
         return 2
     proc = subprocess.Popen(argv, preexec_fn=_die_with_parent)
     for signum in FORWARDED:

@@ -27,11 +27,10 @@ from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE
 
 from brainmri.resources import SlurmResources
 from brainmri.sweep import Sweep, SweepError, Task, arrays, run_state, save_table
-from jobs.local_task import exit_record
-from jobs.train_job import TrainJob
+from brainmri.jobs.local_task import exit_record
+from brainmri.jobs.train_job import TrainJob
 
 CLUSTERS = ("slurm", "local", "debug")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "PREEMPTED", "CONFIGURING", "COMPLETING", "RESIZING",
           "SUSPENDED", "READY"}
 ERROR_TAIL_LINES = 20
@@ -52,8 +51,8 @@ def executor_parameters(res: SlurmResources, name: str, cluster: str) -> dict:
               "cpus_per_task": res.cpus_per_task or 1, "mem_gb": res.mem_gb}
     if res.gpus_per_node:
         params["gpus_per_node"] = res.gpus_per_node
-    # the job unpickles jobs.train_job.TrainJob, whatever directory it starts in
-    setup = [f"export PYTHONPATH={shlex.quote(str(REPO_ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}"]
+    # the job unpickles brainmri.jobs.train_job.TrainJob from the installed package: no PYTHONPATH needed
+    setup: list[str] = []
     if cluster == "slurm":
         params.update(nodes=res.nodes, slurm_array_parallelism=res.array_parallelism,
                       slurm_signal_delay_s=res.signal_delay_s,
@@ -73,7 +72,7 @@ def make_executor(sweep: Sweep, res: SlurmResources, cluster: str) -> submitit.A
         kwargs["slurm_max_num_timeout"] = res.max_requeues
     elif cluster == "local":  # each task runs under jobs.local_task, which records how it ended
         python = shlex.quote(sys.executable)
-        kwargs["local_python"] = f"{python} -m jobs.local_task {python}"
+        kwargs["local_python"] = f"{python} -m brainmri.jobs.local_task {python}"
     executor = submitit.AutoExecutor(folder=submitit_folder(sweep.dir) / "%j", cluster=cluster, **kwargs)
     executor.update_parameters(**executor_parameters(res, sweep.name, cluster))
     return executor

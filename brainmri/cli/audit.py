@@ -1,0 +1,44 @@
+"""Audit a data root for duplicates, near-duplicates and leakage between Training and Testing.
+
+    python launch/audit.py /data/brain-mri                 # Markdown summary + <root-name>-audit.json
+    python launch/audit.py /data/brain-mri --html audit/   # plus contact sheets (audit/index.html)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from brainmri.audit import audit, markdown, write_html
+from brainmri.imagefiles import DataError
+from brainmri.rundir import write_json
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("root", help="data root holding Training/<class>/ (and optionally Testing/<class>/)")
+    p.add_argument("--json", help="where to write the report (default: audit.json in --html's folder, "
+                   "else ./audit.json)")
+    p.add_argument("--html", help="folder for index.html with contact sheets of pairs per band")
+    p.add_argument("--per-band", type=int, default=40, help="pairs shown per band in the contact sheets")
+    p.add_argument("--cache-dir", help="cache folder (default $BRAINMRI_CACHE or ~/.cache/brainmri)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        report, details = audit(args.root, args.cache_dir, progress=not args.no_progress)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    json_path = Path(args.json or (Path(args.html) / "audit.json" if args.html else "audit.json"))
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(json_path, report)
+    print(markdown(report))
+    print(f"report: {json_path}")
+    if args.html:
+        print(f"contact sheets: {write_html(report, details, args.html, args.per_band)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Compare brainmri recipes from run dirs, offline W&B runs and/or the W&B API.
+
+    python launch/collect.py sweeps/lr --format md [--out FILE] [--plots DIR] [--metric val/acc] [--by optim.lr]
+    python launch/collect.py --wandb-project brainmri [--wandb-entity E] --group lr [--tag T] --format latex
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from brainmri.collect import collect_runs, compare
+from brainmri.report import RENDERERS, write_plots
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="*", help="sweep dirs, run dirs or W&B offline dirs (searched recursively)")
+    p.add_argument("--format", choices=sorted(RENDERERS), default="md")
+    p.add_argument("--out", help="write the table here instead of stdout")
+    p.add_argument("--html", help="also write a self-contained HTML report here (opens offline)")
+    p.add_argument("--plots", help="directory for accuracy.png and val_curves.png")
+    p.add_argument("--metric", default="val/acc", help="validation metric used to select the swept value")
+    p.add_argument("--by", action="append", help="swept config key(s) to select over (default: all keys "
+                   "that vary across a recipe's runs, seed and paths excluded); also shows each value")
+    p.add_argument("--per-value", action="store_true", help="also show one row per swept value")
+    p.add_argument("--wandb-project")
+    p.add_argument("--wandb-entity")
+    p.add_argument("--group", help="W&B group (the sweep name)")
+    p.add_argument("--tag", action="append", default=[], help="W&B tag (repeatable; runs must have all)")
+    p.add_argument("--wandb-report", action="store_true", help="save a W&B report (runset grouped by recipe: "
+                   "val curves, test accuracy per recipe, swept keys, the table, confusion matrices); needs the server")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_parser().parse_args(argv)
+    if not args.paths and not args.wandb_project:
+        get_parser().error("give run/sweep dirs and/or --wandb-project")
+    runs = collect_runs(args.paths, args.wandb_project, args.wandb_entity, args.group, args.tag)
+    if not runs:
+        print("no runs found", file=sys.stderr)
+        return 1
+    cmp = compare(runs, metric=args.metric, by=args.by)
+    text = RENDERERS[args.format](cmp, per_value=args.per_value or bool(args.by))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    else:
+        sys.stdout.write(text)
+    if args.html:
+        from brainmri.report_html import write_html
+        print(f"report: {write_html(cmp, args.html)}", file=sys.stderr)
+    if args.plots and cmp.recipes:
+        write_plots(cmp, args.plots)
+    if args.wandb_report:
+        from brainmri.wandb_report import ReportUnavailable, publish_wandb_report
+        try:
+            print(publish_wandb_report(cmp, args.wandb_project or "brainmri", args.wandb_entity, args.group),
+                  file=sys.stderr)
+        except ReportUnavailable as exc:
+            print(f"--wandb-report: not published: {exc}", file=sys.stderr)
+            return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

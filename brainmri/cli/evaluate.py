@@ -1,0 +1,47 @@
+"""Evaluate a trained run on another data root (an external test set).
+
+    python launch/evaluate.py sweeps/lr/runs/<id> --data /data/other-hospital
+    python launch/evaluate.py runs/<run> --data /data/other-hospital --out results/other-hospital
+
+The root holds <class>/ folders (or Training/ and Testing/; Testing/ is evaluated when present)
+with exactly the run's classes. Writes predictions_test.csv, confusion_test.png, summary.json and
+skipped_files.json — the files of training's own test evaluation — into --out
+(default <run>/eval/<root name>/); the run's own results are never touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from brainmri.config import ConfigError
+from brainmri.data import DataError
+from brainmri.external import evaluate_run
+from brainmri.models import WeightsError
+from brainmri.predict import RunError
+from brainmri.rundir import CheckpointError
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", help="a brainmri run directory (config.yaml + checkpoints/best.pt)")
+    p.add_argument("--data", required=True, help="data root with the run's class folders")
+    p.add_argument("--out", help="output folder (default: <run_dir>/eval/<data root name>/)")
+    p.add_argument("--batch-size", type=int, help="default: the run's eval batch size")
+    p.add_argument("--num-workers", type=int, default=0)
+    args = p.parse_args(argv)
+    try:
+        summary = evaluate_run(args.run_dir, args.data, args.out, args.batch_size, args.num_workers)
+    except (RunError, CheckpointError, ConfigError, WeightsError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if summary["skipped_files"]:
+        print(f"skipped {summary['skipped_files']} unreadable image(s); see {summary['out']}/skipped_files.json",
+              file=sys.stderr)
+    print(f"{summary['out']}: test/acc {summary['test/acc']:.4f} macro_f1 {summary['test/macro_f1']:.4f} "
+          f"n {summary['test/n']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

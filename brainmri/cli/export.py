@@ -1,0 +1,40 @@
+"""Export a trained run as a stand-alone model (no brainmri needed to use it).
+
+    python launch/export.py sweeps/lr/runs/<id> --format onnx --out model/
+    python launch/export.py runs/<run> --format onnx torchscript --out model/
+
+Writes model.onnx (dynamic batch axis) and/or model.ts (TorchScript) and model_card.json
+(classes, preprocessing, input size, metrics with intervals, data fingerprint, config, code version).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from brainmri.config import ConfigError
+from brainmri.export import FORMATS, ExportError, export
+from brainmri.models import WeightsError
+from brainmri.predict import RunError, load_trained
+from brainmri.rundir import CheckpointError
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", help="a brainmri run directory (config.yaml + checkpoints/best.pt)")
+    p.add_argument("--format", nargs="+", default=["onnx"], metavar="FMT", help=f"{' '.join(FORMATS)} (default onnx)")
+    p.add_argument("--out", required=True, help="output folder")
+    args = p.parse_args(argv)
+    try:
+        trained = load_trained(args.run_dir)
+        written = export(trained, args.out, args.format)
+    except (RunError, CheckpointError, ConfigError, WeightsError, ExportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for kind, path in written.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Predict new scans with a trained run (its own config, its best checkpoint).
+
+    python launch/predict.py sweeps/lr/runs/<id> new_scans/ --out preds.csv --cam cams/
+    python launch/predict.py runs/<run> scan1.dcm scan2.png folder/ --out preds.csv
+
+Inputs: image files, DICOM slices and folders (recursive; hidden and non-image files ignored).
+Writes the CSV (path, predicted class, per-class probabilities, nearest training image, its
+similarity and band) and ``<out stem>.skipped.csv`` (files that could not be used, with the reason).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from brainmri.config import ConfigError
+from brainmri.models import WeightsError
+from brainmri.predict import RunError, load_trained, predict_files, write_csv
+from brainmri.rundir import CheckpointError
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", help="a brainmri run directory (config.yaml + checkpoints/best.pt)")
+    p.add_argument("inputs", nargs="+", help="image files, DICOM files and folders")
+    p.add_argument("--out", default="predictions.csv", help="CSV to write (default: predictions.csv)")
+    p.add_argument("--cam", metavar="DIR", help="write Grad-CAM overlays and DIR/index.html")
+    p.add_argument("--batch-size", type=int, help="default: the run's eval batch size")
+    p.add_argument("--num-workers", type=int, default=0, help="decoding processes (default 0)")
+    p.add_argument("--no-similarity", action="store_true", help="skip the nearest-training-image search")
+    args = p.parse_args(argv)
+    try:
+        trained = load_trained(args.run_dir)
+        pred = predict_files(trained, args.inputs, args.batch_size, args.num_workers, args.cam,
+                             similarity=not args.no_similarity)
+    except (RunError, CheckpointError, ConfigError, WeightsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for s in pred.skipped:
+        print(f"skipped {s['path']}: {s['error']}", file=sys.stderr)
+    csv_path, skipped_path = write_csv(pred, args.out)
+    if pred.reference_note:
+        print(f"note: no nearest-training similarity ({pred.reference_note})", file=sys.stderr)
+    print(f"{len(pred.paths)} prediction(s) -> {csv_path}; {len(pred.skipped)} skipped -> {skipped_path}"
+          + (f"; Grad-CAM -> {pred.cam_index}" if pred.cam_index else ""))
+    if not pred.paths:
+        print("error: no usable input files", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
