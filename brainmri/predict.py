@@ -11,8 +11,8 @@ seed and grouping), finds each input's most similar training image and its band
 
 from __future__ import annotations
 
-import copy
 import csv
+import dataclasses
 import hashlib
 import io
 import logging
@@ -79,8 +79,7 @@ def load_trained(run_dir: str | Path) -> TrainedModel:
     classes = list(ckpt.get("classes") or [])
     if not classes:
         raise CheckpointError(f"{run.best_checkpoint} names no classes")
-    model_cfg = copy.deepcopy(cfg.model)
-    model_cfg.pretrained, model_cfg.weights = False, None  # every weight comes from the checkpoint
+    model_cfg = dataclasses.replace(cfg.model, pretrained=False, weights=None)  # every weight comes from the checkpoint
     model = build_model(model_cfg, len(classes), cfg.data.input_channels, cfg.data.input_size)
     try:
         model.load_state_dict(ckpt["model"])

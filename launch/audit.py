@@ -1,8 +1,4 @@
-"""Audit a data root for duplicates, near-duplicates and leakage between Training and Testing.
-
-    python launch/audit.py /data/brain-mri                 # Markdown summary + <root-name>-audit.json
-    python launch/audit.py /data/brain-mri --html audit/   # plus contact sheets (audit/index.html)
-"""
+"""`python launch/audit.py`: the same as `brainmri-audit` (brainmri/cli/audit.py; `--help` lists its options)."""
 
 import sys
 

@@ -1,13 +1,4 @@
-"""Evaluate a trained run on another data root (an external test set).
-
-    python launch/evaluate.py sweeps/lr/runs/<id> --data /data/other-hospital
-    python launch/evaluate.py runs/<run> --data /data/other-hospital --out results/other-hospital
-
-The root holds <class>/ folders (or Training/ and Testing/; Testing/ is evaluated when present)
-with exactly the run's classes. Writes predictions_test.csv, confusion_test.png, summary.json and
-skipped_files.json — the files of training's own test evaluation — into --out
-(default <run>/eval/<root name>/); the run's own results are never touched.
-"""
+"""`python launch/evaluate.py`: the same as `brainmri-evaluate` (brainmri/cli/evaluate.py; `--help` lists its options)."""
 
 import sys
 

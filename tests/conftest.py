@@ -49,6 +49,16 @@ def data_copy(phantom_root, tmp_path) -> Path:
     return dst
 
 
+@pytest.fixture(scope="session")
+def trained_run(phantom_root, tmp_path_factory) -> Path:
+    """A finished tiny baseline-CNN run on the phantoms (2 epochs, 32 px), shared by the tests that use a
+    trained model (predict, evaluate, export); they read it and write their outputs elsewhere."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    run_train("--config", "configs/baseline_cnn.yaml", *TINY, f"data.root={phantom_root}", f"run_dir={run}",
+              "train.epochs=2", "wandb.enabled=false")
+    return run
+
+
 def run_train(*args: str, launcher: list[str] | None = None, check: bool = True, timeout: int = 600,
               env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``train.py`` in a fresh process (as a user would), optionally under ``accelerate launch``."""

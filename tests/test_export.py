@@ -14,16 +14,13 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, TINY, run_train
+from conftest import ROOT
 
 
 @pytest.fixture(scope="module")
-def exported(phantom_root, tmp_path_factory):
+def exported(trained_run, tmp_path_factory):
     base = tmp_path_factory.mktemp("export")
-    run = base / "run"
-    # 32 px from 64 px phantoms: the consumer's preprocessing includes a resize
-    run_train("--config", "configs/baseline_cnn.yaml", *TINY, f"data.root={phantom_root}", f"run_dir={run}",
-              "train.epochs=2", "wandb.enabled=false")
+    run = trained_run  # 32 px from 64 px phantoms: the consumer's preprocessing includes a resize
     proc = subprocess.run([sys.executable, str(ROOT / "launch" / "export.py"), str(run), "--format", "onnx",
                            "torchscript", "--out", str(base / "model")], cwd=ROOT, capture_output=True, text=True,
                           timeout=600, env=os.environ)

@@ -14,17 +14,14 @@ import numpy as np
 import pytest
 
 from brainmri.metrics import classification_metrics
-from conftest import ROOT, TINY, run_train
+from conftest import ROOT
 
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
 
 
 @pytest.fixture(scope="module")
-def trained(phantom_root, tmp_path_factory):
-    run = tmp_path_factory.mktemp("external") / "run"
-    run_train("--config", "configs/baseline_cnn.yaml", *TINY, f"data.root={phantom_root}", f"run_dir={run}",
-              "train.epochs=2", "wandb.enabled=false")
-    return run
+def trained(trained_run):
+    return trained_run
 
 
 def evaluate(*args) -> subprocess.CompletedProcess:

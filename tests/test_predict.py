@@ -13,15 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, TINY, run_train
+from conftest import ROOT
 
 
 @pytest.fixture(scope="module")
-def trained(phantom_root, tmp_path_factory):
-    run = tmp_path_factory.mktemp("predict") / "run"
-    run_train("--config", "configs/baseline_cnn.yaml", *TINY, f"data.root={phantom_root}", f"run_dir={run}",
-              "train.epochs=2", "wandb.enabled=false")
-    return run
+def trained(trained_run):
+    return trained_run
 
 
 def predict(*args, cwd=None) -> subprocess.CompletedProcess:
