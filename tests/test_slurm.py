@@ -223,7 +223,7 @@ def longer_limit_once_requeued(job_ids: list[str], procs: list[subprocess.Popen]
 def test_time_limit_signal_checkpoints_requeues_and_resumes_exactly(tmp_path, phantom_root):
     # a 2-minute limit, the warning 60 s before it: training that needs longer is stopped at a
     # checkpoint, requeued and resumed, in the sbatch template and in a sweep task alike
-    overrides = {"data.root": str(phantom_root), **TINY, "data.image_size": 64, "data.batch_size": 4,
+    overrides = {"data.root": str(phantom_root), **TINY, "data.input_size": 64, "data.batch_size": 4,
                  "train.max_steps_per_epoch": None}
     args = [f"{k}={'null' if v is None else v}" for k, v in overrides.items()]
     epochs = epochs_lasting(TRAIN_PAST_THE_WARNING_S, args, tmp_path / "calibration")
@@ -285,7 +285,8 @@ def test_rejected_partition_is_one_line_and_a_rerun_submits_what_is_missing(tmp_
     path.write_text(yaml.safe_dump({
         "name": "reject", "recipes": ["baseline_cnn", "resnet50_feature"], "seeds": [0, 1],
         "overrides": {"data.root": str(phantom_root), **TINY}, "slurm": SMALL_JOBS,
-        "per_recipe": {"resnet50_feature": {"slurm": {"partition": "no-such-partition"}}}}))
+        "per_recipe": {"resnet50_feature": {"slurm": {"partition": "no-such-partition"},
+                                            "overrides": {"model.pretrained": False}}}}))
     held = {"SBATCH_HOLD": "1"}  # nothing needs to run: only what SLURM accepts counts
     proc = run_sweep("--config", path, "--cluster", "slurm", "--sweeps-root", tmp_path, env=held)
     try:
@@ -356,7 +357,7 @@ def test_warning_signal_reaches_every_process_through_the_launchers(tmp_path, ph
     # scancel --signal=USR2 --batch is what --signal=B:USR2@T sends at T before the limit: to the batch
     # shell only, which passes it on through accelerate's elastic agent (two processes on one node)
     # and through srun to the agent on each node (two nodes)
-    overrides = [f"data.root={phantom_root}", *(f"{k}={v}" for k, v in TINY.items()), "data.image_size=64",
+    overrides = [f"data.root={phantom_root}", *(f"{k}={v}" for k, v in TINY.items()), "data.input_size=64",
                  "data.batch_size=4", "train.max_steps_per_epoch=null", "train.epochs=30"]
     jobs = {}
     for template in ("train_single_node", "train_multinode"):
