@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from plotly.utils import PlotlyJSONEncoder
 
-from brainmri.collect import Comparison, Run, _load_predictions, flatten, mcnemar, value_label
+from brainmri.collect import NOT_SWEPT, Comparison, Run, _load_predictions, flatten, mcnemar, value_label
 from brainmri.leakage import BANDS
 from brainmri.report import _incomplete_frame, _intro, display_frame
 
@@ -162,7 +162,7 @@ def config_diff(cmp: Comparison) -> pd.DataFrame:
     flats = {rr.recipe: flatten(rr.runs[0].config) for rr in cmp.recipes if rr.runs}
     keys = sorted(set().union(*flats.values())) if flats else []
     rows = [{"key": k, **{rec: str(f.get(k, "–")) for rec, f in flats.items()}} for k in keys
-            if not k.startswith(("seed", "run_dir", "run_id", "wandb."))
+            if not k.startswith(NOT_SWEPT)
             and len({repr(f.get(k)) for f in flats.values()}) > 1]
     return pd.DataFrame(rows)
 

@@ -6,25 +6,17 @@ import re
 import shutil
 import subprocess
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from brainmri.collect import collect_runs, compare
 from brainmri.report import to_csv, to_latex, to_markdown
 from brainmri.report_html import holm, render_html
-from run_dirs import make_run
+from run_dirs import make_grid, make_run
 
 
 def _sweep(tmp_path):
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 4, 40)
-    for recipe, acc in (("baseline_cnn", 0.8), ("tiny_cnn", 0.6)):
-        for seed in (0, 1):
-            for lr in (1e-3, 3e-4):
-                pred = np.where(rng.random(40) < acc, labels, (labels + 1) % 4)
-                make_run(tmp_path, recipe, seed, lr, acc + (0.05 if lr == 1e-3 else 0) + 0.01 * seed,
-                         test_acc=float((pred == labels).mean()), preds=(labels, pred))
+    make_grid(tmp_path, {"baseline_cnn": 0.8, "tiny_cnn": 0.6}, best_lr=1e-3, rng_seed=0)
     d = make_run(tmp_path, "tiny_cnn", 2, 1e-3, 0.5, status="failed")
     (d / "status.json").write_text(json.dumps({"status": "failed", "error": "Traceback | x\nRuntimeError: boom"}))
     return compare(collect_runs([tmp_path]))

@@ -3,26 +3,18 @@ Saving needs the W&B server, which no test reaches: only the clear offline refus
 
 import json
 
-import numpy as np
 import pytest
 
 from brainmri.collect import collect_runs, compare
 from brainmri.report import markdown_table, display_frame
-from run_dirs import make_run
+from run_dirs import make_grid
 
 wr = pytest.importorskip("wandb_workspaces.reports.v2")
 
 
 @pytest.fixture
 def cmp(tmp_path):
-    rng = np.random.default_rng(1)
-    labels = rng.integers(0, 4, 40)
-    for recipe, acc in (("baseline_cnn", 0.8), ("resnet50_feature", 0.6)):
-        for seed in (0, 1):
-            for lr in (1e-3, 3e-4):
-                pred = np.where(rng.random(40) < acc, labels, (labels + 1) % 4)
-                make_run(tmp_path, recipe, seed, lr, acc + (0.05 if lr == 3e-4 else 0) + 0.01 * seed,
-                         test_acc=float((pred == labels).mean()), preds=(labels, pred))
+    make_grid(tmp_path, {"baseline_cnn": 0.8, "resnet50_feature": 0.6}, best_lr=3e-4, rng_seed=1)
     return compare(collect_runs([tmp_path]))
 
 
