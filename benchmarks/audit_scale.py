@@ -1,6 +1,6 @@
 """Near-duplicate search at scale: time and peak memory from 10k to 100k images, planted-pair recall.
 
-Images are phantoms (brainmri.phantoms, 96 px: fingerprints are 32×32 whatever the size) of which
+Images are phantoms (brainmri.data.phantoms, 96 px: fingerprints are 32×32 whatever the size) of which
 5 % get one planted copy (JPEG re-encode, resize round trip, 2–3 px shift, contrast change or
 noise). Fingerprinting is per image (linear, measured once per 1,000 images); the part that could
 grow as n² is the candidate search + scoring + grouping, measured here in a fresh process per n.
@@ -28,8 +28,8 @@ def _make(n: int, seed: int = 0):
     from PIL import Image, ImageEnhance
     from scipy import ndimage
 
-    from brainmri import leakage as L
-    from brainmri.phantoms import CLASSES, render_phantom
+    from brainmri.data import leakage as L
+    from brainmri.data.phantoms import CLASSES, render_phantom
 
     rng = np.random.default_rng(seed)
     n_plant = n // 20
@@ -62,7 +62,7 @@ def _make(n: int, seed: int = 0):
 
 
 def one(n: int) -> dict:
-    from brainmri import leakage as L
+    from brainmri.data import leakage as L
 
     fps, truth, fp_ms = _make(n)
     sha = [str(i) for i in range(n)]

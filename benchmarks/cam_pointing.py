@@ -3,9 +3,9 @@
     python benchmarks/cam_pointing.py                       # baseline CNN (2 seeds) + ResNet-50 from scratch
     python benchmarks/cam_pointing.py --recipes baseline_cnn --seeds 0 1 2
 
-Phantoms know where their lesion is (``brainmri.phantoms.lesion_mask``). Each recipe is trained on
-a phantom set (``train.py``, a real run directory), then Grad-CAM (``brainmri.explain``, target
-layer ``brainmri.models.cam_target_layer``) explains the true class of every Testing image with a
+Phantoms know where their lesion is (``brainmri.data.phantoms.lesion_mask``). Each recipe is trained on
+a phantom set (``train.py``, a real run directory), then Grad-CAM (``brainmri.use.explain``, target
+layer ``brainmri.models.registry.cam_target_layer``) explains the true class of every Testing image with a
 lesion. Scores per image: **energy** = share of the map's mass inside the lesion mask; **pointing**
 = the map's maximum lies inside the mask. Chance for both is the lesion's share of the image; a
 centred Gaussian map (a "the lesion is somewhere in the middle" prior) is scored alongside.
@@ -47,9 +47,9 @@ def centre_prior(size: int) -> np.ndarray:
 def score(run: Path, root: Path) -> dict:
     import torch
 
-    from brainmri.explain import cam_maps, energy_in_mask, points_in_mask
-    from brainmri.phantoms import lesion_mask
-    from brainmri.predict import load_trained
+    from brainmri.use.explain import cam_maps, energy_in_mask, points_in_mask
+    from brainmri.data.phantoms import lesion_mask
+    from brainmri.use.predict import load_trained
 
     trained = load_trained(run)
     out = {}
@@ -83,7 +83,7 @@ def main() -> None:
     p.add_argument("--n-test-per-class", type=int, default=15)
     p.add_argument("--image-size", type=int, default=64)
     args = p.parse_args()
-    from brainmri.phantoms import generate_phantoms
+    from brainmri.data.phantoms import generate_phantoms
 
     work = Path(scratch_dir("cam-bench-"))
     root = generate_phantoms(work / "data", n_per_class=args.n_per_class, n_test_per_class=args.n_test_per_class,

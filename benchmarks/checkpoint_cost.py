@@ -40,7 +40,7 @@ def overrides(arch: str, every: float, run_dir: str, data_dir: str, steps: int) 
 
 def run_once(arch: str, every: float, data_dir: str, steps: int) -> None:
     from brainmri.config import load_config
-    from brainmri.engine import fit
+    from brainmri.train.engine import fit
 
     fit(load_config("configs/baseline_cnn.yaml", overrides(arch, every, scratch_dir("ckpt-run-"), data_dir, steps)))
 
@@ -49,9 +49,9 @@ def write_cost(arch: str, data_dir: str, repeats: int) -> dict:
     """Median seconds of one mid-epoch checkpoint (position + atomic last.pt) after two real steps."""
     from accelerate.utils import gather_object
 
-    from brainmri.checkpoint import capture_position
+    from brainmri.train.checkpoint import capture_position
     from brainmri.config import load_config
-    from brainmri.engine import Engine
+    from brainmri.train.engine import Engine
 
     eng = Engine(load_config("configs/baseline_cnn.yaml", overrides(arch, 10, scratch_dir("ckpt-w-"), data_dir, 2)))
     eng.run.create()

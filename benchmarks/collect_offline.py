@@ -70,8 +70,8 @@ def main() -> None:
     generate(args.runs, args.workers)
     gen_s = time.perf_counter() - t0
 
-    from brainmri.collect import collect_runs, compare
-    from brainmri.report import to_markdown
+    from brainmri.results.collect import collect_runs, compare
+    from brainmri.results.report import to_markdown
 
     times, n_runs = [], 0
     for _ in range(3):

@@ -18,11 +18,11 @@ import argparse
 import torch
 
 from _common import DATA_ROOT, ratio, scratch_dir, summary, timed, write_result
-from brainmri.cache import DecodedCache
+from brainmri.data.cache import DecodedCache
 from brainmri.config import DataConfig, ModelConfig
-from brainmri.data import ImageDataset, build_split, make_loader
-from brainmri.models import build_model
-from brainmri.transforms import Decoder, batch_normalizer, train_transform
+from brainmri.data.datasets import ImageDataset, build_split, make_loader
+from brainmri.models.registry import build_model
+from brainmri.data.transforms import Decoder, batch_normalizer, train_transform
 
 PRESETS = {
     "baseline": [],  # no augmentation, as configs/baseline_cnn.yaml

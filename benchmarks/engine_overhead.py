@@ -17,8 +17,8 @@ import torch
 
 from _common import DATA_ROOT, ratio, scratch_dir, summary, timed, write_result
 from brainmri.config import load_config
-from brainmri.engine import Engine
-from brainmri.models import set_trainable
+from brainmri.train.engine import Engine
+from brainmri.models.registry import set_trainable
 
 
 def main() -> None:

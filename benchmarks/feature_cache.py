@@ -5,7 +5,7 @@
 Both sides train only the linear head (Adam) on the same real images (decoded-image cache, eval
 transform, batch 32). ``recompute`` runs the engine's path: the full model in train mode with
 frozen BatchNorm, forward through the backbone every step. ``cached`` trains the head on the
-features from ``brainmri.features.build_feature_cache``. ResNet-50 weights are random (no
+features from ``brainmri.train.features.build_feature_cache``. ResNet-50 weights are random (no
 ImageNet checkpoint on this machine): the compute is identical to a pretrained one.
 """
 
@@ -17,12 +17,12 @@ import torch
 from torchvision import models as tvm
 
 from _common import DATA_ROOT, ratio, scratch_dir, summary, timed, write_result
-from brainmri.cache import DecodedCache
+from brainmri.data.cache import DecodedCache
 from brainmri.config import DataConfig
-from brainmri.data import ImageDataset, build_split, make_loader
-from brainmri.features import FeatureDataset, build_feature_cache
-from brainmri.models import freeze_frozen_norms, set_trainable
-from brainmri.transforms import Decoder, batch_normalizer, eval_transform
+from brainmri.data.datasets import ImageDataset, build_split, make_loader
+from brainmri.train.features import FeatureDataset, build_feature_cache
+from brainmri.models.registry import freeze_frozen_norms, set_trainable
+from brainmri.data.transforms import Decoder, batch_normalizer, eval_transform
 
 
 def head_epoch(model, loader, opt, forward) -> None:

@@ -6,7 +6,7 @@ Each recipe runs in its own process (so peak RSS is its own): the recipe's model
 no ImageNet download), the recipe's first phase trainable groups, optimizer and learning rate,
 ``--steps`` timed training steps after one warm-up step on a fixed batch of uint8 images passed
 through the recipe's training transform (the data path is excluded). ``resnet50_feature+cache``
-is the head-only step on cached 2048-d features (brainmri.features).
+is the head-only step on cached 2048-d features (brainmri.train.features).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import torch
 
 from _common import write_result
 from brainmri.config import load_config
-from brainmri.models import assign_groups, build_model, freeze_frozen_norms, set_trainable
+from brainmri.models.registry import assign_groups, build_model, freeze_frozen_norms, set_trainable
 from brainmri.optim import build_optimizer
-from brainmri.transforms import batch_normalizer, train_transform
+from brainmri.data.transforms import batch_normalizer, train_transform
 
 RECIPES = ["baseline_cnn", "resnet50_feature", "resnet50_feature+cache", "resnet50_finetune", "resnet152_ranger"]
 

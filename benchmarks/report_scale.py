@@ -98,8 +98,8 @@ def main() -> None:
     root = generate(args.runs, args.images)
     gen_s = time.perf_counter() - t0
 
-    from brainmri.collect import collect_runs, compare
-    from brainmri.report_html import write_html
+    from brainmri.results.collect import collect_runs, compare
+    from brainmri.results.report_html import write_html
 
     out = CACHE / "report.html"
     state = {}

@@ -93,7 +93,7 @@ class DataConfig:
     rotation_degrees: float = 10.0
     val_fraction: float = 0.2
     split_seed: int = 0
-    group_by: str = "near"  # exact | near | scan: which duplicates never straddle train/val (brainmri.leakage)
+    group_by: str = "near"  # exact | near | scan: which duplicates never straddle train/val (brainmri.data.leakage)
     batch_size: int = 32
     eval_batch_size: int | None = None
     num_workers: int = 2
@@ -463,7 +463,8 @@ def validate(cfg: RunConfig) -> None:
     if sum(phase.epochs for phase in cfg.phases) < 1:
         key = "train.phases[*].epochs" if cfg.train.phases else "train.epochs"
         raise ConfigError(f"{key}: nothing to train (0 epochs in total); give at least 1 epoch")
-    from brainmri import models, optim  # the registries own the architectures, optimizers and schedulers
+    from brainmri.models import registry as models  # the registries own the architectures, optimizers and schedulers
+    from brainmri import optim
 
     for key, registry in (("optim.name", optim.OPTIMIZERS), ("scheduler.name", optim.SCHEDULERS)):
         if _get(cfg, key) not in registry:

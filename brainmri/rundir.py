@@ -16,64 +16,18 @@ import csv
 import io
 import json
 import logging
-import math
 import os
 import socket
 from pathlib import Path
 from typing import Any
+
+from brainmri.atomic import atomic_write, jsonable, read_json, write_json
 
 log = logging.getLogger("brainmri")
 
 
 class CheckpointError(RuntimeError):
     """No valid checkpoint to resume from (one line for the user)."""
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def atomic_write(path: str | Path, data: str | bytes | Any, kind: str = "auto") -> None:
-    """Write ``data`` to ``path`` atomically: text (str), bytes, ``kind="json"`` or ``kind="torch"``.
-
-    The data goes to a per-process temp file in the same directory, is fsynced, then
-    ``os.replace``d over ``path``: a reader (or a resume after a kill) sees the old file or the
-    new one, never half of one.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    if kind == "torch":
-        import torch
-
-        buf = io.BytesIO()
-        torch.save(data, buf)
-        payload = buf.getvalue()
-    elif kind == "json":
-        payload = json.dumps(_jsonable(data), indent=2, default=str, allow_nan=False).encode()
-    elif isinstance(data, str):
-        payload = data.encode()
-    else:
-        payload = bytes(data)
-    with open(tmp, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    """Atomic JSON write; NaN (e.g. AUC with a class missing) becomes null, which any tool can read."""
-    atomic_write(path, data, kind="json")
-
-
-def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
 
 
 class RunDir:
@@ -147,7 +101,7 @@ class RunDir:
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(_jsonable(row)) + "\n")
+            f.write(json.dumps(jsonable(row)) + "\n")
 
     def read_metrics(self) -> list[dict]:
         """Every row: one per epoch (``epoch``), then, once finished, the closing evaluation row

@@ -34,7 +34,7 @@ TINY = [
 @pytest.fixture(scope="session")
 def phantom_root(tmp_path_factory) -> Path:
     """A small synthetic data set (Training + Testing) shared by the whole session (read-only)."""
-    from brainmri.phantoms import generate_phantoms
+    from brainmri.data.phantoms import generate_phantoms
 
     root = tmp_path_factory.mktemp("phantoms") / "data"
     generate_phantoms(root, n_per_class=12, n_test_per_class=4, image_size=64, seed=0)
@@ -80,8 +80,8 @@ def accelerate_cpu(num_processes: int) -> list[str]:
 
 # ------------------------------------------------------------------ shared factories
 def make_samples(root, n: int = 8, seed: int = 0) -> list:
-    """Tiny JPEG/PNG files of mixed size and colour mode, as ``brainmri.data.Sample`` rows."""
-    from brainmri.data import Sample
+    """Tiny JPEG/PNG files of mixed size and colour mode, as ``brainmri.data.files.Sample`` rows."""
+    from brainmri.data.files import Sample
 
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)

@@ -9,10 +9,10 @@ import time
 import pytest
 import torch
 
-from brainmri.cache import DecodedCache
+from brainmri.data.cache import DecodedCache
 from brainmri.config import DataConfig
-from brainmri.data import ImageDataset
-from brainmri.transforms import Decoder, batch_normalizer, eval_transform, train_transform
+from brainmri.data.datasets import ImageDataset
+from brainmri.data.transforms import Decoder, batch_normalizer, eval_transform, train_transform
 from conftest import make_samples
 
 

@@ -1,4 +1,4 @@
-"""brainmri.collect / brainmri.report / launch/collect.py on synthetic run dirs and real offline W&B files."""
+"""brainmri.results.collect / brainmri.results.report / launch/collect.py on synthetic run dirs and real offline W&B files."""
 
 import json
 import math
@@ -10,8 +10,8 @@ import pytest
 import yaml
 from scipy import stats
 
-from brainmri.collect import api_filters, collect_runs, compare, mcnemar, mean_ci, runs_from_api
-from brainmri.report import to_csv, to_markdown
+from brainmri.results.collect import api_filters, collect_runs, compare, mcnemar, mean_ci, runs_from_api
+from brainmri.results.report import to_csv, to_markdown
 from run_dirs import CLASSES, _metrics, make_run  # noqa: F401  (make_run is used by other tests too)
 from wandb_runs import write_runs
 
@@ -241,7 +241,7 @@ def tiny_real_data(tmp_path):
 @pytest.mark.slow
 def test_e2e_offline_wandb_equals_summary_json(tmp_path, tiny_real_data):
     """Two real tiny trainings with offline W&B; the collector reads the .wandb files (only) back."""
-    pytest.importorskip("brainmri.engine")
+    pytest.importorskip("brainmri.train.engine")
     from conftest import run_train
 
     tiny = ["data.input_size=32", "data.batch_size=8", "data.num_workers=0"]

@@ -7,9 +7,9 @@ import dataclasses
 
 import pytest
 
-from brainmri.collect import Run, swept_keys
+from brainmri.results.collect import Run, swept_keys
 from brainmri.config import RUNTIME_KEYS, differing_keys, from_dict, load_config, run_hash
-from brainmri.sweep import task_id
+from brainmri.sweep.expand import task_id
 
 RUNTIME = ["data.num_workers=7", "wandb.name=other", "run_dir=/elsewhere", "data.cache_dir=/tmp/elsewhere",
            "data.eval_batch_size=3", "train.fail_at_epoch=4"]

@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 from brainmri.config import DataConfig
-from brainmri.data import build_split, class_weights, split_groups, Sample
-from brainmri.transforms import Decoder
+from brainmri.data.datasets import build_split, class_weights, split_groups
+from brainmri.data.files import Sample
+from brainmri.data.transforms import Decoder
 
 
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "CMYK", "P", "I;16"])

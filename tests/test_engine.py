@@ -211,7 +211,7 @@ def test_early_stopping_ends_the_phase(phantom_root, tmp_path):
 def test_bf16_autocast_on_cpu_runs_the_forward_in_bf16(precision, dtype, phantom_root, tmp_path):
     """A forward hook on every module sees what the engine's training forward really computes in."""
     from brainmri.config import load_config
-    from brainmri.engine import fit
+    from brainmri.train.engine import fit
 
     seen = {}
 

@@ -1,4 +1,4 @@
-"""brainmri.evaluate is the evaluation path training uses: re-evaluating a run's best checkpoint
+"""brainmri.train.evaluate is the evaluation path training uses: re-evaluating a run's best checkpoint
 outside the engine gives the same metrics and the same predictions file."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import yaml
 from accelerate import Accelerator
 
 from brainmri.config import from_dict
-from brainmri.data import ImageDataset, build_split, make_loader
-from brainmri.evaluate import evaluate_split, predict
-from brainmri.models import build_model
+from brainmri.data.datasets import ImageDataset, build_split, make_loader
+from brainmri.train.evaluate import evaluate_split, predict
+from brainmri.models.registry import build_model
 from brainmri.rundir import RunDir
-from brainmri.transforms import Decoder, batch_normalizer, eval_transform
+from brainmri.data.transforms import Decoder, batch_normalizer, eval_transform
 from conftest import TINY, run_train
 
 

@@ -9,9 +9,9 @@ from conftest import run_train
 
 
 def test_cam_energy_lies_in_the_lesion(tmp_path):
-    from brainmri.explain import cam_maps, energy_in_mask, points_in_mask
-    from brainmri.phantoms import generate_phantoms, lesion_mask
-    from brainmri.predict import load_trained
+    from brainmri.use.explain import cam_maps, energy_in_mask, points_in_mask
+    from brainmri.data.phantoms import generate_phantoms, lesion_mask
+    from brainmri.use.predict import load_trained
 
     root = generate_phantoms(tmp_path / "data", n_per_class=30, n_test_per_class=6, image_size=128, seed=0)
     run = tmp_path / "run"
@@ -33,8 +33,8 @@ def test_cam_energy_lies_in_the_lesion(tmp_path):
 
 def test_resnet_cam_uses_layer4():
     from brainmri.config import ModelConfig
-    from brainmri.explain import cam_maps
-    from brainmri.models import build_model, cam_target_layer
+    from brainmri.use.explain import cam_maps
+    from brainmri.models.registry import build_model, cam_target_layer
 
     net = build_model(ModelConfig(arch="resnet50", pretrained=False), 4, 3, 64).eval()
     assert cam_target_layer(net) is net.layer4[-1]

@@ -11,7 +11,7 @@ import torch
 
 from conftest import TINY, run_train
 
-from brainmri.wandb_offline import read_offline_runs, read_wandb_file
+from brainmri.results.wandb_offline import read_offline_runs, read_wandb_file
 
 
 def _args(root, run_dir, epochs):

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from brainmri.metrics import classification_metrics
+from brainmri.results.metrics import classification_metrics
 from conftest import ROOT
 
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
@@ -57,7 +57,7 @@ def test_the_runs_own_test_set_gives_its_test_metrics_and_files(trained, phantom
 
 
 def test_another_root_is_evaluated_into_its_own_folder(trained, tmp_path):
-    from brainmri.phantoms import generate_phantoms
+    from brainmri.data.phantoms import generate_phantoms
 
     other = generate_phantoms(tmp_path / "hospital-b", n_per_class=3, n_test_per_class=0, image_size=64, seed=7)
     proc = evaluate(trained, "--data", other, "--out", tmp_path / "eval-b")

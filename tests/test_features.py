@@ -6,11 +6,11 @@ import pytest
 import torch
 from torchvision import models as tvm
 
-from brainmri import features as F
+from brainmri.train import features as F
 from brainmri.config import DataConfig
-from brainmri.data import ImageDataset
-from brainmri.models import freeze_frozen_norms, set_trainable
-from brainmri.transforms import Decoder, batch_normalizer, eval_transform, train_transform
+from brainmri.data.datasets import ImageDataset
+from brainmri.models.registry import freeze_frozen_norms, set_trainable
+from brainmri.data.transforms import Decoder, batch_normalizer, eval_transform, train_transform
 from conftest import make_samples
 
 SIZE = 32

@@ -14,10 +14,10 @@ import pytest
 from PIL import Image, ImageEnhance
 from scipy import ndimage
 
-from brainmri import leakage as L
-from brainmri.audit import audit
+from brainmri.data import leakage as L
+from brainmri.data.audit import audit
 from brainmri.config import DataConfig
-from brainmri.data import build_split
+from brainmri.data.datasets import build_split
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ PERTURB = {
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     """Phantoms (96 px, 16 distinct subjects per class) plus one planted copy per perturbation."""
-    from brainmri.phantoms import generate_phantoms
+    from brainmri.data.phantoms import generate_phantoms
 
     root = tmp_path_factory.mktemp("leak") / "data"
     generate_phantoms(root, n_per_class=16, n_test_per_class=4, image_size=96, seed=3)
@@ -155,8 +155,8 @@ def test_near_duplicate_groups_never_straddle_train_val(planted, tmp_path, seed)
 def test_band_metrics_in_summary_equal_predictions_csv_and_reach_the_table(planted, tmp_path):
     import csv
 
-    from brainmri.collect import collect_runs, compare
-    from brainmri.report import RENDERERS
+    from brainmri.results.collect import collect_runs, compare
+    from brainmri.results.report import RENDERERS
 
     from conftest import TINY, run_train
 

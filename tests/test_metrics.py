@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from brainmri.metrics import classification_metrics, expected_calibration_error, save_confusion_png
+from brainmri.results.metrics import classification_metrics, expected_calibration_error, save_confusion_png
 
 
 def test_metrics_match_hand_computation(tmp_path):

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from brainmri import phantoms
-from brainmri.phantoms import CLASSES, generate_phantoms, read_manifest, render_phantom
+from brainmri.data import phantoms
+from brainmri.data.phantoms import CLASSES, generate_phantoms, read_manifest, render_phantom
 
 SMALL = dict(n_per_class=6, n_test_per_class=2, image_size=64)
 
@@ -187,7 +187,7 @@ def test_cli(tmp_path, capsys):
         phantoms.main([str(out), "--size", "8"])
     assert "image_size" in capsys.readouterr().err
     # The module entry point, as documented.
-    proc = subprocess.run([sys.executable, "-m", "brainmri.phantoms", str(out), "--n-per-class", "3",
+    proc = subprocess.run([sys.executable, "-m", "brainmri.data.phantoms", str(out), "--n-per-class", "3",
                            "--n-test-per-class", "1", "--size", "48", "--seed", "2"],
                           capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1])
     assert "16 phantom images" in proc.stdout

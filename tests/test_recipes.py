@@ -12,7 +12,7 @@ import torch
 import yaml
 from torchvision import models as tvm
 
-from brainmri.sweep import load_sweep
+from brainmri.sweep.expand import load_sweep
 from conftest import ROOT, TINY, run_train
 
 NEW_RECIPE = {  # no recipe: key: the file name names it

@@ -9,9 +9,9 @@ import subprocess
 import pandas as pd
 import pytest
 
-from brainmri.collect import collect_runs, compare
-from brainmri.report import to_csv, to_latex, to_markdown
-from brainmri.report_html import holm, render_html
+from brainmri.results.collect import collect_runs, compare
+from brainmri.results.report import to_csv, to_latex, to_markdown
+from brainmri.results.report_html import holm, render_html
 from run_dirs import make_grid, make_run
 
 

@@ -17,7 +17,7 @@ import torch
 
 from conftest import ROOT, TINY, accelerate_cpu, run_train
 
-from brainmri.wandb_offline import read_offline_runs, read_wandb_file
+from brainmri.results.wandb_offline import read_offline_runs, read_wandb_file
 
 # 38 training images in batches of 2: 19 optimizer steps per epoch, long enough to stop inside one
 LONG = ["train.epochs=3", "data.batch_size=2", "data.input_size=96", "model.dropout=0.5"]

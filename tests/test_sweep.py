@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from brainmri.sweep import SweepError, arrays, load_sweep, task_id
+from brainmri.sweep.expand import SweepError, arrays, load_sweep, task_id
 from brainmri.jobs.submit import executor_parameters
 from slurm_cluster import ROOT, SMALL_JOBS, TINY, run_sweep, write_sweep
 

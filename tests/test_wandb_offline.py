@@ -1,11 +1,11 @@
-"""brainmri.wandb_offline reads back real offline .wandb files written by wandb.init/log/finish."""
+"""brainmri.results.wandb_offline reads back real offline .wandb files written by wandb.init/log/finish."""
 
 import math
 import os
 
 import pytest
 
-from brainmri.wandb_offline import iter_records, read_offline_runs, read_wandb_file
+from brainmri.results.wandb_offline import iter_records, read_offline_runs, read_wandb_file
 from wandb_runs import write_runs
 
 os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true")

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from brainmri.collect import collect_runs, compare
-from brainmri.report import markdown_table, display_frame
+from brainmri.results.collect import collect_runs, compare
+from brainmri.results.report import markdown_table, display_frame
 from run_dirs import make_grid
 
 wr = pytest.importorskip("wandb_workspaces.reports.v2")
@@ -24,7 +24,7 @@ def _panels(model_json):
 
 
 def test_report_model_holds_the_panels(cmp):
-    from brainmri.wandb_report import build_wandb_report
+    from brainmri.results.wandb_report import build_wandb_report
 
     report = build_wandb_report(cmp, "brainmri", "lab", group="demo", runset_project=False)
     spec = json.loads(report._to_model().model_dump_json(by_alias=True, exclude_none=True))
@@ -72,7 +72,7 @@ def test_report_model_holds_the_panels(cmp):
 
 
 def test_publish_offline_is_one_clear_line(cmp, monkeypatch):
-    from brainmri.wandb_report import ReportUnavailable, publish_wandb_report
+    from brainmri.results.wandb_report import ReportUnavailable, publish_wandb_report
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     with pytest.raises(ReportUnavailable, match="WANDB_MODE=offline: a report needs the W&B server"):

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from brainmri.collect import collect_runs, compare
-from brainmri.wandb_offline import read_offline_runs
-from brainmri.wandb_results import THUMB_PX
+from brainmri.results.collect import collect_runs, compare
+from brainmri.results.wandb_offline import read_offline_runs
+from brainmri.results.wandb_results import THUMB_PX
 from conftest import TINY, run_train
 
 

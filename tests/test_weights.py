@@ -18,7 +18,7 @@ import yaml
 from torchvision import models as tvm
 
 from brainmri.config import parse_value
-from brainmri.weights import WeightsError, cache_path, fetch_weights
+from brainmri.models.weights import WeightsError, cache_path, fetch_weights
 from conftest import ROOT, TINY
 
 
@@ -69,7 +69,7 @@ def hash_named_state_dict(directory: Path, seed: int = 0) -> tuple[Path, dict]:
 LOAD = """
 import sys, torch
 from brainmri.config import ModelConfig
-from brainmri.models import build_model
+from brainmri.models.registry import build_model
 net = build_model(ModelConfig(arch="torchvision:resnet18", pretrained=True, weights_url=sys.argv[1]), 4, in_channels=1)
 torch.save(net.state_dict(), sys.argv[2])
 """

@@ -10,8 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from brainmri.audit import audit, markdown, write_html
-from brainmri.imagefiles import DataError
+from brainmri.data.audit import audit, markdown, write_html
+from brainmri.data.files import DataError
 from brainmri.rundir import write_json
 
 

@@ -10,8 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from brainmri.collect import collect_runs, compare
-from brainmri.report import RENDERERS, write_plots
+from brainmri.results.collect import collect_runs, compare
+from brainmri.results.report import RENDERERS, write_plots
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -50,12 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         sys.stdout.write(text)
     if args.html:
-        from brainmri.report_html import write_html
+        from brainmri.results.report_html import write_html
         print(f"report: {write_html(cmp, args.html)}", file=sys.stderr)
     if args.plots and cmp.recipes:
         write_plots(cmp, args.plots)
     if args.wandb_report:
-        from brainmri.wandb_report import ReportUnavailable, publish_wandb_report
+        from brainmri.results.wandb_report import ReportUnavailable, publish_wandb_report
         try:
             print(publish_wandb_report(cmp, args.wandb_project or "brainmri", args.wandb_entity, args.group),
                   file=sys.stderr)

@@ -15,10 +15,10 @@ import argparse
 import sys
 
 from brainmri.config import ConfigError
-from brainmri.data import DataError
-from brainmri.external import evaluate_run
-from brainmri.models import WeightsError
-from brainmri.predict import RunError
+from brainmri.data.files import DataError
+from brainmri.use.external import evaluate_run
+from brainmri.models.weights import WeightsError
+from brainmri.use.predict import RunError
 from brainmri.rundir import CheckpointError
 
 

@@ -13,9 +13,9 @@ import argparse
 import sys
 
 from brainmri.config import ConfigError
-from brainmri.export import FORMATS, ExportError, export
-from brainmri.models import WeightsError
-from brainmri.predict import RunError, load_trained
+from brainmri.use.export import FORMATS, ExportError, export
+from brainmri.models.weights import WeightsError
+from brainmri.use.predict import RunError, load_trained
 from brainmri.rundir import CheckpointError
 
 

@@ -14,8 +14,8 @@ import argparse
 import sys
 
 from brainmri.config import ConfigError
-from brainmri.models import WeightsError
-from brainmri.predict import RunError, load_trained, predict_files, write_csv
+from brainmri.models.weights import WeightsError
+from brainmri.use.predict import RunError, load_trained, predict_files, write_csv
 from brainmri.rundir import CheckpointError
 
 

@@ -17,9 +17,11 @@ import sys
 from pathlib import Path
 
 from brainmri.config import load_config
-from brainmri.models import WeightsError, ensure_weights
-from brainmri.sweep import (SweepError, Task, arrays, bill, describe, format_params, load_sweep,
-                            load_table, save_sweep, save_table)
+from brainmri.models.weights import WeightsError
+from brainmri.models.registry import ensure_weights
+from brainmri.sweep.expand import (
+    SweepError, Task, arrays, bill, describe, format_params, load_sweep, load_table, save_sweep, save_table,
+)
 from brainmri.jobs.submit import CLUSTERS, executor_parameters, refresh, submit, wait
 
 RESUBMITTABLE = {"new", "failed"}

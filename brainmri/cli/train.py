@@ -13,12 +13,12 @@ import os
 import sys
 
 from brainmri.config import ConfigError, apply_overrides, from_dict, load_config
-from brainmri.data import DataError
-from brainmri.engine import fit
-from brainmri.resume import load_run_config
-from brainmri.models import WeightsError
+from brainmri.data.files import DataError
+from brainmri.train.engine import fit
+from brainmri.train.resume import load_run_config
+from brainmri.models.weights import WeightsError
 from brainmri.rundir import CheckpointError, RunLockedError
-from brainmri.signals import TrainingInterrupted
+from brainmri.train.signals import TrainingInterrupted
 
 
 def get_args_parser() -> argparse.ArgumentParser:

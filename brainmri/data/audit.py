@@ -1,0 +1,171 @@
+"""Data-set audit: duplicates, near-duplicates and leakage across splits, as JSON, Markdown, HTML.
+
+``audit(root)`` scans ``<root>/Training`` (and ``Testing`` when present) with the loader's own
+rules (junk ignored, unreadable files listed, any image mode used), fingerprints every image
+(``brainmri.data.leakage``, cached) and reports: class counts, image sizes and modes, unreadable
+files, near-duplicate pairs per band within and across the splits, groups, groups that hold
+more than one label (the same picture under two labels: label noise), and how many Testing
+images have a Training partner in each band. ``write_html`` adds contact sheets — a random
+sample of pairs per band, file names under each image — so a person can judge the thresholds.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import random
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from brainmri.data import leakage as L
+from brainmri.data.files import DataError, _scan_split_dir, file_index, load_pil, resolve_splits_root
+
+
+def _image_info(paths: list[str], split_dirs) -> dict:
+    """Image sizes and modes, from the scan's file index (no file is opened again)."""
+    index = {}
+    for d in split_dirs:
+        index.update(file_index(d))
+    sizes, modes = Counter(), Counter()
+    for p in paths:
+        e = index[p]
+        sizes[f"{e['dims'][0]}x{e['dims'][1]}"] += 1
+        modes[e["mode"]] += 1
+    return {"sizes": dict(sizes.most_common(10)), "distinct_sizes": len(sizes), "modes": dict(modes)}
+
+
+def audit(root: str | Path, cache_dir=None, progress: bool = True) -> tuple[dict, dict]:
+    """Return (report, details): the JSON-able report, and the pairs/paths the HTML sheets need."""
+    train_dir, test_dir = resolve_splits_root(root)
+    classes, train, skipped = _scan_split_dir(train_dir, None)  # refuses fewer than two class folders
+    test = []
+    if test_dir is not None:
+        _, test, test_skipped = _scan_split_dir(test_dir, classes)
+        skipped += test_skipped
+    samples = train + test
+    if not samples:
+        raise DataError(f"no readable images under {root}")
+    split = np.array(["Training"] * len(train) + ["Testing"] * len(test))
+    paths = [s.path for s in samples]
+    sha1 = [s.sha1 for s in samples]
+    labels = np.array([s.label for s in samples])
+    fp = L.fingerprints(paths, cache_dir, progress=progress)
+    pairs = L.near_pairs(fp, sha1)
+
+    def pair_counts(where):
+        return {b: int(((pairs.band == k) & where).sum()) for k, b in enumerate(L.BANDS[:3])}
+
+    si, sj = split[pairs.i], split[pairs.j]
+    report: dict = {
+        "root": str(Path(root).resolve()),
+        "classes": classes,
+        "thresholds": L.describe_thresholds(),
+        "images": {"Training": len(train), "Testing": len(test)},
+        "class_counts": {name: {sp: int(((labels == c) & (split == sp)).sum()) for sp in ("Training", "Testing")}
+                         for c, name in enumerate(classes)},
+        "image_info": _image_info(paths, [d for d in (train_dir, test_dir) if d is not None]),
+        "unreadable": skipped,
+        "pairs": {"within_training": pair_counts((si == "Training") & (sj == "Training")),
+                  "within_testing": pair_counts((si == "Testing") & (sj == "Testing")),
+                  "across": pair_counts(si != sj)},
+    }
+    group_report = {}
+    for group_by, bands in L.GROUP_BANDS.items():
+        g = L.groups(len(samples), pairs, bands)
+        sizes = np.bincount(g)
+        multi = sizes[g] > 1
+        members = defaultdict(list)
+        for idx in np.flatnonzero(multi):
+            members[g[idx]].append(idx)
+        spanning = sum(len({split[i] for i in m}) > 1 for m in members.values())
+        cross_label = [m for m in members.values() if len({labels[i] for i in m}) > 1]
+        group_report[group_by] = {
+            "bands": list(bands), "groups": int(len(sizes)), "groups_with_copies": len(members),
+            "images_in_groups_with_copies": int(multi.sum()), "largest_group": int(sizes.max()),
+            "groups_spanning_training_and_testing": int(spanning),
+            "cross_label_groups": len(cross_label),
+        }
+        if group_by == "near":
+            report["cross_label_groups"] = [
+                [{"path": paths[i], "label": classes[labels[i]], "split": str(split[i])} for i in m]
+                for m in cross_label]
+    report["groups"] = group_report
+    if test:
+        near = L.nearest(fp[:len(train)], sha1[:len(train)], fp[len(train):], sha1[len(train):])
+        report["testing_nearest_training"] = {b: int((near.band == k).sum()) for k, b in enumerate(L.BANDS)}
+    details = {"paths": paths, "labels": [classes[v] for v in labels], "split": split.tolist(), "pairs": pairs}
+    return report, details
+
+
+def markdown(report: dict) -> str:
+    """A short Markdown summary of ``audit``'s report."""
+    out = [f"# Data audit: {report['root']}", ""]
+    imgs = report["images"]
+    out.append(f"{imgs['Training']} Training and {imgs['Testing']} Testing images, "
+               f"{len(report['unreadable'])} unreadable; classes: "
+               + ", ".join(f"{c} {v['Training']}/{v['Testing']}" for c, v in report["class_counts"].items())
+               + " (Training/Testing).")
+    info = report["image_info"]
+    out.append(f"Modes: {', '.join(f'{k} {v}' for k, v in info['modes'].items())}; "
+               f"{info['distinct_sizes']} distinct size(s), most common "
+               + ", ".join(f"{k} ({v})" for k, v in list(info["sizes"].items())[:3]) + ".")
+    out += ["", "| pairs | exact | near-identical | same scan |", "|---|---:|---:|---:|"]
+    for where, counts in report["pairs"].items():
+        out.append(f"| {where.replace('_', ' ')} | {counts['exact']} | {counts['near_identical']} | {counts['same_scan']} |")
+    out += ["", "| grouped by | groups | groups with copies | images in them | largest | span Training+Testing | cross-label |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, g in report["groups"].items():
+        out.append(f"| {name} | {g['groups']} | {g['groups_with_copies']} | {g['images_in_groups_with_copies']} | "
+                   f"{g['largest_group']} | {g['groups_spanning_training_and_testing']} | {g['cross_label_groups']} |")
+    if "testing_nearest_training" in report:
+        t = report["testing_nearest_training"]
+        total = max(sum(t.values()), 1)
+        out += ["", "Testing images by their most similar Training image: "
+                + ", ".join(f"{b.replace('_', ' ')} {n} ({100 * n / total:.1f} %)" for b, n in t.items()) + "."]
+    n_cross = len(report.get("cross_label_groups", []))
+    if n_cross:
+        out += ["", f"**{n_cross} near-duplicate group(s) carry more than one label** (label noise); see audit.json."]
+    return "\n".join(out) + "\n"
+
+
+def _thumb(path: str, size: int = 128) -> str:
+    img = load_pil(path, 1)
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def write_html(report: dict, details: dict, out_dir: str | Path, per_band: int = 40, seed: int = 0) -> Path:
+    """Write ``out_dir/index.html``: the summary and one contact sheet of sampled pairs per band."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pairs, paths = details["pairs"], details["paths"]
+    rng = random.Random(seed)
+    sections = []
+    for k, band in enumerate(L.BANDS[:3]):
+        idx = np.flatnonzero(pairs.band == k).tolist()
+        chosen = sorted(rng.sample(idx, min(per_band, len(idx))))
+        cells = []
+        for t in chosen:
+            i, j = int(pairs.i[t]), int(pairs.j[t])
+            figs = "".join(
+                f'<figure><img src="{_thumb(paths[x])}" alt=""><figcaption>{html.escape(Path(paths[x]).name)}'
+                f'<br>{html.escape(details["split"][x])}/{html.escape(details["labels"][x])}</figcaption></figure>'
+                for x in (i, j))
+            cells.append(f'<div class="pair">{figs}<p>coarse {pairs.coarse[t]:.3f} · fine {pairs.fine[t]:.3f}</p></div>')
+        sections.append(f'<h2 id="{band}">{band.replace("_", " ")}: {len(idx)} pairs '
+                        f'({len(chosen)} shown at random)</h2><div class="sheet">{"".join(cells)}</div>')
+    summary = html.escape(markdown(report))
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>brainmri data audit</title>
+<style>body{{font:14px system-ui,sans-serif;margin:1.5em}} pre{{background:#f4f4f4;padding:1em;white-space:pre-wrap}}
+.sheet{{display:flex;flex-wrap:wrap;gap:10px}} .pair{{border:1px solid #ccc;padding:4px;text-align:center}}
+figure{{display:inline-block;margin:2px}} figcaption{{font-size:11px;max-width:128px;word-break:break-all}}
+.pair p{{margin:2px;font-size:12px}}</style></head><body>
+<h1>brainmri data audit</h1><pre>{summary}</pre>{''.join(sections)}</body></html>"""
+    path = out_dir / "index.html"
+    path.write_text(page)
+    return path

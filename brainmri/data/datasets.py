@@ -1,0 +1,190 @@
+"""Datasets: near-duplicate-grouped stratified split, datasets and loaders.
+
+Layout: ``<root>/Training/<class>/*.jpg`` and optionally ``<root>/Testing/<class>/*.jpg``
+(a root that holds the class folders directly is also accepted). The folder scan and its
+bad-file rules live in ``brainmri.data.files`` (every file fully decoded once at scan time, so
+unreadable or truncated images are reported before training starts, never mid-epoch).
+Knows nothing about models or training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from filelock import FileLock
+from sklearn.model_selection import train_test_split
+
+from brainmri.data.leakage import BANDS, fingerprints, group_keys, nearest
+from brainmri.data.files import DataError, Sample, _scan_split_dir, resolve_splits_root
+from brainmri.data.transforms import Decoder
+
+
+@dataclass
+class Split:
+    classes: list[str]
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    group_by: str = "near"
+    groups: int = 0  # groups the train/val split was drawn over
+
+
+def split_groups(samples: list[Sample], val_fraction: float, seed: int,
+                 keys: list[str] | None = None) -> tuple[list[Sample], list[Sample]]:
+    """Stratified train/val split in which the samples of one group always land on the same side.
+
+    ``keys`` names each sample's group (default: its content hash, so byte-identical files stay
+    together; ``brainmri.data.leakage.group_keys`` gives near-duplicate groups). A group's label for
+    stratification is its most common label.
+    """
+    if val_fraction <= 0:
+        return list(samples), []
+    groups: dict[str, list[Sample]] = {}
+    for s, k in zip(samples, keys or [s.sha1 for s in samples]):
+        groups.setdefault(k, []).append(s)
+    keys = sorted(groups)
+    labels = [int(np.bincount([s.label for s in groups[k]]).argmax()) for k in keys]
+    counts = np.bincount(labels)
+    stratify = labels if counts[counts > 0].min() >= 2 else None
+    train_keys, val_keys = train_test_split(keys, test_size=val_fraction, random_state=seed, stratify=stratify)
+    pick = lambda ks: sorted((s for k in ks for s in groups[k]), key=lambda s: s.path)  # noqa: E731
+    return pick(train_keys), pick(val_keys)
+
+
+def build_split(data_cfg, root: str | Path) -> Split:
+    """Scan ``root`` and split Training into train/val; Testing (if present) is the test split."""
+    train_dir, test_dir = resolve_splits_root(root)
+    classes, samples, skipped = _scan_split_dir(train_dir, None)
+    if not samples:
+        raise DataError(f"no readable images under {train_dir}")
+    test: list[Sample] = []
+    if test_dir is not None:
+        _, test, test_skipped = _scan_split_dir(test_dir, classes)
+        skipped += test_skipped
+    # one fingerprint per image, used both for the groups and for the nearest-training search
+    fp = fingerprints([s.path for s in samples + test], data_cfg.cache_dir)
+    row = {s.path: i for i, s in enumerate(samples + test)}
+    group_by = getattr(data_cfg, "group_by", "near")
+    keys = group_keys(fp[:len(samples)], [s.sha1 for s in samples], group_by)
+    train, val = split_groups(samples, data_cfg.val_fraction, data_cfg.split_seed, keys)
+    # Every held-out image carries its nearest training image: metrics by band say how a model
+    # does on images unlike anything it trained on (nothing is dropped).
+    annotate_nearest(train, val + test, lambda part: fp[[row[s.path] for s in part]])
+    return Split(classes, train, val, test, skipped, group_by, len(set(keys)))
+
+
+def annotate_nearest(train: list[Sample], held_out: list[Sample], fingerprints_of) -> None:
+    """Set ``nearest_train``, ``similarity`` and ``band`` on each held-out sample.
+
+    ``fingerprints_of(samples)`` returns their ``brainmri.data.leakage`` fingerprints, row-aligned.
+    """
+    if not held_out:
+        return
+    near = nearest(fingerprints_of(train), [s.sha1 for s in train], fingerprints_of(held_out),
+                   [s.sha1 for s in held_out])
+    for s, idx, sim, band in zip(held_out, near.index, near.coarse, near.band):
+        s.nearest_train = train[idx].path if idx >= 0 else None
+        s.similarity = round(float(sim), 4) if idx >= 0 else None
+        s.band = BANDS[band]
+
+
+def class_weights(samples: list[Sample], num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights ``N / (K · n_c)`` from training counts."""
+    counts = np.bincount([s.label for s in samples], minlength=num_classes).astype(np.float64)
+    weights = counts.sum() / (num_classes * np.maximum(counts, 1))
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Samples → (image tensor, label, index). ``source`` turns a sample index into a uint8 tensor."""
+
+    def __init__(self, samples: list[Sample], decoder: Decoder, transform, source=None):
+        self.samples = samples
+        self.decoder = decoder
+        self.transform = transform
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def raw(self, i: int) -> torch.Tensor:
+        return self.source(i) if self.source is not None else self.decoder(self.samples[i].path)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.raw(i)), self.samples[i].label, i
+
+
+class EpochSeeded(torch.utils.data.Dataset):
+    """``dataset`` whose item i in epoch e draws its random augmentation from a seed fixed by (seed, e, i).
+
+    The augmentation of an image then depends on nothing else (not on the loader's worker count, nor
+    on what the main process drew before), so an epoch resumed half-way sees the same images.
+    """
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    @property
+    def samples(self):
+        return self.dataset.samples
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        with torch.random.fork_rng(devices=[]):  # the caller's RNG stream is left as it was
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch * 100_019 + i * 7919 + 1) % (2**63))
+            return self.dataset[i]
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """Shuffle seeded by (seed, epoch): the order of any epoch is reproducible after a resume."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True):
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.n))
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def make_loader(dataset, batch_size: int, num_workers: int, sampler=None, drop_last: bool = False):
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def resolve_data_root(cfg) -> Path:
+    """The configured data root, or the embedded synthetic phantoms (generated once, under a lock)."""
+    if cfg.data.root:
+        return Path(cfg.data.root)
+    from brainmri.data.phantoms import generate_phantoms
+
+    s = cfg.data.synthetic
+    root = Path(cfg.data.synthetic_dir) / f"n{s.n_per_class}-t{s.n_test_per_class}-px{s.render_size}-seed{s.seed}"
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root) + ".lock"):  # parallel sweep tasks share one copy
+        generate_phantoms(root, n_per_class=s.n_per_class, n_test_per_class=s.n_test_per_class,
+                          image_size=s.render_size, seed=s.seed)
+    return root

@@ -1,0 +1,161 @@
+"""Image files: which files a data folder holds, the loader's rules for them, and decoding to PIL.
+
+The rules every reader of a data root shares (training's loader, the audit, prediction): image
+extensions, hidden files and non-image junk ignored, class folders sorted by name, every file fully
+decoded once so unreadable or truncated images are listed instead of failing later, the result kept
+in a small index keyed by path, size and mtime. Torch-free, so tools that only look at files (the
+audit) start quickly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from brainmri.data.cachedir import cache_base
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+class DataError(ValueError):
+    """The data directory is missing or malformed; the message names the path."""
+
+
+@dataclass
+class Sample:
+    path: str
+    label: int
+    sha1: str
+    # val/test samples: the most similar training image, its coarse similarity and the band
+    # (brainmri.data.leakage.BANDS); None for training samples
+    nearest_train: str | None = None
+    similarity: float | None = None
+    band: str | None = None
+
+
+def load_pil(path: str | Path, channels: int) -> Image.Image:
+    """Open any PIL-readable image (L, RGB, RGBA, CMYK, P, I;16 …) as L (channels=1) or RGB.
+
+    MRI slices are grey-scale, so RGB/CMYK inputs are reduced to luminance first and then
+    repeated to 3 channels: every file reaches the model in the same colour space.
+    """
+    with Image.open(path) as img:
+        img.load()  # force a full decode here, so truncated files fail now, not mid-epoch
+        if img.mode in ("RGBA", "LA", "P", "PA"):
+            img = img.convert("RGBA")
+            background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+            img = Image.alpha_composite(background, img)
+        if img.mode.startswith("I") or img.mode == "F":
+            img = img.point(lambda v: v / 256).convert("L") if img.mode.startswith("I;16") else img.convert("L")
+        gray = img.convert("L")
+    return gray if channels == 1 else gray.convert("RGB")
+
+
+def _index_path(root: Path) -> Path:
+    cache = cache_base()
+    digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
+    return cache / "index" / f"{digest}.json"
+
+
+def _check_file(path: Path) -> dict:
+    """Hash the bytes and fully decode the image; return its index entry."""
+    stat = path.stat()
+    entry = {"size": stat.st_size, "mtime": stat.st_mtime_ns}
+    entry["sha1"] = hashlib.sha1(path.read_bytes()).hexdigest()
+    try:
+        with Image.open(path) as img:
+            entry["dims"], entry["mode"] = list(img.size), img.mode
+        load_pil(path, 1)
+        entry["error"] = None
+    except Exception as e:  # PIL raises many types for broken files
+        entry["error"] = f"{type(e).__name__}: {e}"
+    return entry
+
+
+def _scan_split_dir(split_dir: Path, classes: list[str] | None, workers: int = 4):
+    if not split_dir.is_dir():
+        raise DataError(f"data directory not found: {split_dir}")
+    found = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if classes is None:
+        classes = found
+    if not classes:
+        raise DataError(f"no class folders in {split_dir} (expected {split_dir}/<class>/*.jpg)")
+    if len(classes) < 2:
+        raise DataError(f"{split_dir} holds one class folder ({classes[0]}); a classifier needs at least two "
+                        f"(expected {split_dir}/<class>/*.jpg for each class)")
+    files: list[tuple[Path, int]] = []
+    for label, name in enumerate(classes):
+        class_dir = split_dir / name
+        images = []
+        if class_dir.is_dir():
+            images = sorted(
+                p for p in class_dir.iterdir()
+                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+            )
+        if not images:
+            raise DataError(f"class folder has no images: {class_dir}")
+        files += [(p, label) for p in images]
+
+    index_file = _index_path(split_dir)
+    try:
+        index = json.loads(index_file.read_text())
+    except (OSError, ValueError):
+        index = {}
+    todo = []
+    for path, _ in files:
+        entry = index.get(str(path))
+        stat = path.stat()
+        if (not entry or entry["size"] != stat.st_size or entry["mtime"] != stat.st_mtime_ns
+                or ("mode" not in entry and not entry["error"])):
+            todo.append(path)
+    if todo:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for path, entry in zip(todo, pool.map(_check_file, todo)):
+                index[str(path)] = entry
+        index_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = index_file.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(index))
+        os.replace(tmp, index_file)
+
+    samples, skipped = [], []
+    for path, label in files:
+        entry = index[str(path)]
+        if entry["error"]:
+            skipped.append({"path": str(path), "error": entry["error"]})
+        else:
+            samples.append(Sample(str(path), label, entry["sha1"]))
+    return classes, samples, skipped
+
+
+def scan_folder(split_dir: str | Path, classes: list[str] | None = None) -> tuple[list[str], list[Sample], list[dict]]:
+    """``(classes, samples, skipped)`` of one ``<dir>/<class>/*`` folder, with the loader's rules.
+
+    With ``classes`` the labels follow that order (a missing or empty class folder is a ``DataError``).
+    """
+    return _scan_split_dir(Path(split_dir), classes)
+
+
+def file_index(split_dir: str | Path) -> dict[str, dict]:
+    """The scan's index of ``split_dir`` (after a scan): path → size, mtime, sha1, dims, mode, error."""
+    try:
+        return json.loads(_index_path(Path(split_dir)).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def resolve_splits_root(root: str | Path) -> tuple[Path, Path | None]:
+    """Return (training dir, testing dir or None) for a data root."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data directory not found: {root}")
+    train_dir = root / "Training"
+    if not train_dir.is_dir():
+        return root, None
+    test_dir = root / "Testing"
+    return train_dir, test_dir if test_dir.is_dir() else None

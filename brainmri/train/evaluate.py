@@ -1,0 +1,122 @@
+"""Evaluation: run a model over a loader, turn its predictions into a split's metrics and files.
+
+The single evaluation path of brainmri: training's per-epoch validation, the final val/test
+evaluation of the best checkpoint, and any later evaluation of a saved run on other data all
+call these functions.
+
+- :func:`predict` runs the model over a loader on every rank (accelerate) and returns each
+  sample once (``gather_for_metrics`` drops the padding that even batching adds).
+- :func:`split_metrics` turns labels and probabilities into the split's metrics, including the
+  metrics per similarity band (``brainmri.data.leakage`` bands, via ``brainmri.results.metrics``).
+- :func:`evaluate_split` does both and, with a run directory, writes ``predictions_{split}.csv``
+  and ``confusion_{split}.png`` there (rank 0).
+
+Loaders yield ``(image batch, label batch, dataset index batch)`` like ``brainmri.data.datasets.ImageDataset``.
+
+Example:
+    >>> acc = Accelerator()
+    >>> metrics = evaluate_split("test", model, make_loader(test_ds, 64, 2), acc, classes,
+    ...                          test_ds.samples, RunDir("runs/x"), to_input=batch_normalizer(cfg.data))
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from brainmri.results import metrics as M
+from brainmri.data.leakage import BANDS, band_columns
+from brainmri.rundir import RunDir
+
+
+class Predictions(NamedTuple):
+    """One row per sample of the loader's dataset, in gathered order."""
+
+    index: np.ndarray  # dataset index of each row (int, N)
+    labels: np.ndarray  # true label (int, N)
+    probs: np.ndarray  # softmax probabilities (float32, N × classes)
+
+
+def _is_prepared(loader) -> bool:
+    from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
+
+    return isinstance(loader, (DataLoaderShard, DataLoaderDispatcher))
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, loader, accelerator, to_input: Callable | None = None) -> Predictions:
+    """Softmax probabilities of ``model`` over every sample of ``loader``, each counted once.
+
+    Args:
+        model: any module on ``accelerator.device`` (a DDP-wrapped one works too); set to eval mode.
+        loader: a plain ``DataLoader`` (it is sharded over the ranks here) or one already prepared
+            by ``accelerator``; batches are ``(x, y, index)``.
+        accelerator: the ``accelerate.Accelerator`` of this process.
+        to_input: turns a loader batch into the model's input (e.g. ``batch_normalizer``); identity
+            by default.
+    Returns:
+        ``Predictions(index, labels, probs)`` on every rank.
+    Raises:
+        RuntimeError when the gathered rows do not cover the dataset exactly once.
+    """
+    to_input = to_input or (lambda x: x)
+    if not _is_prepared(loader):
+        loader = accelerator.prepare_data_loader(loader)
+    model.eval()
+    probs, indices, labels = [], [], []
+    for x, y, idx in loader:
+        logits = model(to_input(x))
+        # gather_for_metrics drops the samples that even batching duplicated on the last step
+        logits, y, idx = accelerator.gather_for_metrics((logits.float().contiguous(), y.contiguous(), idx.contiguous()))
+        probs.append(torch.softmax(logits, dim=1).cpu())
+        labels.append(y.cpu())
+        indices.append(idx.cpu())
+    idx_np = torch.cat(indices).numpy()
+    n = len(loader.dataset)
+    if len(idx_np) != n or len(np.unique(idx_np)) != n:
+        raise RuntimeError(f"evaluation covered {len(np.unique(idx_np))} unique of {n} samples "
+                           f"({len(idx_np)} predictions)")
+    return Predictions(idx_np, torch.cat(labels).numpy().astype(np.int64), torch.cat(probs).numpy())
+
+
+def split_metrics(split: str, labels, probs, classes: Sequence[str], bands: Sequence[str | None] | None = None
+                  ) -> dict[str, float]:
+    """``{split}/acc``, ``{split}/macro_f1``, per-class values … and ``{split}/band/<band>/…``.
+
+    ``bands`` holds each row's similarity band (``Sample.band``); without it no band metrics.
+    """
+    values = M.classification_metrics(labels, probs, list(classes), split)
+    if bands is not None:  # how the model does by similarity to its training images
+        values.update(M.band_metrics(labels, probs, bands, list(classes), split, BANDS))
+    return values
+
+
+def evaluate_split(split: str, model: torch.nn.Module, loader, accelerator, classes: Sequence[str],
+                   samples: Sequence, run_dir: RunDir | None = None, to_input: Callable | None = None,
+                   title: str = "") -> dict[str, float]:
+    """Predict ``split`` and return its metrics; with ``run_dir``, also write its files (rank 0).
+
+    Args:
+        split: the name used in metric keys and file names (``val``, ``test``, ``external`` …).
+        samples: the dataset's samples, indexed like the loader's dataset (``Sample.path``,
+            ``sha1``, ``band``, ``nearest_train`` go into the predictions CSV).
+        run_dir: where ``predictions_{split}.csv`` and ``confusion_{split}.png`` go; None writes nothing.
+        title: the confusion matrix's title.
+    Returns:
+        The metrics dict of :func:`split_metrics`, on every rank.
+    """
+    pred = predict(model, loader, accelerator, to_input)
+    rows = [samples[i] for i in pred.index]
+    values = split_metrics(split, pred.labels, pred.probs, classes, [s.band for s in rows])
+    if run_dir is not None and accelerator.is_main_process:
+        run_dir.write_predictions(split, rows, pred.labels, pred.probs, list(classes), extra=band_columns(rows))
+        M.save_confusion_png(pred.labels, pred.probs.argmax(1), list(classes), confusion_png(run_dir, split),
+                             title or f"{split}")
+    return values
+
+
+def confusion_png(run_dir: RunDir, split: str):
+    """Path of a split's confusion-matrix PNG in a run directory."""
+    return run_dir.path / f"confusion_{split}.png"

@@ -1,0 +1,228 @@
+"""Export a trained run as a stand-alone model: ONNX and/or TorchScript, plus ``model_card.json``.
+
+The exported graph is the network followed by a softmax: input ``image`` (float32, N×C×H×W, batch
+axis dynamic) already preprocessed, output ``probabilities`` (N×K, in the card's class order).
+The card says everything a consumer needs without brainmri or its config: classes, the
+preprocessing (grey-scale decode, channel replication, resize, 1/255 scaling, mean/std), input
+size and channels, the run's val/test metrics with 95 % intervals and n, a fingerprint of the data
+it was trained and evaluated on, the resolved config and the code version. ONNX goes through
+``torch.onnx.export(dynamo=True)`` (the torch.export-based exporter, which needs ``onnxscript``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import math
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from brainmri.results import metrics as M
+from brainmri.use.predict import TrainedModel, training_reference
+from brainmri.rundir import read_json, write_json
+
+FORMATS = ("onnx", "torchscript")
+INPUT_NAME, OUTPUT_NAME = "image", "probabilities"
+
+
+class ExportError(ValueError):
+    """An export cannot be made as asked (unknown format); one line."""
+
+
+class _WithSoftmax(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(image), dim=1)
+
+
+def preprocessing(trained: TrainedModel) -> dict:
+    """How to turn an image file into the model's input, as data (mirrors ``brainmri.data.transforms``)."""
+    from torchvision.transforms import v2
+
+    c, size = trained.cfg.data.input_channels, trained.cfg.data.input_size
+    mean, std = [0.0] * c, [1.0] * c
+    for t in trained.normalize.transforms:
+        if isinstance(t, v2.Normalize):
+            mean, std = [float(v) for v in t.mean], [float(v) for v in t.std]
+    return {
+        "decode": "grey-scale luminance (ITU-R 601-2, PIL mode 'L'); transparent pixels composited on black; "
+                  "16-bit images divided by 256; DICOM: modality LUT, VOI LUT/window to 0-255, MONOCHROME1 inverted",
+        "channels": c,
+        "channel_rule": "the grey image repeated to every channel" if c == 3 else "one grey channel",
+        "resize": {"height": size, "width": size, "interpolation": "bilinear", "antialias": True,
+                   "keep_aspect": False, "on": "uint8 image, rounded back to uint8",
+                   "equivalent": "PIL Image.resize((width, height), Image.BILINEAR) on the grey image"},
+        "scale": 1.0 / 255.0,
+        "mean": mean,
+        "std": std,
+        "formula": "x = (uint8_pixel / 255 - mean[c]) / std[c], layout N x C x H x W, float32",
+    }
+
+
+def _metrics(run_dir: Path, classes: list[str]) -> dict:
+    """val/test metrics of the best checkpoint from ``summary.json`` with 95 % intervals and n."""
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        return {}
+    summary = read_json(path)
+    out: dict[str, dict] = {}
+    for split in ("val", "test"):
+        n = summary.get(f"{split}/n")
+        if not n:
+            continue
+        labels = probs = None
+        pred_csv = run_dir / f"predictions_{split}.csv"
+        if pred_csv.is_file():
+            with open(pred_csv, newline="") as f:
+                rows = list(csv.DictReader(f))
+            labels = np.array([classes.index(r["label"]) for r in rows])
+            probs = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows])
+        entry: dict[str, dict] = {}
+        acc = summary.get(f"{split}/acc")
+        if acc is not None:
+            entry["acc"] = {"value": acc, "n": n, "ci95": list(M.wilson_interval(acc * n, n)), "ci": "Wilson"}
+        for key, fn in (("macro_f1", _macro_f1), ("auc", lambda y, p: M.macro_auc(y, p, len(classes)))):
+            value = summary.get(f"{split}/{key}")
+            if value is None:
+                continue
+            item = {"value": value, "n": n}
+            if labels is not None and len(labels) == n:
+                item["ci95"], item["ci"] = list(M.bootstrap_interval(labels, probs, fn)), "bootstrap 1000, percentile"
+            entry[key] = item
+        for key in ("ece", "loss"):
+            if summary.get(f"{split}/{key}") is not None:
+                entry[key] = {"value": summary[f"{split}/{key}"], "n": n}
+        for band in ("exact", "near_identical", "same_scan", "novel"):
+            bn, bacc = summary.get(f"{split}/band/{band}/n"), summary.get(f"{split}/band/{band}/acc")
+            if bn and bacc is not None:
+                entry[f"acc_band_{band}"] = {"value": bacc, "n": bn, "ci95": list(M.wilson_interval(bacc * bn, bn)),
+                                             "ci": "Wilson"}
+        out[split] = entry
+    return out
+
+
+def _macro_f1(labels: np.ndarray, probs: np.ndarray) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(labels, probs.argmax(1), labels=list(range(probs.shape[1])), average="macro",
+                          zero_division=0))
+
+
+def _digest(values) -> str:
+    return hashlib.sha1("\n".join(sorted(values)).encode()).hexdigest()
+
+
+def data_fingerprint(trained: TrainedModel) -> dict:
+    """What the run was trained and evaluated on: split.json counts and digests of the files' SHA-1s."""
+    split_file = trained.run_dir / "split.json"
+    split = read_json(split_file) if split_file.is_file() else {}
+    out = {k: split.get(k) for k in ("data_root", "classes", "train", "val", "test", "group_by", "bands")}
+    for part in ("val", "test"):
+        f = trained.run_dir / f"predictions_{part}.csv"
+        if f.is_file():
+            with open(f, newline="") as fh:
+                out[f"{part}_sha1_digest"] = _digest(r["sha1"] for r in csv.DictReader(fh))
+    reference, note = training_reference(trained)
+    if reference is not None:
+        out["train_sha1_digest"] = _digest(reference.sha1)
+    else:
+        out["train_sha1_digest"] = None
+        out["train_note"] = note
+    out["digest"] = "SHA-1 of the sorted per-file SHA-1s, one per line"
+    return out
+
+
+def code_version() -> str:
+    """``git describe`` of the brainmri checkout, else the installed package version."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "describe", "--always", "--dirty", "--tags"],
+                             capture_output=True, text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            return f"git {out.stdout.strip()}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"brainmri {version('brainmri')}"
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def model_card(trained: TrainedModel, files: dict[str, str]) -> dict:
+    size, c = trained.cfg.data.input_size, trained.cfg.data.input_channels
+    return {
+        "format": "brainmri-model-card", "version": 1,
+        "run": trained.run_dir.name, "recipe": trained.cfg.recipe, "arch": trained.cfg.model.arch,
+        "seed": trained.cfg.seed, "best_epoch": trained.best_epoch,
+        "classes": trained.classes,
+        "files": files,
+        "input": {"name": INPUT_NAME, "dtype": "float32", "shape": ["batch", c, size, size], "layout": "NCHW",
+                  "channels": c, "height": size, "width": size},
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(trained.classes)],
+                   "meaning": "softmax probabilities in the order of 'classes'"},
+        "preprocessing": preprocessing(trained),
+        "metrics": _metrics(trained.run_dir, trained.classes),
+        "data": data_fingerprint(trained),
+        "config": trained.cfg.to_dict(),
+        "code_version": code_version(),
+        "torch_version": torch.__version__,
+    }
+
+
+def export(trained: TrainedModel, out_dir: str | Path, formats: list[str]) -> dict[str, Path]:
+    """Write the chosen formats and ``model_card.json`` into ``out_dir``; returns name → path."""
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ExportError(f"unknown export format {bad[0]!r} (choose from {', '.join(FORMATS)})")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    net = _WithSoftmax(trained.model).eval()
+    c, size = trained.cfg.data.input_channels, trained.cfg.data.input_size
+    example = torch.zeros(2, c, size, size)
+    written: dict[str, Path] = {}
+    if "onnx" in formats:
+        path = out / "model.onnx"
+        with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates each step
+            program = torch.onnx.export(net, (example,), dynamo=True, input_names=[INPUT_NAME],
+                                        output_names=[OUTPUT_NAME], verbose=False,
+                                        dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+            program.save(str(path), external_data=False)
+        import onnx
+
+        onnx.checker.check_model(str(path))
+        written["onnx"] = path
+    if "torchscript" in formats:
+        import warnings
+
+        path = out / "model.ts"
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated but still the self-contained format
+            traced = torch.jit.trace(net, example)
+        traced.save(str(path))
+        written["torchscript"] = path
+    card = out / "model_card.json"
+    write_json(card, model_card(trained, {k: p.name for k, p in written.items()}))
+    written["card"] = card
+    return written
+
+
+def onnx_parity(onnx_path: str | Path, trained: TrainedModel, inputs: torch.Tensor) -> float:
+    """Max |p_onnx − p_torch| over ``inputs`` (preprocessed, N×C×H×W)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = session.run([OUTPUT_NAME], {INPUT_NAME: inputs.numpy().astype(np.float32)})[0]
+    with torch.no_grad():
+        want = torch.softmax(trained.model(inputs), dim=1).numpy()
+    diff = float(np.abs(got - want).max()) if len(got) else 0.0
+    return diff if math.isfinite(diff) else math.inf

@@ -1,0 +1,304 @@
+"""Submitting sweep tasks through submitit, and reading their states back.
+
+``submit`` sends the chosen tasks of a sweep as job arrays, one per resource shape (``slurm``),
+as local processes (``local``, waves of ``array_parallelism``) or runs them in this process
+(``debug``); ``refresh`` works out each task's state from its run directory, the scheduler and,
+for local tasks, how their process ended, with the tail of the job's stderr for failures. Knows
+the task table, not the training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import shlex
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import submitit
+from submitit.core.utils import FailedJobError, JobPaths
+from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE
+
+from brainmri.sweep.resources import SlurmResources
+from brainmri.sweep.expand import Sweep, SweepError, Task, arrays, run_state, save_table
+from brainmri.jobs.local_task import exit_record
+from brainmri.jobs.train_job import TrainJob
+
+CLUSTERS = ("slurm", "local", "debug")
+ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "PREEMPTED", "CONFIGURING", "COMPLETING", "RESIZING",
+          "SUSPENDED", "READY"}
+ERROR_TAIL_LINES = 20
+
+
+def submitit_folder(sweep_dir: Path) -> Path:
+    return Path(sweep_dir) / "submitit"
+
+
+def executor_parameters(res: SlurmResources, name: str, cluster: str) -> dict:
+    """submitit parameters for one task asking for ``res`` (generic names, ``slurm_`` for SLURM only).
+
+    On SLURM the job gets ``--signal=USR2@<signal_delay_s>`` (submitit's default signal: the task
+    requeues itself and resumes from its last epoch checkpoint), ``--requeue`` and
+    ``--open-mode=append``; every value is shell-quoted by submitit.
+    """
+    params = {"name": name, "timeout_min": res.time_min, "tasks_per_node": res.ntasks_per_node,
+              "cpus_per_task": res.cpus_per_task or 1, "mem_gb": res.mem_gb}
+    if res.gpus_per_node:
+        params["gpus_per_node"] = res.gpus_per_node
+    # the job unpickles brainmri.jobs.train_job.TrainJob from the installed package: no PYTHONPATH needed
+    setup: list[str] = []
+    if cluster == "slurm":
+        params.update(nodes=res.nodes, slurm_array_parallelism=res.array_parallelism,
+                      slurm_signal_delay_s=res.signal_delay_s,
+                      slurm_additional_parameters={"requeue": True, **res.sbatch})
+        params.update({f"slurm_{k}": getattr(res, k) for k in ("partition", "account", "qos", "constraint", "exclude")
+                       if getattr(res, k)})
+        setup += res.setup
+    elif res.nodes > 1:
+        raise SweepError(f"--cluster {cluster} runs on this machine; the sweep asks for slurm.nodes={res.nodes}")
+    params[f"{cluster}_setup"] = setup
+    return params
+
+
+def make_executor(sweep: Sweep, res: SlurmResources, cluster: str) -> submitit.AutoExecutor:
+    kwargs = {}
+    if cluster == "slurm":
+        kwargs["slurm_max_num_timeout"] = res.max_requeues
+    elif cluster == "local":  # each task runs under jobs.local_task, which records how it ended
+        python = shlex.quote(sys.executable)
+        kwargs["local_python"] = f"{python} -m brainmri.jobs.local_task {python}"
+    executor = submitit.AutoExecutor(folder=submitit_folder(sweep.dir) / "%j", cluster=cluster, **kwargs)
+    executor.update_parameters(**executor_parameters(res, sweep.name, cluster))
+    return executor
+
+
+@contextlib.contextmanager
+def _quiet_submitit():
+    """submitit prints sbatch's stderr and logs an error when sbatch refuses; we say it in one line."""
+    log = logging.getLogger("submitit")
+    disabled, log.disabled = log.disabled, True
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        log.disabled = disabled
+
+
+def _refusal(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reason = next((line for line in reversed(lines) if "error" in line.lower()), lines[-1] if lines else "")
+    return reason.removeprefix("sbatch: error: ") or type(error).__name__
+
+
+def submit(sweep: Sweep, tasks: list[Task], cluster: str) -> list[submitit.Job]:
+    """Submit ``tasks`` and record their job ids in the task table.
+
+    ``slurm`` returns at once (one array per resource shape); ``local`` and ``debug`` return when
+    all tasks ended. When SLURM refuses an array, the arrays accepted before it are recorded and
+    a ``SweepError`` gives SLURM's reason; the refused tasks stay ``new``.
+    """
+    if cluster == "debug":
+        run_in_process(sweep, tasks)
+        return []
+    groups = arrays(sweep, tasks)
+    jobs: list[submitit.Job] = []
+    for i, (res, group) in enumerate(groups, 1):
+        executor = make_executor(sweep, res, cluster)
+        if cluster == "slurm":
+            try:
+                with _quiet_submitit(), executor.batch():
+                    group_jobs = [executor.submit(TrainJob(t.resolved_config())) for t in group]
+            except (FailedJobError, OSError) as e:
+                recipes = ", ".join(dict.fromkeys(t.recipe for t in group))
+                raise SweepError(f"SLURM refused array {i}/{len(groups)} ({recipes}, {len(group)} task(s)): "
+                                 f"{_refusal(e)}") from None
+            _record(sweep, group, group_jobs, cluster)
+            jobs += group_jobs
+            continue
+        wave = max(res.array_parallelism, 1)
+        for start in range(0, len(group), wave):
+            chunk = group[start:start + wave]
+            chunk_jobs = [executor.submit(TrainJob(t.resolved_config())) for t in chunk]
+            _record(sweep, chunk, chunk_jobs, cluster)
+            wait(chunk_jobs)
+            save_table(sweep.dir, refresh(sweep.dir, sweep.tasks))
+            jobs += chunk_jobs
+    return jobs
+
+
+def _record(sweep: Sweep, tasks: list[Task], jobs: list[submitit.Job], cluster: str) -> None:
+    for task, job in zip(tasks, jobs):
+        task.job_id, task.cluster, task.state, task.error = str(job.job_id), cluster, "submitted", None
+    save_table(sweep.dir, sweep.tasks)
+
+
+def run_in_process(sweep: Sweep, tasks: list[Task]) -> None:
+    for task in tasks:
+        task.cluster, task.job_id, task.state, task.error = "debug", None, "running", None
+        save_table(sweep.dir, sweep.tasks)
+        try:
+            TrainJob(task.resolved_config())()
+            task.state = "finished"
+        except Exception:  # a crashing task must not stop the others
+            task.state, task.error = "failed", _tail(traceback.format_exc())
+        save_table(sweep.dir, sweep.tasks)
+
+
+def job_counts(jobs: list[submitit.Job]) -> dict[str, int]:
+    """How many of ``jobs`` are pending, running, finished and failed (one scheduler query per poll)."""
+    counts = dict.fromkeys(("pending", "running", "finished", "failed"), 0)
+    for job in jobs:
+        if job.done():
+            try:
+                ok = job.exception() is None  # read from the job's result file, no waiting
+            except Exception:  # killed before it could write one
+                ok = False
+            counts["finished" if ok else "failed"] += 1
+        else:
+            counts["running" if str(job.state).split()[0] in ("RUNNING", "COMPLETING") else "pending"] += 1
+    return counts
+
+
+def wait(jobs: list[submitit.Job], poll_s: float = 2.0, stream=None) -> None:
+    """Block until every job ended, showing pending/running/finished/failed, elapsed time and ETA.
+
+    On a terminal: a live tqdm bar on stderr. Otherwise (logs, CI): one line per change of the counts.
+    """
+    import sys
+    from tqdm import tqdm
+
+    stream = stream or sys.stderr
+    start, last = time.monotonic(), None
+    live = stream.isatty()
+    bar = tqdm(total=len(jobs), desc="tasks", unit="task", file=stream, dynamic_ncols=True) if live else None
+    try:
+        while True:
+            counts = job_counts(jobs)
+            done = counts["finished"] + counts["failed"]
+            text = ", ".join(f"{n} {state}" for state, n in counts.items())
+            if bar is not None:
+                bar.set_postfix_str(text, refresh=False)
+                if done > bar.n:
+                    bar.update(done - bar.n)  # redraws, with tqdm's rate and ETA
+                else:
+                    bar.refresh()  # elapsed time keeps moving while nothing ends
+            elif counts != last:
+                elapsed = time.monotonic() - start
+                eta = elapsed / done * (len(jobs) - done) if 0 < done < len(jobs) else None
+                print(f"tasks: {text} of {len(jobs)}; elapsed {_duration(elapsed)}"
+                      + (f", ETA {_duration(eta)}" if eta is not None else ""), file=stream, flush=True)
+            last = counts
+            if done == len(jobs):
+                return
+            time.sleep(poll_s)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}h{m % 60:02d}m" if m >= 60 else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def _tail(text: str, lines: int = ERROR_TAIL_LINES) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def error_tail(sweep_dir: Path, task: Task) -> str | None:
+    """The end of the job's stderr (submitit writes the traceback there), else the run's error."""
+    if task.job_id and task.cluster in ("slurm", "local"):
+        stderr = JobPaths(submitit_folder(sweep_dir) / "%j", job_id=task.job_id, task_id=0).stderr
+        if stderr.is_file():
+            return _tail(stderr.read_text(errors="replace"))
+    return run_state(task)[1]
+
+
+def scheduler_states(tasks: list[Task]) -> dict[str, str]:
+    """SLURM's state (PENDING, RUNNING, FAILED, ...) of each task's job, in one sacct call."""
+    ids = [t.job_id for t in tasks if t.cluster == "slurm" and t.job_id]
+    if not ids:
+        return {}
+    watcher = submitit.SlurmJob.watcher
+    for job_id in ids:
+        watcher.register_job(job_id)
+    watcher.update()
+    states = {job_id: watcher.get_state(job_id, mode="cache").split()[0] for job_id in ids}
+    return {job_id: state for job_id, state in states.items() if state != "UNKNOWN"}
+
+
+def refresh(sweep_dir: Path, tasks: list[Task]) -> list[Task]:
+    """Update every task's state (and error tail) from its run dir and the scheduler; the caller saves."""
+    states = scheduler_states(tasks)
+    for task in tasks:
+        task.state, task.error = task_state(sweep_dir, task, states.get(task.job_id or ""))
+    return tasks
+
+
+def _local_exit(sweep_dir: Path, task: Task) -> dict | None:
+    """How a ``--cluster local`` task's process ended (jobs.local_task's record), if it did."""
+    try:
+        record = json.loads(exit_record(submitit_folder(sweep_dir) / "%j", task.job_id).read_text())
+    except (OSError, ValueError, TypeError):
+        return None
+    return None if record.get("returncode") == LOCAL_REQUEUE_RETURN_CODE else record
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a reused pid: some other program
+        return b"python" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+
+
+def _gone(task: Task) -> str | None:
+    """Why a run whose status.json says "running" is not, when its process on this host is gone."""
+    try:
+        status = json.loads((Path(task.run_dir) / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+    pid = status.get("pid")
+    if status.get("status") != "running" or status.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return None
+    return None if _alive(pid) else f"training process {pid} on {status['host']} is gone (killed?)"
+
+
+def task_state(sweep_dir: Path, task: Task, sched: str | None) -> tuple[str, str | None]:
+    """("finished"|"pending"|"running"|"requeued"|"failed"|"submitted"|"new", error tail) of one task.
+
+    A task whose process died without a word (SIGKILL, the OOM killer) is "failed": for
+    ``--cluster local`` with the signal that killed it; else, when its run directory says
+    "running" but its process on this host is gone.
+    """
+    run, _ = run_state(task)
+    if run == "finished":
+        return "finished", None
+    if sched in ACTIVE:
+        return sched.lower(), None  # a requeued job's run dir says "failed" until it restarts
+    if task.cluster == "local" and task.job_id:
+        ended = _local_exit(sweep_dir, task)
+        if ended is not None:
+            how = f"killed by {ended['signal']}" if ended.get("signal") else f"exited {ended.get('returncode')}"
+            return "failed", f"task process {ended.get('pid')} {how}\n" + (error_tail(sweep_dir, task) or "")
+    gone = _gone(task) if sched is None else None
+    if gone:
+        return "failed", gone + "\n" + (error_tail(sweep_dir, task) or "")
+    if run in ("failed", "interrupted", "preempted") or sched is not None:
+        # any ended SLURM state without a summary (FAILED, CANCELLED, TIMEOUT, ...) is a failure
+        reason = "" if sched in (None, "FAILED", "COMPLETED") else f"job {sched.lower()}\n"
+        return "failed", reason + (error_tail(sweep_dir, task) or "")
+    if task.cluster == "debug":
+        return task.state, task.error
+    return ("submitted" if task.job_id else "new"), None
