@@ -9,6 +9,9 @@ Knows nothing about models or training.
 
 from __future__ import annotations
 
+import hashlib
+import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,12 +21,23 @@ from filelock import FileLock
 from sklearn.model_selection import train_test_split
 
 from brainmri.data.leakage import BANDS, fingerprints, group_keys, nearest
-from brainmri.data.files import DataError, Sample, _scan_split_dir, resolve_splits_root
+from brainmri.data.files import DataError, Sample, _scan_split_dir, file_index, resolve_splits_root
 from brainmri.data.transforms import Decoder
+
+
+PARTS = ("train", "val", "test")
 
 
 @dataclass
 class Split:
+    """The train/val/test samples of one run, and what ``split.json`` records of them.
+
+    ``record()`` lists every file (path relative to ``root``, content hash, label, group; val and
+    test also their nearest training image and band) with a manifest hash per part;
+    ``Split.from_record`` rebuilds the split from that record without scanning the data root, and
+    ``check_unchanged`` says in one line when files listed there are gone or differ.
+    """
+
     classes: list[str]
     train: list[Sample]
     val: list[Sample]
@@ -31,6 +45,104 @@ class Split:
     skipped: list[dict] = field(default_factory=list)
     group_by: str = "near"
     groups: int = 0  # groups the train/val split was drawn over
+    root: str | None = None  # the data root the paths are relative to
+    group_of: dict[str, int] = field(default_factory=dict)  # training-image path → group number
+
+    def _rel(self, path: str) -> str:
+        return os.path.relpath(path, self.root) if self.root else path
+
+    def _rows(self, part: str) -> list[dict]:
+        rows = []
+        for s in getattr(self, part):
+            row = {"path": self._rel(s.path), "sha1": s.sha1, "label": self.classes[s.label]}
+            if s.path in self.group_of:
+                row["group"] = self.group_of[s.path]
+            if part != "train":
+                row.update(nearest_train=self._rel(s.nearest_train) if s.nearest_train else None,
+                           similarity=s.similarity, band=s.band)
+            rows.append(row)
+        return rows
+
+    def record(self) -> dict:
+        """What ``split.json`` holds: counts, bands, the manifest and every file of every part."""
+        files = {part: self._rows(part) for part in PARTS}
+        return {
+            "data_root": str(self.root), "classes": self.classes,
+            **{part: len(getattr(self, part)) for part in PARTS},
+            "group_by": self.group_by, "groups": self.groups,
+            "bands": {part: dict(Counter(s.band for s in getattr(self, part))) for part in ("val", "test")},
+            "manifest": manifest(files), "files": files,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict, root: str | Path | None = None) -> "Split":
+        """The split a ``split.json`` record describes, with paths under ``root`` (default: its own root)."""
+        if "files" not in record:
+            raise DataError("split.json lists no files (written by an older brainmri); retrain or rescan")
+        root = Path(root or record["data_root"])
+        classes = list(record["classes"])
+        index = {c: i for i, c in enumerate(classes)}
+        parts, group_of = {}, {}
+        for part in PARTS:
+            samples = []
+            for row in record["files"].get(part, []):
+                s = Sample(str(root / row["path"]), index[row["label"]], row["sha1"])
+                if part != "train":
+                    s.nearest_train = str(root / row["nearest_train"]) if row.get("nearest_train") else None
+                    s.similarity, s.band = row.get("similarity"), row.get("band")
+                if "group" in row:
+                    group_of[s.path] = row["group"]
+                samples.append(s)
+            parts[part] = samples
+        return cls(classes, parts["train"], parts["val"], parts["test"], [], record.get("group_by", "near"),
+                   record.get("groups", 0), str(root), group_of)
+
+    def changed_files(self, parts=PARTS) -> tuple[list[str], list[str]]:
+        """(missing, different) files of ``parts``: sizes and mtimes checked against the scan's index,
+        content hashed where the index cannot vouch for a file."""
+        missing, different = [], []
+        indices: dict[Path, dict] = {}
+        for part in parts:
+            for s in getattr(self, part):
+                path = Path(s.path)
+                try:
+                    st = path.stat()
+                except OSError:
+                    missing.append(s.path)
+                    continue
+                folder = path.parent.parent
+                if folder not in indices:
+                    indices[folder] = file_index(folder)
+                entry = indices[folder].get(s.path)
+                if entry and entry.get("size") == st.st_size and entry.get("mtime") == st.st_mtime_ns:
+                    digest = entry.get("sha1")
+                else:
+                    digest = hashlib.sha1(path.read_bytes()).hexdigest()
+                if digest != s.sha1:
+                    different.append(s.path)
+        return missing, different
+
+    def check_unchanged(self, parts=PARTS) -> None:
+        """A ``DataError`` (one line) when files the record lists are missing or differ."""
+        missing, different = self.changed_files(parts)
+        if missing or different:
+            example = (missing or different)[0]
+            raise DataError(f"the data under {self.root} changed since training: {len(missing)} file(s) missing, "
+                            f"{len(different)} differ (e.g. {example})")
+
+
+def manifest(files: dict[str, list[dict]]) -> dict[str, str]:
+    """SHA-256 digests of (relative path, content hash) per part, and of all parts together ("all")."""
+    out, total = {}, hashlib.sha256()
+    for part in PARTS:
+        h = hashlib.sha256()
+        for row in sorted(files.get(part, []), key=lambda r: r["path"]):
+            line = f"{part}\t{row['path']}\t{row['sha1']}\n".encode()
+            h.update(line)
+            total.update(line)
+        out[part] = h.hexdigest()
+    out["all"] = total.hexdigest()
+    return out
 
 
 def split_groups(samples: list[Sample], val_fraction: float, seed: int,
@@ -74,7 +186,9 @@ def build_split(data_cfg, root: str | Path) -> Split:
     # Every held-out image carries its nearest training image: metrics by band say how a model
     # does on images unlike anything it trained on (nothing is dropped).
     annotate_nearest(train, val + test, lambda part: fp[[row[s.path] for s in part]])
-    return Split(classes, train, val, test, skipped, group_by, len(set(keys)))
+    numbers = {k: i for i, k in enumerate(sorted(set(keys)))}
+    group_of = {s.path: numbers[k] for s, k in zip(samples, keys)}
+    return Split(classes, train, val, test, skipped, group_by, len(numbers), str(root), group_of)
 
 
 def annotate_nearest(train: list[Sample], held_out: list[Sample], fingerprints_of) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import Counter
 import os
 import signal
 import sys
@@ -116,13 +115,7 @@ class Engine:
         if acc.is_main_process:
             write_json(self.run.path / "skipped_files.json",
                        {"count": len(self.split.skipped), "files": self.split.skipped})
-            write_json(self.run.path / "split.json", {
-                "data_root": str(root), "classes": self.classes,
-                "train": len(self.split.train), "val": len(self.split.val), "test": len(self.split.test),
-                "group_by": self.split.group_by, "groups": self.split.groups,
-                "bands": {part: dict(Counter(s.band for s in getattr(self.split, part)))
-                          for part in ("val", "test")},
-            })
+            write_json(self.run.path / "split.json", self.split.record())
             if self.split.skipped:
                 log.warning("skipped %d unreadable image(s); see %s: %s", len(self.split.skipped),
                             self.run.path / "skipped_files.json",
