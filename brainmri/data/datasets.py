@@ -132,7 +132,9 @@ class Split:
 
 
 def manifest(files: dict[str, list[dict]]) -> dict[str, str]:
-    """SHA-256 digests of (relative path, content hash) per part, and of all parts together ("all")."""
+    """SHA-256 digests of the listed files: per part (relative path + content hash), ``all`` (the
+    parts together, so it changes with the split) and ``data`` (every file whatever its part: the
+    same for every split, fold and recipe over the same data)."""
     out, total = {}, hashlib.sha256()
     for part in PARTS:
         h = hashlib.sha256()
@@ -142,6 +144,10 @@ def manifest(files: dict[str, list[dict]]) -> dict[str, str]:
             total.update(line)
         out[part] = h.hexdigest()
     out["all"] = total.hexdigest()
+    data = hashlib.sha256()
+    for row in sorted((r for rows in files.values() for r in rows), key=lambda r: r["path"]):
+        data.update(f"{row['path']}\t{row['sha1']}\n".encode())
+    out["data"] = data.hexdigest()
     return out
 
 
