@@ -17,7 +17,6 @@ import hashlib
 import json
 import re
 import dataclasses
-import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -495,11 +494,3 @@ def validate(cfg: RunConfig) -> None:
         if extra:
             raise ConfigError(f"{key}.lr_mult: {extra[0]!r} is not a group the phase trains "
                               f"(it trains {', '.join(trained)})")
-
-
-def save_config(cfg: RunConfig, path: str | Path) -> None:
-    """Write the resolved config atomically (the collector may read it while a run starts)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    os.replace(tmp, path)

@@ -13,9 +13,7 @@ import contextlib
 import io
 import json
 import logging
-import os
 import shlex
-import socket
 import sys
 import time
 import traceback
@@ -26,7 +24,8 @@ from submitit.core.utils import FailedJobError, JobPaths
 from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE
 
 from brainmri.sweep.resources import SlurmResources
-from brainmri.sweep.expand import Sweep, SweepError, Task, arrays, run_state, save_table
+from brainmri.rundir import RunDir
+from brainmri.sweep.expand import Sweep, SweepError, Task, arrays, save_table
 from brainmri.jobs.local_task import exit_record
 from brainmri.jobs.train_job import TrainJob
 
@@ -217,7 +216,7 @@ def error_tail(sweep_dir: Path, task: Task) -> str | None:
         stderr = JobPaths(submitit_folder(sweep_dir) / "%j", job_id=task.job_id, task_id=0).stderr
         if stderr.is_file():
             return _tail(stderr.read_text(errors="replace"))
-    return run_state(task)[1]
+    return RunDir(task.run_dir).state().error
 
 
 def scheduler_states(tasks: list[Task]) -> dict[str, str]:
@@ -250,31 +249,6 @@ def _local_exit(sweep_dir: Path, task: Task) -> dict | None:
     return None if record.get("returncode") == LOCAL_REQUEUE_RETURN_CODE else record
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a reused pid: some other program
-        return b"python" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return True
-
-
-def _gone(task: Task) -> str | None:
-    """Why a run whose status.json says "running" is not, when its process on this host is gone."""
-    try:
-        status = json.loads((Path(task.run_dir) / "status.json").read_text())
-    except (OSError, ValueError):
-        return None
-    pid = status.get("pid")
-    if status.get("status") != "running" or status.get("host") != socket.gethostname() or not isinstance(pid, int):
-        return None
-    return None if _alive(pid) else f"training process {pid} on {status['host']} is gone (killed?)"
-
-
 def task_state(sweep_dir: Path, task: Task, sched: str | None) -> tuple[str, str | None]:
     """("finished"|"pending"|"running"|"requeued"|"failed"|"submitted"|"new", error tail) of one task.
 
@@ -282,8 +256,8 @@ def task_state(sweep_dir: Path, task: Task, sched: str | None) -> tuple[str, str
     ``--cluster local`` with the signal that killed it; else, when its run directory says
     "running" but its process on this host is gone.
     """
-    run, _ = run_state(task)
-    if run == "finished":
+    run = RunDir(task.run_dir).state()
+    if run.finished:
         return "finished", None
     if sched in ACTIVE:
         return sched.lower(), None  # a requeued job's run dir says "failed" until it restarts
@@ -292,12 +266,11 @@ def task_state(sweep_dir: Path, task: Task, sched: str | None) -> tuple[str, str
         if ended is not None:
             how = f"killed by {ended['signal']}" if ended.get("signal") else f"exited {ended.get('returncode')}"
             return "failed", f"task process {ended.get('pid')} {how}\n" + (error_tail(sweep_dir, task) or "")
-    gone = _gone(task) if sched is None else None
-    if gone:
-        return "failed", gone + "\n" + (error_tail(sweep_dir, task) or "")
-    if run in ("failed", "interrupted", "preempted") or sched is not None:
+    if run.status in ("failed", "interrupted", "preempted") or sched is not None:
         # any ended SLURM state without a summary (FAILED, CANCELLED, TIMEOUT, ...) is a failure
         reason = "" if sched in (None, "FAILED", "COMPLETED") else f"job {sched.lower()}\n"
+        if run.record.get("status") == "running":  # it said running, but its process is gone
+            reason += run.error.splitlines()[0] + "\n"
         return "failed", reason + (error_tail(sweep_dir, task) or "")
     if task.cluster == "debug":
         return task.state, task.error

@@ -18,7 +18,7 @@ from brainmri.config import ConfigError
 from brainmri.data.files import DataError
 from brainmri.use.external import evaluate_run
 from brainmri.models.weights import WeightsError
-from brainmri.use.predict import RunError
+from brainmri.use.trained import RunError
 from brainmri.rundir import CheckpointError
 
 

@@ -15,7 +15,7 @@ import sys
 from brainmri.config import ConfigError
 from brainmri.use.export import FORMATS, ExportError, export
 from brainmri.models.weights import WeightsError
-from brainmri.use.predict import RunError, load_trained
+from brainmri.use.trained import RunError, load_trained
 from brainmri.rundir import CheckpointError
 
 

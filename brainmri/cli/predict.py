@@ -15,7 +15,8 @@ import sys
 
 from brainmri.config import ConfigError
 from brainmri.models.weights import WeightsError
-from brainmri.use.predict import RunError, load_trained, predict_files, write_csv
+from brainmri.use.predict import predict_files, write_csv
+from brainmri.use.trained import RunError, load_trained
 from brainmri.rundir import CheckpointError
 
 

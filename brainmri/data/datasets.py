@@ -21,7 +21,7 @@ from filelock import FileLock
 from sklearn.model_selection import train_test_split
 
 from brainmri.data.leakage import BANDS, fingerprints, group_keys, nearest
-from brainmri.data.files import DataError, Sample, _scan_split_dir, file_index, resolve_splits_root
+from brainmri.data.files import DataError, Sample, file_index, resolve_splits_root, scan_folder
 from brainmri.data.transforms import Decoder
 
 
@@ -176,12 +176,12 @@ def split_groups(samples: list[Sample], val_fraction: float, seed: int,
 def build_split(data_cfg, root: str | Path) -> Split:
     """Scan ``root`` and split Training into train/val; Testing (if present) is the test split."""
     train_dir, test_dir = resolve_splits_root(root)
-    classes, samples, skipped = _scan_split_dir(train_dir, None)
+    classes, samples, skipped = scan_folder(train_dir, None)
     if not samples:
         raise DataError(f"no readable images under {train_dir}")
     test: list[Sample] = []
     if test_dir is not None:
-        _, test, test_skipped = _scan_split_dir(test_dir, classes)
+        _, test, test_skipped = scan_folder(test_dir, classes)
         skipped += test_skipped
     # one fingerprint per image, used both for the groups and for the nearest-training search
     fp = fingerprints([s.path for s in samples + test], data_cfg.cache_dir)
@@ -202,12 +202,20 @@ def annotate_nearest(train: list[Sample], held_out: list[Sample], fingerprints_o
 
     ``fingerprints_of(samples)`` returns their ``brainmri.data.leakage`` fingerprints, row-aligned.
     """
-    if not held_out:
+    if held_out:
+        nearest_training([s.path for s in train], [s.sha1 for s in train], fingerprints_of(train),
+                         held_out, fingerprints_of(held_out))
+
+
+def nearest_training(train_paths: list[str], train_sha1: list[str], train_fp: np.ndarray,
+                     samples: list[Sample], sample_fp: np.ndarray) -> None:
+    """The one nearest-training annotation: each sample's most similar training image, its coarse
+    similarity and its band (``brainmri.data.leakage.BANDS``), set on the sample."""
+    if not samples:
         return
-    near = nearest(fingerprints_of(train), [s.sha1 for s in train], fingerprints_of(held_out),
-                   [s.sha1 for s in held_out])
-    for s, idx, sim, band in zip(held_out, near.index, near.coarse, near.band):
-        s.nearest_train = train[idx].path if idx >= 0 else None
+    near = nearest(train_fp, train_sha1, sample_fp, [s.sha1 for s in samples])
+    for s, idx, sim, band in zip(samples, near.index, near.coarse, near.band):
+        s.nearest_train = train_paths[idx] if idx >= 0 else None
         s.similarity = round(float(sim), 4) if idx >= 0 else None
         s.band = BANDS[band]
 

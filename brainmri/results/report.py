@@ -97,7 +97,7 @@ def _mcnemar_lines(cmp: Comparison) -> list[str]:
     return lines
 
 
-def _incomplete_frame(cmp: Comparison, full_error: bool = False) -> pd.DataFrame:
+def incomplete_frame(cmp: Comparison, full_error: bool = False) -> pd.DataFrame:
     """One row per incomplete run; ``error`` is its first line unless ``full_error``."""
     def err(e):
         e = e or ""
@@ -106,20 +106,20 @@ def _incomplete_frame(cmp: Comparison, full_error: bool = False) -> pd.DataFrame
                           "error": err(r.error), "source": r.sources[0]} for r in cmp.incomplete])
 
 
-def _intro(cmp: Comparison) -> str:
+def intro_text(cmp: Comparison) -> str:
     return (f"Per recipe, the configuration (swept config keys) with the best mean {cmp.metric} over seeds "
             f"is selected on the validation split; test metrics are reported for that choice only. "
             f"Cells: mean ± std over seeds [95% t-interval of the mean, clipped to [0, 1]]. Recipes ordered by {cmp.metric}.")
 
 
 def to_markdown(cmp: Comparison, per_value: bool = False) -> str:
-    parts = ["# Recipe comparison", _intro(cmp), markdown_table(display_frame(cmp))]
+    parts = ["# Recipe comparison", intro_text(cmp), markdown_table(display_frame(cmp))]
     if per_value:
         parts += ["## Per swept value (* = selected; test columns of other values are for reference, "
                   "not used for selection)", markdown_table(display_frame(cmp, per_value=True))]
     parts += ["## Paired test", "\n".join(_mcnemar_lines(cmp))]
     parts += ["## Incomplete runs (not averaged)",
-              markdown_table(_incomplete_frame(cmp)) if cmp.incomplete else "None."]
+              markdown_table(incomplete_frame(cmp)) if cmp.incomplete else "None."]
     if cmp.notes:
         parts += ["## Notes", "\n".join(f"- {n}" for n in cmp.notes)]
     return "\n\n".join(parts) + "\n"
@@ -130,7 +130,7 @@ def to_csv(cmp: Comparison, per_value: bool = False) -> str:
     df = results_frame(cmp, per_value)
     if len(df):
         df.insert(df.columns.get_loc("split"), "state", "finished")
-    inc = _incomplete_frame(cmp)
+    inc = incomplete_frame(cmp)
     if len(inc):
         inc = inc.rename(columns={"status": "state", "seed": "n_seeds"})[["recipe", "state", "error", "id"]]
         df = pd.concat([df, inc], ignore_index=True)
@@ -148,11 +148,11 @@ def to_latex(cmp: Comparison, per_value: bool = False) -> str:
     """A booktabs ``table`` environment; McNemar and incomplete runs follow as LaTeX comments."""
     df = display_frame(cmp, per_value).map(lambda x: _tex(str(x)))
     df.columns = [_tex(c) for c in df.columns]
-    body = df.to_latex(index=False, escape=False, caption=_tex(_intro(cmp)),
+    body = df.to_latex(index=False, escape=False, caption=_tex(intro_text(cmp)),
                        label="tab:recipes", position="t")
     comments = _mcnemar_lines(cmp) + cmp.notes
     if cmp.incomplete:
-        inc = _incomplete_frame(cmp)[["recipe", "seed", "status", "error"]].astype(str).map(_tex)
+        inc = incomplete_frame(cmp)[["recipe", "seed", "status", "error"]].astype(str).map(_tex)
         body += inc.to_latex(index=False, escape=False, caption="Incomplete runs (not averaged)",
                              label="tab:incomplete", position="t")
     return body + "".join(f"% {' '.join(line.split())}\n" for line in comments)

@@ -20,10 +20,10 @@ import pandas as pd
 from plotly.utils import PlotlyJSONEncoder
 
 from brainmri.results.collect import (
-    NOT_SWEPT, Comparison, Run, _load_predictions, flatten, mcnemar, value_label,
+    NOT_SWEPT, Comparison, Run, load_predictions, flatten, mcnemar, value_label,
 )
 from brainmri.data.leakage import BANDS
-from brainmri.results.report import _incomplete_frame, _intro, display_frame
+from brainmri.results.report import incomplete_frame, intro_text, display_frame
 
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
@@ -90,7 +90,7 @@ def _plotly_template() -> str:
 
 
 def _predictions(run: Run) -> pd.DataFrame | None:
-    return _load_predictions(run)
+    return load_predictions(run)
 
 
 def _paired_correct(pa: pd.DataFrame, pb: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -173,7 +173,7 @@ def render_html(cmp: Comparison, title: str = "brainmri recipe comparison") -> s
     import plotly.graph_objects as go
 
     sec: list[tuple[str, str]] = []
-    sec.append(("1. Comparison table", f"<p>{html.escape(_intro(cmp))}</p>" + _table(display_frame(cmp), True)
+    sec.append(("1. Comparison table", f"<p>{html.escape(intro_text(cmp))}</p>" + _table(display_frame(cmp), True)
                 + "<p>Chosen on validation: " + "; ".join(
                     html.escape(f"{rr.recipe}: {value_label(rr.keys, rr.chosen)} (best mean {cmp.metric})")
                     for rr in cmp.recipes) + "</p>"))
@@ -272,7 +272,7 @@ def render_html(cmp: Comparison, title: str = "brainmri recipe comparison") -> s
         sec.append(("7. Accuracy by similarity-to-training band (chosen configuration, over seeds)",
                     _table(bands.round(4), True)))
     sec.append(("8. Compute cost", _table(cost_frame(cmp), True)))
-    inc = _incomplete_frame(cmp, full_error=True)
+    inc = incomplete_frame(cmp, full_error=True)
     sec.append(("9. Failed or unfinished runs", "".join(
         f"<h3>{html.escape(str(r['id']))} ({html.escape(str(r['recipe']))}, seed {r['seed']}): "
         f"{html.escape(str(r['status']))}</h3><pre>{html.escape(str(r['error']))}</pre>"

@@ -492,15 +492,3 @@ def load_table(sweep_dir: str | Path) -> list[Task]:
     if not path.is_file():
         raise SweepError(f"{sweep_dir}: no tasks.json (not a sweep directory?)")
     return [Task(**row) for row in json.loads(path.read_text())]
-
-
-def run_state(task: Task) -> tuple[str | None, str | None]:
-    """What the task's run directory says: ("finished"|"failed"|"running"|None, error)."""
-    run_dir = Path(task.run_dir)
-    if (run_dir / "summary.json").is_file():
-        return "finished", None
-    try:
-        status = json.loads((run_dir / "status.json").read_text())
-    except (OSError, ValueError):
-        return None, None
-    return status.get("status"), status.get("error")

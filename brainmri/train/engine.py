@@ -22,16 +22,15 @@ import traceback
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
+from brainmri.train.accel import make_accelerator, reset_accelerator
 from brainmri.train.checkpoint import (
     TrainerState, capture_position, make_checkpoint, restore_optimization, seed_epoch, set_rng_state,
 )
-from brainmri.config import ConfigError, RunConfig, save_config
-from brainmri.train.evaluate import confusion_png, evaluate_split
+from brainmri.config import ConfigError, RunConfig
+from brainmri.train.evaluate import evaluate_split
 from brainmri.data.datasets import (
     EpochSampler, EpochSeeded, ImageDataset, build_split, class_weights, make_loader, resolve_data_root,
 )
@@ -40,7 +39,7 @@ from brainmri.models.registry import (
 )
 from brainmri.optim import build_optimizer, build_scheduler, replan_cosine
 from brainmri.train.resume import check_resumable, default_run_dir, extends_finished
-from brainmri.rundir import CheckpointError, RunDir, acquire_lock, read_json, write_json
+from brainmri.rundir import CheckpointError, RunDir, acquire_lock
 from brainmri.train.signals import StopSignals, TrainingInterrupted
 from brainmri.train.tracking import WandbRun, log, setup_logging
 from brainmri.data.transforms import Decoder, batch_normalizer, eval_transform, train_transform
@@ -54,15 +53,6 @@ def _better(value: float, best: float | None, mode: str, min_delta: float = 0.0)
     return value < best - min_delta if mode == "min" else value > best + min_delta
 
 
-def _make_accelerator(cfg: RunConfig) -> Accelerator:
-    precision = cfg.train.mixed_precision
-    if precision == "fp16" and not torch.cuda.is_available():
-        # fp16 autocast is a no-op on CPU; say so rather than silently training in fp32 under a "fp16" label
-        log.warning("train.mixed_precision=fp16 needs a GPU; training in fp32 (use bf16 for CPU autocast)")
-        precision = "no"
-    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.train.grad_accum)
-
-
 PROGRESS_EVERY_S = 1.0  # status.json's in-epoch progress is rewritten at most this often (and at an epoch's first step)
 
 
@@ -71,7 +61,7 @@ class Engine:
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
-        self.acc = _make_accelerator(cfg)
+        self.acc = make_accelerator(cfg.train.mixed_precision, cfg.train.grad_accum)
         self.run = RunDir(cfg.run_dir or default_run_dir(cfg))
         self.state = TrainerState()
         self.feature_train = None  # the FeatureDataset while a phase trains the head on cached features
@@ -113,12 +103,11 @@ class Engine:
         self.val_loader = make_loader(self.datasets["val"], ebs, cfg.data.num_workers)
         self.test_loader = make_loader(self.datasets["test"], ebs, cfg.data.num_workers) if self.split.test else None
         if acc.is_main_process:
-            write_json(self.run.path / "skipped_files.json",
-                       {"count": len(self.split.skipped), "files": self.split.skipped})
-            write_json(self.run.path / "split.json", self.split.record())
+            self.run.write_skipped(self.split.skipped)
+            self.run.write_split(self.split.record())
             if self.split.skipped:
                 log.warning("skipped %d unreadable image(s); see %s: %s", len(self.split.skipped),
-                            self.run.path / "skipped_files.json",
+                            self.run.skipped_file,
                             ", ".join(s["path"] for s in self.split.skipped[:5]))
         log.info("data %s: %d train / %d val / %d test images, classes %s", root, len(self.split.train),
                  len(self.split.val), len(self.split.test), self.classes)
@@ -270,29 +259,29 @@ class Engine:
 
     def _fit_locked(self) -> dict:
         cfg, acc, run = self.cfg, self.acc, self.run
-        setup_logging(run.path, acc.is_main_process)
-        extend = run.summary_file.exists() and extends_finished(cfg, run.path / "config.yaml")
-        if run.summary_file.exists() and not extend:
+        setup_logging(run.log_file, acc.is_main_process)
+        extend = run.is_finished() and extends_finished(cfg, run)
+        if run.is_finished() and not extend:
             log.info("%s is finished; returning its summary", run.summary_file)
-            return read_json(run.summary_file)
+            return run.read_summary()
         acc.wait_for_everyone()  # every rank has decided before rank 0 moves the old summary aside
         if extend and acc.is_main_process:
-            os.replace(run.summary_file, run.path / "summary.prev.json")
-            log.info("extending the finished run %s (its summary is now summary.prev.json)", run.path)
+            run.archive_summary()
+            log.info("extending the finished run %s (its previous summary is kept beside it)", run.path)
         if run.has_checkpoint():
-            check_resumable(cfg, run.path / "config.yaml")
+            check_resumable(cfg, run)
         self.wb = None
         wall_start = time.perf_counter()
         try:  # from here on, a failure is recorded in status.json (the sweep reads it)
             if acc.is_main_process:
-                save_config(cfg, run.path / "config.yaml")
+                run.save_config(cfg.to_dict())
             set_seed(cfg.seed, deterministic=cfg.train.deterministic)
             self._setup_data()
             self._setup_model()
             ckpt = self._load_last()
             if acc.is_main_process:  # rows logged after the checkpoint we start from are redone
                 run.truncate_metrics(self.state.epoch)
-            self.wb = WandbRun(cfg, run.path, self.state.wandb_id, acc.is_main_process)
+            self.wb = WandbRun(cfg, run, self.state.wandb_id, acc.is_main_process)
             self.state.wandb_id = self.wb.run_id
             if acc.is_main_process:
                 self.wb.backfill(run.read_metrics())
@@ -323,9 +312,7 @@ class Engine:
             raise
         finally:
             acc.end_training()  # destroys the process group, so gloo/NCCL exit cleanly
-            # accelerate's state is a per-process singleton: reset it so another fit() in this
-            # process (--cluster debug, notebooks) may use other settings
-            AcceleratorState._reset_state(reset_partial_state=True)
+            reset_accelerator()  # another fit() in this process may use other settings
         self.wb.finish()
         return summary
 
@@ -454,9 +441,7 @@ class Engine:
     def _finish(self, wall_s: float) -> dict:
         """Evaluate the best checkpoint on val and test; write predictions, PNGs and the summary."""
         cfg, acc, run, st = self.cfg, self.acc, self.run, self.state
-        if not run.best_checkpoint.exists():
-            raise RuntimeError(f"no best checkpoint in {run.checkpoints}: did any epoch run?")
-        best = torch.load(run.best_checkpoint, map_location="cpu", weights_only=True)
+        best = run.load_best()
         self.model.load_state_dict(best["model"])
         acc.free_memory()
         loaders = {"val": self.val_loader}
@@ -474,14 +459,14 @@ class Engine:
                                           run, self.normalize, f"{cfg.recipe} seed {cfg.seed}: {split} "
                                           f"(best epoch {st.best_epoch})"))
             if acc.is_main_process:
-                self.wb.log_image(f"{split}/confusion_matrix", confusion_png(run, split))
+                self.wb.log_image(f"{split}/confusion_matrix", run.confusion_png(split))
         summary["config"] = cfg.to_dict()
         if acc.is_main_process:
-            self.wb.log_results(run.path, summary)
+            self.wb.log_results(run, summary)
             self.wb.summary({k: v for k, v in summary.items() if k != "config"})
             run.append_metrics({"evaluation": "best_checkpoint", "best_epoch": st.best_epoch, "epochs_run": st.epoch,
                                 **{k: v for k, v in summary.items() if k.startswith(("val/", "test/"))}})
-            write_json(run.summary_file, summary)
+            run.write_summary(summary)
             run.set_status("finished", st.epoch)
             log.info("finished %s: val/acc %.4f%s", run.path, summary["val/acc"],
                      f" test/acc {summary['test/acc']:.4f}" if "test/acc" in summary else "")
