@@ -296,8 +296,14 @@ def _build(cls, data: dict[str, Any], prefix: str = ""):
     return cls(**kwargs)
 
 
-def parse_value(text: str) -> Any:
-    """Parse the value of a ``key=value`` override: Python/YAML literal, else a plain string."""
+def parse_value(text: str, key: str | None = None) -> Any:
+    """Parse the value of a ``key=value`` override: Python/YAML literal, else a plain string.
+
+    A word that is one of ``key``'s choices stays that word (``data.cache=none`` is the choice
+    "none", not null).
+    """
+    if key is not None and text.strip() in _CHOICES.get(key, ()):
+        return text.strip()
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -355,7 +361,7 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str] | tuple[str, ...]
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, text = item.split("=", 1)
-        apply_override(tree, key.strip(), parse_value(text))
+        apply_override(tree, key.strip(), parse_value(text, key.strip()))
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -9,6 +9,7 @@ Knows nothing about models or training.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections import Counter
@@ -316,3 +317,58 @@ def resolve_data_root(cfg) -> Path:
         generate_phantoms(root, n_per_class=s.n_per_class, n_test_per_class=s.n_test_per_class,
                           image_size=s.render_size, seed=s.seed)
     return root
+
+
+@dataclass
+class TrainingData:
+    """Everything the engine reads data through: the split, datasets, seeded sampler and loaders."""
+
+    root: Path
+    split: Split
+    datasets: dict[str, ImageDataset]
+    sampler: "EpochSampler"
+    train_seeded: "EpochSeeded"  # augmentation seeded per (seed, epoch, image)
+    loaders: dict[str, torch.utils.data.DataLoader]  # train, val and (with a test split) test
+    normalize: object  # uint8 batch → model input
+
+    @property
+    def classes(self) -> list[str]:
+        return self.split.classes
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+        self.train_seeded.set_epoch(epoch)
+
+
+def build_training_data(cfg, first=contextlib.nullcontext) -> TrainingData:
+    """Scan and split the data root, build the datasets (through the decoded cache if configured) and loaders.
+
+    ``first()`` is a context manager under which one process builds what the others then read
+    (``Accelerator.main_process_first``): the phantoms, the scan's index and the caches.
+    """
+    from brainmri.data.transforms import batch_normalizer, eval_transform, train_transform
+
+    with first():  # rank 0 generates/indexes; the others then read its cache
+        root = resolve_data_root(cfg)
+        split = build_split(cfg.data, root)
+    if not split.val:
+        raise ValueError("data.val_fraction=0 leaves no validation split; the engine needs one")
+    decoder = Decoder(cfg.data.input_size, cfg.data.input_channels)
+    sources = {}
+    if cfg.data.cache == "decoded":
+        from brainmri.data.cache import DecodedCache
+
+        with first():
+            sources = {part: DecodedCache.build(getattr(split, part), decoder, cfg.data.cache_dir)
+                       for part in PARTS if getattr(split, part)}
+    datasets = {part: ImageDataset(getattr(split, part), decoder,
+                                   train_transform(cfg.data) if part == "train" else eval_transform(cfg.data),
+                                   sources.get(part)) for part in PARTS}
+    sampler = EpochSampler(len(split.train), cfg.seed)
+    seeded = EpochSeeded(datasets["train"], cfg.seed)
+    bs, ebs = cfg.data.batch_size, cfg.data.eval_batch_size or cfg.data.batch_size
+    loaders = {"train": make_loader(seeded, bs, cfg.data.num_workers, sampler),
+               "val": make_loader(datasets["val"], ebs, cfg.data.num_workers)}
+    if split.test:
+        loaders["test"] = make_loader(datasets["test"], ebs, cfg.data.num_workers)
+    return TrainingData(Path(root), split, datasets, sampler, seeded, loaders, batch_normalizer(cfg.data))

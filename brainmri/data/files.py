@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
+from brainmri.atomic import atomic_write
 from brainmri.data.cachedir import cache_base
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -127,9 +127,7 @@ def scan_folder(split_dir: str | Path, classes: list[str] | None = None,
             for path, entry in zip(todo, pool.map(_check_file, todo)):
                 index[str(path)] = entry
         index_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = index_file.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(index))
-        os.replace(tmp, index_file)
+        atomic_write(index_file, json.dumps(index))
 
     samples, skipped = [], []
     for path, label in files:

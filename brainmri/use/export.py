@@ -135,7 +135,7 @@ def data_fingerprint(trained: TrainedRun) -> dict:
 
 def code_version() -> str:
     """``git describe`` of the brainmri checkout, else the installed package version."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(["git", "-C", str(repo), "describe", "--always", "--dirty", "--tags"],
                              capture_output=True, text=True, timeout=10)
