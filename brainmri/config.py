@@ -355,13 +355,19 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def split_override(item: str) -> tuple[str, str]:
+    """``"key=value"`` → ``(key, value text)``; anything else is a ConfigError naming it."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    key, text = item.split("=", 1)
+    return key.strip(), text
+
+
 def apply_overrides(tree: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> None:
     """Apply ``key=value`` strings to a config mapping in place."""
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        key, text = item.split("=", 1)
-        apply_override(tree, key.strip(), parse_value(text, key.strip()))
+        key, text = split_override(item)
+        apply_override(tree, key, parse_value(text, key))
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -79,7 +79,7 @@ class Split:
     def from_record(cls, record: dict, root: str | Path | None = None) -> "Split":
         """The split a ``split.json`` record describes, with paths under ``root`` (default: its own root)."""
         if "files" not in record:
-            raise DataError("split.json lists no files (written by an older brainmri); retrain or rescan")
+            raise DataError("the run's split record lists no files (written by an older brainmri); retrain it")
         root = Path(root or record["data_root"])
         classes = list(record["classes"])
         index = {c: i for i, c in enumerate(classes)}

@@ -39,10 +39,10 @@ from typing import Any
 
 import yaml
 
-from brainmri.config import (
-    ConfigError, flatten, is_runtime_key, load_config, parse_value, read_yaml, recipe_name,
-)
 from brainmri.atomic import atomic_write
+from brainmri.config import (
+    ConfigError, flatten, is_runtime_key, load_config, parse_value, read_yaml, recipe_name, split_override,
+)
 from brainmri.sweep.resources import ResourceError, SlurmResources, merge_resources, parse_resources
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -199,9 +199,10 @@ def _split_cli(items: list[str] | tuple[str, ...]) -> tuple[dict[str, Any], dict
     """``slurm.<field>=value`` (resources), ``name=...``, any other ``key=value`` (every task's config)."""
     slurm, overrides, name = {}, {}, None
     for item in items:
-        if "=" not in item:
-            raise SweepError(f"override {item!r} is not of the form key=value")
-        key, text = item.split("=", 1)
+        try:
+            key, text = split_override(item)
+        except ConfigError as e:
+            raise SweepError(str(e)) from None
         if key.startswith("slurm."):
             slurm[key.removeprefix("slurm.")] = parse_value(text)
         elif key == "name":
