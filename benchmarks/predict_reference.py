@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from _common import DATA_ROOT, ROOT, write_result
 
