@@ -29,7 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from brainmri.atomic import append_line, atomic_path, atomic_write, encode, jsonable, read_json, write_json
+from brainmri.atomic import (
+    DiskFullError, append_line, atomic_path, atomic_write, encode, jsonable, read_json, write_json,
+)
 
 log = logging.getLogger("brainmri")
 
@@ -44,6 +46,13 @@ class CheckpointError(RuntimeError):
     """No valid checkpoint to resume from or to use (one line for the user)."""
 
 
+class RunDirError(RuntimeError):
+    """The run directory cannot be written (read-only, no permission); one line naming it."""
+
+
+NO_SPACE = "no space"  # status.json's "cause" of a run stopped by a full disk or an exceeded quota
+
+
 @dataclass
 class RunState:
     """What a run directory says about its run (see :meth:`RunDir.state`)."""
@@ -56,6 +65,15 @@ class RunState:
     @property
     def finished(self) -> bool:
         return self.status == "finished"
+
+    @property
+    def label(self) -> str:
+        """The state as tables show it: ``failed: no space`` for a run a full disk stopped."""
+        return state_label(self.status or "new", self.record.get("cause"))
+
+
+def state_label(status: str, cause: str | None) -> str:
+    return f"{status}: {cause}" if status == "failed" and cause else status
 
 
 def _pid_alive(pid: int) -> bool:
@@ -89,7 +107,15 @@ class RunDir:
         return f"RunDir({str(self.path)!r})"
 
     def create(self) -> None:
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        """Create the directory and check that this process can write there (one line if not)."""
+        try:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            probe = self.path / f".write-test{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as e:
+            raise RunDirError(f"run directory {self.path} is not writable ({e.strerror or e}); "
+                              "choose another run_dir") from None
 
     @staticmethod
     def is_run_dir(path: str | Path, names: set[str] | None = None) -> bool:
@@ -192,9 +218,22 @@ class RunDir:
             return None
 
     # ----------------------------------------------------------------- status
-    def set_status(self, status: str, epoch: int = 0, error: str | None = None, **extra: Any) -> None:
-        write_json(self.status_file, {"status": status, "epoch": epoch, "error": error,
-                                      "host": socket.gethostname(), "pid": os.getpid(), **extra})
+    def set_status(self, status: str, epoch: int = 0, error: str | None = None, last_resort: bool = False,
+                   **extra: Any) -> None:
+        """Write ``status.json`` atomically. ``last_resort`` (a run stopped by a full disk): when even
+        that cannot be written, overwrite the old file in place, which needs no new space."""
+        record = {"status": status, "epoch": epoch, "error": error, "host": socket.gethostname(),
+                  "pid": os.getpid(), **extra}
+        try:
+            write_json(self.status_file, record)
+        except DiskFullError:
+            if not last_resort or not self.status_file.exists():
+                raise
+            with open(self.status_file, "r+b") as f:
+                f.write(encode(record, "json"))
+                f.truncate()
+                f.flush()
+                os.fsync(f.fileno())
 
     def read_status(self) -> dict:
         return _read_json_or_none(self.status_file) or {}

@@ -283,16 +283,22 @@ def task_state(sweep_dir: Path, task: Task, sched: str | None) -> tuple[str, str
 RESUBMITTABLE = {"new", "failed"}
 
 
+def state_label(task: Task) -> str:
+    """The task's state as shown: ``failed: no space`` when a full disk stopped its run."""
+    return RunDir(task.run_dir).state().label if task.state == "failed" else task.state
+
+
 def print_status(tasks: list[Task]) -> int:
+    labels = {t.id: state_label(t) for t in tasks}
     for t in tasks:
-        print(f"{t.id}  {t.state:<10} {t.job_id or '-':<12} {t.recipe}  {format_params(t.params)}")
+        print(f"{t.id}  {labels[t.id]:<16} {t.job_id or '-':<12} {t.recipe}  {format_params(t.params)}")
     for t in tasks:
         if t.state == "failed":
-            print(f"\n--- {t.id} failed (job {t.job_id}):")
+            print(f"\n--- {t.id} {labels[t.id]} (job {t.job_id}):")
             print("\n".join(f"    {line}" for line in (t.error or "").splitlines()))
-    counts = {s: sum(t.state == s for t in tasks) for s in dict.fromkeys(t.state for t in tasks)}
+    counts = {s: sum(labels[t.id] == s for t in tasks) for s in dict.fromkeys(labels.values())}
     print("\n" + ", ".join(f"{n} {s}" for s, n in counts.items()))
-    return 1 if counts.get("failed") else 0
+    return 1 if any(t.state == "failed" for t in tasks) else 0
 
 
 def status(sweep_dir: str | Path) -> int:

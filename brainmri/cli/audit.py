@@ -13,8 +13,10 @@ from pathlib import Path
 from brainmri.data.audit import audit, markdown, write_html
 from brainmri.data.files import DataError
 from brainmri.rundir import write_json
+from brainmri.cli.errors import full_disk_is_one_line
 
 
+@full_disk_is_one_line
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", help="data root holding Training/<class>/ (and optionally Testing/<class>/)")

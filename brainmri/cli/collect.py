@@ -12,6 +12,7 @@ from pathlib import Path
 
 from brainmri.results.collect import collect_runs, compare
 from brainmri.results.report import RENDERERS, write_plots
+from brainmri.cli.errors import full_disk_is_one_line
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -34,6 +35,7 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
+@full_disk_is_one_line
 def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     if not args.paths and not args.wandb_project:

@@ -18,8 +18,10 @@ from brainmri.models.weights import WeightsError
 from brainmri.use.predict import predict_files, write_csv
 from brainmri.use.trained import RunError, load_trained
 from brainmri.rundir import CheckpointError
+from brainmri.cli.errors import full_disk_is_one_line
 
 
+@full_disk_is_one_line
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a brainmri run directory (its config and best checkpoint are used)")

@@ -18,6 +18,7 @@ import sys
 from brainmri.jobs.submit import CLUSTERS, run_sweep, status
 from brainmri.models.weights import WeightsError
 from brainmri.sweep.expand import SweepError, load_sweep
+from brainmri.cli.errors import full_disk_is_one_line
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -32,6 +33,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@full_disk_is_one_line
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from brainmri.data.cachedir import cache_base
+from brainmri.data.cachedir import cache_base, cache_unwritable
 from brainmri.atomic import atomic_path, write_json
 
 FORMAT = 2
@@ -45,6 +45,15 @@ class DecodedCache:
         self.shape = tuple(shape)  # what ``cache(i)`` returns, stacked: (N, C, H, W); one channel is stored
         self.built = built  # True when this call decoded the images (False: reused a store)
         self._mm = None
+
+    @classmethod
+    def build_or_none(cls, samples, decoder, cache_dir: str | Path | None = None) -> "DecodedCache | None":
+        """:meth:`build`, or None (one warning) when the store cannot be written: images are then decoded as read."""
+        try:
+            return cls.build(samples, decoder, cache_dir)
+        except OSError as e:
+            cache_unwritable("decoded-image", cache_root(cache_dir), e)
+            return None
 
     @classmethod
     def build(cls, samples, decoder, cache_dir: str | Path | None = None, workers: int | None = None) -> "DecodedCache":

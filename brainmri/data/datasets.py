@@ -359,7 +359,7 @@ def build_training_data(cfg, first=contextlib.nullcontext) -> TrainingData:
         from brainmri.data.cache import DecodedCache
 
         with first():
-            sources = {part: DecodedCache.build(getattr(split, part), decoder, cfg.data.cache_dir)
+            sources = {part: DecodedCache.build_or_none(getattr(split, part), decoder, cfg.data.cache_dir)
                        for part in PARTS if getattr(split, part)}
     datasets = {part: ImageDataset(getattr(split, part), decoder,
                                    train_transform(cfg.data) if part == "train" else eval_transform(cfg.data),

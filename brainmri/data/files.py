@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from brainmri.atomic import atomic_write
-from brainmri.data.cachedir import cache_base
+from brainmri.data.cachedir import cache_base, cache_unwritable
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -126,8 +126,11 @@ def scan_folder(split_dir: str | Path, classes: list[str] | None = None,
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for path, entry in zip(todo, pool.map(_check_file, todo)):
                 index[str(path)] = entry
-        index_file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(index_file, json.dumps(index))
+        try:
+            index_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(index_file, json.dumps(index))
+        except OSError as e:  # full, read-only: the next scan decodes again
+            cache_unwritable("file index", index_file.parent, e)
 
     samples, skipped = [], []
     for path, label in files:

@@ -44,7 +44,7 @@ import numpy as np
 from filelock import FileLock
 from PIL import Image
 
-from brainmri.data.cachedir import cache_base
+from brainmri.data.cachedir import cache_base, cache_unwritable
 from brainmri.atomic import atomic_path
 from brainmri.data.files import load_pil
 
@@ -167,7 +167,10 @@ def fingerprints(paths: list[str], cache_dir=None, workers: int | None = None, p
                 it = tqdm(it, total=len(todo), desc="fingerprints", unit="img")
             for j, fp in zip(todo, it):
                 out[j] = fp
-        _save_cache(cache, known, stored, paths, stats, out, todo)
+        try:
+            _save_cache(cache, known, stored, paths, stats, out, todo)
+        except OSError as e:  # full, read-only: computed again next time
+            cache_unwritable("fingerprint", cache.parent, e)
     return out
 
 

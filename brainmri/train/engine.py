@@ -141,6 +141,7 @@ class Engine:
                 policy.next_phase(st)
                 continue
             optimizer, scheduler = self._prepare_phase(phase)
+            self.record.check_space(self.model, self.cfg.optim.name)  # once, before the first epoch it trains
             position = resume_position(ckpt, st.epoch + 1, self.acc.num_processes, self.run.last_checkpoint)
             if ckpt is not None and "optimizer" in ckpt and (st.phase_epoch > 0 or position is not None):
                 restore_optimization(ckpt, optimizer, scheduler, self.acc.scaler)

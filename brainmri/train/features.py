@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
-from brainmri.data.cachedir import cache_base
+from brainmri.data.cachedir import cache_base, cache_unwritable
 from brainmri.atomic import atomic_write
 from torch import nn
 
@@ -92,13 +92,24 @@ def cached_features(model: nn.Module, dataset, views: int = 1, batch_size: int =
                     cache_dir: str | Path | None = None, num_workers: int = 0, to_input=None) -> torch.Tensor:
     """``build_feature_cache`` persisted on disk: computed once under a file lock, then loaded."""
     root = cache_base(cache_dir) / "features"
-    root.mkdir(parents=True, exist_ok=True)
     path = root / f"{feature_cache_key(model, dataset, views, seed, to_input)}.pt"
-    with FileLock(str(path) + ".lock"):
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path) + ".lock")
+        lock.acquire()
+    except OSError as e:  # read-only or full: compute them here, keep nothing
+        cache_unwritable("feature", root, e)
+        return build_feature_cache(model, dataset, views, batch_size, device, seed, num_workers, to_input)
+    try:
         if path.is_file():
             return torch.load(path, map_location="cpu", weights_only=True)
         feats = build_feature_cache(model, dataset, views, batch_size, device, seed, num_workers, to_input)
-        atomic_write(path, feats, kind="torch")
+        try:
+            atomic_write(path, feats, kind="torch")
+        except OSError as e:
+            cache_unwritable("feature", root, e)
+    finally:
+        lock.release()
     return feats
 
 

@@ -16,10 +16,12 @@ import signal
 import time
 import traceback
 
-from brainmri.rundir import RunDir, acquire_lock
+from brainmri.atomic import EX_TEMPFAIL, free_bytes, human_bytes, is_disk_full
+from brainmri.rundir import NO_SPACE, RunDir, acquire_lock
 from brainmri.train.resume import check_resumable, extends_finished
 from brainmri.train.tracking import WandbRun, log, setup_logging
 
+OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "ranger": 3, "sgd": 1}  # state tensors per trained parameter
 PROGRESS_EVERY_S = 1.0  # status.json's in-epoch progress is rewritten at most this often (and at an epoch's first step)
 
 
@@ -29,6 +31,7 @@ class RunRecord:
         self.lock = None
         self.wb: WandbRun | None = None
         self._progress_at, self._progress_epoch = time.perf_counter(), 0
+        self._space_checked = False
 
     # ------------------------------------------------------------------ opening
     def acquire(self) -> None:
@@ -135,9 +138,37 @@ class RunRecord:
         self._finish_wandb(exit_code, name)
 
     def failed(self, error: BaseException, state) -> None:
+        """status.json says failed with the error; a full disk or quota says why in one line
+        (``cause: no space``), written after the partial file is gone, in place as a last resort."""
+        if is_disk_full(error):
+            reason = getattr(error, "reason", None) or str(error)
+            if self.is_main:
+                try:
+                    self.run.set_status("failed", state.epoch, str(error), last_resort=True, cause=NO_SPACE,
+                                        reason=reason)
+                except OSError as e:  # said with the run's one error line (brainmri.cli.train)
+                    error.status_note = f"{self.run.status_file.name} could not be written either ({e})"
+            self._finish_wandb(EX_TEMPFAIL, "a full disk")
+            return
         if self.is_main:
             self.run.set_status("failed", state.epoch, f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
         self._finish_wandb(1, type(error).__name__)
+
+    def check_space(self, model, optim_name: str) -> None:
+        """Before the first epoch: warn when the run directory's file system has less free space than
+        one checkpoint pair needs (the new ``last.pt`` beside the previous one, and ``best.pt``)."""
+        if not self.is_main or self._space_checked:
+            return
+        self._space_checked = True
+        weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+        per_param = OPTIMIZER_STATES.get(optim_name, 2)  # state tensors per trained parameter
+        need = 2 * (weights + per_param * trained) + weights
+        free = free_bytes(self.run.path)
+        if free < need:
+            log.warning("the file system of %s has %s free; one checkpoint pair needs about %s: the run may stop "
+                        "with 'no space left' (exit %d) and resume once space is freed", self.run.path,
+                        human_bytes(free), human_bytes(need), EX_TEMPFAIL)
 
     def _finish_wandb(self, exit_code: int, why: str) -> None:
         try:

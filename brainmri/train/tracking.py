@@ -27,9 +27,17 @@ def setup_logging(log_file: Path | None, is_main: bool) -> None:
     stream.setFormatter(fmt)
     log.addHandler(stream)
     if log_file is not None and is_main:
-        fh = logging.FileHandler(log_file)
+        fh = _LogFile(log_file)
         fh.setFormatter(fmt)
         log.addHandler(fh)
+
+
+class _LogFile(logging.FileHandler):
+    """The run's log file; when it cannot be written (full disk) it falls silent instead of printing
+    a traceback per record (the run's own error says what happened)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.setLevel(logging.CRITICAL + 1)
 
 
 def _has_api_key() -> bool:
