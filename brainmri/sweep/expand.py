@@ -44,7 +44,7 @@ from brainmri.config import (
 )
 from brainmri.sweep.resources import ResourceError, SlurmResources, merge_resources, parse_resources
 
-CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"  # brainmri/sweep/expand.py → the repository root
 SWEEP_KEYS = {"name", "recipe", "recipes", "seeds", "overrides", "grid", "lr_scale", "slurm", "per_recipe"}
 BLOCK_KEYS = {"overrides", "grid", "lr_scale", "slurm"}  # what a per_recipe block may set
 WANDB_TAG_MAX = 64
