@@ -1,7 +1,7 @@
 """Run a sweep: expand a sweep YAML into tasks and submit them through submitit.
 
     python launch/sweep.py --config configs/sweeps/seed_lr_grid.yaml --cluster slurm [--dry-run]
-    python launch/sweep.py --config ... --cluster slurm --only-failed     # resubmit what failed
+    python launch/sweep.py --config ... --cluster slurm --only-failed     # resubmit what failed (per fold too)
     python launch/sweep.py --config ... --cluster local slurm.array_parallelism=2 train.epochs=3
     python launch/sweep.py status sweeps/<name>                           # states, job ids, errors
 
@@ -59,7 +59,8 @@ def status(sweep_dir: str) -> int:
 
 def print_bill(sweep, tasks: list[Task]) -> None:
     b = bill(sweep, tasks)
-    print(f"bill (requested at the time limits): {b['tasks']} task(s) in {b['arrays']} array(s)")
+    folds = f" ({sweep.folds} folds per recipe, configuration and seed)" if sweep.folds else ""
+    print(f"bill (requested at the time limits): {b['tasks']} task(s) in {b['arrays']} array(s){folds}")
     print(f"  {'recipe':<22} {'tasks':>5} {'array':>5} {'GPU-h':>9} {'CPU-h':>9}")
     for r in b["rows"]:
         print(f"  {r['recipe']:<22} {r['tasks']:>5} {r['array']:>5} {r['gpu_hours']:>9.1f} {r['cpu_hours']:>9.1f}")
