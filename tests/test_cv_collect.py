@@ -229,3 +229,38 @@ def test_latex_tables_compile_on_a_two_column_page(tmp_path):
         assert png.read_bytes()[:4] == b"\x89PNG"
         if os.environ.get("BRAINMRI_DOCS_PNG"):  # how docs/latex-table.png is made (docs/tables.md)
             shutil.copy(png, Path(os.environ["BRAINMRI_DOCS_PNG"]))
+
+
+@pytest.mark.slow
+def test_a_fold_sweep_trains_paired_folds_and_the_collector_pairs_them(tmp_path, phantom_root, capsys):
+    """Two recipes x 2 folds through the in-process cluster: the same folds for both recipes (split.json),
+    then the collector's replicates, fold statistics and the corrected t-test on the real run directories."""
+    import yaml
+
+    from brainmri.cli import sweep as sweep_cli
+    from slurm_cluster import SMALL_JOBS, TINY
+
+    wide = tmp_path / "wide_cnn.yaml"  # a second recipe: the baseline CNN with a wider dense layer
+    wide.write_text((Path(__file__).resolve().parents[1] / "configs" / "baseline_cnn.yaml").read_text()
+                    + "\nrecipe: wide_cnn\n")
+    sweep = tmp_path / "cv.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "name": "cv", "recipes": ["baseline_cnn", str(wide)], "folds": 2, "seeds": [0],
+        "overrides": {"data.root": str(phantom_root), **TINY, "train.epochs": 1, "train.max_steps_per_epoch": 1,
+                      "wandb.enabled": False},
+        "per_recipe": {str(wide): {"overrides": {"model.hidden": 64}}}, "slurm": SMALL_JOBS}))
+    assert sweep_cli.main(["--config", str(sweep), "--cluster", "debug", "--sweeps-root", str(tmp_path / "sweeps")]) == 0
+    assert "4 finished" in capsys.readouterr().out
+    runs = sorted((tmp_path / "sweeps" / "cv" / "runs").iterdir())
+    records = [json.loads((d / "split.json").read_text()) for d in runs]
+    folds = [{r["path"]: r["fold"] for part in ("train", "val") for r in rec["files"][part]} for rec in records]
+    assert all(f == folds[0] for f in folds) and set(folds[0].values()) == {0, 1}  # one assignment for both recipes
+    cmp = compare(collect_runs([tmp_path / "sweeps" / "cv"]))
+    assert sorted(rr.recipe for rr in cmp.recipes) == ["baseline_cnn", "wide_cnn"]
+    for rr in cmp.recipes:
+        assert (rr.folds, rr.seeds, sorted(r.fold for r in rr.runs)) == (2, 1, [0, 1])
+        n = [r.summary["val/n"] for r in rr.runs]
+        assert sum(n) == len(folds[0]) and rr.rho == pytest.approx(np.mean([x / (sum(n) - x) for x in n]))
+    (pair,) = cmp.paired
+    assert pair["ttest"]["pairs"] == 2 and [s["fold"] for s in pair["mcnemar"]["seeds"]] == [0, 1]
+    assert "Nadeau" in to_markdown(cmp) and cmp.incomplete_folds == [] and cmp.incomplete == []
