@@ -57,9 +57,14 @@ def is_runtime_key(key: str) -> bool:
     return key.startswith(RUNTIME_KEYS)
 
 
+# Keys added after runs were named by their hash: unset, they leave a run's identity (and directory) as it was.
+UNSET_IS_ABSENT = ("data.folds", "data.fold")
+
+
 def identity(tree: dict[str, Any]) -> dict[str, Any]:
     """The keys of a config mapping (nested or dotted) that define the run, flattened."""
-    return {k: v for k, v in flatten(_plain(tree)).items() if not is_runtime_key(k)}
+    return {k: v for k, v in flatten(_plain(tree)).items()
+            if not is_runtime_key(k) and not (v is None and k in UNSET_IS_ABSENT)}
 
 
 def run_hash(cfg: "RunConfig") -> str:

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from brainmri.config import ConfigError, DataConfig, load_config
+from brainmri.config import ConfigError, DataConfig, identity, load_config, run_hash
 from brainmri.data.datasets import Split, build_split
 from conftest import TINY, run_train
 
@@ -99,6 +99,13 @@ def test_assignment_depends_on_the_data_and_split_keys_never_on_the_recipe(copie
     assert folds(build_split(other.data, copies_root).record()) != folds(a)  # the split seed draws the folds
     again = Split.from_record(a)
     assert (again.folds, again.fold) == (5, 2) and again.record()["files"] == a["files"]
+
+
+def test_unset_fold_keys_leave_a_runs_identity_and_directory_as_they_were():
+    plain = load_config("configs/baseline_cnn.yaml")
+    assert not {"data.folds", "data.fold"} & set(identity(plain.to_dict()))  # runs named before folds existed
+    fold0, fold1 = (load_config("configs/baseline_cnn.yaml", ["data.folds=5", f"data.fold={i}"]) for i in (0, 1))
+    assert len({run_hash(plain), run_hash(fold0), run_hash(fold1)}) == 3 and identity(fold1.to_dict())["data.fold"] == 1
 
 
 @pytest.mark.parametrize("overrides, named", [
