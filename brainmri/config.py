@@ -17,7 +17,6 @@ import hashlib
 import json
 import re
 import dataclasses
-import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -304,8 +303,14 @@ def _build(cls, data: dict[str, Any], prefix: str = ""):
     return cls(**kwargs)
 
 
-def parse_value(text: str) -> Any:
-    """Parse the value of a ``key=value`` override: Python/YAML literal, else a plain string."""
+def parse_value(text: str, key: str | None = None) -> Any:
+    """Parse the value of a ``key=value`` override: Python/YAML literal, else a plain string.
+
+    A word that is one of ``key``'s choices stays that word (``data.cache=none`` is the choice
+    "none", not null).
+    """
+    if key is not None and text.strip() in _CHOICES.get(key, ()):
+        return text.strip()
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -357,13 +362,19 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def split_override(item: str) -> tuple[str, str]:
+    """``"key=value"`` → ``(key, value text)``; anything else is a ConfigError naming it."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    key, text = item.split("=", 1)
+    return key.strip(), text
+
+
 def apply_overrides(tree: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> None:
     """Apply ``key=value`` strings to a config mapping in place."""
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        key, text = item.split("=", 1)
-        apply_override(tree, key.strip(), parse_value(text))
+        key, text = split_override(item)
+        apply_override(tree, key, parse_value(text, key))
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -518,10 +529,3 @@ def _validate_folds(folds: int | None, fold: int | None) -> None:
     if not 0 <= fold < folds:
         raise ConfigError(f"data.fold must be in 0..{folds - 1} with data.folds={folds}, got {fold}")
 
-
-def save_config(cfg: RunConfig, path: str | Path) -> None:
-    """Write the resolved config atomically (the collector may read it while a run starts)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    os.replace(tmp, path)

@@ -41,3 +41,10 @@ def test_runtime_keys_never_change_the_run():
             for i, c in enumerate([base, same, other])]
     assert swept_keys(runs) == ["optim.lr"]
     assert all(key.startswith(RUNTIME_KEYS) for key, _ in (item.split("=", 1) for item in RUNTIME))
+
+
+def test_a_choice_named_none_is_that_choice_on_the_command_line():
+    cfg = load_config("configs/baseline_cnn.yaml", ["data.cache=none", "data.normalize=none"])
+    assert cfg.data.cache == "none" and cfg.data.normalize == "none"
+    assert load_config("configs/baseline_cnn.yaml", ["data.cache=decoded"]).data.cache == "decoded"
+    assert load_config("configs/baseline_cnn.yaml", ["train.fail_at_epoch=none"]).train.fail_at_epoch is None

@@ -11,7 +11,7 @@ from conftest import run_train
 def test_cam_energy_lies_in_the_lesion(tmp_path):
     from brainmri.use.explain import cam_maps, energy_in_mask, points_in_mask
     from brainmri.data.phantoms import generate_phantoms, lesion_mask
-    from brainmri.use.predict import load_trained
+    from brainmri.use.trained import load_trained
 
     root = generate_phantoms(tmp_path / "data", n_per_class=30, n_test_per_class=6, image_size=128, seed=0)
     run = tmp_path / "run"

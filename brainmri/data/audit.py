@@ -26,7 +26,7 @@ import numpy as np
 
 from brainmri.atomic import atomic_write
 from brainmri.data import leakage as L
-from brainmri.data.files import DataError, _scan_split_dir, file_index, load_pil, resolve_splits_root
+from brainmri.data.files import DataError, file_index, load_pil, resolve_splits_root, scan_folder
 
 
 def _image_info(paths: list[str], split_dirs) -> dict:
@@ -45,10 +45,10 @@ def _image_info(paths: list[str], split_dirs) -> dict:
 def audit(root: str | Path, cache_dir=None, progress: bool = True) -> tuple[dict, dict]:
     """Return (report, details): the JSON-able report, and the pairs/paths the HTML sheets need."""
     train_dir, test_dir = resolve_splits_root(root)
-    classes, train, skipped = _scan_split_dir(train_dir, None)  # refuses fewer than two class folders
+    classes, train, skipped = scan_folder(train_dir, None)  # refuses fewer than two class folders
     test = []
     if test_dir is not None:
-        _, test, test_skipped = _scan_split_dir(test_dir, classes)
+        _, test, test_skipped = scan_folder(test_dir, classes)
         skipped += test_skipped
     samples = train + test
     if not samples:

@@ -21,6 +21,7 @@ import torch
 from filelock import FileLock
 
 from brainmri.data.cachedir import cache_base
+from brainmri.atomic import atomic_path, write_json
 
 FORMAT = 2
 
@@ -63,29 +64,26 @@ class DecodedCache:
                 return cache
             first = decoder(samples[0].path)
             shape = (len(samples), *first.shape)
-            tmp = data_path.with_name(f".{data_path.name}.tmp{os.getpid()}")
-            mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(shape[0], 1, *shape[2:]))
+            needed = shape[0] * int(np.prod(shape[2:]))
+            with atomic_path(data_path, needed=needed) as tmp:
+                store = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(shape[0], 1, *shape[2:]))
 
-            def put(i: int) -> None:
-                img = first if i == 0 else decoder(samples[i].path)
-                if tuple(img.shape) != shape[1:] or img.dtype != torch.uint8:
-                    raise ValueError(f"{samples[i].path}: decoded to {tuple(img.shape)} {img.dtype}, "
-                                     f"expected {shape[1:]} uint8")
-                if not torch.equal(img[0], img[-1]):
-                    raise ValueError(f"{samples[i].path}: decoded to a colour image; the cache stores grey-scale")
-                mm[i] = img[:1].numpy()
+                def put(i: int) -> None:
+                    img = first if i == 0 else decoder(samples[i].path)
+                    if tuple(img.shape) != shape[1:] or img.dtype != torch.uint8:
+                        raise ValueError(f"{samples[i].path}: decoded to {tuple(img.shape)} {img.dtype}, "
+                                         f"expected {shape[1:]} uint8")
+                    if not torch.equal(img[0], img[-1]):
+                        raise ValueError(f"{samples[i].path}: decoded to a colour image; the cache stores grey-scale")
+                    store[i] = img[:1].numpy()  # noqa: F821  (deleted only after every put)
 
-            # PIL releases the GIL while decoding, so threads overlap the JPEG work
-            with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
-                list(pool.map(put, range(len(samples))))
-            mm.flush()
-            del mm
-            os.replace(tmp, data_path)
-            meta = {"format": FORMAT, "decoder": decoder.key(), "shape": list(shape),
-                    "sha1": [s.sha1 for s in samples]}
-            tmp_meta = meta_path.with_name(f".{meta_path.name}.tmp{os.getpid()}")
-            tmp_meta.write_text(json.dumps(meta))
-            os.replace(tmp_meta, meta_path)
+                # PIL releases the GIL while decoding, so threads overlap the JPEG work
+                with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
+                    list(pool.map(put, range(len(samples))))
+                store.flush()
+                del store
+            write_json(meta_path, {"format": FORMAT, "decoder": decoder.key(), "shape": list(shape),
+                                   "sha1": [s.sha1 for s in samples]})
         return cls(data_path, shape, built=True)
 
     @classmethod

@@ -9,6 +9,7 @@ Knows nothing about models or training.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections import Counter
@@ -21,7 +22,7 @@ from filelock import FileLock
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from brainmri.data.leakage import BANDS, fingerprints, group_keys, nearest
-from brainmri.data.files import DataError, Sample, _scan_split_dir, file_index, resolve_splits_root
+from brainmri.data.files import DataError, Sample, file_index, resolve_splits_root, scan_folder
 from brainmri.data.transforms import Decoder
 
 
@@ -84,7 +85,7 @@ class Split:
     def from_record(cls, record: dict, root: str | Path | None = None) -> "Split":
         """The split a ``split.json`` record describes, with paths under ``root`` (default: its own root)."""
         if "files" not in record:
-            raise DataError("split.json lists no files (written by an older brainmri); retrain or rescan")
+            raise DataError("the run's split record lists no files (written by an older brainmri); retrain it")
         root = Path(root or record["data_root"])
         classes = list(record["classes"])
         index = {c: i for i, c in enumerate(classes)}
@@ -209,12 +210,12 @@ def build_split(data_cfg, root: str | Path) -> Split:
     stratified split of ``val_fraction``.
     """
     train_dir, test_dir = resolve_splits_root(root)
-    classes, samples, skipped = _scan_split_dir(train_dir, None)
+    classes, samples, skipped = scan_folder(train_dir, None)
     if not samples:
         raise DataError(f"no readable images under {train_dir}")
     test: list[Sample] = []
     if test_dir is not None:
-        _, test, test_skipped = _scan_split_dir(test_dir, classes)
+        _, test, test_skipped = scan_folder(test_dir, classes)
         skipped += test_skipped
     # one fingerprint per image, used both for the groups and for the nearest-training search
     fp = fingerprints([s.path for s in samples + test], data_cfg.cache_dir)
@@ -244,12 +245,20 @@ def annotate_nearest(train: list[Sample], held_out: list[Sample], fingerprints_o
 
     ``fingerprints_of(samples)`` returns their ``brainmri.data.leakage`` fingerprints, row-aligned.
     """
-    if not held_out:
+    if held_out:
+        nearest_training([s.path for s in train], [s.sha1 for s in train], fingerprints_of(train),
+                         held_out, fingerprints_of(held_out))
+
+
+def nearest_training(train_paths: list[str], train_sha1: list[str], train_fp: np.ndarray,
+                     samples: list[Sample], sample_fp: np.ndarray) -> None:
+    """The one nearest-training annotation: each sample's most similar training image, its coarse
+    similarity and its band (``brainmri.data.leakage.BANDS``), set on the sample."""
+    if not samples:
         return
-    near = nearest(fingerprints_of(train), [s.sha1 for s in train], fingerprints_of(held_out),
-                   [s.sha1 for s in held_out])
-    for s, idx, sim, band in zip(held_out, near.index, near.coarse, near.band):
-        s.nearest_train = train[idx].path if idx >= 0 else None
+    near = nearest(train_fp, train_sha1, sample_fp, [s.sha1 for s in samples])
+    for s, idx, sim, band in zip(samples, near.index, near.coarse, near.band):
+        s.nearest_train = train_paths[idx] if idx >= 0 else None
         s.similarity = round(float(sim), 4) if idx >= 0 else None
         s.band = BANDS[band]
 
@@ -350,3 +359,58 @@ def resolve_data_root(cfg) -> Path:
         generate_phantoms(root, n_per_class=s.n_per_class, n_test_per_class=s.n_test_per_class,
                           image_size=s.render_size, seed=s.seed)
     return root
+
+
+@dataclass
+class TrainingData:
+    """Everything the engine reads data through: the split, datasets, seeded sampler and loaders."""
+
+    root: Path
+    split: Split
+    datasets: dict[str, ImageDataset]
+    sampler: "EpochSampler"
+    train_seeded: "EpochSeeded"  # augmentation seeded per (seed, epoch, image)
+    loaders: dict[str, torch.utils.data.DataLoader]  # train, val and (with a test split) test
+    normalize: object  # uint8 batch → model input
+
+    @property
+    def classes(self) -> list[str]:
+        return self.split.classes
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+        self.train_seeded.set_epoch(epoch)
+
+
+def build_training_data(cfg, first=contextlib.nullcontext) -> TrainingData:
+    """Scan and split the data root, build the datasets (through the decoded cache if configured) and loaders.
+
+    ``first()`` is a context manager under which one process builds what the others then read
+    (``Accelerator.main_process_first``): the phantoms, the scan's index and the caches.
+    """
+    from brainmri.data.transforms import batch_normalizer, eval_transform, train_transform
+
+    with first():  # rank 0 generates/indexes; the others then read its cache
+        root = resolve_data_root(cfg)
+        split = build_split(cfg.data, root)
+    if not split.val:
+        raise ValueError("data.val_fraction=0 leaves no validation split; the engine needs one")
+    decoder = Decoder(cfg.data.input_size, cfg.data.input_channels)
+    sources = {}
+    if cfg.data.cache == "decoded":
+        from brainmri.data.cache import DecodedCache
+
+        with first():
+            sources = {part: DecodedCache.build(getattr(split, part), decoder, cfg.data.cache_dir)
+                       for part in PARTS if getattr(split, part)}
+    datasets = {part: ImageDataset(getattr(split, part), decoder,
+                                   train_transform(cfg.data) if part == "train" else eval_transform(cfg.data),
+                                   sources.get(part)) for part in PARTS}
+    sampler = EpochSampler(len(split.train), cfg.seed)
+    seeded = EpochSeeded(datasets["train"], cfg.seed)
+    bs, ebs = cfg.data.batch_size, cfg.data.eval_batch_size or cfg.data.batch_size
+    loaders = {"train": make_loader(seeded, bs, cfg.data.num_workers, sampler),
+               "val": make_loader(datasets["val"], ebs, cfg.data.num_workers)}
+    if split.test:
+        loaders["test"] = make_loader(datasets["test"], ebs, cfg.data.num_workers)
+    return TrainingData(Path(root), split, datasets, sampler, seeded, loaders, batch_normalizer(cfg.data))

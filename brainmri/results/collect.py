@@ -20,15 +20,14 @@ from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
-import yaml
 from scipy import stats
 
 from brainmri.config import RUNTIME_KEYS
 from brainmri.config import flatten as flatten_config
 from brainmri.data.leakage import BANDS
 from brainmri.results.wandb_offline import read_offline_runs
+from brainmri.rundir import RunDir
 
-RUN_FILES = ("summary.json", "status.json", "metrics.jsonl")
 # Config keys that differ between runs without defining a different model: the seed (the replicate
 # axis) and every key that only changes how a run runs (brainmri.config.RUNTIME_KEYS).
 NOT_SWEPT = ("seed", "run_id", *RUNTIME_KEYS)
@@ -85,63 +84,34 @@ class Run:
 
 # ---------------------------------------------------------------- sources
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:  # a killed writer can leave a partial last line
-                pass
-    return rows
-
-
-def _is_run_dir(d: Path, names: set[str]) -> bool:
-    if names & set(RUN_FILES):
-        return True
-    return "config.yaml" in names and "recipe" in (yaml.safe_load((d / "config.yaml").read_text()) or {})
-
-
 def find_run_dirs(*roots: str | Path) -> list[Path]:
-    """brainmri run dirs under ``roots`` (recursive; wandb/ and checkpoints/ are not entered)."""
+    """brainmri run dirs under ``roots`` (recursive; a run's own wandb/ and checkpoints/ are not entered)."""
     found = []
     for root in roots:
         for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if d not in ("wandb", "checkpoints"))
-            if _is_run_dir(Path(dirpath), set(filenames)):
+            dirnames[:] = sorted(d for d in dirnames if not RunDir.skip_when_searching(d))
+            if RunDir.is_run_dir(dirpath, set(filenames)):
                 found.append(Path(dirpath))
     return found
 
 
 def read_run_dir(d: str | Path) -> Run:
-    """Read one brainmri run dir. summary.json exists only for finished runs (contract)."""
-    d = Path(d)
-    summary = _read_json(d / "summary.json") or {}
-    status = _read_json(d / "status.json") or {}
+    """Read one brainmri run dir; its state is :meth:`brainmri.rundir.RunDir.state`'s."""
+    run = RunDir(d)
+    state = run.state()
+    summary = run.read_summary() or {}
     config = summary.pop("config", None) if summary else None
-    if config is None and (d / "config.yaml").exists():
-        try:
-            config = yaml.safe_load((d / "config.yaml").read_text())
-        except yaml.YAMLError:
-            config = None
+    if config is None:
+        config = run.read_config()
     wandb_id = summary.get("wandb_id")
     if not wandb_id:  # unfinished runs have no summary; the offline file name carries the id
-        files = sorted((d / "wandb").glob("offline-run-*/run-*.wandb")) if (d / "wandb").is_dir() else []
+        files = sorted(run.wandb_dir.glob("offline-run-*/run-*.wandb")) if run.wandb_dir.is_dir() else []
         wandb_id = files[0].stem.removeprefix("run-") if files else None
-    state = "finished" if summary.get("status") == "finished" else status.get("status", "unknown")
     # without W&B the directory itself is the identity: task ids repeat across sweeps with the same grid
-    return Run(id=wandb_id or str(d.resolve()), status=state,
-               config=config or {}, summary=summary if state == "finished" else {},
-               sources=[f"rundir:{d}"], history_fn=lambda: [r for r in _read_jsonl(d / "metrics.jsonl") if "epoch" in r],
-               run_dir=d, start_time=(d / "config.yaml").stat().st_mtime if (d / "config.yaml").exists() else None,
-               error=status.get("error"))
+    return Run(id=wandb_id or str(run.path.resolve()), status=state.status or "unknown",
+               config=config or {}, summary=summary if state.finished else {},
+               sources=[f"rundir:{run.path}"], history_fn=run.epoch_rows,
+               run_dir=run.path, start_time=run.started_at, error=state.error)
 
 
 def runs_from_offline(*roots: str | Path) -> list[Run]:
@@ -593,9 +563,9 @@ def _read_predictions(path: str, mtime_ns: int, size: int) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def _load_predictions(run: Run) -> pd.DataFrame | None:
-    """A run's ``predictions_test.csv`` (read once per version of the file; treat it as read-only)."""
-    path = run.run_dir / "predictions_test.csv" if run.run_dir else None
+def load_predictions(run: Run) -> pd.DataFrame | None:
+    """A run's test predictions (read once per version of the file; treat the frame as read-only)."""
+    path = RunDir(run.run_dir).predictions_file("test") if run.run_dir else None
     try:
         st = path.stat() if path else None
     except OSError:
@@ -618,7 +588,7 @@ def compare_predictions(first: RecipeResult, second: RecipeResult) -> dict:
     runs_b = {r.replicate: r for r in second.runs}
     for ra in sorted(first.runs, key=lambda r: (str(r.seed), str(r.fold))):
         rb = runs_b.get(ra.replicate)
-        pa, pb = _load_predictions(ra), (_load_predictions(rb) if rb else None)
+        pa, pb = load_predictions(ra), (load_predictions(rb) if rb else None)
         if pa is None or pb is None:
             continue
         key = "path" if pa["path"].notna().all() and pb["path"].notna().all() else "index"

@@ -309,7 +309,7 @@ def incomplete_frame(cmp: Comparison, full_error: bool = False) -> pd.DataFrame:
                           "status": r.status, "error": err(r.error), "source": r.sources[0]} for r in cmp.incomplete])
 
 
-def intro(cmp: Comparison, table: str = "main") -> str:
+def intro_text(cmp: Comparison, table: str = "main") -> str:
     base = (f"Per recipe, the configuration (swept config keys) with the best mean {cmp.metric} over its replicates "
             f"is selected on the validation split; test metrics are reported for that choice only. A replicate is "
             f"a (fold, seed) pair: with data.folds, the {cmp.metric} is averaged over the folds (and seeds); "
@@ -327,7 +327,7 @@ def intro(cmp: Comparison, table: str = "main") -> str:
 # ---------------------------------------------------------------- Markdown, CSV
 
 def to_markdown(cmp: Comparison, per_value: bool = False, table: str = "main") -> str:
-    parts = [f"# {TITLES[table]}", intro(cmp, table), markdown_table(FRAMES[table](cmp, False))]
+    parts = [f"# {TITLES[table]}", intro_text(cmp, table), markdown_table(FRAMES[table](cmp, False))]
     if per_value and table == "main":
         parts += ["## Per swept value (* = selected; test columns of other values are for reference, "
                   "not used for selection)", markdown_table(display_frame(cmp, per_value=True))]

@@ -20,10 +20,10 @@ import pandas as pd
 from plotly.utils import PlotlyJSONEncoder
 
 from brainmri.results.collect import (
-    Comparison, Run, _load_predictions, corrected_ttest, flatten, mcnemar, not_swept, value_label,
+    Comparison, Run, load_predictions, corrected_ttest, flatten, mcnemar, not_swept, value_label,
 )
 from brainmri.results.report import (
-    bands_frame, classes_frame, display_frame, fmt, incomplete_folds_frame, incomplete_frame, intervals_frame, intro,
+    bands_frame, classes_frame, display_frame, fmt, incomplete_folds_frame, incomplete_frame, intervals_frame, intro_text,
     paired_frame,
 )
 
@@ -92,7 +92,7 @@ def _plotly_template() -> str:
 
 
 def _predictions(run: Run) -> pd.DataFrame | None:
-    return _load_predictions(run)
+    return load_predictions(run)
 
 
 def _paired_correct(pa: pd.DataFrame, pb: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -193,11 +193,11 @@ def render_html(cmp: Comparison, title: str = "brainmri recipe comparison") -> s
     import plotly.graph_objects as go
 
     sec: list[tuple[str, str]] = []
-    sec.append(("1. Comparison table", f"<p>{html.escape(intro(cmp))}</p>" + _table(display_frame(cmp), True)
+    sec.append(("1. Comparison table", f"<p>{html.escape(intro_text(cmp))}</p>" + _table(display_frame(cmp), True)
                 + "<p>Chosen on validation: " + "; ".join(
                     html.escape(f"{rr.recipe}: {value_label(rr.keys, rr.chosen)} (best mean {cmp.metric})")
                     for rr in cmp.recipes) + "</p>"
-                + "<h3>95 % intervals</h3>" + f"<p>{html.escape(intro(cmp, 'intervals').split('. ')[-2])}.</p>"
+                + "<h3>95 % intervals</h3>" + f"<p>{html.escape(intro_text(cmp, 'intervals').split('. ')[-2])}.</p>"
                 + _table(intervals_frame(cmp), True)))
     parts = []
     for rr in cmp.recipes:

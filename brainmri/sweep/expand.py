@@ -32,9 +32,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import itertools
 import json
-import os
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -43,12 +43,13 @@ from typing import Any
 
 import yaml
 
+from brainmri.atomic import atomic_write
 from brainmri.config import (
-    ConfigError, flatten, is_runtime_key, load_config, parse_value, read_yaml, recipe_name,
+    ConfigError, flatten, is_runtime_key, load_config, parse_value, read_yaml, recipe_name, split_override,
 )
 from brainmri.sweep.resources import ResourceError, SlurmResources, merge_resources, parse_resources
 
-CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"  # brainmri/sweep/expand.py → the repository root
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 SWEEP_KEYS = {"name", "recipe", "recipes", "seeds", "folds", "overrides", "grid", "lr_scale", "slurm", "per_recipe"}
 FOLD_KEYS = ("data.folds", "data.fold")  # set by folds: (an axis); never by a level of the file when it is given
 BLOCK_KEYS = {"overrides", "grid", "lr_scale", "slurm"}  # what a per_recipe block may set
@@ -222,15 +223,16 @@ def _split_cli(items: list[str] | tuple[str, ...]) -> tuple[dict[str, Any], dict
     """``slurm.<field>=value`` (resources), ``name=...``, any other ``key=value`` (every task's config)."""
     slurm, overrides, name = {}, {}, None
     for item in items:
-        if "=" not in item:
-            raise SweepError(f"override {item!r} is not of the form key=value")
-        key, text = item.split("=", 1)
+        try:
+            key, text = split_override(item)
+        except ConfigError as e:
+            raise SweepError(str(e)) from None
         if key.startswith("slurm."):
             slurm[key.removeprefix("slurm.")] = parse_value(text)
         elif key == "name":
             name = text
         else:
-            overrides[key] = parse_value(text)
+            overrides[key] = parse_value(text, key)
     return slurm, overrides, name
 
 
@@ -490,16 +492,10 @@ def merge_table(sweep: Sweep) -> None:
             task.state, task.error = row.get("state", "new"), row.get("error")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_sweep(sweep: Sweep) -> None:
     """Write ``sweep.yaml`` (resolved) and the task table (``tasks.json``, ``tasks.csv``)."""
     sweep.dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(sweep.dir / "sweep.yaml", yaml.safe_dump(sweep.to_dict(), sort_keys=False))
+    atomic_write(sweep.dir / "sweep.yaml", yaml.safe_dump(sweep.to_dict(), sort_keys=False))
     save_table(sweep.dir, sweep.tasks)
 
 
@@ -511,14 +507,13 @@ def save_table(sweep_dir: Path, tasks: list[Task]) -> None:
     """Write ``tasks.json`` (everything) and ``tasks.csv`` (id, recipe, params, job id, state)."""
     sweep_dir = Path(sweep_dir)
     rows = [dataclasses.asdict(t) for t in tasks]
-    _write_atomic(sweep_dir / "tasks.json", json.dumps(rows, indent=1, default=str) + "\n")
-    tmp = sweep_dir / f".tasks.csv.tmp{os.getpid()}"
-    with tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id", "recipe", "params", "job_id", "state", "run_dir"])
-        for t in tasks:
-            writer.writerow([t.id, t.recipe, format_params(t.params), t.job_id or "", t.state, t.run_dir])
-    os.replace(tmp, sweep_dir / "tasks.csv")
+    atomic_write(sweep_dir / "tasks.json", json.dumps(rows, indent=1, default=str) + "\n")
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["id", "recipe", "params", "job_id", "state", "run_dir"])
+    for t in tasks:
+        writer.writerow([t.id, t.recipe, format_params(t.params), t.job_id or "", t.state, t.run_dir])
+    atomic_write(sweep_dir / "tasks.csv", buf.getvalue())
 
 
 def load_table(sweep_dir: str | Path) -> list[Task]:
@@ -527,15 +522,3 @@ def load_table(sweep_dir: str | Path) -> list[Task]:
     if not path.is_file():
         raise SweepError(f"{sweep_dir}: no tasks.json (not a sweep directory?)")
     return [Task(**row) for row in json.loads(path.read_text())]
-
-
-def run_state(task: Task) -> tuple[str | None, str | None]:
-    """What the task's run directory says: ("finished"|"failed"|"running"|None, error)."""
-    run_dir = Path(task.run_dir)
-    if (run_dir / "summary.json").is_file():
-        return "finished", None
-    try:
-        status = json.loads((run_dir / "status.json").read_text())
-    except (OSError, ValueError):
-        return None, None
-    return status.get("status"), status.get("error")

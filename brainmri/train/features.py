@@ -11,13 +11,13 @@ sample hashes, decode + transform config, views and seed.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import torch
 from filelock import FileLock
 
 from brainmri.data.cachedir import cache_base
+from brainmri.atomic import atomic_write
 from torch import nn
 
 
@@ -98,9 +98,7 @@ def cached_features(model: nn.Module, dataset, views: int = 1, batch_size: int =
         if path.is_file():
             return torch.load(path, map_location="cpu", weights_only=True)
         feats = build_feature_cache(model, dataset, views, batch_size, device, seed, num_workers, to_input)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        torch.save(feats, tmp)
-        os.replace(tmp, path)
+        atomic_write(path, feats, kind="torch")
     return feats
 
 
@@ -122,3 +120,23 @@ class FeatureDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         return self.features[self.view, i], self.labels[i], i
+
+
+def feature_loaders(model: nn.Module, data, cfg, device, first):
+    """Loaders over cached backbone features of ``data``'s train (``cfg.model.feature_cache_views``
+    augmented views) and val images, computed once per image view, then read from disk.
+
+    ``data`` is a ``brainmri.data.datasets.TrainingData``; ``first()`` lets one process compute and
+    save while the others wait and load its file. Returns ``(train FeatureDataset, train loader, val loader)``.
+    """
+    from brainmri.data.datasets import make_loader
+
+    ebs = cfg.data.eval_batch_size or cfg.data.batch_size
+    kw = {"batch_size": ebs, "device": device, "seed": cfg.seed, "cache_dir": cfg.data.cache_dir,
+          "num_workers": cfg.data.num_workers, "to_input": data.normalize}
+    with first():
+        train = cached_features(model, data.datasets["train"], cfg.model.feature_cache_views, **kw)
+        val = cached_features(model, data.datasets["val"], 1, **kw)
+    features = FeatureDataset(train, data.split.train)
+    return (features, make_loader(features, cfg.data.batch_size, 0, data.sampler),
+            make_loader(FeatureDataset(val, data.split.val), ebs, 0))
