@@ -56,9 +56,14 @@ def is_runtime_key(key: str) -> bool:
     return key.startswith(RUNTIME_KEYS)
 
 
+# Keys added after runs were named by their hash: unset, they leave a run's identity (and directory) as it was.
+UNSET_IS_ABSENT = ("data.folds", "data.fold")
+
+
 def identity(tree: dict[str, Any]) -> dict[str, Any]:
     """The keys of a config mapping (nested or dotted) that define the run, flattened."""
-    return {k: v for k, v in flatten(_plain(tree)).items() if not is_runtime_key(k)}
+    return {k: v for k, v in flatten(_plain(tree)).items()
+            if not is_runtime_key(k) and not (v is None and k in UNSET_IS_ABSENT)}
 
 
 def run_hash(cfg: "RunConfig") -> str:
@@ -93,6 +98,8 @@ class DataConfig:
     val_fraction: float = 0.2
     split_seed: int = 0
     group_by: str = "near"  # exact | near | scan: which duplicates never straddle train/val (brainmri.data.leakage)
+    folds: int | None = None  # K >= 2: grouped stratified K-fold over Training (val_fraction unused); None: one split
+    fold: int | None = None  # with folds: which fold (0..K-1) is the validation part
     batch_size: int = 32
     eval_batch_size: int | None = None
     num_workers: int = 2
@@ -457,6 +464,7 @@ def validate(cfg: RunConfig) -> None:
     for key in positive:
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")
+    _validate_folds(cfg.data.folds, cfg.data.fold)
     if not 0.0 < cfg.data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be in (0, 1): the engine selects on a validation split, "
                           f"got {cfg.data.val_fraction}")
@@ -506,3 +514,18 @@ def validate(cfg: RunConfig) -> None:
         if extra:
             raise ConfigError(f"{key}.lr_mult: {extra[0]!r} is not a group the phase trains "
                               f"(it trains {', '.join(trained)})")
+
+
+def _validate_folds(folds: int | None, fold: int | None) -> None:
+    """``data.folds`` is K >= 2 or unset; ``data.fold`` names one of its folds, and only with it."""
+    if folds is None:
+        if fold is not None:
+            raise ConfigError(f"data.fold={fold} needs data.folds (the number of folds K, >= 2)")
+        return
+    if folds < 2:
+        raise ConfigError(f"data.folds must be >= 2 (or null for one train/val split), got {folds}")
+    if fold is None:
+        raise ConfigError(f"data.fold: give the validation fold (0..{folds - 1}) with data.folds={folds}")
+    if not 0 <= fold < folds:
+        raise ConfigError(f"data.fold must be in 0..{folds - 1} with data.folds={folds}, got {fold}")
+

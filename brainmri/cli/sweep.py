@@ -1,7 +1,7 @@
 """Run a sweep: expand a sweep YAML into tasks and submit them through submitit.
 
     python launch/sweep.py --config configs/sweeps/seed_lr_grid.yaml --cluster slurm [--dry-run]
-    python launch/sweep.py --config ... --cluster slurm --only-failed     # resubmit what failed
+    python launch/sweep.py --config ... --cluster slurm --only-failed     # resubmit what failed (per fold too)
     python launch/sweep.py --config ... --cluster local slurm.array_parallelism=2 train.epochs=3
     python launch/sweep.py status sweeps/<name>                           # states, job ids, errors
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from filelock import FileLock
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from brainmri.data.leakage import BANDS, fingerprints, group_keys, nearest
 from brainmri.data.files import DataError, Sample, file_index, resolve_splits_root, scan_folder
@@ -34,7 +34,8 @@ class Split:
     """The train/val/test samples of one run, and what ``split.json`` records of them.
 
     ``record()`` lists every file (path relative to ``root``, content hash, label, group; val and
-    test also their nearest training image and band) with a manifest hash per part;
+    test also their nearest training image and band; with folds, every training-pool file its
+    fold) with a manifest hash per part;
     ``Split.from_record`` rebuilds the split from that record without scanning the data root, and
     ``check_unchanged`` says in one line when files listed there are gone or differ.
     """
@@ -48,6 +49,9 @@ class Split:
     groups: int = 0  # groups the train/val split was drawn over
     root: str | None = None  # the data root the paths are relative to
     group_of: dict[str, int] = field(default_factory=dict)  # training-image path → group number
+    folds: int | None = None  # K of a K-fold split (None: one train/val split)
+    fold: int | None = None  # the fold that is the validation part
+    fold_of: dict[str, int] = field(default_factory=dict)  # training-pool path → its fold (K-fold only)
 
     def _rel(self, path: str) -> str:
         return os.path.relpath(path, self.root) if self.root else path
@@ -58,6 +62,8 @@ class Split:
             row = {"path": self._rel(s.path), "sha1": s.sha1, "label": self.classes[s.label]}
             if s.path in self.group_of:
                 row["group"] = self.group_of[s.path]
+            if s.path in self.fold_of:
+                row["fold"] = self.fold_of[s.path]
             if part != "train":
                 row.update(nearest_train=self._rel(s.nearest_train) if s.nearest_train else None,
                            similarity=s.similarity, band=s.band)
@@ -70,7 +76,7 @@ class Split:
         return {
             "data_root": str(self.root), "classes": self.classes,
             **{part: len(getattr(self, part)) for part in PARTS},
-            "group_by": self.group_by, "groups": self.groups,
+            "group_by": self.group_by, "groups": self.groups, "folds": self.folds, "fold": self.fold,
             "bands": {part: dict(Counter(s.band for s in getattr(self, part))) for part in ("val", "test")},
             "manifest": manifest(files), "files": files,
         }
@@ -83,7 +89,7 @@ class Split:
         root = Path(root or record["data_root"])
         classes = list(record["classes"])
         index = {c: i for i, c in enumerate(classes)}
-        parts, group_of = {}, {}
+        parts, group_of, fold_of = {}, {}, {}
         for part in PARTS:
             samples = []
             for row in record["files"].get(part, []):
@@ -93,10 +99,12 @@ class Split:
                     s.similarity, s.band = row.get("similarity"), row.get("band")
                 if "group" in row:
                     group_of[s.path] = row["group"]
+                if "fold" in row:
+                    fold_of[s.path] = row["fold"]
                 samples.append(s)
             parts[part] = samples
         return cls(classes, parts["train"], parts["val"], parts["test"], [], record.get("group_by", "near"),
-                   record.get("groups", 0), str(root), group_of)
+                   record.get("groups", 0), str(root), group_of, record.get("folds"), record.get("fold"), fold_of)
 
     def changed_files(self, parts=PARTS) -> tuple[list[str], list[str]]:
         """(missing, different) files of ``parts``: sizes and mtimes checked against the scan's index,
@@ -174,8 +182,33 @@ def split_groups(samples: list[Sample], val_fraction: float, seed: int,
     return pick(train_keys), pick(val_keys)
 
 
+def fold_numbers(samples: list[Sample], folds: int, seed: int, keys: list[str] | None = None) -> list[int]:
+    """The fold (0..folds-1) of every sample: scikit-learn's ``StratifiedGroupKFold`` (shuffled, seeded)
+    over the groups ``keys`` name (default: content hashes), so one group lies in one fold.
+
+    The assignment depends on the samples (their order, labels and groups), ``folds`` and ``seed``
+    only: every recipe trained on the same data gets the same folds. Fewer groups than folds is a
+    ``DataError``.
+    """
+    keys = keys or [s.sha1 for s in samples]
+    n_groups = len(set(keys))
+    if n_groups < folds:
+        raise DataError(f"data.folds={folds}: the training images form only {n_groups} group(s) "
+                        f"(data.group_by); use fewer folds")
+    cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    out = np.full(len(samples), -1)
+    for i, (_, val_idx) in enumerate(cv.split(np.zeros(len(samples)), [s.label for s in samples], keys)):
+        out[val_idx] = i
+    return out.tolist()
+
+
 def build_split(data_cfg, root: str | Path) -> Split:
-    """Scan ``root`` and split Training into train/val; Testing (if present) is the test split."""
+    """Scan ``root`` and split Training into train/val; Testing (if present) is the test split.
+
+    With ``data_cfg.folds = K`` Training is cut into K grouped, stratified folds
+    (``fold_numbers``) and fold ``data_cfg.fold`` is the validation part; otherwise one grouped,
+    stratified split of ``val_fraction``.
+    """
     train_dir, test_dir = resolve_splits_root(root)
     classes, samples, skipped = scan_folder(train_dir, None)
     if not samples:
@@ -189,13 +222,22 @@ def build_split(data_cfg, root: str | Path) -> Split:
     row = {s.path: i for i, s in enumerate(samples + test)}
     group_by = getattr(data_cfg, "group_by", "near")
     keys = group_keys(fp[:len(samples)], [s.sha1 for s in samples], group_by)
-    train, val = split_groups(samples, data_cfg.val_fraction, data_cfg.split_seed, keys)
+    folds = getattr(data_cfg, "folds", None)
+    fold_of: dict[str, int] = {}
+    if folds:
+        assigned = fold_numbers(samples, folds, data_cfg.split_seed, keys)
+        fold_of = {s.path: f for s, f in zip(samples, assigned)}
+        train = [s for s in samples if fold_of[s.path] != data_cfg.fold]
+        val = [s for s in samples if fold_of[s.path] == data_cfg.fold]
+    else:
+        train, val = split_groups(samples, data_cfg.val_fraction, data_cfg.split_seed, keys)
     # Every held-out image carries its nearest training image: metrics by band say how a model
     # does on images unlike anything it trained on (nothing is dropped).
     annotate_nearest(train, val + test, lambda part: fp[[row[s.path] for s in part]])
     numbers = {k: i for i, k in enumerate(sorted(set(keys)))}
     group_of = {s.path: numbers[k] for s, k in zip(samples, keys)}
-    return Split(classes, train, val, test, skipped, group_by, len(numbers), str(root), group_of)
+    return Split(classes, train, val, test, skipped, group_by, len(numbers), str(root), group_of,
+                 folds or None, data_cfg.fold if folds else None, fold_of)
 
 
 def annotate_nearest(train: list[Sample], held_out: list[Sample], fingerprints_of) -> None:
