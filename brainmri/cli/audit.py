@@ -12,7 +12,7 @@ from pathlib import Path
 
 from brainmri.data.audit import audit, markdown, write_csvs, write_html
 from brainmri.data.files import DataError
-from brainmri.rundir import write_json
+from brainmri.atomic import write_json
 from brainmri.cli.errors import full_disk_is_one_line
 
 

@@ -229,5 +229,5 @@ figure{{display:inline-block;margin:2px}} figcaption{{font-size:11px;max-width:1
 .pair p{{margin:2px;font-size:12px}}</style></head><body>
 <h1>brainmri data audit</h1><pre>{summary}</pre>{''.join(sections)}</body></html>"""
     path = out_dir / "index.html"
-    path.write_text(page)
+    atomic_write(path, page)
     return path
