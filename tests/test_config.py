@@ -41,3 +41,12 @@ def test_runtime_keys_never_change_the_run():
             for i, c in enumerate([base, same, other])]
     assert swept_keys(runs) == ["optim.lr"]
     assert all(key.startswith(RUNTIME_KEYS) for key, _ in (item.split("=", 1) for item in RUNTIME))
+
+
+def test_a_config_saved_before_a_key_existed_equals_one_with_its_default():
+    new = load_config("configs/baseline_cnn.yaml")
+    old = new.to_dict()
+    del old["eval"], old["data"]["aug"], old["train"]["ema"]  # written by a brainmri without these keys
+    assert differing_keys(old, new.to_dict()) == []
+    changed = load_config("configs/baseline_cnn.yaml", ["train.ema=0.99"]).to_dict()
+    assert differing_keys(old, changed) == ["train.ema"]

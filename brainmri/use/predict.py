@@ -87,7 +87,7 @@ def load_trained(run_dir: str | Path) -> TrainedModel:
         raise CheckpointError(f"{run.best_checkpoint} does not match the run's config.yaml: "
                               f"{str(e).splitlines()[0]}") from None
     model.eval()
-    return TrainedModel(run.path, cfg, classes, model, Decoder(cfg.data.input_size, cfg.data.input_channels),
+    return TrainedModel(run.path, cfg, classes, model, Decoder.from_config(cfg.data),
                         batch_normalizer(cfg.data), (ckpt.get("trainer") or {}).get("best_epoch"))
 
 
