@@ -175,7 +175,7 @@ class TTA(nn.Module):
         self.model, self.views = model, tuple(views)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = torch.softmax(self.model(x), dim=1)
+        probs = torch.softmax(self.model(x).float(), dim=1)  # float even under autocast
         for name in self.views:
-            probs = probs + torch.softmax(self.model(VIEWS[name](x)), dim=1)
+            probs = probs + torch.softmax(self.model(VIEWS[name](x)).float(), dim=1)
         return probs / (1 + len(self.views))

@@ -30,6 +30,7 @@ from brainmri.data.leakage import BANDS, fingerprint_image, nearest
 from brainmri.models.registry import build_model
 from brainmri.rundir import CheckpointError, RunDir, atomic_write, read_json
 from brainmri.data.transforms import Decoder, batch_normalizer
+from brainmri.train.regularise import TTA
 
 log = logging.getLogger("brainmri")
 
@@ -216,7 +217,7 @@ def predict_files(trained: TrainedModel, inputs: list[str | Path], batch_size: i
             x = x[good].to(acc.device)
             inp = trained.normalize(x)
             with torch.no_grad():
-                p = torch.softmax(model(inp).float(), dim=1).cpu().numpy()
+                p = TTA(model, trained.cfg.eval.tta)(inp).cpu().numpy()  # softmax, averaged over eval.tta views
             names = [str(collected.files[int(idx[j])]) for j in good]
             probs.append(p)
             kept += names
