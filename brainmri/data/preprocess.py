@@ -191,18 +191,21 @@ def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
-def head_mask(grey: Image.Image | np.ndarray, margin: float = 0.0) -> np.ndarray:
-    """Boolean head mask at the image's size, dilated by ``margin`` × the head box's longer side.
-
-    All False for an image with no foreground (e.g. all black)."""
+def head_masks(grey: Image.Image | np.ndarray, *margins: float) -> list[np.ndarray]:
+    """Boolean head masks at the image's size, one per margin, each dilated by that margin × the head
+    box's longer side (the head is found once). All False for an image with no foreground."""
     grey = grey if isinstance(grey, Image.Image) else Image.fromarray(np.asarray(grey, dtype=np.uint8))
     work = _work_mask(grey)
     box = _box(work)
     if box is None:
-        return np.zeros((grey.size[1], grey.size[0]), dtype=bool)
-    if margin > 0:
-        work = dilate(work, math.ceil(margin * max(box[2] - box[0], box[3] - box[1])))
-    return _to_size(work, grey.size)
+        return [np.zeros((grey.size[1], grey.size[0]), dtype=bool) for _ in margins]
+    side = max(box[2] - box[0], box[3] - box[1])
+    return [_to_size(dilate(work, math.ceil(m * side)) if m > 0 else work, grey.size) for m in margins]
+
+
+def head_mask(grey: Image.Image | np.ndarray, margin: float = 0.0) -> np.ndarray:
+    """Boolean head mask at the image's size, dilated by ``margin`` × the head box's longer side."""
+    return head_masks(grey, margin)[0]
 
 
 def head_box(mask: np.ndarray, margin: float = 0.0) -> tuple[int, int, int, int] | None:
@@ -225,21 +228,34 @@ def brain_mask(grey: Image.Image | np.ndarray, rim: float = 0.08) -> np.ndarray:
     return erode(mask, round(rim * min(box[2] - box[0], box[3] - box[1])))
 
 
-def prepare(grey: Image.Image, size: int | None = None, crop: str = "none", background: str = "keep",
-            margin: float = 0.05) -> Image.Image:
-    """A grey image with the head crop and background setting applied, then resized to size × size
-    (PIL bilinear; ``None`` keeps the size). An image with no head found is left whole."""
+def apply_settings(image: np.ndarray, widened: np.ndarray, crop: str = "none",
+                   background: str = "keep") -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """(image, box): ``background="zero"`` zeroes the pixels outside ``widened`` (the head mask with
+    its margin), ``crop="head"`` crops to ``widened``'s bounding box; box = where the result lies in
+    the input (x0, y0, x1, y1). An empty mask leaves the image whole."""
     if crop not in CROPS or background not in BACKGROUNDS:
         raise ValueError(f"crop must be one of {CROPS} and background one of {BACKGROUNDS}, "
                          f"got {crop!r}, {background!r}")
+    h, w = image.shape
+    box = (0, 0, w, h)
+    if not widened.any():
+        return image, box
+    if background == "zero":
+        image = np.where(widened, image, 0).astype(np.uint8)
+    if crop == "head":
+        box = head_box(widened)
+        image = image[box[1]:box[3], box[0]:box[2]]
+    return image, box
+
+
+def prepare(grey: Image.Image, size: int | None = None, crop: str = "none", background: str = "keep",
+            margin: float = 0.05) -> Image.Image:
+    """A grey image with the head crop and background setting applied (``apply_settings``), then
+    resized to size × size (PIL bilinear; ``None`` keeps the size). An image with no head found is left whole."""
     grey = grey.convert("L")
     if crop != "none" or background != "keep":
-        mask = head_mask(grey, margin)
-        if mask.any():
-            if background == "zero":
-                grey = Image.fromarray(np.where(mask, np.asarray(grey), 0).astype(np.uint8))
-            if crop == "head":
-                grey = grey.crop(head_box(mask))
+        image, _ = apply_settings(np.asarray(grey), head_mask(grey, margin), crop, background)
+        grey = Image.fromarray(np.ascontiguousarray(image))
     if size is not None and grey.size != (size, size):
         grey = grey.resize((size, size), Image.BILINEAR)
     return grey
