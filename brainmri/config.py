@@ -117,7 +117,7 @@ class DataConfig:
     aug: AugConfig = field(default_factory=AugConfig)
     crop: str = "none"  # none | head: crop to the head's bounding box before resizing (at decode time)
     background: str = "keep"  # keep | zero: pixels outside the dilated head mask set to 0 (at decode time)
-    head_margin: float = 0.05  # crop box and background mask widened by this × the head box's longer side
+    head_margin: float = 0.0  # crop box and background mask widened by this × the head box's longer side
     val_fraction: float = 0.2
     split_seed: int = 0
     group_by: str = "near"  # exact | near | scan: which duplicates never straddle train/val (brainmri.data.leakage)

@@ -48,7 +48,7 @@ def _image_info(paths: list[str], split_dirs) -> dict:
 
 
 def audit(root: str | Path, cache_dir=None, progress: bool = True, shortcuts: bool = False,
-          margin: float = 0.05) -> tuple[dict, dict]:
+          margin: float = 0.0) -> tuple[dict, dict]:
     """Return (report, details): the JSON-able report, and the pairs/paths the HTML sheets need.
     ``shortcuts``: add ``report["shortcuts"]`` (``shortcut_report``; ``margin`` = ``data.head_margin``)."""
     train_dir, test_dir = resolve_splits_root(root)
@@ -166,7 +166,7 @@ def _frame(image: np.ndarray) -> list[float]:
     return out
 
 
-def shortcut_features(path: str, margin: float = 0.05, settings=tuple(SHORTCUT_SETTINGS)) -> dict[str, dict[str, list]]:
+def shortcut_features(path: str, margin: float = 0.0, settings=tuple(SHORTCUT_SETTINGS)) -> dict[str, dict[str, list]]:
     """``{setting: {feature set: values}}`` of one image: the head is found once on the stored image,
     each setting's image is what ``preprocess.apply_settings`` makes of it (before the resize)."""
     grey = P.load_grey(path)
@@ -201,7 +201,7 @@ def _cv_predict(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, folds: 
     return cross_val_predict(model, x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
 
 
-def shortcut_report(paths: list[str], labels, classes: list[str], groups=None, margin: float = 0.05,
+def shortcut_report(paths: list[str], labels, classes: list[str], groups=None, margin: float = 0.0,
                     settings=tuple(SHORTCUT_SETTINGS), folds: int = 5, seed: int = 0,
                     workers: int | None = None) -> dict:
     """Cross-validated accuracy of the label from features outside the brain, per setting and feature set.

@@ -249,7 +249,7 @@ def apply_settings(image: np.ndarray, widened: np.ndarray, crop: str = "none",
 
 
 def prepare(grey: Image.Image, size: int | None = None, crop: str = "none", background: str = "keep",
-            margin: float = 0.05) -> Image.Image:
+            margin: float = 0.0) -> Image.Image:
     """A grey image with the head crop and background setting applied (``apply_settings``), then
     resized to size × size (PIL bilinear; ``None`` keeps the size). An image with no head found is left whole."""
     grey = grey.convert("L")
@@ -268,7 +268,7 @@ def model_input(paths, pre: dict) -> np.ndarray:
     batch = []
     for path in paths:
         grey = prepare(load_grey(path), pre["resize"]["height"], pre.get("crop", "none"),
-                       pre.get("background", "keep"), pre.get("margin", 0.05))
+                       pre.get("background", "keep"), pre.get("margin", 0.0))
         x = np.asarray(grey, dtype=np.float32) * np.float32(pre["scale"])
         x = np.repeat(x[None], pre["channels"], axis=0)
         mean = np.asarray(pre["mean"], np.float32)[:, None, None]

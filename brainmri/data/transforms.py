@@ -39,7 +39,7 @@ class Decoder:
     """
 
     def __init__(self, image_size: int, channels: int, crop: str = "none", background: str = "keep",
-                 margin: float = 0.05):
+                 margin: float = 0.0):
         self.image_size = image_size
         self.channels = channels
         self.crop, self.background, self.margin = crop, background, margin
