@@ -49,7 +49,7 @@ def score(run: Path, root: Path) -> dict:
 
     from brainmri.use.explain import cam_maps, energy_in_mask, points_in_mask
     from brainmri.data.phantoms import lesion_mask
-    from brainmri.use.predict import load_trained
+    from brainmri.use.trained import load_trained
 
     trained = load_trained(run)
     out = {}

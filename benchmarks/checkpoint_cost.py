@@ -52,12 +52,13 @@ def write_cost(arch: str, data_dir: str, repeats: int) -> dict:
     from brainmri.train.checkpoint import capture_position
     from brainmri.config import load_config
     from brainmri.train.engine import Engine
+    from brainmri.train.phases import phase_optimization
 
     eng = Engine(load_config("configs/baseline_cnn.yaml", overrides(arch, 10, scratch_dir("ckpt-w-"), data_dir, 2)))
     eng.run.create()
     eng._setup_data()
     eng._setup_model()
-    optimizer, scheduler = eng._build_optimizer(eng.cfg.phases[0])
+    optimizer, scheduler = phase_optimization(eng.model, eng.cfg.phases[0], eng.cfg)
     eng.ddp_model, optimizer, eng.train_loader_p, eng.val_loader_p = eng.acc.prepare(
         eng.model, optimizer, eng.train_loader, eng.val_loader)
     eng._train_epoch(optimizer, scheduler, "train", None)  # optimizer state exists, as mid-run

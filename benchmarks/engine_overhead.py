@@ -18,7 +18,7 @@ import torch
 from _common import DATA_ROOT, ratio, scratch_dir, summary, timed, write_result
 from brainmri.config import load_config
 from brainmri.train.engine import Engine
-from brainmri.models.registry import set_trainable
+from brainmri.train.phases import phase_optimization
 
 
 def main() -> None:
@@ -42,9 +42,7 @@ def main() -> None:
     eng._setup_data()
     eng._setup_model()
     bare_model = copy.deepcopy(eng.model)  # same initial weights
-    phase = cfg.phases[0]
-    set_trainable(eng.model, phase.train)
-    optimizer, _ = eng._build_optimizer(phase)
+    optimizer, _ = phase_optimization(eng.model, cfg.phases[0], cfg)
     eng.ddp_model, optimizer, eng.train_loader_p = eng.acc.prepare(eng.model, optimizer, eng.train_loader)
 
     bare_opt = torch.optim.Adam(bare_model.parameters(), lr=cfg.optim.lr)
@@ -67,7 +65,7 @@ def main() -> None:
     times = {"engine": [], "bare": []}
     for rep in range(args.repeats + 1):
         for name, fn in (("engine", engine_epoch), ("bare", bare_epoch)) if rep % 2 else (("bare", bare_epoch), ("engine", engine_epoch)):
-            eng.sampler.set_epoch(rep)
+            eng.data.sampler.set_epoch(rep)
             t = timed(fn)
             if rep > 0:  # rep == 0 is the warm-up
                 times[name].append(t)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+EX_TEMPFAIL = 75  # sysexits.h: a temporary failure; a tool stopped by a full disk exits with it
 
 
 def _mount_of(path: Path) -> Path:
@@ -55,7 +56,11 @@ class DiskFullError(OSError):
         need = f"{human_bytes(needed)}" if needed is not None else "?"
         have = f"{human_bytes(free)}" if free is not None else "?"
         self.reason = f"no space left on {self.mount}: needed {need}, free {have}"
+        self.hint = ""  # what to do about it, added by whoever knows (e.g. how to resume)
         super().__init__(errno.ENOSPC, f"{self.reason} (writing {self.path})")
+
+    def __str__(self) -> str:
+        return f"{self.reason} (writing {self.path}){self.hint}"
 
     def __reduce__(self):  # picklable across processes (submitit results)
         return (DiskFullError, (self.path, self.needed, self.free, self.mount))
@@ -183,19 +188,22 @@ def atomic_write(path: str | Path, data: str | bytes | Any, kind: str = "auto") 
 def append_line(path: str | Path, line: str) -> None:
     """Append one line durably; on a full disk the file is cut back to its old length (no torn line)."""
     path = Path(path)
-    data = (line.rstrip("\n") + "\n").encode()
-    with open(path, "ab") as f:
-        start = f.tell()
+    data = memoryview((line.rstrip("\n") + "\n").encode())
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
         try:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            while data:  # unbuffered: a short write is continued, an error is seen here
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
         except OSError as e:
             with contextlib.suppress(OSError):
-                f.truncate(start)
+                os.ftruncate(fd, start)
             if is_disk_full(e):
-                raise DiskFullError(path, len(data), free_bytes(path.parent)) from None
+                raise DiskFullError(path, len(line) + 1, free_bytes(path.parent)) from None
             raise
+    finally:
+        os.close(fd)
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -13,12 +13,12 @@ Example:
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import math
 import re
 import dataclasses
-import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,9 +58,27 @@ def is_runtime_key(key: str) -> bool:
     return key.startswith(RUNTIME_KEYS)
 
 
+# Keys added after runs were named by their hash: unset, they leave a run's identity (and directory) as it was.
+UNSET_IS_ABSENT = ("data.folds", "data.fold")
+# The same for keys (dotted prefixes) added with a default that is not None: at their default they are left out.
+DEFAULT_IS_ABSENT = ("data.aug.", "data.crop", "data.background", "data.head_margin", "scheduler.warmup_epochs",
+                     "train.mixup", "train.cutmix", "train.label_smoothing", "train.ema", "eval.")
+
+
+@functools.lru_cache(maxsize=1)
+def _defaults() -> dict[str, Any]:
+    return flatten(RunConfig().to_dict())
+
+
+def _absent(key: str, value: Any) -> bool:
+    if value is None and key in UNSET_IS_ABSENT:
+        return True
+    return key.startswith(DEFAULT_IS_ABSENT) and value == _defaults().get(key, ())
+
+
 def identity(tree: dict[str, Any]) -> dict[str, Any]:
     """The keys of a config mapping (nested or dotted) that define the run, flattened."""
-    return {k: v for k, v in flatten(_plain(tree)).items() if not is_runtime_key(k)}
+    return {k: v for k, v in flatten(_plain(tree)).items() if not is_runtime_key(k) and not _absent(k, v)}
 
 
 def run_hash(cfg: "RunConfig") -> str:
@@ -69,12 +87,9 @@ def run_hash(cfg: "RunConfig") -> str:
 
 
 def differing_keys(old: dict[str, Any], new: dict[str, Any], may_change: tuple[str, ...] = ()) -> list[str]:
-    """Dotted identity keys (outside ``may_change``) whose values differ between two config mappings.
-
-    A key one mapping lacks counts at its default (a config saved before the key existed ran with it)."""
-    a, b, default = identity(old), identity(new), identity(RunConfig().to_dict())
-    return sorted(k for k in set(a) | set(b)
-                  if not k.startswith(may_change) and a.get(k, default.get(k)) != b.get(k, default.get(k)))
+    """Dotted identity keys (outside ``may_change``) whose values differ between two config mappings."""
+    a, b = identity(old), identity(new)
+    return sorted(k for k in set(a) | set(b) if not k.startswith(may_change) and a.get(k) != b.get(k))
 
 
 @dataclass(frozen=True)
@@ -121,6 +136,8 @@ class DataConfig:
     val_fraction: float = 0.2
     split_seed: int = 0
     group_by: str = "near"  # exact | near | scan: which duplicates never straddle train/val (brainmri.data.leakage)
+    folds: int | None = None  # K >= 2: grouped stratified K-fold over Training (val_fraction unused); None: one split
+    fold: int | None = None  # with folds: which fold (0..K-1) is the validation part
     batch_size: int = 32
     eval_batch_size: int | None = None
     num_workers: int = 2
@@ -338,8 +355,14 @@ def _build(cls, data: dict[str, Any], prefix: str = ""):
     return cls(**kwargs)
 
 
-def parse_value(text: str) -> Any:
-    """Parse the value of a ``key=value`` override: Python/YAML literal, else a plain string."""
+def parse_value(text: str, key: str | None = None) -> Any:
+    """Parse the value of a ``key=value`` override: Python/YAML literal, else a plain string.
+
+    A word that is one of ``key``'s choices stays that word (``data.cache=none`` is the choice
+    "none", not null).
+    """
+    if key is not None and text.strip() in _CHOICES.get(key, ()):
+        return text.strip()
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -391,13 +414,19 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def split_override(item: str) -> tuple[str, str]:
+    """``"key=value"`` → ``(key, value text)``; anything else is a ConfigError naming it."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    key, text = item.split("=", 1)
+    return key.strip(), text
+
+
 def apply_overrides(tree: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> None:
     """Apply ``key=value`` strings to a config mapping in place."""
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        key, text = item.split("=", 1)
-        apply_override(tree, key.strip(), parse_value(text))
+        key, text = split_override(item)
+        apply_override(tree, key, parse_value(text, key))
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -488,6 +517,7 @@ def validate(cfg: RunConfig) -> None:
     for key in positive:
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")
+    _validate_folds(cfg.data.folds, cfg.data.fold)
     if not 0.0 < cfg.data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be in (0, 1): the engine selects on a validation split, "
                           f"got {cfg.data.val_fraction}")
@@ -600,9 +630,16 @@ def _validate_regularisers(cfg: RunConfig) -> None:
                           f"(got {cfg.scheduler.name})")
 
 
-def save_config(cfg: RunConfig, path: str | Path) -> None:
-    """Write the resolved config atomically (the collector may read it while a run starts)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    os.replace(tmp, path)
+def _validate_folds(folds: int | None, fold: int | None) -> None:
+    """``data.folds`` is K >= 2 or unset; ``data.fold`` names one of its folds, and only with it."""
+    if folds is None:
+        if fold is not None:
+            raise ConfigError(f"data.fold={fold} needs data.folds (the number of folds K, >= 2)")
+        return
+    if folds < 2:
+        raise ConfigError(f"data.folds must be >= 2 (or null for one train/val split), got {folds}")
+    if fold is None:
+        raise ConfigError(f"data.fold: give the validation fold (0..{folds - 1}) with data.folds={folds}")
+    if not 0 <= fold < folds:
+        raise ConfigError(f"data.fold must be in 0..{folds - 1} with data.folds={folds}, got {fold}")
+

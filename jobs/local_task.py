@@ -10,12 +10,13 @@ state. The task dies with this process (PR_SET_PDEATHSIG), so none outlives a ki
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from brainmri.atomic import write_json
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2, signal.SIGCONT)
 PR_SET_PDEATHSIG = 1
@@ -46,9 +47,7 @@ def main(argv: list[str]) -> int:
     if job_id:
         path = exit_record(argv[-1], job_id, task)  # the submitit folder is the command's last argument
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, path)
+        write_json(path, record)
     return 128 - code if code < 0 else code
 
 

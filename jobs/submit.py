@@ -13,9 +13,7 @@ import contextlib
 import io
 import json
 import logging
-import os
 import shlex
-import socket
 import sys
 import time
 import traceback
@@ -26,7 +24,10 @@ from submitit.core.utils import FailedJobError, JobPaths
 from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE
 
 from brainmri.sweep.resources import SlurmResources
-from brainmri.sweep.expand import Sweep, SweepError, Task, arrays, run_state, save_table
+from brainmri.rundir import RunDir
+from brainmri.config import load_config
+from brainmri.models.registry import ensure_weights
+from brainmri.sweep.expand import Sweep, SweepError, Task, arrays, bill, describe, format_params, load_table, save_sweep, save_table
 from brainmri.jobs.local_task import exit_record
 from brainmri.jobs.train_job import TrainJob
 
@@ -217,7 +218,7 @@ def error_tail(sweep_dir: Path, task: Task) -> str | None:
         stderr = JobPaths(submitit_folder(sweep_dir) / "%j", job_id=task.job_id, task_id=0).stderr
         if stderr.is_file():
             return _tail(stderr.read_text(errors="replace"))
-    return run_state(task)[1]
+    return RunDir(task.run_dir).state().error
 
 
 def scheduler_states(tasks: list[Task]) -> dict[str, str]:
@@ -250,31 +251,6 @@ def _local_exit(sweep_dir: Path, task: Task) -> dict | None:
     return None if record.get("returncode") == LOCAL_REQUEUE_RETURN_CODE else record
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a reused pid: some other program
-        return b"python" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return True
-
-
-def _gone(task: Task) -> str | None:
-    """Why a run whose status.json says "running" is not, when its process on this host is gone."""
-    try:
-        status = json.loads((Path(task.run_dir) / "status.json").read_text())
-    except (OSError, ValueError):
-        return None
-    pid = status.get("pid")
-    if status.get("status") != "running" or status.get("host") != socket.gethostname() or not isinstance(pid, int):
-        return None
-    return None if _alive(pid) else f"training process {pid} on {status['host']} is gone (killed?)"
-
-
 def task_state(sweep_dir: Path, task: Task, sched: str | None) -> tuple[str, str | None]:
     """("finished"|"pending"|"running"|"requeued"|"failed"|"submitted"|"new", error tail) of one task.
 
@@ -282,8 +258,8 @@ def task_state(sweep_dir: Path, task: Task, sched: str | None) -> tuple[str, str
     ``--cluster local`` with the signal that killed it; else, when its run directory says
     "running" but its process on this host is gone.
     """
-    run, _ = run_state(task)
-    if run == "finished":
+    run = RunDir(task.run_dir).state()
+    if run.finished:
         return "finished", None
     if sched in ACTIVE:
         return sched.lower(), None  # a requeued job's run dir says "failed" until it restarts
@@ -292,13 +268,93 @@ def task_state(sweep_dir: Path, task: Task, sched: str | None) -> tuple[str, str
         if ended is not None:
             how = f"killed by {ended['signal']}" if ended.get("signal") else f"exited {ended.get('returncode')}"
             return "failed", f"task process {ended.get('pid')} {how}\n" + (error_tail(sweep_dir, task) or "")
-    gone = _gone(task) if sched is None else None
-    if gone:
-        return "failed", gone + "\n" + (error_tail(sweep_dir, task) or "")
-    if run in ("failed", "interrupted", "preempted") or sched is not None:
+    if run.status in ("failed", "interrupted", "preempted") or sched is not None:
         # any ended SLURM state without a summary (FAILED, CANCELLED, TIMEOUT, ...) is a failure
         reason = "" if sched in (None, "FAILED", "COMPLETED") else f"job {sched.lower()}\n"
+        if run.record.get("status") == "running":  # it said running, but its process is gone
+            reason += run.error.splitlines()[0] + "\n"
         return "failed", reason + (error_tail(sweep_dir, task) or "")
     if task.cluster == "debug":
         return task.state, task.error
     return ("submitted" if task.job_id else "new"), None
+
+
+# ------------------------------------------------------------------ the sweep command
+RESUBMITTABLE = {"new", "failed"}
+
+
+def state_label(task: Task) -> str:
+    """The task's state as shown: ``failed: no space`` when a full disk stopped its run."""
+    return RunDir(task.run_dir).state().label if task.state == "failed" else task.state
+
+
+def print_status(tasks: list[Task]) -> int:
+    labels = {t.id: state_label(t) for t in tasks}
+    for t in tasks:
+        print(f"{t.id}  {labels[t.id]:<16} {t.job_id or '-':<12} {t.recipe}  {format_params(t.params)}")
+    for t in tasks:
+        if t.state == "failed":
+            print(f"\n--- {t.id} {labels[t.id]} (job {t.job_id}):")
+            print("\n".join(f"    {line}" for line in (t.error or "").splitlines()))
+    counts = {s: sum(labels[t.id] == s for t in tasks) for s in dict.fromkeys(labels.values())}
+    print("\n" + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    return 1 if any(t.state == "failed" for t in tasks) else 0
+
+
+def status(sweep_dir: str | Path) -> int:
+    """Print every task's state (refreshed from its run directory and the scheduler); 1 if any failed."""
+    tasks = refresh(Path(sweep_dir), load_table(sweep_dir))
+    save_table(Path(sweep_dir), tasks)
+    return print_status(tasks)
+
+
+def print_bill(sweep, tasks: list[Task]) -> None:
+    b = bill(sweep, tasks)
+    print(f"bill (requested at the time limits): {b['tasks']} task(s) in {b['arrays']} array(s)")
+    print(f"  {'recipe':<22} {'tasks':>5} {'array':>5} {'GPU-h':>9} {'CPU-h':>9}")
+    for r in b["rows"]:
+        print(f"  {r['recipe']:<22} {r['tasks']:>5} {r['array']:>5} {r['gpu_hours']:>9.1f} {r['cpu_hours']:>9.1f}")
+    print(f"  {'total':<22} {b['tasks']:>5} {b['arrays']:>5} {b['gpu_hours']:>9.1f} {b['cpu_hours']:>9.1f}")
+
+
+def run_sweep(sweep: Sweep, cluster: str, only_failed: bool = False, dry_run: bool = False,
+              wait_for_jobs: bool = False) -> int:
+    """Submit the sweep's new and failed tasks (``only_failed``: the failed ones) and report.
+
+    Every array's parameters are checked before anything is submitted; pretrained weights are
+    fetched here once; with ``dry_run`` only the plan and the bill are printed. Returns the exit
+    code: 0, or 1 when a task failed.
+    """
+    refresh(sweep.dir, sweep.tasks)
+    wanted = {"failed"} if only_failed else RESUBMITTABLE
+    chosen = [t for t in sweep.tasks if t.state in wanted]
+    print(f"sweep {sweep.name}: {len(sweep.tasks)} task(s) in {sweep.dir}; {len(chosen)} to submit "
+          f"({sum(t.state == 'finished' for t in sweep.tasks)} finished, "
+          f"{sum(t.state not in RESUBMITTABLE | {'finished'} for t in sweep.tasks)} queued or running)")
+    groups = arrays(sweep, chosen)
+    for i, (res, group) in enumerate(groups, 1):  # every array's parameters are checked before any submission
+        params = executor_parameters(res, sweep.name, cluster)
+        recipes = ", ".join(dict.fromkeys(t.recipe for t in group))
+        print(f"array {i}/{len(groups)} ({recipes}; {len(group)} task(s)), per task: {describe(res)}")
+        print("  " + ", ".join(f"{k}={v}" for k, v in params.items() if not k.endswith("_setup")))
+        for line in res.setup if cluster == "slurm" else ():
+            print(f"  setup: {line}")
+    for t in chosen:
+        print(f"  {t.id}: {t.command()}")
+    if chosen and (dry_run or cluster == "slurm"):
+        print_bill(sweep, chosen)
+    if dry_run or not chosen:
+        return 0
+    for t in chosen:  # pretrained weights: downloaded once here, read from the cache by every task
+        ensure_weights(load_config(t.config_path, t.overrides))
+    save_sweep(sweep)
+    jobs = submit(sweep, chosen, cluster)
+    if cluster == "slurm":
+        ids = list(dict.fromkeys(j.job_id.split("_")[0] for j in jobs))
+        print(f"submitted {len(ids)} array(s) {' '.join(ids)} ({len(jobs)} task(s)); "
+              f"python launch/sweep.py status {sweep.dir}")
+        if not wait_for_jobs:
+            return 0
+        wait(jobs)
+    save_table(sweep.dir, refresh(sweep.dir, sweep.tasks))
+    return print_status(sweep.tasks)

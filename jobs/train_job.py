@@ -11,12 +11,12 @@ variables from SLURM's first; accelerate picks them up. Knows nothing about swee
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any
 
 import submitit
+
+from brainmri.rundir import RunDir
 
 
 def export_distributed_env() -> None:
@@ -50,9 +50,9 @@ class TrainJob(submitit.helpers.Checkpointable):
         self._requeued = False
 
     def __call__(self) -> dict[str, Any]:
-        summary = Path(self.config["run_dir"]) / "summary.json"
-        if summary.is_file():
-            return json.loads(summary.read_text())
+        summary = RunDir(self.config["run_dir"]).read_summary()
+        if summary is not None:
+            return summary
         export_distributed_env()
         from brainmri.config import from_dict
         from brainmri.train.engine import fit

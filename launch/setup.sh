@@ -16,4 +16,7 @@ if [ "${1:-}" = "--slurm" ]; then
     bash slurm/install_local_cluster.sh
     # headless Chromium opens the HTML report in tests/test_report_html.py
     command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+    # pdflatex (booktabs) compiles the collector's LaTeX tables and pdftoppm renders them in tests/test_cv_collect.py
+    command -v pdflatex >/dev/null && command -v pdftoppm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends texlive-latex-base texlive-latex-recommended poppler-utils; }
 fi

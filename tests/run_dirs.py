@@ -10,12 +10,18 @@ CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
 
 
 def make_run(root, recipe, seed, lr, val_acc, test_acc=None, status="finished", wandb_id=None, preds=None,
-             epochs=3):
-    """A run dir laid out per CONTRACT.md; metrics derived from val_acc/test_acc so they differ per metric."""
-    d = Path(root) / f"{recipe}-lr{lr}-s{seed}"
+             epochs=3, fold=None, folds=None, data=None, val_n=None, extra=None):
+    """A run dir laid out per CONTRACT.md; metrics derived from val_acc/test_acc so they differ per metric.
+
+    ``fold``/``folds``: a K-fold run (config data.fold / data.folds); ``data``: the digest of the data it
+    was trained on (``summary.json["data_manifest"]``, as the engine writes Split.record()["manifest"]);
+    ``val_n``: its validation images; ``extra``: more summary keys."""
+    d = Path(root) / (f"{recipe}-lr{lr}-s{seed}" + (f"-f{fold}" if fold is not None else ""))
     d.mkdir(parents=True)
     config = {"recipe": recipe, "seed": seed, "run_dir": str(d), "optim": {"name": "adam", "lr": lr},
               "wandb": {"enabled": True, "group": "g", "tags": []}}
+    if folds is not None:
+        config["data"] = {"folds": folds, "fold": fold, "split_seed": 0, "group_by": "near"}
     (d / "config.yaml").write_text(yaml.safe_dump(config))
     rows = [{"epoch": e, "phase": "main", "step": e, "lr": lr, "train/loss": 1 / e, "train/acc": 0.5,
              "val/loss": 1 / e, "val/acc": val_acc - 0.1 * (epochs - e), "val/macro_f1": 0.5, "val/auc": 0.5,
@@ -30,6 +36,13 @@ def make_run(root, recipe, seed, lr, val_acc, test_acc=None, status="finished", 
                **_metrics("val", val_acc)}
     if test_acc is not None:
         summary.update(_metrics("test", test_acc))
+    if data is not None:
+        part = f"fold{fold}" if fold is not None else "split"
+        summary["data_manifest"] = {"train": f"train-{part}", "val": f"val-{part}", "test": "test", "all": f"all-{part}",
+                                    "data": data}
+    if val_n is not None:
+        summary["val/n"] = val_n
+    summary.update(extra or {})
     (d / "summary.json").write_text(json.dumps(summary))
     if preds is not None:
         labels, pred = preds

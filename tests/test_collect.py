@@ -207,7 +207,7 @@ def test_cli_formats_and_plots(tmp_path, capsys):
         assert (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"
     assert cli.main([str(sweep), "--format", "latex", "--out", str(tmp_path / "t.tex")]) == 0
     tex = (tmp_path / "t.tex").read_text()
-    assert r"\begin{tabular}" in tex and r"resnet18\_recipe" in tex and r"$\pm$" in tex
+    assert r"\begin{tabular}" in tex and r"resnet18\_recipe" in tex and r"$_{\pm" in tex  # mean$_{\pm std}$ in %
     assert cli.main([str(sweep), "--format", "csv", "--out", str(tmp_path / "t.csv"), "--by", "optim.lr"]) == 0
     df = pd.read_csv(tmp_path / "t.csv")
     done = df[df["state"] == "finished"]

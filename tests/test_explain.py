@@ -12,7 +12,7 @@ from conftest import run_train
 def test_cam_energy_lies_in_the_lesion(tmp_path):
     from brainmri.use.explain import cam_maps, energy_in_mask, points_in_mask
     from brainmri.data.phantoms import generate_phantoms, lesion_mask
-    from brainmri.use.predict import load_trained
+    from brainmri.use.trained import load_trained
 
     root = generate_phantoms(tmp_path / "data", n_per_class=30, n_test_per_class=6, image_size=128, seed=0)
     run = tmp_path / "run"
@@ -48,7 +48,7 @@ def test_the_sheet_reports_each_maps_share_of_energy_inside_the_brain(trained_ru
 
     from brainmri.data import preprocess
     from brainmri.use.explain import CamWriter, brain_energy, cam_maps
-    from brainmri.use.predict import load_trained
+    from brainmri.use.trained import load_trained
 
     trained = load_trained(trained_run)
     files = sorted((phantom_root / "Testing").rglob("*.jpg"))[:6]

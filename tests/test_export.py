@@ -30,7 +30,7 @@ def exported(trained_run, tmp_path_factory):
 
 def test_onnx_and_torchscript_match_torch_and_the_card_describes_the_run(exported, phantom_root):
     from brainmri.use.export import onnx_parity
-    from brainmri.use.predict import load_trained
+    from brainmri.use.trained import load_trained
 
     run, model_dir = exported
     trained = load_trained(run)

@@ -14,13 +14,14 @@ import numpy as np
 import torch
 import yaml
 
-from brainmri.config import load_config, save_config
+from brainmri.config import load_config
 from brainmri.data import preprocess
 from brainmri.data.transforms import Decoder, batch_normalizer
 from brainmri.models.registry import build_model
 from brainmri.train.regularise import TTA
 from brainmri.use.export import export, onnx_parity
-from brainmri.use.predict import TrainedModel, load_trained
+from brainmri.rundir import RunDir
+from brainmri.use.trained import TrainedRun, load_trained
 
 CONSUMER = textwrap.dedent('''
     import importlib.abc, json, sys
@@ -52,10 +53,10 @@ def test_exported_preprocessing_and_tta_equal_brainmri_on_phantom_files(phantom_
     cfg = load_config("configs/baseline_cnn.yaml", [
         "data.input_size=32", "data.input_channels=3", "data.crop=head", "data.background=zero",
         "data.head_margin=0.04", "eval.tta=[hflip,vflip]", "model.dropout=0.0"])
-    save_config(cfg, run / "config.yaml")
+    RunDir(run).save_config(cfg.to_dict())
     torch.manual_seed(0)
     model = build_model(cfg.model, 4, 3, 32).eval()
-    trained = TrainedModel(run, cfg, ["glioma", "meningioma", "notumor", "pituitary"], model,
+    trained = TrainedRun(RunDir(run), cfg, ["glioma", "meningioma", "notumor", "pituitary"], model,
                            Decoder.from_config(cfg.data), batch_normalizer(cfg.data))
     out = tmp_path / "model"
     written = export(trained, out, ["onnx"])

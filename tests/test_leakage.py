@@ -138,6 +138,37 @@ def test_audit_cli_writes_json_html_and_refuses_one_class(planted, tmp_path):
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "at least two" in bad.stderr
 
 
+def test_audit_csvs_list_every_testing_image_and_every_cross_split_pair(planted, tmp_path, capsys):
+    import csv
+
+    from brainmri.cli import audit as audit_cli
+
+    root, plant = planted
+    assert audit_cli.main([str(root), "--json", str(tmp_path / "out" / "audit.json"), "--no-progress",
+                           "--cache-dir", str(tmp_path / "c")]) == 0
+    report = json.loads((tmp_path / "out" / "audit.json").read_text())
+    with open(tmp_path / "out" / "audit_testing_nearest.csv") as f:
+        nearest = list(csv.DictReader(f))
+    with open(tmp_path / "out" / "audit_cross_pairs.csv") as f:
+        pairs = list(csv.DictReader(f))
+    assert "audit_testing_nearest.csv" in capsys.readouterr().out
+    testing = sorted(str(p.relative_to(root)) for p in (root / "Testing").glob("*/*.jpg"))
+    assert sorted(r["testing_path"] for r in nearest) == testing  # every Testing image, once
+    assert {b: sum(r["band"] == b for r in nearest) for b in L.BANDS} == report["testing_nearest_training"]
+    rel = lambda p: str(Path(p).relative_to(root))  # noqa: E731
+    copy = next(r for r in nearest if r["testing_path"] == rel(plant["test_copy"][1]))
+    assert (copy["nearest_training"], copy["training_label"], copy["band"]) == \
+        (rel(plant["test_copy"][0]), "meningioma", "near_identical") and float(copy["similarity"]) > 0.97
+    assert nearest[0]["band"] == "near_identical"  # leaks first
+    bands = [L.BANDS.index(r["band"]) for r in nearest]
+    assert bands == sorted(bands) and all(r["nearest_training"].startswith("Training/") for r in nearest)
+    # every cross-split pair the audit counts, each with its Testing and Training side
+    assert len(pairs) == sum(report["pairs"]["across"].values()) >= 1
+    assert all(r["testing_path"].startswith("Testing/") and r["training_path"].startswith("Training/") for r in pairs)
+    assert any((r["testing_path"], r["training_path"]) == (rel(plant["test_copy"][1]), rel(plant["test_copy"][0]))
+               for r in pairs)
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_near_duplicate_groups_never_straddle_train_val(planted, tmp_path, seed):
     root, plant = planted
@@ -184,8 +215,11 @@ def test_band_metrics_in_summary_equal_predictions_csv_and_reach_the_table(plant
             acc = np.mean([r["label"] == r["pred"] for r in mine])
             assert summary[f"test/band/{band}/acc"] == pytest.approx(acc)
     assert copy["band"] in ("near_identical", "novel", "same_scan")
-    table = RENDERERS["md"](compare(collect_runs([run_dir])))
-    header = next(line for line in table.splitlines() if line.startswith("| Recipe"))
+    cmp = compare(collect_runs([run_dir]))
+    header = next(line for line in RENDERERS["md"](cmp).splitlines() if line.startswith("| Recipe"))
+    assert "| Acc novel |" in header  # the main table: how the recipe does on images unlike its training images
+    table = RENDERERS["md"](cmp, table="bands")  # every band in a table of its own, its count once
     present = [b for b in L.BANDS if summary[f"test/band/{b}/n"]]
     for band in present:
-        assert f"Acc {band.replace('_', '-')}" in header and f"n {band.replace('_', '-')}" in header
+        acc = f"{summary[f'test/band/{band}/acc']:.3f}"
+        assert f"| baseline_cnn | {band.replace('_', '-')} | {summary[f'test/band/{band}/n']} | {acc} |" in table

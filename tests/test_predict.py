@@ -4,6 +4,7 @@ equal to their PNGs, Grad-CAM sheet, and bad inputs reported one line each while
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -142,3 +143,45 @@ def test_a_run_without_a_best_checkpoint_is_one_line(trained, phantom_root, tmp_
         assert proc.returncode == 2
         assert proc.stderr.strip().count("\n") == 0 and expected in proc.stderr, proc.stderr
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_the_nearest_training_image_comes_from_split_json_without_scanning_the_data_root(trained, phantom_root,
+                                                                                          tmp_path):
+    """The training reference is read from the run's file list: no folder of the data root is listed."""
+    from brainmri.use.predict import predict_files
+    from brainmri.use.trained import load_trained
+
+    files = [phantom_root / "Testing" / "glioma" / f for f in sorted(os.listdir(phantom_root / "Testing" / "glioma"))]
+    trained_run = load_trained(trained)
+    listed: list[str] = []
+    watching = [True]
+
+    def hook(event, args):
+        if watching[0] and event in ("os.listdir", "os.scandir") and args and args[0] is not None:
+            listed.append(str(args[0]))
+
+    sys.addaudithook(hook)  # a real audit hook on this process's directory listings
+    try:
+        pred = predict_files(trained_run, files)
+    finally:
+        watching[0] = False
+    assert pred.band is not None and pred.reference_note == "" and len(pred.paths) == 4
+    assert all(n.startswith(str(phantom_root / "Training")) for n in pred.nearest_train)
+    assert not [p for p in listed if p.startswith(str(phantom_root))], listed
+
+
+def test_a_changed_training_root_is_said_in_one_line_and_the_rest_is_predicted(trained_run, phantom_root, tmp_path):
+    run, data = tmp_path / "run", tmp_path / "data"
+    shutil.copytree(trained_run, run)
+    shutil.copytree(phantom_root, data)
+    split = json.loads((run / "split.json").read_text())
+    split["data_root"] = str(data)
+    (run / "split.json").write_text(json.dumps(split))
+    removed = data / split["files"]["train"][0]["path"]
+    removed.unlink()
+    proc = predict(run, phantom_root / "Testing" / "notumor", "--out", tmp_path / "p.csv")
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and f"the data under {data} changed since training: 1 file(s) missing" in notes[0]
+    rows = read_csv(tmp_path / "p.csv")
+    assert len(rows) == 4 and all(r["band"] == "" for r in rows.values())

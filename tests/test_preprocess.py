@@ -71,3 +71,15 @@ def test_decoder_applies_the_settings_and_the_cache_keys_on_them(phantom_files, 
     assert len({s.data_path for s in stores}) == 3  # one store per setting
     for store, decoder in zip(stores, (plain, prepared)):
         assert all(torch.equal(store(i), decoder(s.path)) for i, s in enumerate(samples))
+
+
+def test_training_data_decodes_with_the_settings(phantom_root):
+    from brainmri.data.datasets import build_training_data
+
+    cfg = load_config(None, [f"data.root={phantom_root}", "data.input_size=32", "data.num_workers=0",
+                             "data.crop=head", "data.background=zero"])
+    data = build_training_data(cfg)
+    for part in ("train", "val", "test"):
+        dataset = data.datasets[part]
+        assert dataset.decoder.key() == Decoder.from_config(cfg.data).key() != Decoder(32, 3).key()
+        assert torch.equal(dataset.raw(0), Decoder.from_config(cfg.data)(dataset.samples[0].path))

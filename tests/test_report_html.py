@@ -74,4 +74,4 @@ def test_band_section_from_the_engines_flat_summary_keys(tmp_path):
     page = render_html(compare(collect_runs([tmp_path])))
     section = page.split("id='s7'")[1].split("</section>")[0]
     assert "novel" in section and "exact" not in section  # empty bands are left out
-    assert "<td>0.6</td>" in section and "<td>30.0</td>" in section and "<td>2</td>" in section
+    assert "<td>0.600 ± 0.141</td>" in section and "<td>30</td>" in section  # rounded; the count once, an integer

@@ -17,6 +17,7 @@ import yaml
 
 from brainmri.sweep.expand import SweepError, arrays, load_sweep, task_id
 from brainmri.jobs.submit import executor_parameters
+from brainmri.cli import sweep as sweep_cli
 from slurm_cluster import ROOT, SMALL_JOBS, TINY, run_sweep, write_sweep
 
 GRID = {"seed": [0, 1], "optim.lr": [1.0e-3, 3.0e-4]}
@@ -289,4 +290,90 @@ def test_shipped_recipe_comparison_expands_into_one_array_per_recipe(tmp_path):
                                                             "resnet50_finetune": 9, "resnet152_ranger": 12}
     assert sorted({t.params["optim.lr"] for t in per_recipe["resnet152_ranger"]}) == [3e-6, 1e-5, 3e-5, 1e-4]
     assert sorted({t.params["optim.lr"] for t in per_recipe["baseline_cnn"]}) == [3e-4, 1e-3, 3e-3]
+    assert len(arrays(sweep, sweep.tasks)) == 4
+
+
+CV = {"name": "cv", "recipes": ["baseline_cnn", "resnet50_feature"], "folds": 3, "seeds": [0, 1],
+      "grid": {"optim.lr": [1.0e-3, 3.0e-4]}, "overrides": {"train.epochs": 2},
+      "slurm": {"gpus_per_node": 1, "time_min": 30, "cpus_per_task": 3}}
+
+
+def test_folds_are_an_axis_like_seeds_with_stable_distinct_tasks(tmp_path):
+    sweep = load_sweep(write_yaml(tmp_path / "s.yaml", CV), sweeps_root=tmp_path)
+    assert len(sweep.tasks) == 2 * 2 * 3 * 2 and sweep.folds == 3  # recipes x grid x folds x seeds
+    assert len({t.id for t in sweep.tasks}) == len({t.run_dir for t in sweep.tasks}) == 24
+    got = {(t.recipe, t.params["seed"], t.params["data.fold"], t.params["optim.lr"]) for t in sweep.tasks}
+    assert got == {(r, s, f, lr) for r in CV["recipes"] for s in (0, 1) for f in range(3) for lr in (1e-3, 3e-4)}
+    for task in sweep.tasks:
+        data = task.resolved_config()["data"]
+        assert (data["folds"], data["fold"]) == (3, task.params["data.fold"])
+        assert f"data.fold={task.params['data.fold']}" in task.resolved_config()["wandb"]["tags"]
+    assert [t.id for t in load_sweep(tmp_path / "s.yaml", sweeps_root=tmp_path).tasks] == [t.id for t in sweep.tasks]
+    # the same tasks spelled as a grid over data.fold: the same ids, so a finished fold is never retrained
+    spelled = {**CV, "grid": {**CV["grid"], "data.fold": [0, 1, 2]}, "overrides": {**CV["overrides"], "data.folds": 3}}
+    spelled.pop("folds")
+    assert {t.id for t in load_sweep(write_yaml(tmp_path / "g.yaml", spelled), sweeps_root=tmp_path).tasks} \
+        == {t.id for t in sweep.tasks}
+    # the command line: data.folds=K changes K, data.fold=i trains that fold only
+    assert len(load_sweep(tmp_path / "s.yaml", ["data.folds=2"], tmp_path).tasks) == 2 * 2 * 2 * 2
+    one = load_sweep(tmp_path / "s.yaml", ["data.fold=1"], tmp_path).tasks
+    assert len(one) == 8 and {(t.resolved_config()["data"]["folds"], t.resolved_config()["data"]["fold"])
+                              for t in one} == {(3, 1)}
+    assert {t.id for t in one} <= {t.id for t in sweep.tasks}
+
+
+@pytest.mark.parametrize("changes, named", [
+    ({"folds": 1}, "folds must be an integer >= 2"),
+    ({"folds": "five"}, "folds must be an integer >= 2"),
+    ({"folds": True}, "folds must be an integer >= 2"),
+    ({"overrides": {"data.fold": 0}}, "overrides.data.fold: folds: is the fold axis"),
+    ({"grid": {"data.folds": [3, 5]}}, "grid.data.folds: folds: is the fold axis"),
+    ({"per_recipe": {"baseline_cnn": {"grid": {"data.fold": [0]}}}}, "per_recipe.baseline_cnn.grid.data.fold"),
+    ({"per_recipe": {"baseline_cnn": {"folds": 5}}}, "per_recipe.baseline_cnn.folds"),
+])
+def test_bad_fold_axis_is_one_line_exit_2(tmp_path, capsys, changes, named):
+    path = write_yaml(tmp_path / "s.yaml", {**CV, **changes})
+    with pytest.raises(SweepError, match=re.escape(named)):
+        load_sweep(path, sweeps_root=tmp_path / "sweeps")
+    assert sweep_cli.main(["--config", str(path), "--cluster", "slurm", "--dry-run", "--sweeps-root",
+                           str(tmp_path / "sweeps")]) == 2
+    out = capsys.readouterr()
+    assert named in out.err and len(out.err.strip().splitlines()) == 1 and out.out == ""
+
+
+def test_dry_run_bill_counts_folds_and_only_failed_resubmits_the_failed_fold(tmp_path, capsys):
+    path = write_yaml(tmp_path / "s.yaml", {**CV, "recipes": ["baseline_cnn"], "seeds": [0]})
+    root = tmp_path / "sweeps"
+    proc = run_sweep("--config", path, "--cluster", "slurm", "--dry-run", "--sweeps-root", root)  # as a user runs it
+    assert proc.returncode == 0, proc.stderr
+    assert "6 task(s) in 1 array(s)" in proc.stdout  # 1 recipe x 2 LRs x 3 folds x 1 seed
+    assert f"{'total':<22} {6:>5} {1:>5} {6 * 0.5:>9.1f} {6 * 3 * 0.5:>9.1f}" in proc.stdout
+    # fold 0 of one LR finished, fold 1 failed: only that fold goes again; the rest are new
+    tasks = {(t.params["optim.lr"], t.params["data.fold"]): t for t in load_sweep(path, sweeps_root=root).tasks}
+    done, failed = Path(tasks[1e-3, 0].run_dir), Path(tasks[1e-3, 1].run_dir)
+    for d in (done, failed):
+        d.mkdir(parents=True)
+    (done / "summary.json").write_text(json.dumps({"status": "finished"}))
+    (failed / "status.json").write_text(json.dumps({"status": "failed", "error": "RuntimeError: fold 1"}))
+    args = ["--config", str(path), "--cluster", "slurm", "--dry-run", "--sweeps-root", str(root)]
+    assert sweep_cli.main([*args, "--only-failed"]) == 0
+    again = capsys.readouterr().out
+    assert "1 to submit (1 finished" in again
+    (cmd,) = [line for line in again.splitlines() if "python train.py" in line]
+    assert cmd.startswith(f"  {tasks[1e-3, 1].id}:") and "data.fold=1" in cmd and "data.folds=3" in cmd
+    assert sweep_cli.main(args) == 0
+    rest = capsys.readouterr().out
+    assert "5 to submit (1 finished" in rest and tasks[1e-3, 0].id + ":" not in rest
+
+
+def test_shipped_cv_comparison_trains_every_configuration_on_five_folds(tmp_path):
+    sweep = load_sweep(ROOT / "configs" / "sweeps" / "cv_compare.yaml", sweeps_root=tmp_path)
+    per_recipe = {r: [t for t in sweep.tasks if t.recipe == r] for r in sweep.recipes}
+    assert {r: len(ts) for r, ts in per_recipe.items()} == {"baseline_cnn": 15, "resnet50_feature": 15,
+                                                            "resnet50_finetune": 15, "resnet152_ranger": 20}
+    for tasks in per_recipe.values():
+        by_lr: dict = {}
+        for t in tasks:
+            by_lr.setdefault(t.params["optim.lr"], []).append(t.params["data.fold"])
+        assert all(sorted(folds) == [0, 1, 2, 3, 4] for folds in by_lr.values())
     assert len(arrays(sweep, sweep.tasks)) == 4

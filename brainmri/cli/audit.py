@@ -1,6 +1,6 @@
 """Audit a data root for duplicates, near-duplicates and leakage between Training and Testing.
 
-    python launch/audit.py /data/brain-mri                 # Markdown summary + <root-name>-audit.json
+    python launch/audit.py /data/brain-mri                 # Markdown summary + audit.json + two CSVs beside it
     python launch/audit.py /data/brain-mri --html audit/   # plus contact sheets (audit/index.html)
     python launch/audit.py /data/brain-mri --shortcuts     # plus: how much of the label is readable without the brain
 """
@@ -11,11 +11,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from brainmri.data.audit import audit, markdown, write_html
+from brainmri.data.audit import audit, markdown, write_csvs, write_html
 from brainmri.data.files import DataError
 from brainmri.rundir import write_json
+from brainmri.cli.errors import full_disk_is_one_line
 
 
+@full_disk_is_one_line
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", help="data root holding Training/<class>/ (and optionally Testing/<class>/)")
@@ -44,6 +46,9 @@ def main(argv=None) -> int:
     write_json(json_path, report)
     print(markdown(report))
     print(f"report: {json_path}")
+    nearest_csv, pairs_csv = write_csvs(details, json_path)
+    print(f"every Testing image with its nearest Training image: {nearest_csv}")
+    print(f"every Training-Testing pair in a band: {pairs_csv}")
     if args.html:
         print(f"contact sheets: {write_html(report, details, args.html, args.per_band)}")
     return 0

@@ -1,6 +1,7 @@
 """Compare brainmri recipes from run dirs, offline W&B runs and/or the W&B API.
 
     python launch/collect.py sweeps/lr --format md [--out FILE] [--plots DIR] [--metric val/acc] [--by optim.lr]
+    python launch/collect.py sweeps/cv --format latex --table main|bands|classes|intervals
     python launch/collect.py --wandb-project brainmri [--wandb-entity E] --group lr [--tag T] --format latex
 """
 
@@ -10,14 +11,20 @@ import argparse
 import sys
 from pathlib import Path
 
-from brainmri.results.collect import collect_runs, compare
-from brainmri.results.report import RENDERERS, write_plots
+from brainmri.cli.errors import full_disk_is_one_line
+from brainmri.results.collect import MixedDataError, collect_runs, compare
+from brainmri.results.report import RENDERERS, TABLES, write_plots
 
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="*", help="sweep dirs, run dirs or W&B offline dirs (searched recursively)")
     p.add_argument("--format", choices=sorted(RENDERERS), default="md")
+    p.add_argument("--table", choices=TABLES, default="main", help="main: recipe, chosen configuration, val, test, "
+                   "novel-band test, macro-F1, AUC, ECE (mean ± std over replicates); bands: by similarity band; "
+                   "classes: per-class recall/precision/F1; intervals: 95 %% intervals and how they were computed")
+    p.add_argument("--allow-mixed-data", action="store_true", help="pool runs whose data manifests differ "
+                   "(refused by default: they were trained or tested on different files)")
     p.add_argument("--out", help="write the table here instead of stdout")
     p.add_argument("--html", help="also write a self-contained HTML report here (opens offline)")
     p.add_argument("--plots", help="directory for accuracy.png and val_curves.png")
@@ -34,6 +41,7 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
+@full_disk_is_one_line
 def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     if not args.paths and not args.wandb_project:
@@ -42,8 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     if not runs:
         print("no runs found", file=sys.stderr)
         return 1
-    cmp = compare(runs, metric=args.metric, by=args.by)
-    text = RENDERERS[args.format](cmp, per_value=args.per_value or bool(args.by))
+    try:
+        cmp = compare(runs, metric=args.metric, by=args.by, allow_mixed_data=args.allow_mixed_data)
+    except MixedDataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    text = RENDERERS[args.format](cmp, per_value=args.per_value or bool(args.by), table=args.table)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)

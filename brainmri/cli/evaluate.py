@@ -4,8 +4,8 @@
     python launch/evaluate.py runs/<run> --data /data/other-hospital --out results/other-hospital
 
 The root holds <class>/ folders (or Training/ and Testing/; Testing/ is evaluated when present)
-with exactly the run's classes. Writes predictions_test.csv, confusion_test.png, summary.json and
-skipped_files.json — the files of training's own test evaluation — into --out
+with exactly the run's classes. Writes the test predictions, confusion matrix, summary and
+skipped-file report — the files of training's own test evaluation — into --out
 (default <run>/eval/<root name>/); the run's own results are never touched.
 """
 
@@ -18,13 +18,15 @@ from brainmri.config import ConfigError
 from brainmri.data.files import DataError
 from brainmri.use.external import evaluate_run
 from brainmri.models.weights import WeightsError
-from brainmri.use.predict import RunError
-from brainmri.rundir import CheckpointError
+from brainmri.use.trained import RunError
+from brainmri.rundir import CheckpointError, RunDir
+from brainmri.cli.errors import full_disk_is_one_line
 
 
+@full_disk_is_one_line
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", help="a brainmri run directory (config.yaml + checkpoints/best.pt)")
+    p.add_argument("run_dir", help="a brainmri run directory (its config and best checkpoint are used)")
     p.add_argument("--data", required=True, help="data root with the run's class folders")
     p.add_argument("--out", help="output folder (default: <run_dir>/eval/<data root name>/)")
     p.add_argument("--batch-size", type=int, help="default: the run's eval batch size")
@@ -36,7 +38,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if summary["skipped_files"]:
-        print(f"skipped {summary['skipped_files']} unreadable image(s); see {summary['out']}/skipped_files.json",
+        print(f"skipped {summary['skipped_files']} unreadable image(s); see {RunDir(summary['out']).skipped_file}",
               file=sys.stderr)
     print(f"{summary['out']}: test/acc {summary['test/acc']:.4f} macro_f1 {summary['test/macro_f1']:.4f} "
           f"n {summary['test/n']}")

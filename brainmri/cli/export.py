@@ -15,13 +15,15 @@ import sys
 from brainmri.config import ConfigError
 from brainmri.use.export import FORMATS, ExportError, export
 from brainmri.models.weights import WeightsError
-from brainmri.use.predict import RunError, load_trained
+from brainmri.use.trained import RunError, load_trained
 from brainmri.rundir import CheckpointError
+from brainmri.cli.errors import full_disk_is_one_line
 
 
+@full_disk_is_one_line
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", help="a brainmri run directory (config.yaml + checkpoints/best.pt)")
+    p.add_argument("run_dir", help="a brainmri run directory (its config and best checkpoint are used)")
     p.add_argument("--format", nargs="+", default=["onnx"], metavar="FMT", help=f"{' '.join(FORMATS)} (default onnx)")
     p.add_argument("--out", required=True, help="output folder")
     args = p.parse_args(argv)

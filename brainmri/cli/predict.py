@@ -15,13 +15,16 @@ import sys
 
 from brainmri.config import ConfigError
 from brainmri.models.weights import WeightsError
-from brainmri.use.predict import RunError, load_trained, predict_files, write_csv
+from brainmri.use.predict import predict_files, write_csv
+from brainmri.use.trained import RunError, load_trained
 from brainmri.rundir import CheckpointError
+from brainmri.cli.errors import full_disk_is_one_line
 
 
+@full_disk_is_one_line
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", help="a brainmri run directory (config.yaml + checkpoints/best.pt)")
+    p.add_argument("run_dir", help="a brainmri run directory (its config and best checkpoint are used)")
     p.add_argument("inputs", nargs="+", help="image files, DICOM files and folders")
     p.add_argument("--out", default="predictions.csv", help="CSV to write (default: predictions.csv)")
     p.add_argument("--cam", metavar="DIR", help="write Grad-CAM overlays and DIR/index.html")

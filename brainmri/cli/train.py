@@ -17,7 +17,9 @@ from brainmri.data.files import DataError
 from brainmri.train.engine import fit
 from brainmri.train.resume import load_run_config
 from brainmri.models.weights import WeightsError
-from brainmri.rundir import CheckpointError, RunLockedError
+from brainmri.atomic import DiskFullError
+from brainmri.cli.errors import full_disk_is_one_line
+from brainmri.rundir import CheckpointError, RunDirError, RunLockedError
 from brainmri.train.signals import TrainingInterrupted
 
 
@@ -42,17 +44,22 @@ def resolve_config(args):
     return load_config(args.config, args.overrides)
 
 
+@full_disk_is_one_line
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         cfg = resolve_config(args)
         summary = fit(cfg)
-    except (ConfigError, DataError, WeightsError, CheckpointError, RunLockedError, FileNotFoundError) as e:
+    except (ConfigError, DataError, WeightsError, CheckpointError, RunLockedError, RunDirError,
+            FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except TrainingInterrupted as e:  # checkpoint kept, status.json "interrupted"/"preempted"
+    except TrainingInterrupted as e:  # checkpoint kept, the run's state "interrupted"/"preempted"
         print(f"error: {e}; resume with --resume {cfg.run_dir or 'RUN_DIR'}", file=sys.stderr)
         return e.exit_code
+    except DiskFullError as e:  # the last good checkpoint is kept; the run's state says failed: no space
+        e.hint = f"; resume with --resume {cfg.run_dir} once space is freed"
+        raise
     if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not one per process
         print(f"{summary['run_dir']}: val/acc {summary['val/acc']:.4f}"
               + (f" test/acc {summary['test/acc']:.4f}" if "test/acc" in summary else ""))

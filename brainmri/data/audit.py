@@ -5,7 +5,9 @@ rules (junk ignored, unreadable files listed, any image mode used), fingerprints
 (``brainmri.data.leakage``, cached) and reports: class counts, image sizes and modes, unreadable
 files, near-duplicate pairs per band within and across the splits, groups, groups that hold
 more than one label (the same picture under two labels: label noise), and how many Testing
-images have a Training partner in each band. ``write_html`` adds contact sheets — a random
+images have a Training partner in each band. ``leak_tables`` lists every Testing image with its
+nearest Training image and every cross-split pair (``write_csvs`` writes them beside audit.json),
+so a person can drop or flag leaked images. ``write_html`` adds contact sheets — a random
 sample of pairs per band, file names under each image — so a person can judge the thresholds.
 
 ``shortcuts`` (``audit(..., shortcuts=True)``, ``launch/audit.py --shortcuts``) measures how much of
@@ -20,18 +22,21 @@ head mask, (b) the head's ``geometry`` (area, bounding box, centre), (c) the ``f
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import io
 import math
+import os
 import random
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 
+from brainmri.atomic import atomic_write
 from brainmri.data import leakage as L
 from brainmri.data import preprocess as P
-from brainmri.data.files import DataError, _scan_split_dir, file_index, load_pil, resolve_splits_root
+from brainmri.data.files import DataError, file_index, load_pil, resolve_splits_root, scan_folder
 
 
 def _image_info(paths: list[str], split_dirs) -> dict:
@@ -52,10 +57,10 @@ def audit(root: str | Path, cache_dir=None, progress: bool = True, shortcuts: bo
     """Return (report, details): the JSON-able report, and the pairs/paths the HTML sheets need.
     ``shortcuts``: add ``report["shortcuts"]`` (``shortcut_report``; ``margin`` = ``data.head_margin``)."""
     train_dir, test_dir = resolve_splits_root(root)
-    classes, train, skipped = _scan_split_dir(train_dir, None)  # refuses fewer than two class folders
+    classes, train, skipped = scan_folder(train_dir, None)  # refuses fewer than two class folders
     test = []
     if test_dir is not None:
-        _, test, test_skipped = _scan_split_dir(test_dir, classes)
+        _, test, test_skipped = scan_folder(test_dir, classes)
         skipped += test_skipped
     samples = train + test
     if not samples:
@@ -108,14 +113,71 @@ def audit(root: str | Path, cache_dir=None, progress: bool = True, shortcuts: bo
                 [{"path": paths[i], "label": classes[labels[i]], "split": str(split[i])} for i in m]
                 for m in cross_label]
     report["groups"] = group_report
+    near = None
     if test:
         near = L.nearest(fp[:len(train)], sha1[:len(train)], fp[len(train):], sha1[len(train):])
         report["testing_nearest_training"] = {b: int((near.band == k).sum()) for k, b in enumerate(L.BANDS)}
     if shortcuts:
         report["shortcuts"] = shortcut_report(paths[:len(train)], labels[:len(train)], classes,
                                               near_groups[:len(train)], margin=margin)
-    details = {"paths": paths, "labels": [classes[v] for v in labels], "split": split.tolist(), "pairs": pairs}
+    details = {"root": str(root), "paths": paths, "labels": [classes[v] for v in labels], "split": split.tolist(),
+               "pairs": pairs, "n_train": len(train), "nearest": near}
     return report, details
+
+
+TESTING_NEAREST = ("testing_path", "testing_label", "nearest_training", "training_label", "similarity",
+                   "fine_similarity", "band")
+CROSS_PAIRS = ("testing_path", "testing_label", "training_path", "training_label", "similarity",
+               "fine_similarity", "band")
+
+
+def leak_tables(details: dict) -> tuple[list[dict], list[dict]]:
+    """(every Testing image with its nearest Training image, every Training–Testing pair in a band).
+
+    Paths are relative to the data root; ``similarity`` is the coarse correlation, ``fine_similarity``
+    the detail correlation, ``band`` as in ``brainmri.data.leakage.BANDS``. Rows are ordered by band
+    (exact first) then similarity, so the leaks lead; a Testing image with no Training image is
+    ``novel`` with empty neighbour cells.
+    """
+    paths, labels, n_train = details["paths"], details["labels"], details["n_train"]
+    rel = lambda i: os.path.relpath(paths[i], details["root"])  # noqa: E731
+    score = lambda x: round(float(x), 4)  # noqa: E731
+    nearest_rows, near = [], details["nearest"]
+    for q in range(len(paths) - n_train):
+        t, b = n_train + q, int(near.index[q]) if near is not None else -1
+        nearest_rows.append({"testing_path": rel(t), "testing_label": labels[t],
+                             "nearest_training": rel(b) if b >= 0 else "", "training_label": labels[b] if b >= 0 else "",
+                             "similarity": score(near.coarse[q]) if b >= 0 else "",
+                             "fine_similarity": score(near.fine[q]) if b >= 0 else "",
+                             "band": L.BANDS[int(near.band[q])] if near is not None else "novel"})
+    rank = {b: k for k, b in enumerate(L.BANDS)}
+    nearest_rows.sort(key=lambda r: (rank[r["band"]], -(r["similarity"] or 0), r["testing_path"]))
+    pairs, cross_rows = details["pairs"], []
+    for i, j, coarse, fine, band in zip(pairs.i, pairs.j, pairs.coarse, pairs.fine, pairs.band):
+        if (i < n_train) == (j < n_train):
+            continue
+        tr, te = (int(i), int(j)) if i < n_train else (int(j), int(i))
+        cross_rows.append({"testing_path": rel(te), "testing_label": labels[te], "training_path": rel(tr),
+                           "training_label": labels[tr], "similarity": score(coarse), "fine_similarity": score(fine),
+                           "band": L.BANDS[int(band)]})
+    cross_rows.sort(key=lambda r: (rank[r["band"]], -r["similarity"], r["testing_path"], r["training_path"]))
+    return nearest_rows, cross_rows
+
+
+def write_csvs(details: dict, json_path: str | Path) -> tuple[Path, Path]:
+    """Write ``<stem>_testing_nearest.csv`` and ``<stem>_cross_pairs.csv`` beside ``json_path``."""
+    json_path = Path(json_path)
+    out = []
+    for suffix, columns, rows in zip(("testing_nearest", "cross_pairs"), (TESTING_NEAREST, CROSS_PAIRS),
+                                     leak_tables(details)):
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        path = json_path.with_name(f"{json_path.stem}_{suffix}.csv")
+        atomic_write(path, buf.getvalue())
+        out.append(path)
+    return out[0], out[1]
 
 
 # ------------------------------------------------------------------------------------ shortcuts

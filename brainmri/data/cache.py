@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from brainmri.data.cachedir import cache_base
+from brainmri.data.cachedir import cache_base, cache_unwritable
+from brainmri.atomic import atomic_path, write_json
 
 FORMAT = 2
 
@@ -46,6 +47,15 @@ class DecodedCache:
         self._mm = None
 
     @classmethod
+    def build_or_none(cls, samples, decoder, cache_dir: str | Path | None = None) -> "DecodedCache | None":
+        """:meth:`build`, or None (one warning) when the store cannot be written: images are then decoded as read."""
+        try:
+            return cls.build(samples, decoder, cache_dir)
+        except OSError as e:
+            cache_unwritable("decoded-image", cache_root(cache_dir), e)
+            return None
+
+    @classmethod
     def build(cls, samples, decoder, cache_dir: str | Path | None = None, workers: int | None = None) -> "DecodedCache":
         """Open the store for ``samples`` decoded by ``decoder``, building it first if needed."""
         if not samples:
@@ -63,29 +73,26 @@ class DecodedCache:
                 return cache
             first = decoder(samples[0].path)
             shape = (len(samples), *first.shape)
-            tmp = data_path.with_name(f".{data_path.name}.tmp{os.getpid()}")
-            mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(shape[0], 1, *shape[2:]))
+            needed = shape[0] * int(np.prod(shape[2:]))
+            with atomic_path(data_path, needed=needed) as tmp:
+                store = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(shape[0], 1, *shape[2:]))
 
-            def put(i: int) -> None:
-                img = first if i == 0 else decoder(samples[i].path)
-                if tuple(img.shape) != shape[1:] or img.dtype != torch.uint8:
-                    raise ValueError(f"{samples[i].path}: decoded to {tuple(img.shape)} {img.dtype}, "
-                                     f"expected {shape[1:]} uint8")
-                if not torch.equal(img[0], img[-1]):
-                    raise ValueError(f"{samples[i].path}: decoded to a colour image; the cache stores grey-scale")
-                mm[i] = img[:1].numpy()
+                def put(i: int) -> None:
+                    img = first if i == 0 else decoder(samples[i].path)
+                    if tuple(img.shape) != shape[1:] or img.dtype != torch.uint8:
+                        raise ValueError(f"{samples[i].path}: decoded to {tuple(img.shape)} {img.dtype}, "
+                                         f"expected {shape[1:]} uint8")
+                    if not torch.equal(img[0], img[-1]):
+                        raise ValueError(f"{samples[i].path}: decoded to a colour image; the cache stores grey-scale")
+                    store[i] = img[:1].numpy()  # noqa: F821  (deleted only after every put)
 
-            # PIL releases the GIL while decoding, so threads overlap the JPEG work
-            with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
-                list(pool.map(put, range(len(samples))))
-            mm.flush()
-            del mm
-            os.replace(tmp, data_path)
-            meta = {"format": FORMAT, "decoder": decoder.key(), "shape": list(shape),
-                    "sha1": [s.sha1 for s in samples]}
-            tmp_meta = meta_path.with_name(f".{meta_path.name}.tmp{os.getpid()}")
-            tmp_meta.write_text(json.dumps(meta))
-            os.replace(tmp_meta, meta_path)
+                # PIL releases the GIL while decoding, so threads overlap the JPEG work
+                with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
+                    list(pool.map(put, range(len(samples))))
+                store.flush()
+                del store
+            write_json(meta_path, {"format": FORMAT, "decoder": decoder.key(), "shape": list(shape),
+                                   "sha1": [s.sha1 for s in samples]})
         return cls(data_path, shape, built=True)
 
     @classmethod

@@ -9,6 +9,7 @@ Knows nothing about models or training.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections import Counter
@@ -18,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from filelock import FileLock
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from brainmri.data.leakage import BANDS, fingerprints, group_keys, nearest
-from brainmri.data.files import DataError, Sample, _scan_split_dir, file_index, resolve_splits_root
+from brainmri.data.files import DataError, Sample, file_index, resolve_splits_root, scan_folder
 from brainmri.data.transforms import Decoder
 
 
@@ -33,7 +34,8 @@ class Split:
     """The train/val/test samples of one run, and what ``split.json`` records of them.
 
     ``record()`` lists every file (path relative to ``root``, content hash, label, group; val and
-    test also their nearest training image and band) with a manifest hash per part;
+    test also their nearest training image and band; with folds, every training-pool file its
+    fold) with a manifest hash per part;
     ``Split.from_record`` rebuilds the split from that record without scanning the data root, and
     ``check_unchanged`` says in one line when files listed there are gone or differ.
     """
@@ -47,6 +49,9 @@ class Split:
     groups: int = 0  # groups the train/val split was drawn over
     root: str | None = None  # the data root the paths are relative to
     group_of: dict[str, int] = field(default_factory=dict)  # training-image path → group number
+    folds: int | None = None  # K of a K-fold split (None: one train/val split)
+    fold: int | None = None  # the fold that is the validation part
+    fold_of: dict[str, int] = field(default_factory=dict)  # training-pool path → its fold (K-fold only)
 
     def _rel(self, path: str) -> str:
         return os.path.relpath(path, self.root) if self.root else path
@@ -57,6 +62,8 @@ class Split:
             row = {"path": self._rel(s.path), "sha1": s.sha1, "label": self.classes[s.label]}
             if s.path in self.group_of:
                 row["group"] = self.group_of[s.path]
+            if s.path in self.fold_of:
+                row["fold"] = self.fold_of[s.path]
             if part != "train":
                 row.update(nearest_train=self._rel(s.nearest_train) if s.nearest_train else None,
                            similarity=s.similarity, band=s.band)
@@ -69,7 +76,7 @@ class Split:
         return {
             "data_root": str(self.root), "classes": self.classes,
             **{part: len(getattr(self, part)) for part in PARTS},
-            "group_by": self.group_by, "groups": self.groups,
+            "group_by": self.group_by, "groups": self.groups, "folds": self.folds, "fold": self.fold,
             "bands": {part: dict(Counter(s.band for s in getattr(self, part))) for part in ("val", "test")},
             "manifest": manifest(files), "files": files,
         }
@@ -78,11 +85,11 @@ class Split:
     def from_record(cls, record: dict, root: str | Path | None = None) -> "Split":
         """The split a ``split.json`` record describes, with paths under ``root`` (default: its own root)."""
         if "files" not in record:
-            raise DataError("split.json lists no files (written by an older brainmri); retrain or rescan")
+            raise DataError("the run's split record lists no files (written by an older brainmri); retrain it")
         root = Path(root or record["data_root"])
         classes = list(record["classes"])
         index = {c: i for i, c in enumerate(classes)}
-        parts, group_of = {}, {}
+        parts, group_of, fold_of = {}, {}, {}
         for part in PARTS:
             samples = []
             for row in record["files"].get(part, []):
@@ -92,10 +99,12 @@ class Split:
                     s.similarity, s.band = row.get("similarity"), row.get("band")
                 if "group" in row:
                     group_of[s.path] = row["group"]
+                if "fold" in row:
+                    fold_of[s.path] = row["fold"]
                 samples.append(s)
             parts[part] = samples
         return cls(classes, parts["train"], parts["val"], parts["test"], [], record.get("group_by", "near"),
-                   record.get("groups", 0), str(root), group_of)
+                   record.get("groups", 0), str(root), group_of, record.get("folds"), record.get("fold"), fold_of)
 
     def changed_files(self, parts=PARTS) -> tuple[list[str], list[str]]:
         """(missing, different) files of ``parts``: sizes and mtimes checked against the scan's index,
@@ -173,28 +182,62 @@ def split_groups(samples: list[Sample], val_fraction: float, seed: int,
     return pick(train_keys), pick(val_keys)
 
 
+def fold_numbers(samples: list[Sample], folds: int, seed: int, keys: list[str] | None = None) -> list[int]:
+    """The fold (0..folds-1) of every sample: scikit-learn's ``StratifiedGroupKFold`` (shuffled, seeded)
+    over the groups ``keys`` name (default: content hashes), so one group lies in one fold.
+
+    The assignment depends on the samples (their order, labels and groups), ``folds`` and ``seed``
+    only: every recipe trained on the same data gets the same folds. Fewer groups than folds is a
+    ``DataError``.
+    """
+    keys = keys or [s.sha1 for s in samples]
+    n_groups = len(set(keys))
+    if n_groups < folds:
+        raise DataError(f"data.folds={folds}: the training images form only {n_groups} group(s) "
+                        f"(data.group_by); use fewer folds")
+    cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    out = np.full(len(samples), -1)
+    for i, (_, val_idx) in enumerate(cv.split(np.zeros(len(samples)), [s.label for s in samples], keys)):
+        out[val_idx] = i
+    return out.tolist()
+
+
 def build_split(data_cfg, root: str | Path) -> Split:
-    """Scan ``root`` and split Training into train/val; Testing (if present) is the test split."""
+    """Scan ``root`` and split Training into train/val; Testing (if present) is the test split.
+
+    With ``data_cfg.folds = K`` Training is cut into K grouped, stratified folds
+    (``fold_numbers``) and fold ``data_cfg.fold`` is the validation part; otherwise one grouped,
+    stratified split of ``val_fraction``.
+    """
     train_dir, test_dir = resolve_splits_root(root)
-    classes, samples, skipped = _scan_split_dir(train_dir, None)
+    classes, samples, skipped = scan_folder(train_dir, None)
     if not samples:
         raise DataError(f"no readable images under {train_dir}")
     test: list[Sample] = []
     if test_dir is not None:
-        _, test, test_skipped = _scan_split_dir(test_dir, classes)
+        _, test, test_skipped = scan_folder(test_dir, classes)
         skipped += test_skipped
     # one fingerprint per image, used both for the groups and for the nearest-training search
     fp = fingerprints([s.path for s in samples + test], data_cfg.cache_dir)
     row = {s.path: i for i, s in enumerate(samples + test)}
     group_by = getattr(data_cfg, "group_by", "near")
     keys = group_keys(fp[:len(samples)], [s.sha1 for s in samples], group_by)
-    train, val = split_groups(samples, data_cfg.val_fraction, data_cfg.split_seed, keys)
+    folds = getattr(data_cfg, "folds", None)
+    fold_of: dict[str, int] = {}
+    if folds:
+        assigned = fold_numbers(samples, folds, data_cfg.split_seed, keys)
+        fold_of = {s.path: f for s, f in zip(samples, assigned)}
+        train = [s for s in samples if fold_of[s.path] != data_cfg.fold]
+        val = [s for s in samples if fold_of[s.path] == data_cfg.fold]
+    else:
+        train, val = split_groups(samples, data_cfg.val_fraction, data_cfg.split_seed, keys)
     # Every held-out image carries its nearest training image: metrics by band say how a model
     # does on images unlike anything it trained on (nothing is dropped).
     annotate_nearest(train, val + test, lambda part: fp[[row[s.path] for s in part]])
     numbers = {k: i for i, k in enumerate(sorted(set(keys)))}
     group_of = {s.path: numbers[k] for s, k in zip(samples, keys)}
-    return Split(classes, train, val, test, skipped, group_by, len(numbers), str(root), group_of)
+    return Split(classes, train, val, test, skipped, group_by, len(numbers), str(root), group_of,
+                 folds or None, data_cfg.fold if folds else None, fold_of)
 
 
 def annotate_nearest(train: list[Sample], held_out: list[Sample], fingerprints_of) -> None:
@@ -202,12 +245,20 @@ def annotate_nearest(train: list[Sample], held_out: list[Sample], fingerprints_o
 
     ``fingerprints_of(samples)`` returns their ``brainmri.data.leakage`` fingerprints, row-aligned.
     """
-    if not held_out:
+    if held_out:
+        nearest_training([s.path for s in train], [s.sha1 for s in train], fingerprints_of(train),
+                         held_out, fingerprints_of(held_out))
+
+
+def nearest_training(train_paths: list[str], train_sha1: list[str], train_fp: np.ndarray,
+                     samples: list[Sample], sample_fp: np.ndarray) -> None:
+    """The one nearest-training annotation: each sample's most similar training image, its coarse
+    similarity and its band (``brainmri.data.leakage.BANDS``), set on the sample."""
+    if not samples:
         return
-    near = nearest(fingerprints_of(train), [s.sha1 for s in train], fingerprints_of(held_out),
-                   [s.sha1 for s in held_out])
-    for s, idx, sim, band in zip(held_out, near.index, near.coarse, near.band):
-        s.nearest_train = train[idx].path if idx >= 0 else None
+    near = nearest(train_fp, train_sha1, sample_fp, [s.sha1 for s in samples])
+    for s, idx, sim, band in zip(samples, near.index, near.coarse, near.band):
+        s.nearest_train = train_paths[idx] if idx >= 0 else None
         s.similarity = round(float(sim), 4) if idx >= 0 else None
         s.band = BANDS[band]
 
@@ -308,3 +359,58 @@ def resolve_data_root(cfg) -> Path:
         generate_phantoms(root, n_per_class=s.n_per_class, n_test_per_class=s.n_test_per_class,
                           image_size=s.render_size, seed=s.seed)
     return root
+
+
+@dataclass
+class TrainingData:
+    """Everything the engine reads data through: the split, datasets, seeded sampler and loaders."""
+
+    root: Path
+    split: Split
+    datasets: dict[str, ImageDataset]
+    sampler: "EpochSampler"
+    train_seeded: "EpochSeeded"  # augmentation seeded per (seed, epoch, image)
+    loaders: dict[str, torch.utils.data.DataLoader]  # train, val and (with a test split) test
+    normalize: object  # uint8 batch → model input
+
+    @property
+    def classes(self) -> list[str]:
+        return self.split.classes
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+        self.train_seeded.set_epoch(epoch)
+
+
+def build_training_data(cfg, first=contextlib.nullcontext) -> TrainingData:
+    """Scan and split the data root, build the datasets (through the decoded cache if configured) and loaders.
+
+    ``first()`` is a context manager under which one process builds what the others then read
+    (``Accelerator.main_process_first``): the phantoms, the scan's index and the caches.
+    """
+    from brainmri.data.transforms import batch_normalizer, eval_transform, train_transform
+
+    with first():  # rank 0 generates/indexes; the others then read its cache
+        root = resolve_data_root(cfg)
+        split = build_split(cfg.data, root)
+    if not split.val:
+        raise ValueError("data.val_fraction=0 leaves no validation split; the engine needs one")
+    decoder = Decoder.from_config(cfg.data)  # size, channels, head crop and background
+    sources = {}
+    if cfg.data.cache == "decoded":
+        from brainmri.data.cache import DecodedCache
+
+        with first():
+            sources = {part: DecodedCache.build_or_none(getattr(split, part), decoder, cfg.data.cache_dir)
+                       for part in PARTS if getattr(split, part)}
+    datasets = {part: ImageDataset(getattr(split, part), decoder,
+                                   train_transform(cfg.data) if part == "train" else eval_transform(cfg.data),
+                                   sources.get(part)) for part in PARTS}
+    sampler = EpochSampler(len(split.train), cfg.seed)
+    seeded = EpochSeeded(datasets["train"], cfg.seed)
+    bs, ebs = cfg.data.batch_size, cfg.data.eval_batch_size or cfg.data.batch_size
+    loaders = {"train": make_loader(seeded, bs, cfg.data.num_workers, sampler),
+               "val": make_loader(datasets["val"], ebs, cfg.data.num_workers)}
+    if split.test:
+        loaders["test"] = make_loader(datasets["test"], ebs, cfg.data.num_workers)
+    return TrainingData(Path(root), split, datasets, sampler, seeded, loaders, batch_normalizer(cfg.data))

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from brainmri.data.cachedir import cache_base
+from brainmri.atomic import atomic_write
+from brainmri.data.cachedir import cache_base, cache_unwritable
 from brainmri.data.preprocess import load_grey
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -71,7 +71,15 @@ def _check_file(path: Path) -> dict:
     return entry
 
 
-def _scan_split_dir(split_dir: Path, classes: list[str] | None, workers: int = 4):
+def scan_folder(split_dir: str | Path, classes: list[str] | None = None,
+                workers: int = 4) -> tuple[list[str], list[Sample], list[dict]]:
+    """``(classes, samples, skipped)`` of one ``<dir>/<class>/*`` folder, with the loader's rules.
+
+    With ``classes`` the labels follow that order (a missing or empty class folder is a ``DataError``).
+    Every file is decoded once and indexed (size, mtime, sha1, dims, mode, error) in the cache, so a
+    rescan only reads files that changed.
+    """
+    split_dir = Path(split_dir)
     if not split_dir.is_dir():
         raise DataError(f"data directory not found: {split_dir}")
     found = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -111,10 +119,11 @@ def _scan_split_dir(split_dir: Path, classes: list[str] | None, workers: int = 4
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for path, entry in zip(todo, pool.map(_check_file, todo)):
                 index[str(path)] = entry
-        index_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = index_file.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(index))
-        os.replace(tmp, index_file)
+        try:
+            index_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(index_file, json.dumps(index))
+        except OSError as e:  # full, read-only: the next scan decodes again
+            cache_unwritable("file index", index_file.parent, e)
 
     samples, skipped = [], []
     for path, label in files:
@@ -124,14 +133,6 @@ def _scan_split_dir(split_dir: Path, classes: list[str] | None, workers: int = 4
         else:
             samples.append(Sample(str(path), label, entry["sha1"]))
     return classes, samples, skipped
-
-
-def scan_folder(split_dir: str | Path, classes: list[str] | None = None) -> tuple[list[str], list[Sample], list[dict]]:
-    """``(classes, samples, skipped)`` of one ``<dir>/<class>/*`` folder, with the loader's rules.
-
-    With ``classes`` the labels follow that order (a missing or empty class folder is a ``DataError``).
-    """
-    return _scan_split_dir(Path(split_dir), classes)
 
 
 def file_index(split_dir: str | Path) -> dict[str, dict]:

@@ -44,7 +44,8 @@ import numpy as np
 from filelock import FileLock
 from PIL import Image
 
-from brainmri.data.cachedir import cache_base
+from brainmri.data.cachedir import cache_base, cache_unwritable
+from brainmri.atomic import atomic_path
 from brainmri.data.files import load_pil
 
 BANDS = ("exact", "near_identical", "same_scan", "novel")
@@ -166,7 +167,10 @@ def fingerprints(paths: list[str], cache_dir=None, workers: int | None = None, p
                 it = tqdm(it, total=len(todo), desc="fingerprints", unit="img")
             for j, fp in zip(todo, it):
                 out[j] = fp
-        _save_cache(cache, known, stored, paths, stats, out, todo)
+        try:
+            _save_cache(cache, known, stored, paths, stats, out, todo)
+        except OSError as e:  # full, read-only: computed again next time
+            cache_unwritable("fingerprint", cache.parent, e)
     return out
 
 
@@ -182,12 +186,11 @@ def _save_cache(cache: Path, known, stored, paths, stats, out, todo) -> None:
                 merged_paths.append(p)
             merged[p] = out[j].astype(np.float16)
             meta[p] = (stats[j].st_size, stats[j].st_mtime_ns)
-        tmp = cache.with_name(f"{cache.stem}.tmp{os.getpid()}.npz")
-        np.savez(tmp, paths=np.array(merged_paths, dtype=str),
-                 sizes=np.array([meta[p][0] for p in merged_paths], np.int64),
-                 mtimes=np.array([meta[p][1] for p in merged_paths], np.int64),
-                 fp=np.stack([merged[p] for p in merged_paths]) if merged_paths else stored)
-        os.replace(tmp, cache)
+        with atomic_path(cache) as tmp:
+            np.savez(tmp, paths=np.array(merged_paths, dtype=str),
+                     sizes=np.array([meta[p][0] for p in merged_paths], np.int64),
+                     mtimes=np.array([meta[p][1] for p in merged_paths], np.int64),
+                     fp=np.stack([merged[p] for p in merged_paths]) if merged_paths else stored)
 
 
 # ---------------------------------------------------------------------------------------------

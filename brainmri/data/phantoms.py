@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from brainmri.atomic import atomic_path
+
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
 SPLITS = ("Training", "Testing")
 MANIFEST = "manifest.json"
@@ -275,26 +277,22 @@ def generate_phantoms(root: str | os.PathLike, n_per_class: int = 40, n_test_per
         raise FileExistsError(f"{root} exists and is not a phantom set (no {MANIFEST}); refusing to replace it")
 
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        counts = {}
-        for split_idx, (split, n) in enumerate(zip(SPLITS, (params["n_per_class"], params["n_test_per_class"]))):
-            if n:
-                counts[split] = _write_split(tmp / split, params, split_idx, n)
-        new = {"format": FORMAT, "version": VERSION, "params": params, "classes": list(CLASSES), "counts": counts,
-               "total": sum(sum(c.values()) for c in counts.values())}
-        (tmp / MANIFEST).write_text(json.dumps(new, indent=2) + "\n")
-        if root.exists():
-            shutil.rmtree(root)
-        try:
-            os.replace(tmp, root)
-        except OSError:
-            # Another process put the same set in place between our rmtree and rename: theirs is as good.
-            if (read_manifest(root) or {}).get("params") != params:
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_path(root) as tmp:  # the whole set appears at once, or not at all
+            shutil.rmtree(tmp, ignore_errors=True)
+            counts = {}
+            for split_idx, (split, n) in enumerate(zip(SPLITS, (params["n_per_class"], params["n_test_per_class"]))):
+                if n:
+                    counts[split] = _write_split(tmp / split, params, split_idx, n)
+            new = {"format": FORMAT, "version": VERSION, "params": params, "classes": list(CLASSES),
+                   "counts": counts, "total": sum(sum(c.values()) for c in counts.values())}
+            (tmp / MANIFEST).write_text(json.dumps(new, indent=2) + "\n")
+            if root.exists():
+                shutil.rmtree(root)
+    except OSError:
+        # Another process put the same set in place between our rmtree and rename: theirs is as good.
+        if (read_manifest(root) or {}).get("params") != params:
+            raise
     return root
 
 

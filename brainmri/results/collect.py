@@ -1,7 +1,9 @@
 """Collect finished brainmri runs and compare recipes honestly.
 
 Owns: run discovery (brainmri run dirs, W&B offline dirs, W&B public API), de-duplication,
-model selection on the validation metric, seed statistics and the paired McNemar test.
+model selection on the validation metric, replicate statistics (a replicate is a (fold, seed)
+pair; fold is None for one train/val split), complete fold sets, the data-provenance check, the
+corrected resampled t-test over folds and the paired McNemar test.
 Rendering (Markdown/CSV/LaTeX, plots, W&B report) lives in brainmri/report.py.
 Knows nothing about training: it only reads the run-dir files and W&B records of the contract.
 """
@@ -18,18 +20,18 @@ from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
-import yaml
 from scipy import stats
 
 from brainmri.config import RUNTIME_KEYS
 from brainmri.config import flatten as flatten_config
 from brainmri.data.leakage import BANDS
 from brainmri.results.wandb_offline import read_offline_runs
+from brainmri.rundir import RunDir
 
-RUN_FILES = ("summary.json", "status.json", "metrics.jsonl")
 # Config keys that differ between runs without defining a different model: the seed (the replicate
 # axis) and every key that only changes how a run runs (brainmri.config.RUNTIME_KEYS).
 NOT_SWEPT = ("seed", "run_id", *RUNTIME_KEYS)
+REPLICATE_KEYS = ("seed", "data.fold")  # a replicate of a configuration is a (fold, seed) pair
 METRICS = ("acc", "macro_f1", "auc", "ece")
 SOURCE_RANK = {"rundir": 0, "wandb-offline": 1, "wandb-api": 2}
 EXACT_MCNEMAR_BELOW = 25  # discordant pairs; below this the chi-square approximation is poor
@@ -58,6 +60,21 @@ class Run:
         return self.config.get("seed", self.summary.get("seed"))
 
     @property
+    def fold(self) -> int | None:
+        """The validation fold of a K-fold run (config ``data.fold``); None for one train/val split."""
+        return (self.config.get("data") or {}).get("fold")
+
+    @property
+    def folds(self) -> int | None:
+        """K of a K-fold run (config ``data.folds``); None for one train/val split."""
+        return (self.config.get("data") or {}).get("folds")
+
+    @property
+    def replicate(self) -> tuple:
+        """(fold, seed): which replicate of its configuration the run is."""
+        return (self.fold, self.seed)
+
+    @property
     def finished(self) -> bool:
         return self.status == "finished" and bool(self.summary)
 
@@ -67,63 +84,34 @@ class Run:
 
 # ---------------------------------------------------------------- sources
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:  # a killed writer can leave a partial last line
-                pass
-    return rows
-
-
-def _is_run_dir(d: Path, names: set[str]) -> bool:
-    if names & set(RUN_FILES):
-        return True
-    return "config.yaml" in names and "recipe" in (yaml.safe_load((d / "config.yaml").read_text()) or {})
-
-
 def find_run_dirs(*roots: str | Path) -> list[Path]:
-    """brainmri run dirs under ``roots`` (recursive; wandb/ and checkpoints/ are not entered)."""
+    """brainmri run dirs under ``roots`` (recursive; a run's own wandb/ and checkpoints/ are not entered)."""
     found = []
     for root in roots:
         for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if d not in ("wandb", "checkpoints"))
-            if _is_run_dir(Path(dirpath), set(filenames)):
+            dirnames[:] = sorted(d for d in dirnames if not RunDir.skip_when_searching(d))
+            if RunDir.is_run_dir(dirpath, set(filenames)):
                 found.append(Path(dirpath))
     return found
 
 
 def read_run_dir(d: str | Path) -> Run:
-    """Read one brainmri run dir. summary.json exists only for finished runs (contract)."""
-    d = Path(d)
-    summary = _read_json(d / "summary.json") or {}
-    status = _read_json(d / "status.json") or {}
+    """Read one brainmri run dir; its state is :meth:`brainmri.rundir.RunDir.state`'s."""
+    run = RunDir(d)
+    state = run.state()
+    summary = run.read_summary() or {}
     config = summary.pop("config", None) if summary else None
-    if config is None and (d / "config.yaml").exists():
-        try:
-            config = yaml.safe_load((d / "config.yaml").read_text())
-        except yaml.YAMLError:
-            config = None
+    if config is None:
+        config = run.read_config()
     wandb_id = summary.get("wandb_id")
     if not wandb_id:  # unfinished runs have no summary; the offline file name carries the id
-        files = sorted((d / "wandb").glob("offline-run-*/run-*.wandb")) if (d / "wandb").is_dir() else []
+        files = sorted(run.wandb_dir.glob("offline-run-*/run-*.wandb")) if run.wandb_dir.is_dir() else []
         wandb_id = files[0].stem.removeprefix("run-") if files else None
-    state = "finished" if summary.get("status") == "finished" else status.get("status", "unknown")
     # without W&B the directory itself is the identity: task ids repeat across sweeps with the same grid
-    return Run(id=wandb_id or str(d.resolve()), status=state,
-               config=config or {}, summary=summary if state == "finished" else {},
-               sources=[f"rundir:{d}"], history_fn=lambda: [r for r in _read_jsonl(d / "metrics.jsonl") if "epoch" in r],
-               run_dir=d, start_time=(d / "config.yaml").stat().st_mtime if (d / "config.yaml").exists() else None,
-               error=status.get("error"))
+    return Run(id=wandb_id or str(run.path.resolve()), status=state.status or "unknown",
+               config=config or {}, summary=summary if state.finished else {},
+               sources=[f"rundir:{run.path}"], history_fn=run.epoch_rows,
+               run_dir=run.path, start_time=run.started_at, error=state.error)
 
 
 def runs_from_offline(*roots: str | Path) -> list[Run]:
@@ -211,37 +199,55 @@ def flatten(d: dict) -> dict:
     return {k: json.dumps(v) if isinstance(v, list) else v for k, v in flatten_config(d).items()}
 
 
+def not_swept(key: str) -> bool:
+    """Whether dotted ``key`` never defines a configuration: a replicate axis (seed, data.fold) or a
+    key that only changes how a run runs."""
+    return key in REPLICATE_KEYS or key.startswith(NOT_SWEPT)
+
+
 def swept_keys(runs: list[Run]) -> list[str]:
-    """Config keys (dotted) whose value differs across ``runs``, ignoring seed/paths/W&B settings."""
+    """Config keys (dotted) whose value differs across ``runs``, ignoring seed/fold/paths/W&B settings."""
     flat = [flatten(r.config) for r in runs]
     keys = sorted(set().union(*flat)) if flat else []
-    return [k for k in keys if not k.startswith(NOT_SWEPT)
+    return [k for k in keys if not not_swept(k)
             and len({repr(f.get(k)) for f in flat}) > 1]
 
 
-def mean_ci(values: Iterable[float], level: float = 0.95, bounds: tuple[float, float] | None = None) -> dict:
-    """Mean, sample std (ddof=1) and the t-distribution CI of the mean over seeds.
+def mean_ci(values: Iterable[float], level: float = 0.95, bounds: tuple[float, float] | None = None,
+            rho: float = 0.0) -> dict:
+    """Mean, sample std (ddof=1) and the t-distribution CI of the mean over replicates.
 
-    ``bounds`` clips the interval to the metric's range (a rate cannot exceed 1): with 2–3 seeds
-    the t-interval is wide and would otherwise print impossible values.
+    ``rho`` > 0 (K-fold replicates: n_test/n_train of a fold) widens the interval as the corrected
+    resampled t of Nadeau & Bengio (2003) does: half-width ``t(n-1) · std · sqrt(1/n + rho)``
+    instead of ``t(n-1) · std / sqrt(n)``, because folds share most of their training images.
+    ``bounds`` clips the interval to the metric's range (a rate cannot exceed 1): with 2–3
+    replicates the t-interval is wide and would otherwise print impossible values.
     """
     x = np.asarray([v for v in values if v is not None], dtype=float)
     n = len(x)
     if n == 0:
         return {"mean": math.nan, "std": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 0}
     mean, std = float(x.mean()), float(x.std(ddof=1)) if n > 1 else math.nan
-    if n > 1 and std > 0:
+    if n > 1 and std > 0 and rho > 0:
+        half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * std * math.sqrt(1 / n + rho)
+        lo, hi = mean - half, mean + half
+    elif n > 1 and std > 0:
         lo, hi = stats.t.interval(level, n - 1, loc=mean, scale=stats.sem(x))
-    else:  # one seed: no spread to estimate; identical seeds: a zero-width interval
+    else:  # one replicate: no spread to estimate; identical replicates: a zero-width interval
         lo, hi = (mean, mean) if n > 1 else (math.nan, math.nan)
     if bounds is not None and n > 1:
         lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
     return {"mean": mean, "std": std, "ci_low": float(lo), "ci_high": float(hi), "n": n}
 
 
+def is_count(metric: str) -> bool:
+    """Image counts: ``n``, ``band/<band>/n``, ``support/<class>``."""
+    return metric == "n" or metric.endswith("/n") or metric.startswith("support/")
+
+
 def metric_bounds(metric: str) -> tuple[float, float] | None:
     """Rates (accuracy, F1, AUC, ECE, recall …) live in [0, 1]; a loss or a count (``…/n``) does not."""
-    return None if "loss" in metric or metric.endswith("/n") else (0.0, 1.0)
+    return None if "loss" in metric or is_count(metric) else (0.0, 1.0)
 
 
 def lower_is_better(metric: str) -> bool:
@@ -254,9 +260,15 @@ class RecipeResult:
     keys: list[str]                  # swept config keys
     chosen: tuple                    # their values for the chosen configuration
     split: str                       # "test", or "val" when no run has a test split
-    runs: list[Run]                  # the chosen configuration, one run per seed
-    stats: dict[str, dict]           # metric name -> mean_ci(...)
-    per_value: list[dict]            # one entry per swept value: value, runs, selection, stats
+    runs: list[Run]                  # the chosen configuration, one run per replicate (fold, seed)
+    stats: dict[str, dict]           # metric name -> mean_ci(...) over the replicates
+    per_value: list[dict]            # one entry per swept value: value, runs, folds, seeds, rho, selection, stats
+    folds: int | None = None         # K of the chosen configuration's K-fold runs (None: one split)
+    rho: float = 0.0                 # n_test/n_train of its folds (corrected resampled t); 0 without folds
+
+    @property
+    def seeds(self) -> int:
+        return len({repr(r.seed) for r in self.runs})
 
 
 @dataclass
@@ -264,8 +276,10 @@ class Comparison:
     metric: str
     recipes: list[RecipeResult]      # best first (by the validation metric of the choice)
     incomplete: list[Run]
-    mcnemar: dict | None = None
+    mcnemar: dict | None = None      # McNemar of the best two recipes (= paired[0]["mcnemar"])
     notes: list[str] = field(default_factory=list)
+    paired: list[dict] = field(default_factory=list)  # every other recipe vs the best: corrected t, McNemar
+    incomplete_folds: list[dict] = field(default_factory=list)  # configurations x seeds missing folds
 
 
 def value_label(keys: list[str], value: tuple) -> str:
@@ -273,35 +287,138 @@ def value_label(keys: list[str], value: tuple) -> str:
 
 
 def _metric_names(runs: list[Run], split: str) -> list[str]:
-    recalls = sorted({k.removeprefix(f"{split}/") for r in runs for k in r.summary
-                      if k.startswith(f"{split}/recall/")})
-    # accuracy by similarity to the training images (brainmri.data.leakage bands), when runs carry it
-    bands = [f"band/{b}/{m}" for b in BANDS for m in ("acc", "n")
+    per_class = sorted({k.removeprefix(f"{split}/") for r in runs for k in r.summary
+                        if k.startswith((f"{split}/recall/", f"{split}/precision/", f"{split}/f1/",
+                                         f"{split}/support/"))})
+    # metrics by similarity to the training images (brainmri.data.leakage bands), when runs carry them
+    bands = [f"band/{b}/{m}" for b in BANDS for m in ("acc", "n", "macro_f1")
              if any(f"{split}/band/{b}/{m}" in r.summary for r in runs)]
-    return list(METRICS) + bands + recalls
+    counts = ["n"] if any(f"{split}/n" in r.summary for r in runs) else []
+    return list(METRICS) + counts + bands + per_class
 
 
-def _seed_stats(runs: list[Run], split: str) -> dict[str, dict]:
-    return {m: mean_ci((r.summary.get(f"{split}/{m}") for r in runs), bounds=metric_bounds(m))
+def _replicate_stats(runs: list[Run], split: str, rho: float = 0.0) -> dict[str, dict]:
+    return {m: mean_ci((r.summary.get(f"{split}/{m}") for r in runs), bounds=metric_bounds(m),
+                       rho=0.0 if is_count(m) else rho)
             for m in _metric_names(runs, split)}
 
 
-def _latest_per_seed(runs: list[Run], notes: list[str]) -> list[Run]:
-    by_seed: dict = {}
+def _replicate_label(fold, seed) -> str:
+    return f"seed {seed}" if fold is None else f"fold {fold} seed {seed}"
+
+
+def _latest_per_replicate(runs: list[Run], notes: list[str]) -> list[Run]:
+    """One run per (fold, seed): the one started last (a rerun supersedes the older run)."""
+    by_rep: dict = {}
     for r in sorted(runs, key=lambda r: r.start_time or 0):
-        if r.seed in by_seed:
-            notes.append(f"{r.recipe} seed {r.seed}: run {by_seed[r.seed].id} superseded by {r.id}")
-        by_seed[r.seed] = r
-    return list(by_seed.values())
+        if r.replicate in by_rep:
+            notes.append(f"{r.recipe} {_replicate_label(*r.replicate)}: run {by_rep[r.replicate].id} superseded by {r.id}")
+        by_rep[r.replicate] = r
+    return sorted(by_rep.values(), key=lambda r: (repr(r.seed), repr(r.fold)))
 
 
-def compare(runs: list[Run], metric: str = "val/acc", by: list[str] | None = None) -> Comparison:
-    """Select, per recipe, the swept value with the best mean ``metric`` over seeds (validation),
-    then summarize the test metrics of that choice only.
+def complete_folds(runs: list[Run]) -> tuple[list[Run], list[dict]]:
+    """(replicates to average, incomplete fold sets): a seed of a K-fold configuration counts only
+    when all K folds of it finished; each seed that lacks some is listed, never averaged.
+    Runs without folds (one train/val split) pass through."""
+    by_seed: dict[tuple, list[Run]] = {}
+    for r in runs:
+        by_seed.setdefault((r.folds, repr(r.seed)), []).append(r)
+    keep, missing = [], []
+    for (k, _), rs in sorted(by_seed.items(), key=repr):
+        if not k:
+            keep += rs
+            continue
+        have = sorted({r.fold for r in rs if isinstance(r.fold, int)})
+        lacking = sorted(set(range(k)) - set(have))
+        if lacking:
+            missing.append({"seed": rs[0].seed, "folds": k, "finished": have, "missing": lacking})
+        else:
+            keep += rs
+    return keep, missing
 
-    Unfinished runs never enter the averages; they are returned in ``incomplete``. Ties in the
-    selection metric go to the first value in sorted order. Recipes are ranked by the
-    validation metric of their chosen configuration, never by test.
+
+def fold_overlap(runs: list[Run]) -> float:
+    """n_test/n_train of the corrected resampled t-test (Nadeau & Bengio, 2003) for complete K-fold
+    replicates: each fold's held-out (validation) images over its training images, averaged. The
+    folds of one seed partition the training pool, so its size is the sum of their ``val/n``;
+    without ``val/n`` in the summaries, 1/(K-1). 0 for runs without folds (one split, seeds only)."""
+    ks = {r.folds for r in runs}
+    if len(ks) != 1 or not next(iter(ks)):
+        return 0.0
+    k = next(iter(ks))
+    ns = [r.summary.get("val/n") for r in runs]
+    if not all(isinstance(n, (int, float)) and n > 0 for n in ns):
+        return 1.0 / (k - 1)
+    pool: dict[str, float] = {}
+    for r, n in zip(runs, ns):
+        pool[repr(r.seed)] = pool.get(repr(r.seed), 0) + n
+    return float(np.mean([n / (pool[repr(r.seed)] - n) for r, n in zip(runs, ns)]))
+
+
+class MixedDataError(ValueError):
+    """Runs to be pooled or paired were trained on different data; the message names two of them."""
+
+
+def _data_digest(run: Run) -> str | None:
+    manifest = run.summary.get("data_manifest")
+    return manifest.get("data") if isinstance(manifest, dict) else None
+
+
+def _run_name(run: Run) -> str:
+    return run.run_dir.name if run.run_dir else run.id
+
+
+def check_data(runs: list[Run], allow_mixed: bool = False, notes: list[str] | None = None) -> None:
+    """Refuse runs trained on different data (``summary.json["data_manifest"]["data"]``, a digest of
+    every file's relative path and content hash): one ``MixedDataError`` line naming two runs, the
+    replicates of one recipe first; with ``allow_mixed`` a note instead. Runs without a manifest
+    (older brainmri) are not checked, and a note says how many."""
+    notes = notes if notes is not None else []
+    digests = {r: _data_digest(r) for r in runs}
+    unknown = sum(d is None for d in digests.values())
+    if unknown and unknown < len(runs):
+        notes.append(f"{unknown} of {len(runs)} finished run(s) carry no data manifest (written by an older "
+                     "brainmri): their data could not be checked")
+    known = [r for r in runs if digests[r]]
+    by_recipe: dict[str, list[Run]] = {}
+    for r in known:
+        by_recipe.setdefault(r.recipe, []).append(r)
+    clash = None
+    for recipe, rs in sorted(by_recipe.items()):
+        first = rs[0]
+        other = next((r for r in rs if digests[r] != digests[first]), None)
+        if other is not None:
+            clash = (f"replicates of {recipe}", first, other)
+            break
+    if clash is None and len({digests[r] for r in known}) > 1:
+        first = known[0]
+        clash = ("recipes", first, next(r for r in known if digests[r] != digests[first]))
+    if clash is None:
+        return
+    what, a, b = clash
+    n = len({digests[r] for r in known})
+    msg = (f"{what} were trained on different data: runs {_run_name(a)} and {_run_name(b)} "
+           f"(data manifests {digests[a][:12]} vs {digests[b][:12]}; {n} different over {len(known)} runs); "
+           "collect them separately or pass --allow-mixed-data")
+    if not allow_mixed:
+        raise MixedDataError(msg)
+    notes.append("pooled despite different data (--allow-mixed-data): " + msg.split("; collect")[0])
+
+
+def compare(runs: list[Run], metric: str = "val/acc", by: list[str] | None = None,
+            allow_mixed_data: bool = False) -> Comparison:
+    """Select, per recipe, the swept value with the best mean ``metric`` over its replicates
+    (validation; a replicate is a (fold, seed) pair, so over folds and seeds), then summarize the
+    test metrics of that choice only.
+
+    Unfinished runs never enter the averages; they are returned in ``incomplete``. A seed of a
+    K-fold configuration with fewer than K finished folds is never averaged: it is listed in
+    ``incomplete_folds`` (a configuration with no complete seed cannot be chosen). Runs trained on
+    different data are refused (``MixedDataError``) unless ``allow_mixed_data``. Ties in the
+    selection metric go to the first value in sorted order. Recipes are ranked by the validation
+    metric of their chosen configuration, never by test; every other recipe is compared with the
+    best by the corrected resampled t-test over common (fold, seed) pairs and McNemar per pair.
 
     Example: ``compare(collect_runs(["sweeps/lr"]), metric="val/acc").recipes[0].stats["acc"]``
     """
@@ -311,6 +428,7 @@ def compare(runs: list[Run], metric: str = "val/acc", by: list[str] | None = Non
         if r.finished:
             r.error = r.error or f"summary has no {metric}"
     cmp = Comparison(metric=metric, recipes=[], incomplete=incomplete)
+    check_data(done, allow_mixed_data, cmp.notes)
     sign = -1 if lower_is_better(metric) else 1
     for recipe in sorted({r.recipe for r in done}):
         mine = [r for r in done if r.recipe == recipe]
@@ -322,24 +440,103 @@ def compare(runs: list[Run], metric: str = "val/acc", by: list[str] | None = Non
         split = "test" if all("test/acc" in r.summary for r in mine) else "val"
         per_value = []
         for value in sorted(groups, key=repr):
-            seeds = _latest_per_seed(groups[value], cmp.notes)
-            per_value.append({"value": value, "runs": seeds,
-                              "selection": mean_ci((r.summary[metric] for r in seeds), bounds=metric_bounds(metric)),
-                              "stats": _seed_stats(seeds, split)})
+            reps, missing = complete_folds(_latest_per_replicate(groups[value], cmp.notes))
+            cmp.incomplete_folds += [{"recipe": recipe, "config": value_label(keys, value), **m} for m in missing]
+            if not reps:
+                continue
+            rho = fold_overlap(reps)
+            ks = {r.folds for r in reps}
+            per_value.append({"value": value, "runs": reps, "folds": ks.pop() if len(ks) == 1 else None,
+                              "seeds": len({repr(r.seed) for r in reps}), "rho": rho,
+                              "selection": mean_ci((r.summary[metric] for r in reps), bounds=metric_bounds(metric),
+                                                   rho=rho),
+                              "stats": _replicate_stats(reps, split, rho)})
+        if not per_value:
+            cmp.notes.append(f"{recipe}: no configuration has a complete set of folds; not compared")
+            continue
         best = max(per_value, key=lambda v: sign * v["selection"]["mean"])
         cmp.recipes.append(RecipeResult(recipe, keys, best["value"], split, best["runs"],
-                                        best["stats"], per_value))
+                                        best["stats"], per_value, best["folds"], best["rho"]))
         if split == "val":
             cmp.notes.append(f"{recipe}: no test split; VALIDATION metrics reported (optimistic: "
                              f"the same split chose {value_label(keys, best['value'])})")
     cmp.recipes.sort(key=lambda rr: -sign * _selection(rr)["mean"])
-    if len(cmp.recipes) >= 2:
-        cmp.mcnemar = compare_predictions(cmp.recipes[0], cmp.recipes[1])
+    for other in cmp.recipes[1:]:
+        cmp.paired.append({"a": cmp.recipes[0].recipe, "b": other.recipe,
+                           "ttest": corrected_ttest(cmp.recipes[0], other),
+                           "mcnemar": compare_predictions(cmp.recipes[0], other)})
+    if cmp.paired:
+        cmp.mcnemar = cmp.paired[0]["mcnemar"]
     return cmp
 
 
 def _selection(rr: RecipeResult) -> dict:
     return next(v["selection"] for v in rr.per_value if v["value"] == rr.chosen)
+
+
+def selection_stats(rr: RecipeResult) -> dict:
+    """The selection metric of ``rr``'s chosen configuration: ``mean_ci`` over its replicates."""
+    return _selection(rr)
+
+
+# ---------------------------------------------------------------- corrected resampled t-test
+
+SPLIT_KEYS = ("data.folds", "data.split_seed", "data.group_by", "data.root")  # what decides a run's folds
+
+
+def _same_folds(ra: Run, rb: Run) -> bool:
+    """Whether two runs of one (fold, seed) validated on the same images: the val manifests when both
+    summaries carry them, else the config keys that draw the folds."""
+    ma, mb = ra.summary.get("data_manifest"), rb.summary.get("data_manifest")
+    if isinstance(ma, dict) and isinstance(mb, dict) and ma.get("val") and mb.get("val"):
+        return ma["val"] == mb["val"]
+    fa, fb = flatten(ra.config), flatten(rb.config)
+    return all(fa.get(k) == fb.get(k) for k in SPLIT_KEYS)
+
+
+def corrected_ttest(a: RecipeResult, b: RecipeResult, metric: str = "acc") -> dict:
+    """Corrected resampled t-test (Nadeau & Bengio, 2003) of ``a`` vs ``b`` over their common
+    (fold, seed) replicates, paired replicate by replicate on ``<split>/<metric>``.
+
+    With J pairs, differences d_j, their mean d̄ and sample variance s²: t = d̄ / sqrt((1/J + ρ) s²),
+    J - 1 degrees of freedom, two-sided p; ρ = n_test/n_train of the folds (``fold_overlap``),
+    which allows for the training images folds share. Needs K-fold runs of both recipes on the
+    same folds; otherwise ``reason`` says why there is no test.
+    """
+    key = f"{a.split}/{metric}"
+    out: dict = {"a": a.recipe, "b": b.recipe, "metric": key, "reason": None}
+    if a.split != b.split:
+        out["reason"] = "the recipes report different splits"
+    elif not a.folds or not b.folds:
+        out["reason"] = "not cross-validated (no data.folds): see McNemar"
+    elif a.folds != b.folds:
+        out["reason"] = f"different numbers of folds ({a.folds} vs {b.folds})"
+    if out["reason"]:
+        return out
+    ra, rb = {r.replicate: r for r in a.runs}, {r.replicate: r for r in b.runs}
+    common = sorted(set(ra) & set(rb), key=repr)
+    unpaired = [k for k in common if not _same_folds(ra[k], rb[k])]
+    if unpaired:
+        out["reason"] = (f"{_replicate_label(*unpaired[0])}: the recipes validated on different images "
+                         "(data.split_seed, data.group_by or the data differ), not paired")
+        return out
+    common = [k for k in common if ra[k].summary.get(key) is not None and rb[k].summary.get(key) is not None]
+    if len(common) < 2:
+        out["reason"] = f"{len(common)} common (fold, seed) pair(s); the test needs 2"
+        return out
+    d = np.array([ra[k].summary[key] - rb[k].summary[key] for k in common], dtype=float)
+    j, mean, var = len(d), float(d.mean()), float(d.var(ddof=1))
+    rho = (a.rho + b.rho) / 2
+    se = math.sqrt((1 / j + rho) * var)
+    if se > 0:
+        t = mean / se
+        p = float(2 * stats.t.sf(abs(t), j - 1))
+    else:  # identical differences: no spread to test against
+        t, p = (0.0, 1.0) if mean == 0 else (math.copysign(math.inf, mean), 0.0)
+    out.update(pairs=j, diff=mean, std=math.sqrt(var), rho=rho, t=float(t), df=j - 1, p=p,
+               mean_a=float(np.mean([ra[k].summary[key] for k in common])),
+               mean_b=float(np.mean([rb[k].summary[key] for k in common])))
+    return out
 
 
 # ---------------------------------------------------------------- McNemar
@@ -366,9 +563,9 @@ def _read_predictions(path: str, mtime_ns: int, size: int) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def _load_predictions(run: Run) -> pd.DataFrame | None:
-    """A run's ``predictions_test.csv`` (read once per version of the file; treat it as read-only)."""
-    path = run.run_dir / "predictions_test.csv" if run.run_dir else None
+def load_predictions(run: Run) -> pd.DataFrame | None:
+    """A run's test predictions (read once per version of the file; treat the frame as read-only)."""
+    path = RunDir(run.run_dir).predictions_file("test") if run.run_dir else None
     try:
         st = path.stat() if path else None
     except OSError:
@@ -377,33 +574,34 @@ def _load_predictions(run: Run) -> pd.DataFrame | None:
 
 
 def compare_predictions(first: RecipeResult, second: RecipeResult) -> dict:
-    """McNemar between two recipes' chosen configurations, one test per common seed.
+    """McNemar between two recipes' chosen configurations, one test per common replicate (fold, seed).
 
-    Rule: seeds are never pooled (each image would appear once per seed, so pooled pairs are
-    not independent); every seed present in both recipes gets its own test, matched image by
-    image on ``path`` (``index`` when paths are missing). The report lists all per-seed p-values.
+    Rule: replicates are never pooled (each image would appear once per replicate, so pooled pairs
+    are not independent); every (fold, seed) present in both recipes gets its own test on the
+    shared test set, matched image by image on ``path`` (``index`` when paths are missing). The
+    report lists all per-replicate p-values (``seeds``: one entry per replicate, with its fold).
     """
     out = {"a": first.recipe, "b": second.recipe, "seeds": [], "reason": None}
     if first.split != "test" or second.split != "test":
         out["reason"] = "no test split"
         return out
-    runs_b = {r.seed: r for r in second.runs}
-    for ra in sorted(first.runs, key=lambda r: str(r.seed)):
-        rb = runs_b.get(ra.seed)
-        pa, pb = _load_predictions(ra), (_load_predictions(rb) if rb else None)
+    runs_b = {r.replicate: r for r in second.runs}
+    for ra in sorted(first.runs, key=lambda r: (str(r.seed), str(r.fold))):
+        rb = runs_b.get(ra.replicate)
+        pa, pb = load_predictions(ra), (load_predictions(rb) if rb else None)
         if pa is None or pb is None:
             continue
         key = "path" if pa["path"].notna().all() and pb["path"].notna().all() else "index"
         m = pa.merge(pb, on=key, suffixes=("_a", "_b"))
         if (m["label_a"] != m["label_b"]).any():
-            out["seeds"].append({"seed": ra.seed, "error": "labels differ for matched images"})
+            out["seeds"].append({"seed": ra.seed, "fold": ra.fold, "error": "labels differ for matched images"})
             continue
         res = mcnemar(m["pred_a"] == m["label_a"], m["pred_b"] == m["label_b"])
-        out["seeds"].append({"seed": ra.seed, "n": len(m), "unmatched": len(pa) + len(pb) - 2 * len(m),
+        out["seeds"].append({"seed": ra.seed, "fold": ra.fold, "n": len(m), "unmatched": len(pa) + len(pb) - 2 * len(m),
                              "acc_a": float((m["pred_a"] == m["label_a"]).mean()),
                              "acc_b": float((m["pred_b"] == m["label_b"]).mean()), **res})
     if not out["seeds"]:
-        out["reason"] = "no common seed with predictions_test.csv in both recipes"
+        out["reason"] = "no common (fold, seed) with predictions_test.csv in both recipes"
     return out
 
 

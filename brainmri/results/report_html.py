@@ -20,10 +20,12 @@ import pandas as pd
 from plotly.utils import PlotlyJSONEncoder
 
 from brainmri.results.collect import (
-    NOT_SWEPT, Comparison, Run, _load_predictions, flatten, mcnemar, value_label,
+    Comparison, Run, load_predictions, corrected_ttest, flatten, mcnemar, not_swept, value_label,
 )
-from brainmri.data.leakage import BANDS
-from brainmri.results.report import _incomplete_frame, _intro, display_frame
+from brainmri.results.report import (
+    bands_frame, classes_frame, display_frame, fmt, incomplete_folds_frame, incomplete_frame, intervals_frame, intro_text,
+    paired_frame,
+)
 
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
@@ -90,7 +92,7 @@ def _plotly_template() -> str:
 
 
 def _predictions(run: Run) -> pd.DataFrame | None:
-    return _load_predictions(run)
+    return load_predictions(run)
 
 
 def _paired_correct(pa: pd.DataFrame, pb: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -122,27 +124,45 @@ def holm(pvalues: list[float]) -> list[float]:
 
 
 def pairwise_mcnemar(cmp: Comparison) -> pd.DataFrame:
-    """McNemar between every pair of finished recipes (chosen configs), per common seed, Holm-corrected."""
+    """McNemar between every pair of finished recipes (chosen configs), per common (fold, seed), Holm-corrected."""
     rows = []
+    folds = any(r.fold is not None for rr in cmp.recipes for r in rr.runs)
     for a, b in itertools.combinations(cmp.recipes, 2):
-        rb = {r.seed: r for r in b.runs}
-        for ra in sorted(a.runs, key=lambda r: str(r.seed)):
-            if ra.seed not in rb:
+        rb = {r.replicate: r for r in b.runs}
+        for ra in sorted(a.runs, key=lambda r: (str(r.seed), str(r.fold))):
+            if ra.replicate not in rb:
                 continue
-            pa, pb = _predictions(ra), _predictions(rb[ra.seed])
+            pa, pb = _predictions(ra), _predictions(rb[ra.replicate])
             if pa is None or pb is None:
                 continue
             ca, cb = _paired_correct(pa, pb)
             res = mcnemar(ca, cb)
-            rows.append({"A": a.recipe, "B": b.recipe, "seed": ra.seed, "n": len(ca),
-                         "acc A": round(float(ca.mean()), 4) if len(ca) else None,
-                         "acc B": round(float(cb.mean()), 4) if len(cb) else None,
+            rows.append({"A": a.recipe, "B": b.recipe, **({"fold": ra.fold} if folds else {}), "seed": ra.seed,
+                         "n": len(ca), "acc A": f"{ca.mean():.3f}" if len(ca) else None,
+                         "acc B": f"{cb.mean():.3f}" if len(cb) else None,
                          "b": res["b"], "c": res["c"], "method": res["method"], "p": res["p"]})
     df = pd.DataFrame(rows)
     if len(df):
         df["p (Holm)"] = holm(df["p"].tolist())
-        df["p"] = df["p"].map(lambda p: f"{p:.4g}")
-        df["p (Holm)"] = df["p (Holm)"].map(lambda p: f"{p:.4g}")
+        df["p"] = df["p"].map(lambda p: f"{p:.2g}")
+        df["p (Holm)"] = df["p (Holm)"].map(lambda p: f"{p:.2g}")
+    return df
+
+
+def pairwise_ttest(cmp: Comparison) -> pd.DataFrame:
+    """The corrected resampled t-test (Nadeau & Bengio, 2003) between every pair of recipes over their
+    common (fold, seed) pairs, Holm-corrected over the pairs that have one."""
+    rows = []
+    for a, b in itertools.combinations(cmp.recipes, 2):
+        t = corrected_ttest(a, b)
+        if t["reason"] is None:
+            rows.append({"A": a.recipe, "B": b.recipe, "pairs": t["pairs"], "acc A": f"{t['mean_a']:.3f}",
+                         "acc B": f"{t['mean_b']:.3f}", "Δ (A − B)": f"{t['diff']:.3f} ± {t['std']:.3f}",
+                         "ρ": f"{t['rho']:.3f}", "t": f"{t['t']:.2f}", "p": t["p"]})
+    df = pd.DataFrame(rows)
+    if len(df):
+        df["p (Holm)"] = [f"{p:.2g}" for p in holm(df["p"].tolist())]
+        df["p"] = df["p"].map(lambda p: f"{p:.2g}")
     return df
 
 
@@ -164,7 +184,7 @@ def config_diff(cmp: Comparison) -> pd.DataFrame:
     flats = {rr.recipe: flatten(rr.runs[0].config) for rr in cmp.recipes if rr.runs}
     keys = sorted(set().union(*flats.values())) if flats else []
     rows = [{"key": k, **{rec: str(f.get(k, "–")) for rec, f in flats.items()}} for k in keys
-            if not k.startswith(NOT_SWEPT)
+            if not not_swept(k)
             and len({repr(f.get(k)) for f in flats.values()}) > 1]
     return pd.DataFrame(rows)
 
@@ -173,17 +193,19 @@ def render_html(cmp: Comparison, title: str = "brainmri recipe comparison") -> s
     import plotly.graph_objects as go
 
     sec: list[tuple[str, str]] = []
-    sec.append(("1. Comparison table", f"<p>{html.escape(_intro(cmp))}</p>" + _table(display_frame(cmp), True)
+    sec.append(("1. Comparison table", f"<p>{html.escape(intro_text(cmp))}</p>" + _table(display_frame(cmp), True)
                 + "<p>Chosen on validation: " + "; ".join(
                     html.escape(f"{rr.recipe}: {value_label(rr.keys, rr.chosen)} (best mean {cmp.metric})")
-                    for rr in cmp.recipes) + "</p>"))
+                    for rr in cmp.recipes) + "</p>"
+                + "<h3>95 % intervals</h3>" + f"<p>{html.escape(intro_text(cmp, 'intervals').split('. ')[-2])}.</p>"
+                + _table(intervals_frame(cmp), True)))
     parts = []
     for rr in cmp.recipes:
         fig = go.Figure()
         for v in rr.per_value:
             lab = value_label(rr.keys, v["value"])
             ys = [r.summary.get(cmp.metric) for r in v["runs"]]
-            fig.add_scatter(x=[lab] * len(ys), y=ys, mode="markers", name=f"{lab} seeds",
+            fig.add_scatter(x=[lab] * len(ys), y=ys, mode="markers", name=f"{lab} replicates",
                             marker={"size": 9, "symbol": "star" if v["value"] == rr.chosen else "circle"})
             fig.add_scatter(x=[lab], y=[v["selection"]["mean"]], mode="markers", name=f"{lab} mean",
                             marker={"size": 14, "symbol": "line-ew-open", "color": "black"})
@@ -211,10 +233,10 @@ def render_html(cmp: Comparison, title: str = "brainmri recipe comparison") -> s
                 phases.setdefault(h.get("phase"), h.get("epoch"))
             for ph, e in list(phases.items())[1:]:
                 fig.add_vline(x=e - 0.5, line_dash="dot", annotation_text=str(ph))
-        fig.update_layout(title=f"{metric} (mean ± std over seeds)", height=300, xaxis_title="epoch")
+        fig.update_layout(title=f"{metric} (mean ± std over replicates)", height=300, xaxis_title="epoch")
         parts.append(_fig(fig))
     sec.append(("3. Training curves", "".join(parts)))
-    parts, recall_rows, rel_parts, band_rows = [], [], [], []
+    parts, rel_parts = [], []
     for rr in cmp.recipes:
         preds = [p for p in (_predictions(r) for r in rr.runs) if p is not None]
         classes = rr.runs[0].summary.get("classes") or []
@@ -228,7 +250,7 @@ def render_html(cmp: Comparison, title: str = "brainmri recipe comparison") -> s
             names = classes or [str(i) for i in range(k)]
             fig = go.Figure(go.Heatmap(z=norm, x=names, y=names, text=cm, texttemplate="%{text}",
                                        colorscale="Blues", zmin=0, zmax=1))
-            fig.update_layout(title=f"{rr.recipe} ({value_label(rr.keys, rr.chosen)}), test, all seeds: "
+            fig.update_layout(title=f"{rr.recipe} ({value_label(rr.keys, rr.chosen)}), test, all replicates: "
                               "row-normalised, counts in cells", height=380, xaxis_title="predicted",
                               yaxis_title="true", yaxis_autorange="reversed")
             parts.append(_fig(fig))
@@ -248,35 +270,31 @@ def render_html(cmp: Comparison, title: str = "brainmri recipe comparison") -> s
                 fig.update_layout(title=f"{rr.recipe}: reliability, ECE={ece:.3f}", height=320,
                                   xaxis_title="confidence", yaxis_title="accuracy")
                 rel_parts.append(_fig(fig))
-        for c in classes:
-            r_ = [r.summary.get(f"{rr.split}/recall/{c}") for r in rr.runs]
-            f_ = [r.summary.get(f"{rr.split}/f1/{c}") for r in rr.runs]
-            recall_rows.append({"recipe": rr.recipe, "class": c,
-                                "recall": _mean(r_), "F1": _mean(f_)})
-        for r in rr.runs:  # the engine's flat keys: <split>/band/<band>/{n,acc,...}
-            for band in BANDS:
-                key = f"{rr.split}/band/{band}/"
-                if r.summary.get(key + "n"):
-                    band_rows.append({"recipe": rr.recipe, "seed": r.seed, "band": band, "n": r.summary[key + "n"],
-                                      "acc": r.summary.get(key + "acc")})
     sec.append(("4. Confusion matrices (chosen configuration)", "".join(parts) or "<p>No predictions_test.csv.</p>"))
-    ece_tab = pd.DataFrame([{"recipe": rr.recipe, "ECE": rr.stats.get("ece", {}).get("mean")} for rr in cmp.recipes])
+    ece_tab = pd.DataFrame([{"recipe": rr.recipe, "ECE": fmt(rr.stats.get("ece", {}))} for rr in cmp.recipes])
+    classes = classes_frame(cmp)
     sec.append(("5. Calibration and per-class metrics", "".join(rel_parts) + _table(ece_tab, True)
-                + _table(pd.DataFrame(recall_rows), True)))
-    pw = pairwise_mcnemar(cmp)
-    sec.append(("6. Pairwise McNemar (Holm-corrected)",
-                _table(pw, True) if len(pw) else "<p>Fewer than two recipes with test predictions: no paired test.</p>"))
-    if band_rows:
-        bands = pd.DataFrame(band_rows).groupby(["recipe", "band"], sort=False).agg(
-            seeds=("seed", "count"), n=("n", "mean"), acc_mean=("acc", "mean"), acc_std=("acc", "std")).reset_index()
-        sec.append(("7. Accuracy by similarity-to-training band (chosen configuration, over seeds)",
-                    _table(bands.round(4), True)))
+                + (_table(classes, True) if len(classes) else "")))
+    pw, pt, vs = pairwise_mcnemar(cmp), pairwise_ttest(cmp), paired_frame(cmp)
+    sec.append(("6. Paired tests: corrected resampled t over folds, McNemar per (fold, seed)",
+                ("<h3>Every recipe vs the best by validation</h3>" + _table(vs, True) if len(vs) else "")
+                + "<h3>Corrected resampled t-test (Nadeau &amp; Bengio, 2003), every pair, Holm-corrected</h3>"
+                + (_table(pt, True) if len(pt) else "<p>No pair of cross-validated recipes on the same folds.</p>")
+                + "<h3>McNemar on the shared test images, per (fold, seed), every pair, Holm-corrected</h3>"
+                + (_table(pw, True) if len(pw) else
+                   "<p>Fewer than two recipes with test predictions: no paired test.</p>")))
+    bands = bands_frame(cmp)
+    if (bands["Band"] != "all").any() if len(bands) else False:
+        sec.append(("7. Accuracy by similarity-to-training band (chosen configuration, over replicates)",
+                    _table(bands, True)))
     sec.append(("8. Compute cost", _table(cost_frame(cmp), True)))
-    inc = _incomplete_frame(cmp, full_error=True)
-    sec.append(("9. Failed or unfinished runs", "".join(
-        f"<h3>{html.escape(str(r['id']))} ({html.escape(str(r['recipe']))}, seed {r['seed']}): "
-        f"{html.escape(str(r['status']))}</h3><pre>{html.escape(str(r['error']))}</pre>"
-        for r in inc.to_dict("records")) if len(inc) else "<p>None.</p>"))
+    inc, folds = incomplete_frame(cmp, full_error=True), incomplete_folds_frame(cmp)
+    failed = "".join(
+        f"<h3>{html.escape(str(r['id']))} ({html.escape(str(r['recipe']))}, {_replicate(r)}): "
+        f"{html.escape(str(r['status']))}</h3><pre>{html.escape(str(r['error']))}</pre>" for r in inc.to_dict("records"))
+    sec.append(("9. Failed or unfinished runs, incomplete fold sets",
+                ("<h3>Incomplete fold sets (not averaged)</h3>" + _table(folds) if len(folds) else "")
+                + (failed or "<p>No failed or unfinished runs.</p>")))
     cd = config_diff(cmp)
     sec.append(("10. Config differences between recipes", _table(cd) if len(cd) else "<p>No differences.</p>"))
     body = "".join(f"<section id='s{t.split('.')[0]}'><h2>{html.escape(t)}</h2>{c}</section>" for t, c in sec)
@@ -287,9 +305,9 @@ def render_html(cmp: Comparison, title: str = "brainmri recipe comparison") -> s
             f"<script>{PLOTLY_LOADER}</script><script>{SORT_JS}</script></body></html>")
 
 
-def _mean(xs):
-    xs = [x for x in xs if x is not None]
-    return round(float(np.mean(xs)), 4) if xs else None
+def _replicate(row: dict) -> str:
+    fold = row.get("fold")
+    return f"seed {row['seed']}" if fold is None or pd.isna(fold) else f"fold {int(fold)}, seed {row['seed']}"
 
 
 def write_html(cmp: Comparison, path: str | Path) -> Path:

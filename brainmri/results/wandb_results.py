@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from brainmri.rundir import RunDir
+
 THUMB_PX = 64      # longest side of a thumbnail
 MAX_THUMBS = 64    # misclassified images shown as thumbnails (the rest keep their path)
 PER_CLASS = ("precision", "recall", "f1", "support")
@@ -60,14 +62,13 @@ def predictions_table(df: pd.DataFrame, classes: list[str], max_thumbs: int = MA
     return wandb.Table(columns=columns, data=rows)
 
 
-def results_media(run_dir: str | Path, summary: dict) -> dict:
+def results_media(run: RunDir, summary: dict) -> dict:
     """The W&B objects of a finished run, keyed as they are logged (see the module docstring)."""
     import wandb
 
-    run_dir, classes = Path(run_dir), list(summary["classes"])
+    classes = list(summary["classes"])
     index = {c: i for i, c in enumerate(classes)}
-    frames = {s: pd.read_csv(run_dir / f"predictions_{s}.csv") for s in ("val", "test")
-              if (run_dir / f"predictions_{s}.csv").is_file()}
+    frames = {s: df for s in ("val", "test") if (df := run.read_predictions(s)) is not None}
     out: dict = {}
     for split, df in frames.items():
         out[f"{split}/confusion"] = wandb.plot.confusion_matrix(

@@ -1,6 +1,6 @@
 """Sweeps: a sweep YAML expanded into training tasks, and the sweep directory's task table.
 
-Owns the sweep schema (recipes x seeds x grid + fixed overrides + SLURM resources, each
+Owns the sweep schema (recipes x grid x folds x seeds + fixed overrides + SLURM resources, each
 recipe's own block merged over the sweep-wide keys), stable task ids, each task's run directory
 and W&B grouping, and ``tasks.json``/``tasks.csv``. Every task is checked by building its
 ``RunConfig`` before anything is submitted. Knows nothing about submitit or training:
@@ -9,6 +9,10 @@ and W&B grouping, and ``tasks.json``/``tasks.csv``. Every task is checked by bui
 Merge rules (per recipe; the more specific level wins, a key set twice on one level is an error):
     command line key=value  >  per_recipe.<recipe>.{overrides, grid, lr_scale}  >  sweep-wide ones
 - ``seeds:`` are shared by every recipe (a per-recipe ``seed`` is an error).
+- ``folds: K`` is an axis like seeds: every recipe, configuration and seed is trained K times,
+  ``data.folds=K data.fold=0..K-1`` (grouped K-fold, ``brainmri.data.datasets``); with it no level
+  may set ``data.folds`` or ``data.fold`` (the command line's ``data.folds=K`` changes K, its
+  ``data.fold=i`` trains that one fold).
 - ``lr_scale: [0.3, 1, 3]`` is a grid over ``optim.lr`` relative to the recipe's own ``optim.lr``
   (after its fixed overrides); it and ``grid.optim.lr`` are one axis: a per-recipe one replaces
   the sweep-wide one, both on one level is an error.
@@ -28,9 +32,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import itertools
 import json
-import os
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -39,13 +43,15 @@ from typing import Any
 
 import yaml
 
+from brainmri.atomic import atomic_write
 from brainmri.config import (
-    ConfigError, flatten, is_runtime_key, load_config, parse_value, read_yaml, recipe_name,
+    ConfigError, flatten, is_runtime_key, load_config, parse_value, read_yaml, recipe_name, split_override,
 )
 from brainmri.sweep.resources import ResourceError, SlurmResources, merge_resources, parse_resources
 
-CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
-SWEEP_KEYS = {"name", "recipe", "recipes", "seeds", "overrides", "grid", "lr_scale", "slurm", "per_recipe"}
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+SWEEP_KEYS = {"name", "recipe", "recipes", "seeds", "folds", "overrides", "grid", "lr_scale", "slurm", "per_recipe"}
+FOLD_KEYS = ("data.folds", "data.fold")  # set by folds: (an axis); never by a level of the file when it is given
 BLOCK_KEYS = {"overrides", "grid", "lr_scale", "slurm"}  # what a per_recipe block may set
 WANDB_TAG_MAX = 64
 
@@ -86,6 +92,7 @@ class Sweep:
     slurm: SlurmResources  # the sweep-wide resources
     dir: Path
     seeds: list[Any] | None = None
+    folds: int | None = None  # K: every recipe x configuration x seed trained on folds 0..K-1
     lr_scale: list[float] | None = None
     per_recipe: dict[str, dict[str, Any]] = field(default_factory=dict)  # the blocks as given (checked)
     recipe_slurm: dict[str, SlurmResources] = field(default_factory=dict)  # merged, per recipe
@@ -96,7 +103,8 @@ class Sweep:
         return self.recipe_slurm.get(recipe, self.slurm)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "recipes": self.recipes, "seeds": self.seeds, "overrides": self.overrides,
+        return {"name": self.name, "recipes": self.recipes, "seeds": self.seeds, "folds": self.folds,
+                "overrides": self.overrides,
                 "grid": self.grid, "lr_scale": self.lr_scale, "slurm": self.slurm.to_dict(),
                 "per_recipe": self.per_recipe,
                 "resolved_slurm": {r: self.resources(r).to_dict() for r in self.recipes}}
@@ -194,19 +202,37 @@ def _check_level(path: str | Path, level: _Level) -> None:
             raise SweepError(f"{path}: {level.where}{key} is both in grid and in overrides; give one")
 
 
+def _folds(path: str | Path, value: Any, key: str = "folds") -> int:
+    value = _normalize(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise SweepError(f"{path}: {key} must be an integer >= 2 (the number of folds), got {value!r}")
+    return value
+
+
+def _check_no_fold_keys(path: str | Path, levels: list[_Level]) -> None:
+    """With ``folds:`` the fold keys belong to that axis, never to a level's overrides or grid."""
+    for level in levels:
+        for part, keys in (("overrides", level.overrides), ("grid", level.grid)):
+            for key in FOLD_KEYS:
+                if key in keys:
+                    raise SweepError(f"{path}: {level.where}{part}.{key}: folds: is the fold axis of every "
+                                     f"recipe (data.folds=K, data.fold=0..K-1); drop {key}")
+
+
 def _split_cli(items: list[str] | tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any], str | None]:
     """``slurm.<field>=value`` (resources), ``name=...``, any other ``key=value`` (every task's config)."""
     slurm, overrides, name = {}, {}, None
     for item in items:
-        if "=" not in item:
-            raise SweepError(f"override {item!r} is not of the form key=value")
-        key, text = item.split("=", 1)
+        try:
+            key, text = split_override(item)
+        except ConfigError as e:
+            raise SweepError(str(e)) from None
         if key.startswith("slurm."):
             slurm[key.removeprefix("slurm.")] = parse_value(text)
         elif key == "name":
             name = text
         else:
-            overrides[key] = parse_value(text)
+            overrides[key] = parse_value(text, key)
     return slurm, overrides, name
 
 
@@ -251,6 +277,7 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | tuple[str, ...] = ()
         raise SweepError(f"{path}: recipes must be names of configs/<recipe>.yaml, got {recipes!r}")
     recipes = list(dict.fromkeys(recipes))
     seeds = _nonempty_list(path, "seeds", data["seeds"]) if "seeds" in data else None
+    folds = _folds(path, data["folds"]) if "folds" in data else None
 
     top = _parse_level(path, data, "")
     if seeds is not None and "seed" in top.grid:
@@ -275,8 +302,12 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | tuple[str, ...] = ()
                 raise SweepError(f"{path}: {where}{'grid' if key in level.grid else 'overrides'}.seed: "
                                  "seeds are shared by every recipe; set seeds: at the top")
         blocks[recipe] = level
+    if folds is not None:
+        _check_no_fold_keys(path, [top, *blocks.values()])
 
     # the command line beats every level of the file
+    if "data.folds" in cli_config and (folds is not None or "data.fold" not in cli_config):
+        folds = _folds("command line", cli_config.pop("data.folds"), "data.folds")  # the fold axis, K folds
     for key, value in cli_config.items():
         if key == "run_dir":
             raise SweepError("run_dir is set per task (<sweep dir>/runs/<task id>); do not override it")
@@ -307,7 +338,7 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | tuple[str, ...] = ()
         recipe_slurm[recipe] = _resources(path, merge_resources(top.slurm, block.slurm if block else None),
                                           f"per_recipe.{recipe}.slurm" if block else "slurm")
     sweep = Sweep(name=name, recipes=recipes, overrides=top.overrides, grid=top.grid, slurm=top_slurm,
-                  dir=Path(sweeps_root).resolve() / name, seeds=seeds, lr_scale=top.lr_scale,
+                  dir=Path(sweeps_root).resolve() / name, seeds=seeds, folds=folds, lr_scale=top.lr_scale,
                   per_recipe={r: {"overrides": b.overrides, "grid": b.grid, "lr_scale": b.lr_scale,
                                   "slurm": b.slurm} for r, b in blocks.items()},
                   recipe_slurm=recipe_slurm)
@@ -316,11 +347,16 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | tuple[str, ...] = ()
     return sweep
 
 
-def _recipe_axes(seeds: list[Any] | None, top: _Level, block: _Level | None) -> tuple[dict, dict, list | None]:
+def _recipe_axes(seeds: list[Any] | None, top: _Level, block: _Level | None,
+                 folds: int | None = None) -> tuple[dict, dict, list | None]:
     """(fixed overrides, grid axes, lr_scale) of one recipe after the merge rules (module docstring)."""
     block = block or _Level("")
     overrides = {k: v for k, v in top.overrides.items() if k not in block.grid} | block.overrides
     grid = {"seed": seeds} if seeds is not None else {}
+    if folds is not None:
+        overrides["data.folds"] = folds
+        if "data.fold" not in overrides:  # the command line's data.fold=i trains that fold only
+            grid["data.fold"] = list(range(folds))
     grid.update({k: v for k, v in top.grid.items() if k not in block.overrides})
     if block.has_lr_axis:
         grid.pop("optim.lr", None)
@@ -338,7 +374,7 @@ def _as_overrides(values: dict[str, Any]) -> list[str]:
 
 def expand(sweep: Sweep, path: str | Path = "", top: _Level | None = None,
            blocks: dict[str, _Level] | None = None) -> list[Task]:
-    """One task per recipe x seed x grid point, each validated against the RunConfig schema.
+    """One task per recipe x seed x fold x grid point, each validated against the RunConfig schema.
 
     Also settles each recipe's ``cpus_per_task`` (``data.num_workers + 1`` unless given; less
     than that is an error).
@@ -354,13 +390,14 @@ def expand(sweep: Sweep, path: str | Path = "", top: _Level | None = None,
         except ConfigError as e:
             raise SweepError(str(e)) from None
         block = blocks.get(entry, blocks.get(recipe))
-        fixed, grid, lr_scale = _recipe_axes(sweep.seeds, top, block)
+        fixed, grid, lr_scale = _recipe_axes(sweep.seeds, top, block, sweep.folds)
         fixed = {k: _normalize(v) for k, v in fixed.items()}
         where = f"sweep {sweep.name}, recipe {recipe}"
         base_lr = None
         if lr_scale is not None:
             try:
-                base_lr = load_config(config_path, _as_overrides(fixed)).optim.lr
+                base_lr = load_config(config_path, _as_overrides(
+                    {k: v for k, v in fixed.items() if k not in FOLD_KEYS})).optim.lr  # a fold is a task's
             except ConfigError as e:
                 raise SweepError(f"{where} (fixed overrides): {e}") from None
         keys = list(grid)
@@ -455,16 +492,10 @@ def merge_table(sweep: Sweep) -> None:
             task.state, task.error = row.get("state", "new"), row.get("error")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_sweep(sweep: Sweep) -> None:
     """Write ``sweep.yaml`` (resolved) and the task table (``tasks.json``, ``tasks.csv``)."""
     sweep.dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(sweep.dir / "sweep.yaml", yaml.safe_dump(sweep.to_dict(), sort_keys=False))
+    atomic_write(sweep.dir / "sweep.yaml", yaml.safe_dump(sweep.to_dict(), sort_keys=False))
     save_table(sweep.dir, sweep.tasks)
 
 
@@ -476,14 +507,13 @@ def save_table(sweep_dir: Path, tasks: list[Task]) -> None:
     """Write ``tasks.json`` (everything) and ``tasks.csv`` (id, recipe, params, job id, state)."""
     sweep_dir = Path(sweep_dir)
     rows = [dataclasses.asdict(t) for t in tasks]
-    _write_atomic(sweep_dir / "tasks.json", json.dumps(rows, indent=1, default=str) + "\n")
-    tmp = sweep_dir / f".tasks.csv.tmp{os.getpid()}"
-    with tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id", "recipe", "params", "job_id", "state", "run_dir"])
-        for t in tasks:
-            writer.writerow([t.id, t.recipe, format_params(t.params), t.job_id or "", t.state, t.run_dir])
-    os.replace(tmp, sweep_dir / "tasks.csv")
+    atomic_write(sweep_dir / "tasks.json", json.dumps(rows, indent=1, default=str) + "\n")
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["id", "recipe", "params", "job_id", "state", "run_dir"])
+    for t in tasks:
+        writer.writerow([t.id, t.recipe, format_params(t.params), t.job_id or "", t.state, t.run_dir])
+    atomic_write(sweep_dir / "tasks.csv", buf.getvalue())
 
 
 def load_table(sweep_dir: str | Path) -> list[Task]:
@@ -492,15 +522,3 @@ def load_table(sweep_dir: str | Path) -> list[Task]:
     if not path.is_file():
         raise SweepError(f"{sweep_dir}: no tasks.json (not a sweep directory?)")
     return [Task(**row) for row in json.loads(path.read_text())]
-
-
-def run_state(task: Task) -> tuple[str | None, str | None]:
-    """What the task's run directory says: ("finished"|"failed"|"running"|None, error)."""
-    run_dir = Path(task.run_dir)
-    if (run_dir / "summary.json").is_file():
-        return "finished", None
-    try:
-        status = json.loads((run_dir / "status.json").read_text())
-    except (OSError, ValueError):
-        return None, None
-    return status.get("status"), status.get("error")

@@ -3,7 +3,7 @@
 A checkpoint is a plain dict (``torch.load(..., weights_only=True)`` reads it):
 
 - ``model``: the whole network's state dict; ``classes``; ``config`` (the resolved config);
-- ``trainer``: :class:`TrainerState`, every counter a resume needs;
+- ``trainer``: :class:`brainmri.train.policy.TrainerState`, every counter a resume needs;
 - ``optimizer``, ``scheduler``, ``scaler``: state dicts (``last.pt`` only; ``best.pt`` holds weights);
 - ``position`` (mid-epoch checkpoints only): where inside the epoch training stopped — see
   :func:`capture_position`.
@@ -14,33 +14,12 @@ Files, atomic writes and the ``last.pt`` → ``last.prev.pt`` rotation are ``bra
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 
 import numpy as np
 import torch
 
-
-@dataclass
-class TrainerState:
-    """Every counter a resume needs; saved in each checkpoint."""
-
-    epoch: int = 0  # epochs completed over all phases
-    phase: int = 0
-    phase_epoch: int = 0  # epochs completed in the current phase
-    phase_stopped: bool = False  # early stopping ended the current phase
-    step: int = 0  # optimizer steps
-    best_metric: float | None = None
-    best_epoch: int = 0
-    es_best: float | None = None
-    es_bad_epochs: int = 0
-    wandb_id: str | None = None
-    images_seen: int = 0
-    train_time_s: float = 0.0
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TrainerState":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+from brainmri.train.policy import TrainerState
 
 
 def make_checkpoint(model: torch.nn.Module, state: TrainerState, classes: list[str], config: dict,
@@ -110,3 +89,20 @@ def capture_position(epoch: int, batches: int, accum_step: int, elapsed_s: float
     mine = {"rng": rng_state(), "accumulators": accumulators.detach().cpu().clone()}
     return {"epoch": epoch, "batches": batches, "accum_step": accum_step, "elapsed_s": elapsed_s,
             "ranks": gather_object([mine])}
+
+
+def resume_position(ckpt: dict | None, next_epoch: int, num_processes: int, where) -> dict | None:
+    """The mid-epoch position of ``ckpt`` when it stopped inside ``next_epoch``, else None.
+
+    A mid-epoch checkpoint resumes with the number of processes that wrote it (each rank's RNG
+    states and accumulators are in it); another number is a CheckpointError naming ``where``.
+    """
+    from brainmri.rundir import CheckpointError
+
+    position = (ckpt or {}).get("position")
+    if position is None or position["epoch"] != next_epoch:
+        return None
+    if len(position["ranks"]) != num_processes:
+        raise CheckpointError(f"{where} stopped inside epoch {position['epoch']} with {len(position['ranks'])} "
+                              f"process(es); resume it with that many (now {num_processes})")
+    return position

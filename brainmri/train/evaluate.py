@@ -112,11 +112,6 @@ def evaluate_split(split: str, model: torch.nn.Module, loader, accelerator, clas
     values = split_metrics(split, pred.labels, pred.probs, classes, [s.band for s in rows])
     if run_dir is not None and accelerator.is_main_process:
         run_dir.write_predictions(split, rows, pred.labels, pred.probs, list(classes), extra=band_columns(rows))
-        M.save_confusion_png(pred.labels, pred.probs.argmax(1), list(classes), confusion_png(run_dir, split),
+        M.save_confusion_png(pred.labels, pred.probs.argmax(1), list(classes), run_dir.confusion_png(split),
                              title or f"{split}")
     return values
-
-
-def confusion_png(run_dir: RunDir, split: str):
-    """Path of a split's confusion-matrix PNG in a run directory."""
-    return run_dir.path / f"confusion_{split}.png"

@@ -11,13 +11,13 @@ sample hashes, decode + transform config, views and seed.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import torch
 from filelock import FileLock
 
-from brainmri.data.cachedir import cache_base
+from brainmri.data.cachedir import cache_base, cache_unwritable
+from brainmri.atomic import atomic_write
 from torch import nn
 
 
@@ -92,15 +92,24 @@ def cached_features(model: nn.Module, dataset, views: int = 1, batch_size: int =
                     cache_dir: str | Path | None = None, num_workers: int = 0, to_input=None) -> torch.Tensor:
     """``build_feature_cache`` persisted on disk: computed once under a file lock, then loaded."""
     root = cache_base(cache_dir) / "features"
-    root.mkdir(parents=True, exist_ok=True)
     path = root / f"{feature_cache_key(model, dataset, views, seed, to_input)}.pt"
-    with FileLock(str(path) + ".lock"):
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path) + ".lock")
+        lock.acquire()
+    except OSError as e:  # read-only or full: compute them here, keep nothing
+        cache_unwritable("feature", root, e)
+        return build_feature_cache(model, dataset, views, batch_size, device, seed, num_workers, to_input)
+    try:
         if path.is_file():
             return torch.load(path, map_location="cpu", weights_only=True)
         feats = build_feature_cache(model, dataset, views, batch_size, device, seed, num_workers, to_input)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        torch.save(feats, tmp)
-        os.replace(tmp, path)
+        try:
+            atomic_write(path, feats, kind="torch")
+        except OSError as e:
+            cache_unwritable("feature", root, e)
+    finally:
+        lock.release()
     return feats
 
 
@@ -122,3 +131,23 @@ class FeatureDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         return self.features[self.view, i], self.labels[i], i
+
+
+def feature_loaders(model: nn.Module, data, cfg, device, first):
+    """Loaders over cached backbone features of ``data``'s train (``cfg.model.feature_cache_views``
+    augmented views) and val images, computed once per image view, then read from disk.
+
+    ``data`` is a ``brainmri.data.datasets.TrainingData``; ``first()`` lets one process compute and
+    save while the others wait and load its file. Returns ``(train FeatureDataset, train loader, val loader)``.
+    """
+    from brainmri.data.datasets import make_loader
+
+    ebs = cfg.data.eval_batch_size or cfg.data.batch_size
+    kw = {"batch_size": ebs, "device": device, "seed": cfg.seed, "cache_dir": cfg.data.cache_dir,
+          "num_workers": cfg.data.num_workers, "to_input": data.normalize}
+    with first():
+        train = cached_features(model, data.datasets["train"], cfg.model.feature_cache_views, **kw)
+        val = cached_features(model, data.datasets["val"], 1, **kw)
+    features = FeatureDataset(train, data.split.train)
+    return (features, make_loader(features, cfg.data.batch_size, 0, data.sampler),
+            make_loader(FeatureDataset(val, data.split.val), ebs, 0))

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from brainmri.config import EXTENDABLE_KEYS, RUNTIME_KEYS, ConfigError, RunConfig, differing_keys, run_hash
 from brainmri.rundir import CheckpointError, RunDir
 
@@ -31,23 +29,20 @@ def default_run_dir(cfg: RunConfig) -> Path:
     return Path("runs") / f"{cfg.recipe}-seed{cfg.seed}-{run_hash(cfg)}"
 
 
-def _saved(saved: Path) -> dict | None:
-    try:
-        return yaml.safe_load(saved.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return None  # no readable config to compare with: the checkpoint itself decides
+def _saved(run: RunDir) -> dict | None:
+    return run.read_config()  # None: no readable config to compare with, the checkpoint itself decides
 
 
 def _diff(old: dict, cfg: RunConfig, may_change: tuple[str, ...]) -> list[str]:
     return differing_keys(old, cfg.to_dict(), may_change)
 
 
-def check_resumable(cfg: RunConfig, saved: Path) -> None:
-    """An interrupted run (config file ``saved``) continues only with a config that may change (see above)."""
-    old = _saved(saved)
+def check_resumable(cfg: RunConfig, run: RunDir) -> None:
+    """An interrupted run continues only with a config that may change (see above)."""
+    old = _saved(run)
     diff = [] if old is None else _diff(old, cfg, RESUME_MAY_CHANGE)
     if diff:
-        raise ConfigError(f"{saved.parent} already holds an interrupted run with a different config "
+        raise ConfigError(f"{run.path} already holds an interrupted run with a different config "
                           f"(differs in {', '.join(diff[:5])}); choose another run_dir")
 
 
@@ -57,10 +52,10 @@ def _phase_plan(tree: dict) -> list[tuple]:
     return [(p.get("name"), p.get("epochs"), p.get("train"), p.get("lr_mult") or {}) for p in phases]
 
 
-def extends_finished(cfg: RunConfig, saved: Path) -> bool:
+def extends_finished(cfg: RunConfig, run: RunDir) -> bool:
     """False for the same config (the finished run is returned as is); True when ``cfg`` only adds
     epochs to the last phase (the run is extended); any other difference is a ConfigError."""
-    old = _saved(saved)
+    old = _saved(run)
     diff = [] if old is None else _diff(old, cfg, NEVER_MATTERS)
     if not diff:
         return False
@@ -69,7 +64,7 @@ def extends_finished(cfg: RunConfig, saved: Path) -> bool:
               and b[-1][1] > a[-1][1])
     if longer and set(diff) <= {"train.epochs", "train.phases"}:
         return True
-    raise ConfigError(f"{saved.parent} already holds a finished run with a different config "
+    raise ConfigError(f"{run.path} already holds a finished run with a different config "
                       f"(differs in {', '.join(diff[:5])}); choose another run_dir, or extend it by giving "
                       f"its last phase more epochs and nothing else")
 
@@ -80,11 +75,11 @@ def load_run_config(run_dir: str | Path, fresh: bool = False) -> dict:
     A directory with a config but neither a checkpoint nor a summary has nothing to resume: a
     CheckpointError says so, unless ``fresh`` (start that config from scratch there).
     """
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume: no config.yaml in {run_dir}")
     run = RunDir(run_dir)
-    if not fresh and not run.has_checkpoint() and not run.summary_file.exists():
-        raise CheckpointError(f"--resume: {run_dir} has a config.yaml but no checkpoint (it stopped before its "
+    tree = run.read_config()
+    if tree is None:
+        raise FileNotFoundError(f"--resume: no readable {run.config_file.name} in {run_dir}")
+    if not fresh and not run.has_checkpoint() and not run.is_finished():
+        raise CheckpointError(f"--resume: {run_dir} has a config but no checkpoint (it stopped before its "
                               f"first checkpoint); add --fresh to start it from scratch")
-    return yaml.safe_load(path.read_text())
+    return tree

@@ -52,3 +52,14 @@ class StopSignals:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         self._previous = {}
+
+
+def agree(signum: int, due: bool, accelerator) -> tuple[int, bool]:
+    """(stop signal, checkpoint due) agreed by every rank at this step: one all-reduce (MAX) of the flags."""
+    if accelerator.num_processes == 1:
+        return signum, due
+    import torch
+
+    flags = torch.tensor([float(signum), float(due)], device=accelerator.device)
+    torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    return int(flags[0].item()), bool(flags[1].item())

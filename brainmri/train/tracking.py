@@ -9,12 +9,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from brainmri.rundir import RunDir
+
 
 log = logging.getLogger("brainmri")
 
 
-def setup_logging(run_dir: Path | None, is_main: bool) -> None:
-    """Log to stderr and ``run_dir/train.log`` on rank 0; other ranks log warnings only."""
+def setup_logging(log_file: Path | None, is_main: bool) -> None:
+    """Log to stderr and ``log_file`` (the run's ``RunDir.log_file``) on rank 0; other ranks log warnings only."""
     for handler in list(log.handlers):  # a second fit() in one process must not leak file handles
         handler.close()
         log.removeHandler(handler)
@@ -24,10 +26,18 @@ def setup_logging(run_dir: Path | None, is_main: bool) -> None:
     stream = logging.StreamHandler(sys.stderr)
     stream.setFormatter(fmt)
     log.addHandler(stream)
-    if run_dir is not None and is_main:
-        fh = logging.FileHandler(run_dir / "train.log")
+    if log_file is not None and is_main:
+        fh = _LogFile(log_file)
         fh.setFormatter(fmt)
         log.addHandler(fh)
+
+
+class _LogFile(logging.FileHandler):
+    """The run's log file; when it cannot be written (full disk) it falls silent instead of printing
+    a traceback per record (the run's own error says what happened)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.setLevel(logging.CRITICAL + 1)
 
 
 def _has_api_key() -> bool:
@@ -64,7 +74,7 @@ class WandbRun:
     once, in increasing steps.
     """
 
-    def __init__(self, cfg, run_dir: Path, run_id: str | None, enabled: bool):
+    def __init__(self, cfg, run: RunDir, run_id: str | None, enabled: bool):
         self.run = None
         self.run_id = run_id
         self.logged: set[int] = set()  # epochs the W&B run already holds
@@ -76,12 +86,12 @@ class WandbRun:
             os.environ["WANDB_MODE"] = "offline"
         self.run_id = run_id or uuid.uuid4().hex[:8]
         if run_id:
-            self.logged = logged_epochs(run_dir / "wandb", run_id)
+            self.logged = logged_epochs(run.wandb_dir, run_id)
         self.run = wandb.init(
             project=cfg.wandb.project, entity=cfg.wandb.entity, group=cfg.wandb.group,
-            job_type=cfg.wandb.job_type or cfg.recipe, name=cfg.wandb.name or run_dir.name,
+            job_type=cfg.wandb.job_type or cfg.recipe, name=cfg.wandb.name or run.path.name,
             tags=list(cfg.wandb.tags), config=cfg.to_dict(), id=self.run_id, resume="allow",
-            dir=str(run_dir), settings=wandb.Settings(console="off", x_disable_stats=True),
+            dir=str(run.path), settings=wandb.Settings(console="off", x_disable_stats=True),
         )
         # the run's summary shows the best value of the monitored metric while it trains; at the end
         # the engine writes the best checkpoint's metrics over it (the same number for the monitor)
@@ -116,10 +126,10 @@ class WandbRun:
 
             self.run.summary[key] = wandb.Image(str(path))
 
-    def log_results(self, run_dir: Path, summary: dict[str, Any]) -> None:
+    def log_results(self, run: RunDir, summary: dict[str, Any]) -> None:
         """Confusion-matrix plots, per-class and predictions tables of a finished run (brainmri.results.wandb_results).
 
-        Tables with images are W&B run artifacts; their files are staged under ``run_dir/wandb``
+        Tables with images are W&B run artifacts; their files are staged under ``run.wandb_dir``
         (unless ``WANDB_DATA_DIR`` says otherwise), so an offline run directory holds everything
         ``wandb sync`` needs. A failure here is a warning: the run directory is the record.
         """
@@ -129,10 +139,10 @@ class WandbRun:
 
         default_dir = "WANDB_DATA_DIR" not in os.environ
         if default_dir:
-            os.environ["WANDB_DATA_DIR"] = str(Path(run_dir) / "wandb")
+            os.environ["WANDB_DATA_DIR"] = str(run.wandb_dir)
         try:
             step = summary.get("epochs_run") or (max(self.logged) if self.logged else None)
-            self.run.log(results_media(run_dir, summary), step=step, commit=True)
+            self.run.log(results_media(run, summary), step=step, commit=True)
         except Exception as exc:  # media are a view of the run directory, never worth failing a run over
             log.warning("W&B result tables not logged: %s: %s", type(exc).__name__, exc)
         finally:

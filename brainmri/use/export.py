@@ -16,7 +16,6 @@ exporter, which needs ``onnxscript``).
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import io
 import math
@@ -26,12 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from brainmri.atomic import atomic_write
+from brainmri.atomic import atomic_path, atomic_write, write_json
 from brainmri.data import preprocess as data_preprocess
 from brainmri.results import metrics as M
+from brainmri.data.leakage import BANDS
+from brainmri.rundir import RunDir
 from brainmri.train.regularise import TTA
-from brainmri.use.predict import TrainedModel, training_reference
-from brainmri.rundir import read_json, write_json
+from brainmri.use.trained import TrainedRun
 
 FORMATS = ("onnx", "torchscript")
 INPUT_NAME, OUTPUT_NAME = "image", "probabilities"
@@ -42,12 +42,12 @@ class ExportError(ValueError):
     """An export cannot be made as asked (unknown format); one line."""
 
 
-def exported_module(trained: TrainedModel) -> torch.nn.Module:
+def exported_module(trained: TrainedRun) -> torch.nn.Module:
     """What the exported graph computes: the mean softmax over the identity and the run's TTA views."""
     return TTA(trained.model, trained.cfg.eval.tta).eval()
 
 
-def preprocessing(trained: TrainedModel) -> dict:
+def preprocessing(trained: TrainedRun) -> dict:
     """How to turn an image file into the model's input, as data (mirrors ``brainmri.data.transforms``)."""
     from torchvision.transforms import v2
 
@@ -84,24 +84,21 @@ def preprocessing(trained: TrainedModel) -> dict:
     }
 
 
-def _metrics(run_dir: Path, classes: list[str]) -> dict:
-    """val/test metrics of the best checkpoint from ``summary.json`` with 95 % intervals and n."""
-    path = run_dir / "summary.json"
-    if not path.is_file():
+def _metrics(run: RunDir, classes: list[str]) -> dict:
+    """val/test metrics of the best checkpoint from the run's summary with 95 % intervals and n."""
+    summary = run.read_summary()
+    if summary is None:
         return {}
-    summary = read_json(path)
     out: dict[str, dict] = {}
     for split in ("val", "test"):
         n = summary.get(f"{split}/n")
         if not n:
             continue
         labels = probs = None
-        pred_csv = run_dir / f"predictions_{split}.csv"
-        if pred_csv.is_file():
-            with open(pred_csv, newline="") as f:
-                rows = list(csv.DictReader(f))
-            labels = np.array([classes.index(r["label"]) for r in rows])
-            probs = np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows])
+        frame = run.read_predictions(split)
+        if frame is not None:
+            labels = frame["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+            probs = frame[[f"prob_{c}" for c in classes]].to_numpy(dtype=np.float64)
         entry: dict[str, dict] = {}
         acc = summary.get(f"{split}/acc")
         if acc is not None:
@@ -117,7 +114,7 @@ def _metrics(run_dir: Path, classes: list[str]) -> dict:
         for key in ("ece", "loss"):
             if summary.get(f"{split}/{key}") is not None:
                 entry[key] = {"value": summary[f"{split}/{key}"], "n": n}
-        for band in ("exact", "near_identical", "same_scan", "novel"):
+        for band in BANDS:
             bn, bacc = summary.get(f"{split}/band/{band}/n"), summary.get(f"{split}/band/{band}/acc")
             if bn and bacc is not None:
                 entry[f"acc_band_{band}"] = {"value": bacc, "n": bn, "ci95": list(M.wilson_interval(bacc * bn, bn)),
@@ -137,29 +134,24 @@ def _digest(values) -> str:
     return hashlib.sha1("\n".join(sorted(values)).encode()).hexdigest()
 
 
-def data_fingerprint(trained: TrainedModel) -> dict:
-    """What the run was trained and evaluated on: split.json counts and digests of the files' SHA-1s."""
-    split_file = trained.run_dir / "split.json"
-    split = read_json(split_file) if split_file.is_file() else {}
-    out = {k: split.get(k) for k in ("data_root", "classes", "train", "val", "test", "group_by", "bands")}
-    for part in ("val", "test"):
-        f = trained.run_dir / f"predictions_{part}.csv"
-        if f.is_file():
-            with open(f, newline="") as fh:
-                out[f"{part}_sha1_digest"] = _digest(r["sha1"] for r in csv.DictReader(fh))
-    reference, note = training_reference(trained)
-    if reference is not None:
-        out["train_sha1_digest"] = _digest(reference.sha1)
-    else:
-        out["train_sha1_digest"] = None
-        out["train_note"] = note
-    out["digest"] = "SHA-1 of the sorted per-file SHA-1s, one per line"
+def data_fingerprint(trained: TrainedRun) -> dict:
+    """What the run was trained and evaluated on: split.json's counts and manifest, and digests of
+    the files' SHA-1s per part."""
+    record = trained.run.read_split() or {}
+    out = {k: record.get(k) for k in ("data_root", "classes", "train", "val", "test", "group_by", "bands", "manifest")}
+    files = record.get("files") or {}
+    for part in ("train", "val", "test"):
+        rows = files.get(part)
+        out[f"{part}_sha1_digest"] = _digest(r["sha1"] for r in rows) if rows is not None else None
+    if not files:
+        out["note"] = f"{trained.run.split_file} lists no files"
+    out["digest"] = "SHA-1 of the sorted per-file SHA-1s, one per line; manifest: brainmri.data.datasets.manifest"
     return out
 
 
 def code_version() -> str:
     """``git describe`` of the brainmri checkout, else the installed package version."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(["git", "-C", str(repo), "describe", "--always", "--dirty", "--tags"],
                              capture_output=True, text=True, timeout=10)
@@ -175,7 +167,7 @@ def code_version() -> str:
         return "unknown"
 
 
-def model_card(trained: TrainedModel, files: dict[str, str]) -> dict:
+def model_card(trained: TrainedRun, files: dict[str, str]) -> dict:
     size, c = trained.cfg.data.input_size, trained.cfg.data.input_channels
     return {
         "format": "brainmri-model-card", "version": 1,
@@ -191,7 +183,7 @@ def model_card(trained: TrainedModel, files: dict[str, str]) -> dict:
                                  f"augmentation inside the graph)" if trained.cfg.eval.tta else "")},
         "tta": list(trained.cfg.eval.tta),
         "preprocessing": preprocessing(trained),
-        "metrics": _metrics(trained.run_dir, trained.classes),
+        "metrics": _metrics(trained.run, trained.classes),
         "data": data_fingerprint(trained),
         "config": trained.cfg.to_dict(),
         "code_version": code_version(),
@@ -199,7 +191,7 @@ def model_card(trained: TrainedModel, files: dict[str, str]) -> dict:
     }
 
 
-def export(trained: TrainedModel, out_dir: str | Path, formats: list[str]) -> dict[str, Path]:
+def export(trained: TrainedRun, out_dir: str | Path, formats: list[str]) -> dict[str, Path]:
     """Write the chosen formats and ``model_card.json`` into ``out_dir``; returns name → path."""
     bad = [f for f in formats if f not in FORMATS]
     if bad:
@@ -216,10 +208,11 @@ def export(trained: TrainedModel, out_dir: str | Path, formats: list[str]) -> di
             program = torch.onnx.export(net, (example,), dynamo=True, input_names=[INPUT_NAME],
                                         output_names=[OUTPUT_NAME], verbose=False,
                                         dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
-            program.save(str(path), external_data=False)
         import onnx
 
-        onnx.checker.check_model(str(path))
+        with atomic_path(path) as tmp:
+            program.save(str(tmp), external_data=False)
+            onnx.checker.check_model(str(tmp))
         written["onnx"] = path
     if "torchscript" in formats:
         import warnings
@@ -228,7 +221,8 @@ def export(trained: TrainedModel, out_dir: str | Path, formats: list[str]) -> di
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated but still the self-contained format
             traced = torch.jit.trace(net, example)
-        traced.save(str(path))
+        with atomic_path(path) as tmp:
+            traced.save(str(tmp))
         written["torchscript"] = path
     script = out / PREPROCESS_SCRIPT
     atomic_write(script, Path(data_preprocess.__file__).read_text())
@@ -239,7 +233,7 @@ def export(trained: TrainedModel, out_dir: str | Path, formats: list[str]) -> di
     return written
 
 
-def onnx_parity(onnx_path: str | Path, trained: TrainedModel, inputs: torch.Tensor) -> float:
+def onnx_parity(onnx_path: str | Path, trained: TrainedRun, inputs: torch.Tensor) -> float:
     """Max |p_onnx − p_torch| over ``inputs`` (preprocessed, N×C×H×W); p_torch with the run's TTA views."""
     import onnxruntime as ort
 

@@ -1,0 +1,178 @@
+"""The run record: a training run's bookkeeping in its run directory and W&B, on rank 0.
+
+The engine trains; :class:`RunRecord` keeps the books, so the loop never asks which rank it is
+on: the run directory's lock, the log file, whether the directory already holds a finished run
+(returned as is, or extended) or an interrupted one (resumable with this config?), the resolved
+config, ``split.json`` and the skipped-file report, ``status.json`` (running, with in-epoch
+progress; interrupted / preempted with the signal; failed with the error; finished), the
+``metrics.jsonl`` rows, the W&B run (resumed, backfilled, finished) and the summary. Every method
+is a no-op on ranks other than 0 where it writes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import traceback
+
+from brainmri.atomic import EX_TEMPFAIL, free_bytes, human_bytes, is_disk_full
+from brainmri.rundir import NO_SPACE, RunDir, acquire_lock
+from brainmri.train.resume import check_resumable, extends_finished
+from brainmri.train.tracking import WandbRun, log, setup_logging
+
+OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "ranger": 3, "sgd": 1}  # state tensors per trained parameter
+PROGRESS_EVERY_S = 1.0  # status.json's in-epoch progress is rewritten at most this often (and at an epoch's first step)
+
+
+class RunRecord:
+    def __init__(self, cfg, run: RunDir, is_main: bool):
+        self.cfg, self.run, self.is_main = cfg, run, is_main
+        self.lock = None
+        self.wb: WandbRun | None = None
+        self._progress_at, self._progress_epoch = time.perf_counter(), 0
+        self._space_checked = False
+
+    # ------------------------------------------------------------------ opening
+    def acquire(self) -> None:
+        """Create the directory and take its lock (rank 0): one writer per run directory."""
+        if self.is_main:
+            self.run.create()
+            self.lock = acquire_lock(self.run)
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def finished(self) -> tuple[dict | None, bool]:
+        """(the summary of a finished run to return as is, or None; whether to extend a finished run)."""
+        setup_logging(self.run.log_file, self.is_main)
+        extend = self.run.is_finished() and extends_finished(self.cfg, self.run)
+        if self.run.is_finished() and not extend:
+            log.info("%s is finished; returning its summary", self.run.summary_file)
+            return self.run.read_summary(), False
+        return None, extend
+
+    def begin(self, extend: bool) -> None:
+        """After every rank decided: keep an extended run's summary aside, check a resume, save the config."""
+        if extend and self.is_main:
+            self.run.archive_summary()
+            log.info("extending the finished run %s (its previous summary is kept beside it)", self.run.path)
+        if self.run.has_checkpoint():
+            check_resumable(self.cfg, self.run)
+
+    def save_config(self) -> None:
+        if self.is_main:
+            self.run.save_config(self.cfg.to_dict())
+
+    def data(self, split) -> None:
+        """``split.json`` (every file of every part) and the skipped-file report."""
+        if not self.is_main:
+            return
+        self.run.write_skipped(split.skipped)
+        self.run.write_split(split.record())
+        if split.skipped:
+            log.warning("skipped %d unreadable image(s); see %s: %s", len(split.skipped), self.run.skipped_file,
+                        ", ".join(s["path"] for s in split.skipped[:5]))
+
+    def start(self, state) -> None:
+        """Rows after the checkpoint we start from are redone; W&B resumes its run and logs what it missed."""
+        if self.is_main:
+            self.run.truncate_metrics(state.epoch)
+        self.wb = WandbRun(self.cfg, self.run, state.wandb_id, self.is_main)
+        state.wandb_id = self.wb.run_id
+        if self.is_main:
+            self.wb.backfill(self.run.read_metrics())
+            self.run.set_status("running", state.epoch)
+
+    # ------------------------------------------------------------------ training
+    def progress(self, state, epoch: int, batch: int) -> None:
+        """status.json: where the epoch stands (about once a second)."""
+        now = time.perf_counter()
+        if self.is_main and (self._progress_epoch != epoch or now - self._progress_at >= PROGRESS_EVERY_S):
+            self._progress_epoch, self._progress_at = epoch, now
+            self.run.set_status("running", state.epoch, in_epoch=epoch, batch=batch, step=state.step)
+
+    def epoch(self, row: dict) -> None:
+        if self.is_main:
+            self.run.append_metrics(row)
+        self.wb.log(row, step=row["epoch"])
+
+    # ------------------------------------------------------------------ endings
+    def summary(self, state, split, world_size: int, wall_s: float) -> dict:
+        """The summary's run facts (the evaluation's metrics and the config are added to it)."""
+        cfg = self.cfg
+        return {"status": "finished", "run_id": self.run.path.name, "run_dir": str(self.run.path),
+                "recipe": cfg.recipe, "seed": cfg.seed, "wandb_id": state.wandb_id, "classes": split.classes,
+                "monitor": cfg.train.monitor, "best_epoch": state.best_epoch, "epochs_run": state.epoch,
+                "steps": state.step, "world_size": world_size, "wall_time_s": wall_s,
+                "train_time_s": state.train_time_s, "images_per_s": state.images_seen / max(state.train_time_s, 1e-9),
+                "skipped_files": len(split.skipped), "data_manifest": split.record()["manifest"]}
+
+    def finish(self, summary: dict, state) -> None:
+        """The best checkpoint's evaluation: W&B media and summary, the closing metrics row, summary.json."""
+        if self.is_main:
+            for split in ("val", "test"):
+                if f"{split}/acc" in summary:
+                    self.wb.log_image(f"{split}/confusion_matrix", self.run.confusion_png(split))
+            self.wb.log_results(self.run, summary)
+            self.wb.summary({k: v for k, v in summary.items() if k != "config"})
+            self.run.append_metrics({"evaluation": "best_checkpoint", "best_epoch": state.best_epoch,
+                                     "epochs_run": state.epoch,
+                                     **{k: v for k, v in summary.items() if k.startswith(("val/", "test/"))}})
+            self.run.write_summary(summary)
+            self.run.set_status("finished", state.epoch)
+            log.info("finished %s: val/acc %.4f%s", self.run.path, summary["val/acc"],
+                     f" test/acc {summary['test/acc']:.4f}" if "test/acc" in summary else "")
+
+    def close(self) -> None:
+        self.wb.finish()
+
+    def interrupted(self, signum: int, exit_code: int, state) -> None:
+        name = signal.Signals(signum).name
+        if self.is_main:
+            self.run.set_status("preempted" if os.environ.get("SLURM_JOB_ID") else "interrupted",
+                                state.epoch, signal=name)
+        log.warning("%s: stopped after step %d; resume with --resume %s", name, state.step, self.run.path)
+        self._finish_wandb(exit_code, name)
+
+    def failed(self, error: BaseException, state) -> None:
+        """status.json says failed with the error; a full disk or quota says why in one line
+        (``cause: no space``), written after the partial file is gone, in place as a last resort."""
+        if is_disk_full(error):
+            reason = getattr(error, "reason", None) or str(error)
+            if self.is_main:
+                try:
+                    self.run.set_status("failed", state.epoch, str(error), last_resort=True, cause=NO_SPACE,
+                                        reason=reason)
+                except OSError as e:  # said with the run's one error line (brainmri.cli.train)
+                    error.status_note = f"{self.run.status_file.name} could not be written either ({e})"
+            self._finish_wandb(EX_TEMPFAIL, "a full disk")
+            return
+        if self.is_main:
+            self.run.set_status("failed", state.epoch, f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
+        self._finish_wandb(1, type(error).__name__)
+
+    def check_space(self, model, optim_name: str) -> None:
+        """Before the first epoch: warn when the run directory's file system has less free space than
+        one checkpoint pair needs (the new ``last.pt`` beside the previous one, and ``best.pt``)."""
+        if not self.is_main or self._space_checked:
+            return
+        self._space_checked = True
+        weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+        per_param = OPTIMIZER_STATES.get(optim_name, 2)  # state tensors per trained parameter
+        need = 2 * (weights + per_param * trained) + weights
+        free = free_bytes(self.run.path)
+        if free < need:
+            log.warning("the file system of %s has %s free; one checkpoint pair needs about %s: the run may stop "
+                        "with 'no space left' (exit %d) and resume once space is freed", self.run.path,
+                        human_bytes(free), human_bytes(need), EX_TEMPFAIL)
+
+    def _finish_wandb(self, exit_code: int, why: str) -> None:
+        try:
+            if self.wb is not None:
+                self.wb.finish(exit_code=exit_code)
+        except Exception as cleanup:  # e.g. W&B's service already got the pre-emption SIGTERM
+            log.warning("W&B finish failed after %s: %s", why, cleanup)

@@ -1,0 +1,136 @@
+"""A trained run: the one home of what prediction, evaluation, export and Grad-CAM need of it.
+
+``TrainedRun.load(run_dir)`` reads the run's own resolved config (image size, channels,
+normalisation, never the current defaults) and its validated ``best.pt`` (weights and class list,
+``torch.load(weights_only=True)``) through :class:`brainmri.rundir.RunDir`, and builds the model
+on the CPU in eval mode. :meth:`TrainedRun.training_reference` finds the run's training images for
+the nearest-image search from ``split.json``'s file list: the data root is not scanned and the
+split not rebuilt; a root whose files are gone or changed since training is said in one line.
+:meth:`TrainedRun.inference` gives an accelerator in the run's precision, once per use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from brainmri.config import ConfigError, RunConfig, from_dict
+from brainmri.data.datasets import Split, nearest_training
+from brainmri.data.files import DataError, Sample
+from brainmri.data.transforms import Decoder, batch_normalizer
+from brainmri.models.registry import build_model
+from brainmri.rundir import CheckpointError, RunDir
+from brainmri.train.accel import inference_accelerator
+
+
+class RunError(ValueError):
+    """A run directory cannot be used (no config, no best checkpoint); one line naming it."""
+
+
+@dataclass
+class TrainingReference:
+    """The run's training images, for the nearest-training-image search (brainmri.data.leakage)."""
+
+    paths: list[str]
+    sha1: list[str]
+    fingerprints: np.ndarray
+
+    def annotate(self, samples: list[Sample], fingerprints: np.ndarray) -> None:
+        """Set each sample's ``nearest_train``, ``similarity`` and ``band``."""
+        nearest_training(self.paths, self.sha1, self.fingerprints, samples, fingerprints)
+
+
+@dataclass
+class TrainedRun:
+    run: RunDir
+    cfg: RunConfig
+    classes: list[str]
+    model: torch.nn.Module  # eval mode, on the CPU
+    decoder: Decoder
+    normalize: object  # uint8 batch → model input (brainmri.data.transforms.batch_normalizer)
+    best_epoch: int | None = None
+    _reference: tuple | None = field(default=None, repr=False)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.path
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "TrainedRun":
+        """Model, classes and preprocessing of a finished (or at least once-improved) run."""
+        run = RunDir(run_dir)
+        cfg = load_config(run)
+        ckpt = run.load_best()
+        classes = list(ckpt["classes"])
+        model_cfg = dataclasses.replace(cfg.model, pretrained=False, weights=None)  # every weight comes from the checkpoint
+        model = build_model(model_cfg, len(classes), cfg.data.input_channels, cfg.data.input_size)
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            raise CheckpointError(f"{run.best_checkpoint} does not match the run's config: "
+                                  f"{str(e).splitlines()[0]}") from None
+        model.eval()
+        return cls(run, cfg, classes, model, Decoder.from_config(cfg.data),
+                   batch_normalizer(cfg.data), (ckpt.get("trainer") or {}).get("best_epoch"))
+
+    # ------------------------------------------------------------------ the run's data
+    def split(self) -> Split:
+        """The run's split as ``split.json`` lists it (no scan); a DataError (one line) without a list."""
+        record = self.run.read_split()
+        if record is None:
+            raise DataError(f"{self.run.split_file} is missing")
+        return Split.from_record(record)
+
+    def training_reference(self) -> tuple[TrainingReference | None, str]:
+        """The run's training images with their fingerprints, or None and why (computed once)."""
+        if self._reference is None:
+            self._reference = self._find_reference()
+        return self._reference
+
+    def _find_reference(self) -> tuple[TrainingReference | None, str]:
+        from brainmri.data.leakage import fingerprints
+
+        try:
+            split = self.split()
+        except DataError as e:
+            return None, str(e)
+        if not split.root or not Path(split.root).is_dir():
+            return None, f"training data root {split.root} is not reachable from here"
+        try:
+            split.check_unchanged(parts=("train",))
+        except DataError as e:
+            return None, str(e)
+        paths = [s.path for s in split.train]
+        return TrainingReference(paths, [s.sha1 for s in split.train],
+                                 fingerprints(paths, self.cfg.data.cache_dir)), ""
+
+    # ---------------------------------------------------------------------- inference
+    @contextlib.contextmanager
+    def inference(self) -> Iterator[tuple]:
+        """``(accelerator, prepared model)`` in the run's mixed precision, for one use."""
+        with inference_accelerator(self.cfg.train.mixed_precision) as acc:
+            yield acc, acc.prepare_model(self.model, evaluation_mode=True)
+
+
+def load_config(run: RunDir) -> RunConfig:
+    """The run's own resolved config, validated; a RunError naming the directory otherwise."""
+    if not run.path.is_dir():
+        raise RunError(f"run directory not found: {run.path}")
+    tree = run.read_config()
+    if tree is None:
+        raise RunError(f"{run.path} is not a brainmri run directory: no readable {run.config_file.name}")
+    try:
+        return from_dict(tree)
+    except ConfigError as e:
+        raise RunError(f"{run.config_file}: {str(e).splitlines()[0]}") from None
+
+
+def load_trained(run_dir: str | Path) -> TrainedRun:
+    """``TrainedRun.load(run_dir)``."""
+    return TrainedRun.load(run_dir)
