@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from brainmri.data import preprocess as P
-from brainmri.data.audit import FEATURES, audit, shortcut_features
+from brainmri.data.audit import FEATURES, shortcut_features
 from conftest import ROOT
 
 

@@ -179,3 +179,13 @@ class TTA(nn.Module):
         for name in self.views:
             probs = probs + torch.softmax(self.model(VIEWS[name](x)).float(), dim=1)
         return probs / (1 + len(self.views))
+
+
+def objective(cfg, num_classes: int, class_weight: torch.Tensor | None, device):
+    """``(mixer or None, criterion)`` of a run: MixUp/CutMix train on probability targets with
+    :class:`SoftTargetCrossEntropy`; without them ``nn.CrossEntropyLoss`` (same label smoothing and
+    class weights)."""
+    mixer = BatchMixer.from_config(cfg, num_classes)
+    weight = class_weight.to(device) if class_weight is not None else None
+    loss = SoftTargetCrossEntropy if mixer is not None else nn.CrossEntropyLoss
+    return mixer, loss(weight=weight, label_smoothing=cfg.train.label_smoothing)
