@@ -215,7 +215,7 @@ class TrainConfig:
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     max_steps_per_epoch: int | None = None
     deterministic: bool = False
-    checkpoint_every_min: float = 10.0  # also write last.pt inside an epoch this often (minutes; 0: epochs only)
+    checkpoint_every_min: float = 10.0  # also write the last checkpoint inside an epoch this often (minutes; 0: epochs only)
     fail_at_epoch: int | None = None  # test hook: raise at the start of this epoch
     mixup: float = 0.0  # MixUp Beta(alpha, alpha); 0: off (brainmri.train.regularise.BatchMixer)
     cutmix: float = 0.0  # CutMix Beta(alpha, alpha); 0: off

@@ -4,12 +4,12 @@ A checkpoint is a plain dict (``torch.load(..., weights_only=True)`` reads it):
 
 - ``model``: the whole network's state dict; ``classes``; ``config`` (the resolved config);
 - ``trainer``: :class:`brainmri.train.policy.TrainerState`, every counter a resume needs;
-- ``optimizer``, ``scheduler``, ``scaler``, ``ema`` (with ``train.ema``): state dicts (``last.pt``
-  only; ``best.pt`` holds weights: the raw or the averaged ones, whichever validated better);
+- ``optimizer``, ``scheduler``, ``scaler``, ``ema`` (with ``train.ema``): state dicts (the last
+  checkpoint only; the best one holds weights: the raw or the averaged ones, whichever validated better);
 - ``position`` (mid-epoch checkpoints only): where inside the epoch training stopped — see
   :func:`capture_position`.
 
-Files, atomic writes and the ``last.pt`` → ``last.prev.pt`` rotation are ``brainmri.rundir``'s.
+Files, atomic writes and the rotation of the last checkpoint are ``brainmri.rundir.RunDir``'s.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ call these functions.
   sample once (``gather_for_metrics`` drops the padding that even batching adds).
 - :func:`split_metrics` turns labels and probabilities into the split's metrics, including the
   metrics per similarity band (``brainmri.data.leakage`` bands, via ``brainmri.results.metrics``).
-- :func:`evaluate_split` does both and, with a run directory, writes ``predictions_{split}.csv``
-  and ``confusion_{split}.png`` there (rank 0).
+- :func:`evaluate_split` does both and, with a run directory, writes the split's predictions
+  and confusion matrix there (``RunDir.write_predictions``, ``RunDir.confusion_png``; rank 0).
 
 Loaders yield ``(image batch, label batch, dataset index batch)`` like ``brainmri.data.datasets.ImageDataset``.
 
@@ -107,7 +107,7 @@ def evaluate_split(split: str, model: torch.nn.Module, loader, accelerator, clas
         split: the name used in metric keys and file names (``val``, ``test``, ``external`` …).
         samples: the dataset's samples, indexed like the loader's dataset (``Sample.path``,
             ``sha1``, ``band``, ``nearest_train`` go into the predictions CSV).
-        run_dir: where ``predictions_{split}.csv`` and ``confusion_{split}.png`` go; None writes nothing.
+        run_dir: where the split's predictions and confusion matrix go; None writes nothing.
         title: the confusion matrix's title.
         views: test-time augmentation views (``eval.tta``).
     Returns:
