@@ -7,6 +7,11 @@ preprocessing (grey-scale decode, channel replication, resize, 1/255 scaling, me
 size and channels, the run's val/test metrics with 95 % intervals and n, a fingerprint of the data
 it was trained and evaluated on, the resolved config and the code version. ONNX goes through
 ``torch.onnx.export(dynamo=True)`` (the torch.export-based exporter, which needs ``onnxscript``).
+
+An ensemble (``brainmri.use.ensemble.Ensemble``) exports as ONE graph holding every member: the
+mean of their softmax probabilities, same input and output; its card lists each member (run, fold,
+seed, best epoch, its own val/test metrics) and the ensemble's test metrics by band (from the
+members' saved test predictions, as the collector computes them).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from brainmri.results import metrics as M
 from brainmri.atomic import atomic_path, write_json
 from brainmri.data.leakage import BANDS
 from brainmri.rundir import RunDir
+from brainmri.use.ensemble import Ensemble, MeanProbabilities
 from brainmri.use.trained import TrainedRun
 
 FORMATS = ("onnx", "torchscript")
@@ -151,18 +157,33 @@ def code_version() -> str:
         return "unknown"
 
 
-def model_card(trained: TrainedRun, files: dict[str, str]) -> dict:
-    size, c = trained.cfg.data.input_size, trained.cfg.data.input_channels
+def ensemble_card(ens: Ensemble) -> dict:
+    """What the card says of an ensemble: its sweep, recipe, configuration, members and test metrics."""
+    result = ens.result.ensemble if ens.result is not None else None
+    return {"sweep": str(ens.home), "recipe": ens.recipe, "config": ens.config, "combination":
+            "mean of the members' softmax probabilities", "members": ens.describe_members(),
+            "metrics": {"test": (result or {}).get("metrics") or {},
+                        "note": (result or {}).get("reason") or "from the members' predictions_test.csv, "
+                        "averaged per image; bands by the nearest image among all members' training images"}}
+
+
+def model_card(trained: TrainedRun | Ensemble, files: dict[str, str]) -> dict:
+    if isinstance(trained, Ensemble):
+        lead = trained.members[0].trained
+        return {"format": "brainmri-model-card", "version": 1, "kind": "ensemble",
+                "run": trained.name, "recipe": trained.cfg.recipe, "arch": trained.cfg.model.arch,
+                "seed": [m.seed for m in trained.members], "classes": trained.classes, "files": files,
+                **_io(trained), "preprocessing": preprocessing(lead), "ensemble": ensemble_card(trained),
+                "data": {**data_fingerprint(lead), "of": f"member {lead.run_dir.name} (every member's "
+                         "data manifest is in ensemble.members)"}, "config": lead.cfg.to_dict(), "code_version": code_version(),
+                "torch_version": torch.__version__}
     return {
         "format": "brainmri-model-card", "version": 1,
         "run": trained.run_dir.name, "recipe": trained.cfg.recipe, "arch": trained.cfg.model.arch,
         "seed": trained.cfg.seed, "best_epoch": trained.best_epoch,
         "classes": trained.classes,
         "files": files,
-        "input": {"name": INPUT_NAME, "dtype": "float32", "shape": ["batch", c, size, size], "layout": "NCHW",
-                  "channels": c, "height": size, "width": size},
-        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(trained.classes)],
-                   "meaning": "softmax probabilities in the order of 'classes'"},
+        **_io(trained),
         "preprocessing": preprocessing(trained),
         "metrics": _metrics(trained.run, trained.classes),
         "data": data_fingerprint(trained),
@@ -172,14 +193,31 @@ def model_card(trained: TrainedRun, files: dict[str, str]) -> dict:
     }
 
 
-def export(trained: TrainedRun, out_dir: str | Path, formats: list[str]) -> dict[str, Path]:
+def _io(trained: TrainedRun | Ensemble) -> dict:
+    size, c = trained.cfg.data.input_size, trained.cfg.data.input_channels
+    meaning = "softmax probabilities in the order of 'classes'"
+    if isinstance(trained, Ensemble):
+        meaning = f"the mean of {len(trained.members)} members' softmax probabilities, in the order of 'classes'"
+    return {"input": {"name": INPUT_NAME, "dtype": "float32", "shape": ["batch", c, size, size], "layout": "NCHW",
+                      "channels": c, "height": size, "width": size},
+            "output": {"name": OUTPUT_NAME, "shape": ["batch", len(trained.classes)], "meaning": meaning}}
+
+
+def probability_module(trained: TrainedRun | Ensemble) -> torch.nn.Module:
+    """The module an export traces: the network then a softmax, or the ensemble's mean of softmaxes."""
+    if isinstance(trained, Ensemble):
+        return MeanProbabilities(trained.model).eval()
+    return _WithSoftmax(trained.model).eval()
+
+
+def export(trained: TrainedRun | Ensemble, out_dir: str | Path, formats: list[str]) -> dict[str, Path]:
     """Write the chosen formats and ``model_card.json`` into ``out_dir``; returns name → path."""
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ExportError(f"unknown export format {bad[0]!r} (choose from {', '.join(FORMATS)})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    net = _WithSoftmax(trained.model).eval()
+    net = probability_module(trained)
     c, size = trained.cfg.data.input_channels, trained.cfg.data.input_size
     example = torch.zeros(2, c, size, size)
     written: dict[str, Path] = {}
@@ -211,13 +249,17 @@ def export(trained: TrainedRun, out_dir: str | Path, formats: list[str]) -> dict
     return written
 
 
-def onnx_parity(onnx_path: str | Path, trained: TrainedRun, inputs: torch.Tensor) -> float:
-    """Max |p_onnx − p_torch| over ``inputs`` (preprocessed, N×C×H×W)."""
+def onnx_parity(onnx_path: str | Path, trained: TrainedRun | Ensemble, inputs: torch.Tensor) -> float:
+    """Max |p_onnx − p_torch| over ``inputs`` (preprocessed, N×C×H×W); an ensemble's p_torch is the
+    mean of its members' softmax, each member run on its own."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     got = session.run([OUTPUT_NAME], {INPUT_NAME: inputs.numpy().astype(np.float32)})[0]
     with torch.no_grad():
-        want = torch.softmax(trained.model(inputs), dim=1).numpy()
+        if isinstance(trained, Ensemble):
+            want = np.mean([torch.softmax(m.trained.model(inputs), dim=1).numpy() for m in trained.members], axis=0)
+        else:
+            want = torch.softmax(trained.model(inputs), dim=1).numpy()
     diff = float(np.abs(got - want).max()) if len(got) else 0.0
     return diff if math.isfinite(diff) else math.inf
