@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from _common import DATA_ROOT, ROOT, machine, write_result
 
@@ -113,8 +114,72 @@ def main() -> None:
         report(args)
 
 
-def report(args) -> None:  # filled in below once the collector has ensembles and label issues
-    raise SystemExit("report: not written yet")
+def _spread(values: list[float]) -> dict:
+    x = np.asarray([v for v in values if v is not None], dtype=float)
+    return {"values": [round(float(v), 4) for v in x], "mean": float(x.mean()),
+            "std": float(x.std(ddof=1)) if len(x) > 1 else 0.0, "min": float(x.min()), "max": float(x.max())}
+
+
+def _sweep_result(name: str) -> tuple[dict, object]:
+    from brainmri.results.collect import collect_runs, compare, selection_stats
+
+    cmp = compare(collect_runs([WORK / "sweeps" / name / "runs"]))
+    (rr,) = cmp.recipes
+    sel = selection_stats(rr)
+    out = {"replicates": [list(r.replicate) for r in rr.runs], "folds": rr.folds, "rho": rr.rho,
+           "val_estimate": {"mean": sel["mean"], "std": sel["std"], "ci95": [sel["ci_low"], sel["ci_high"]],
+                            "per_replicate": _spread([r.summary["val/acc"] for r in rr.runs])},
+           "test_acc": _spread([r.summary["test/acc"] for r in rr.runs]),
+           "ci95_test_acc": [rr.stats["acc"]["ci_low"], rr.stats["acc"]["ci_high"]],
+           "novel_acc": _spread([r.summary.get("test/band/novel/acc") for r in rr.runs]),
+           "ci95_novel_acc": [rr.stats["band/novel/acc"]["ci_low"], rr.stats["band/novel/acc"]["ci_high"]],
+           "best_epochs": [r.summary.get("best_epoch") for r in rr.runs]}
+    ens = rr.ensemble["metrics"]
+    rows = []
+    for band in ("all", *BANDS):
+        pre = "test/" if band == "all" else f"test/band/{band}/"
+        single = [r.summary.get(f"{pre}acc") for r in rr.runs]
+        if ens.get(f"{pre}acc") is None and not any(v is not None for v in single):
+            continue
+        rows.append({"band": band, "n_ensemble": ens.get(f"{pre}n"),
+                     "n_single": sorted({r.summary.get(f"{pre}n") for r in rr.runs}),
+                     "single_acc": _spread(single), "ensemble_acc": ens.get(f"{pre}acc")})
+    out["ensemble_by_band"] = rows
+    out["ensemble_overall"] = {k: ens.get(f"test/{k}") for k in ("acc", "macro_f1", "auc", "ece", "loss")}
+    out["single_overall"] = {k: rr.stats[k]["mean"] for k in ("acc", "macro_f1", "auc", "ece", "loss") if k in rr.stats}
+    return out, cmp
+
+
+def report(args) -> None:
+    from brainmri.results.label_issues import contact_sheet, label_issues, out_of_fold, write_label_issues
+
+    result = {"holdout": json.loads((WORK / "holdout.json").read_text()),
+              "train": json.loads((WORK / "train_times.json").read_text())}
+    cmps = {}
+    for name in ("cv5", "seeds5"):
+        result[name], cmps[name] = _sweep_result(name)
+    files, lines = write_label_issues(cmps["cv5"], WORK / "label_issues")
+    issues = pd.read_csv(files[0])
+    rr = cmps["cv5"].recipes[0]
+    oof = out_of_fold(rr.runs)
+    top = label_issues(oof).head(24)
+    (WORK / "label_issues_top24.html").write_text(contact_sheet([("baseline_cnn, 5 folds: top 24", top, oof.root)], 24))
+    result["label_issues"] = {"pool": len(issues), "flagged": int(issues["is_issue"].sum()),
+                              "flagged_by_given_label": issues[issues["is_issue"]]["label"].value_counts().to_dict(),
+                              "flagged_given_to_suggested": issues[issues["is_issue"]].groupby(["label", "suggested"])
+                              .size().rename("n").reset_index().to_dict("records"),
+                              "top24": top[["rank", "path", "label", "suggested", "prob_label", "prob_suggested",
+                                            "group"]].to_dict("records"),
+                              "files": [str(f) for f in files], "lines": lines}
+    write_result("cv_real", result)
+    for name in ("cv5", "seeds5"):
+        r = result[name]
+        print(name, "val", f"{r['val_estimate']['mean']:.4f} ± {r['val_estimate']['std']:.4f}",
+              "test", f"{r['test_acc']['mean']:.4f} ± {r['test_acc']['std']:.4f}",
+              "novel", f"{r['novel_acc']['mean']:.4f} ± {r['novel_acc']['std']:.4f}",
+              "ensemble", {b["band"]: (round(b["ensemble_acc"], 4), round(b["single_acc"]["mean"], 4))
+                           for b in r["ensemble_by_band"]})
+    print(result["label_issues"]["flagged"], "of", result["label_issues"]["pool"], "flagged")
 
 
 if __name__ == "__main__":

@@ -162,7 +162,9 @@ def test_ensemble_predict_evaluate_and_onnx_equal_the_mean_of_members(cv_sweep, 
                           .to_numpy() for m in members], axis=0)
     assert np.abs(ev[cols].to_numpy() - mean_saved).max() < 2e-6
     summary = json.loads((out_dir / "summary.json").read_text())
-    (rr,) = compare(collect_runs([sweep_dir / "runs"])).recipes
+    cmp = compare(collect_runs([sweep_dir]))  # the evaluation's folder in the sweep is no run of it
+    (rr,) = cmp.recipes
+    assert cmp.incomplete == [] and len(rr.runs) == 3
     assert summary["test/acc"] == pytest.approx(rr.ensemble["metrics"]["test/acc"], abs=1e-12)
     assert [m["fold"] for m in summary["ensemble"]["members"]] == [m.fold for m in ens.members]
     # export: one ONNX graph, parity with the Python ensemble, a card listing the members

@@ -425,6 +425,8 @@ def compare(runs: list[Run], metric: str = "val/acc", by: list[str] | None = Non
 
     Example: ``compare(collect_runs(["sweeps/lr"]), metric="val/acc").recipes[0].stats["acc"]``
     """
+    # evaluations on other data (launch/evaluate.py's folders under a run or a sweep) are no training runs
+    runs = [r for r in runs if not r.summary.get("evaluated")]
     done = [r for r in runs if r.finished and metric in r.summary]
     incomplete = [r for r in runs if r not in done]
     for r in incomplete:
