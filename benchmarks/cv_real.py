@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from _common import DATA_ROOT, ROOT, machine, write_result
 
 WORK = ROOT / "runs" / "benchmarks" / "cv_real"
@@ -151,7 +150,12 @@ def _sweep_result(name: str) -> tuple[dict, object]:
 
 
 def report(args) -> None:
-    from brainmri.results.label_issues import contact_sheet, label_issues, out_of_fold, write_label_issues
+    from brainmri.results.label_issues import (
+        contact_sheet,
+        label_issues,
+        out_of_fold,
+        write_label_issues,
+    )
 
     result = {"holdout": json.loads((WORK / "holdout.json").read_text()),
               "train": json.loads((WORK / "train_times.json").read_text())}

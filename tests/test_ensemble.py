@@ -49,7 +49,7 @@ def cv_sweep(tmp_path_factory):
     shutil.copytree(clean / "Testing", data / "Testing")
     flipped = []
     for given, wrong in FLIPS.items():  # one file of each class moved into another class's folder
-        src = sorted((data / "Training" / given).iterdir())[0]
+        src = min((data / "Training" / given).iterdir())
         dst = data / "Training" / wrong / f"flipped-{src.name}"
         src.rename(dst)
         flipped.append(str(dst.relative_to(data)))

@@ -18,9 +18,9 @@ training images (for K-fold members: the whole training pool).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -119,7 +119,7 @@ class Ensemble:
         return f"{self.recipe} ensemble of {len(self.members)} ({self.home.name})"
 
     @classmethod
-    def from_runs(cls, run_dirs: list[str | Path], recipe: str, home: str | Path, metric: str = "val/acc") -> "Ensemble":
+    def from_runs(cls, run_dirs: list[str | Path], recipe: str, home: str | Path, metric: str = "val/acc") -> Ensemble:
         """The ensemble of ``recipe``'s configuration chosen on ``metric`` among ``run_dirs`` (a sweep's runs)."""
         runs = [read_run_dir(d) for d in run_dirs if RunDir.is_run_dir(d)]
         try:
