@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from brainmri.atomic import atomic_write
 from brainmri.cli.errors import full_disk_is_one_line
 from brainmri.results.collect import MixedDataError, collect_runs, compare
 from brainmri.results.report import RENDERERS, TABLES, write_plots
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     text = RENDERERS[args.format](cmp, per_value=args.per_value or bool(args.by), table=args.table)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        atomic_write(args.out, text)
     else:
         sys.stdout.write(text)
     if args.html:

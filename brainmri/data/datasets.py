@@ -395,7 +395,7 @@ def build_training_data(cfg, first=contextlib.nullcontext) -> TrainingData:
         split = build_split(cfg.data, root)
     if not split.val:
         raise ValueError("data.val_fraction=0 leaves no validation split; the engine needs one")
-    decoder = Decoder(cfg.data.input_size, cfg.data.input_channels)
+    decoder = Decoder.from_config(cfg.data)  # size, channels, head crop and background
     sources = {}
     if cfg.data.cache == "decoded":
         from brainmri.data.cache import DecodedCache

@@ -110,7 +110,8 @@ def read_run_dir(d: str | Path) -> Run:
         files = sorted(run.wandb_dir.glob("offline-run-*/run-*.wandb")) if run.wandb_dir.is_dir() else []
         wandb_id = files[0].stem.removeprefix("run-") if files else None
     # without W&B the directory itself is the identity: task ids repeat across sweeps with the same grid
-    return Run(id=wandb_id or str(run.path.resolve()), status=state.status or "unknown",
+    # a run a full disk stopped shows as "failed: no space" (brainmri.rundir.RunState.label)
+    return Run(id=wandb_id or str(run.path.resolve()), status=state.label if state.status else "unknown",
                config=config or {}, summary=summary if state.finished else {},
                sources=[f"rundir:{run.path}"], history_fn=run.epoch_rows,
                run_dir=run.path, start_time=run.started_at, error=state.error)

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from brainmri.data.leakage import BANDS
+from brainmri.atomic import atomic_path
 from brainmri.results.collect import Comparison, RecipeResult, is_count, value_label
 
 TABLES = ("main", "bands", "classes", "intervals")
@@ -596,7 +597,8 @@ def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png")
     _plt().close(fig)
     return path
 

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from plotly.utils import PlotlyJSONEncoder
 
+from brainmri.atomic import atomic_write
 from brainmri.results.collect import (
     Comparison, Run, load_predictions, corrected_ttest, flatten, mcnemar, not_swept, value_label,
 )
@@ -313,5 +314,5 @@ def _replicate(row: dict) -> str:
 def write_html(cmp: Comparison, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(cmp), encoding="utf-8")
+    atomic_write(path, render_html(cmp))
     return path

@@ -66,8 +66,10 @@ class RunRecord:
         if self.is_main:
             self.run.save_config(self.cfg.to_dict())
 
-    def data(self, split) -> None:
+    def data(self, split, root) -> None:
         """``split.json`` (every file of every part) and the skipped-file report."""
+        log.info("data %s: %d train / %d val / %d test images, classes %s", root, len(split.train),
+                 len(split.val), len(split.test), split.classes)
         if not self.is_main:
             return
         self.run.write_skipped(split.skipped)
@@ -108,7 +110,16 @@ class RunRecord:
                 "monitor": cfg.train.monitor, "best_epoch": state.best_epoch, "epochs_run": state.epoch,
                 "steps": state.step, "world_size": world_size, "wall_time_s": wall_s,
                 "train_time_s": state.train_time_s, "images_per_s": state.images_seen / max(state.train_time_s, 1e-9),
-                "skipped_files": len(split.skipped), "data_manifest": split.record()["manifest"]}
+                "skipped_files": len(split.skipped), "data_manifest": split.record()["manifest"],
+                "best_weights": state.best_weights, **self._best_epoch_val(state)}
+
+    def _best_epoch_val(self, state) -> dict:
+        """With train.ema: the monitored validation metric of the raw and of the averaged weights at the best epoch."""
+        if not self.cfg.train.ema:
+            return {}
+        key = self.cfg.train.monitor.split("/", 1)[1]
+        row = next((r for r in self.run.epoch_rows() if r["epoch"] == state.best_epoch), {})
+        return {"best_epoch_val": {"raw": row.get(f"val/{key}"), "ema": row.get(f"val_ema/{key}")}}
 
     def finish(self, summary: dict, state) -> None:
         """The best checkpoint's evaluation: W&B media and summary, the closing metrics row, summary.json."""

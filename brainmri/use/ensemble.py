@@ -29,6 +29,7 @@ from brainmri.data.files import DataError
 from brainmri.results.collect import MixedDataError, compare, read_run_dir, value_label
 from brainmri.rundir import RunDir
 from brainmri.train.accel import inference_accelerator
+from brainmri.train.regularise import VIEWS
 from brainmri.use.trained import RunError, TrainedRun, TrainingReference
 
 
@@ -53,14 +54,21 @@ class EnsembleModel(torch.nn.Module):
 
 
 class MeanProbabilities(torch.nn.Module):
-    """``EnsembleModel.probabilities`` as a module's forward (what an export ends in)."""
+    """``EnsembleModel.probabilities`` as a module's forward (what an export computes), averaged over
+    the image and the members' test-time views (``eval.tta``, ``brainmri.train.regularise.VIEWS``)."""
 
-    def __init__(self, ensemble: EnsembleModel):
+    def __init__(self, ensemble: EnsembleModel, views=()):
         super().__init__()
-        self.ensemble = ensemble
+        unknown = [v for v in views if v not in VIEWS]
+        if unknown:
+            raise ValueError(f"unknown TTA view {unknown[0]!r} (choose from {', '.join(VIEWS)})")
+        self.ensemble, self.views = ensemble, tuple(views)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.ensemble.probabilities(image)
+        probs = self.ensemble.probabilities(image)
+        for name in self.views:
+            probs = probs + self.ensemble.probabilities(VIEWS[name](image))
+        return probs / (1 + len(self.views))
 
 
 @dataclass
@@ -76,8 +84,10 @@ class Member:
 
 
 def _preprocessing(trained: TrainedRun) -> tuple:
+    """Input size, channels, normalisation, head crop, background, margin and test-time views."""
     d = trained.cfg.data
-    return d.input_size, d.input_channels, repr(d.normalize)
+    return (d.input_size, d.input_channels, repr(d.normalize), d.crop, d.background, d.head_margin,
+            tuple(trained.cfg.eval.tta))
 
 
 def check_members(members: list[Member]) -> None:
@@ -85,7 +95,8 @@ def check_members(members: list[Member]) -> None:
     first = members[0]
     for m in members[1:]:
         for what, get in (("classes", lambda t: t.classes),
-                          ("preprocessing (input size, channels, normalisation)", _preprocessing)):
+                          ("preprocessing (input size, channels, normalisation, crop, background, margin, TTA views)",
+                           _preprocessing)):
             if get(m.trained) != get(first.trained):
                 raise EnsembleError(f"ensemble members differ in {what}: runs {first.trained.run_dir} "
                                     f"({get(first.trained)}) and {m.trained.run_dir} ({get(m.trained)})")

@@ -76,7 +76,7 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path, out: str | Path | N
     who = trained.name if ensemble else f"{cfg.recipe} seed {cfg.seed}"
     with trained.inference() as (acc, model):
         values = evaluate_split(SPLIT, model, loader, acc, trained.classes, samples, out_run,
-                                trained.normalize, f"{who} on {folder}")
+                                trained.normalize, f"{who} on {folder}", cfg.eval.tta)
     if reference is None:  # no training images to compare with: no bands, rather than all "novel"
         values = {k: v for k, v in values.items() if not k.startswith(f"{SPLIT}/band/")}
     summary = {"run_dir": str(trained.run_dir), "data_root": str(data_root), "evaluated": str(folder),

@@ -76,7 +76,7 @@ class TrainedRun:
             raise CheckpointError(f"{run.best_checkpoint} does not match the run's config: "
                                   f"{str(e).splitlines()[0]}") from None
         model.eval()
-        return cls(run, cfg, classes, model, Decoder(cfg.data.input_size, cfg.data.input_channels),
+        return cls(run, cfg, classes, model, Decoder.from_config(cfg.data),
                    batch_normalizer(cfg.data), (ckpt.get("trainer") or {}).get("best_epoch"))
 
     # ------------------------------------------------------------------ the run's data
