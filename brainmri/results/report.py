@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brainmri.data.leakage import BANDS
 from brainmri.atomic import atomic_path
+from brainmri.data.leakage import BANDS
 from brainmri.results.collect import Comparison, RecipeResult, is_count, value_label
 
 TABLES = ("main", "bands", "classes", "intervals")

@@ -32,11 +32,11 @@ import torch
 
 from brainmri.atomic import atomic_path, atomic_write, write_json
 from brainmri.data import preprocess as data_preprocess
-from brainmri.results import metrics as M
 from brainmri.data.leakage import BANDS
+from brainmri.results import metrics as M
 from brainmri.rundir import RunDir
-from brainmri.use.ensemble import Ensemble, MeanProbabilities
 from brainmri.train.regularise import TTA
+from brainmri.use.ensemble import Ensemble, MeanProbabilities
 from brainmri.use.trained import TrainedRun
 
 FORMATS = ("onnx", "torchscript")
