@@ -120,7 +120,9 @@ def _spread(values: list[float]) -> dict:
 
 
 def _sweep_result(name: str) -> tuple[dict, object]:
-    from brainmri.results.collect import collect_runs, compare, selection_stats
+    from brainmri.results.collect import (
+        collect_runs, compare, ensemble_predictions, load_predictions, selection_stats,
+    )
 
     cmp = compare(collect_runs([WORK / "sweeps" / name / "runs"]))
     (rr,) = cmp.recipes
@@ -144,6 +146,23 @@ def _sweep_result(name: str) -> tuple[dict, object]:
                      "n_single": sorted({r.summary.get(f"{pre}n") for r in rr.runs}),
                      "single_acc": _spread(single), "ensemble_acc": ens.get(f"{pre}acc")})
     out["ensemble_by_band"] = rows
+    # the same images per band for both: the ensemble's bands (nearest image among all members' training
+    # images); each member's accuracy on them, so the comparison is paired image by image
+    frame, _ = ensemble_predictions(rr.runs)
+    bands = frame.set_index("path")["band"].fillna("novel")
+    paired = []
+    for band in ("all", *BANDS):
+        paths = bands.index if band == "all" else bands.index[bands == band]
+        if not len(paths):
+            continue
+        single = []
+        for r in rr.runs:
+            f = load_predictions(r).set_index("path").loc[paths]
+            single.append(float((f["pred"] == f["label"]).mean()))
+        e = frame.set_index("path").loc[paths]
+        paired.append({"band": band, "n": len(paths), "single_acc": _spread(single),
+                       "ensemble_acc": float((e["pred"] == e["label"]).mean())})
+    out["ensemble_vs_single_same_images"] = paired
     out["ensemble_overall"] = {k: ens.get(f"test/{k}") for k in ("acc", "macro_f1", "auc", "ece", "loss")}
     out["single_overall"] = {k: rr.stats[k]["mean"] for k in ("acc", "macro_f1", "auc", "ece", "loss") if k in rr.stats}
     return out, cmp
@@ -181,8 +200,9 @@ def report(args) -> None:
         print(name, "val", f"{r['val_estimate']['mean']:.4f} ± {r['val_estimate']['std']:.4f}",
               "test", f"{r['test_acc']['mean']:.4f} ± {r['test_acc']['std']:.4f}",
               "novel", f"{r['novel_acc']['mean']:.4f} ± {r['novel_acc']['std']:.4f}",
-              "ensemble", {b["band"]: (round(b["ensemble_acc"], 4), round(b["single_acc"]["mean"], 4))
-                           for b in r["ensemble_by_band"]})
+              "ensemble vs single (same images)", {b["band"]: (b["n"], round(b["ensemble_acc"], 4),
+                                                                round(b["single_acc"]["mean"], 4))
+                                                     for b in r["ensemble_vs_single_same_images"]})
     print(result["label_issues"]["flagged"], "of", result["label_issues"]["pool"], "flagged")
 
 

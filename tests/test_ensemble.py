@@ -184,6 +184,14 @@ def test_ensemble_predict_evaluate_and_onnx_equal_the_mean_of_members(cv_sweep, 
     with torch.no_grad():
         ts_p = torch.jit.load(str(model_dir / "model.ts"))(x).numpy()
     assert np.abs(ts_p - want).max() <= 1e-5
+    # with test-time views (eval.tta) the graph averages every member over the same views
+    from brainmri.train.regularise import TTA
+    from brainmri.use.ensemble import MeanProbabilities
+
+    with torch.no_grad():
+        views = MeanProbabilities(ens.model, ["hflip", "vflip"])(x).numpy()
+        each = np.mean([TTA(m.model, ["hflip", "vflip"])(x).numpy() for m in members], axis=0)
+    assert np.abs(views - each).max() < 1e-6 and np.abs(views - want).max() > 1e-4
     card = json.loads((model_dir / "model_card.json").read_text())
     assert card["kind"] == "ensemble" and card["ensemble"]["recipe"] == "baseline_cnn"
     assert sorted((m["run"], m["fold"], m["seed"]) for m in card["ensemble"]["members"]) == \

@@ -124,7 +124,7 @@ def label_issues(oof: OutOfFold) -> pd.DataFrame:
     return df.iloc[order].reset_index(drop=True)
 
 
-def _thumbnail(path: Path, size: int = 128) -> str:
+def _thumbnail(path: Path, size: int = 160) -> str:
     """A grey PNG thumbnail as a data: URI, or '' when the file cannot be read."""
     from PIL import Image
 
