@@ -3,6 +3,10 @@
     python launch/collect.py sweeps/lr --format md [--out FILE] [--plots DIR] [--metric val/acc] [--by optim.lr]
     python launch/collect.py sweeps/cv --format latex --table main|bands|classes|intervals
     python launch/collect.py --wandb-project brainmri [--wandb-entity E] --group lr [--tag T] --format latex
+
+When a recipe's chosen configuration is cross-validated and its folds cover the training pool,
+label_issues.csv and label_issues.html (a contact sheet of the top issues) are written beside --out
+(else beside --html, else into the first directory given).
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", action="append", help="swept config key(s) to select over (default: all keys "
                    "that vary across a recipe's runs, seed and paths excluded); also shows each value")
     p.add_argument("--per-value", action="store_true", help="also show one row per swept value")
+    p.add_argument("--label-issues", metavar="DIR", help="where label_issues.csv/.html go (default: beside --out, "
+                   "else beside --html, else the first directory given)")
     p.add_argument("--wandb-project")
     p.add_argument("--wandb-entity")
     p.add_argument("--group", help="W&B group (the sweep name)")
@@ -40,6 +46,15 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb-report", action="store_true", help="save a W&B report (runset grouped by recipe: "
                    "val curves, test accuracy per recipe, swept keys, the table, confusion matrices); needs the server")
     return p
+
+
+def label_issues_dir(args) -> Path | None:
+    """Beside the table (``--out``), else beside the HTML report, else the first directory collected."""
+    if args.label_issues:
+        return Path(args.label_issues)
+    if args.out or args.html:
+        return Path(args.out or args.html).parent
+    return next((Path(p) for p in args.paths if Path(p).is_dir()), None)
 
 
 @full_disk_is_one_line
@@ -67,6 +82,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report: {write_html(cmp, args.html)}", file=sys.stderr)
     if args.plots and cmp.recipes:
         write_plots(cmp, args.plots)
+    where = label_issues_dir(args)
+    if where is not None and any(rr.folds for rr in cmp.recipes):
+        from brainmri.results.label_issues import write_label_issues
+
+        files, lines = write_label_issues(cmp, where)
+        for line in lines:
+            print(line, file=sys.stderr)
+        if files:
+            print(f"label issues: {' '.join(map(str, files))}", file=sys.stderr)
     if args.wandb_report:
         from brainmri.results.wandb_report import ReportUnavailable, publish_wandb_report
         try:

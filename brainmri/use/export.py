@@ -11,6 +11,11 @@ version. ``preprocess.py`` beside the model is ``brainmri.data.preprocess`` itse
 only): ``preprocess.model_input(files, card["preprocessing"])`` gives the model's input exactly as
 brainmri decodes it. ONNX goes through ``torch.onnx.export(dynamo=True)`` (the torch.export-based
 exporter, which needs ``onnxscript``).
+
+An ensemble (``brainmri.use.ensemble.Ensemble``) exports as ONE graph holding every member: the
+mean of their softmax probabilities, same input and output; its card lists each member (run, fold,
+seed, best epoch, its own val/test metrics) and the ensemble's test metrics by band (from the
+members' saved test predictions, as the collector computes them).
 """
 
 from __future__ import annotations
@@ -27,10 +32,11 @@ import torch
 
 from brainmri.atomic import atomic_path, atomic_write, write_json
 from brainmri.data import preprocess as data_preprocess
-from brainmri.results import metrics as M
 from brainmri.data.leakage import BANDS
+from brainmri.results import metrics as M
 from brainmri.rundir import RunDir
 from brainmri.train.regularise import TTA
+from brainmri.use.ensemble import Ensemble, MeanProbabilities
 from brainmri.use.trained import TrainedRun
 
 FORMATS = ("onnx", "torchscript")
@@ -42,8 +48,11 @@ class ExportError(ValueError):
     """An export cannot be made as asked (unknown format); one line."""
 
 
-def exported_module(trained: TrainedRun) -> torch.nn.Module:
-    """What the exported graph computes: the mean softmax over the identity and the run's TTA views."""
+def exported_module(trained: TrainedRun | Ensemble) -> torch.nn.Module:
+    """What the exported graph computes: the mean softmax over the identity and the run's TTA views;
+    for an ensemble, the mean of its members' (each over the same views)."""
+    if isinstance(trained, Ensemble):
+        return MeanProbabilities(trained.model, trained.cfg.eval.tta).eval()
     return TTA(trained.model, trained.cfg.eval.tta).eval()
 
 
@@ -167,7 +176,26 @@ def code_version() -> str:
         return "unknown"
 
 
-def model_card(trained: TrainedRun, files: dict[str, str]) -> dict:
+def ensemble_card(ens: Ensemble) -> dict:
+    """What the card says of an ensemble: its sweep, recipe, configuration, members and test metrics."""
+    result = ens.result.ensemble if ens.result is not None else None
+    return {"sweep": str(ens.home), "recipe": ens.recipe, "config": ens.config, "combination":
+            "mean of the members' softmax probabilities", "members": ens.describe_members(),
+            "metrics": {"test": (result or {}).get("metrics") or {},
+                        "note": (result or {}).get("reason") or "from the members' predictions_test.csv, "
+                        "averaged per image; bands by the nearest image among all members' training images"}}
+
+
+def model_card(trained: TrainedRun | Ensemble, files: dict[str, str]) -> dict:
+    if isinstance(trained, Ensemble):
+        lead = trained.members[0].trained
+        return {"format": "brainmri-model-card", "version": 1, "kind": "ensemble",
+                "run": trained.name, "recipe": trained.cfg.recipe, "arch": trained.cfg.model.arch,
+                "seed": [m.seed for m in trained.members], "classes": trained.classes, "files": files,
+                **_io(trained), "preprocessing": preprocessing(lead), "ensemble": ensemble_card(trained),
+                "data": {**data_fingerprint(lead), "of": f"member {lead.run_dir.name} (every member's "
+                         "data manifest is in ensemble.members)"},
+                "config": lead.cfg.to_dict(), "code_version": code_version(), "torch_version": torch.__version__}
     size, c = trained.cfg.data.input_size, trained.cfg.data.input_channels
     return {
         "format": "brainmri-model-card", "version": 1,
@@ -191,7 +219,18 @@ def model_card(trained: TrainedRun, files: dict[str, str]) -> dict:
     }
 
 
-def export(trained: TrainedRun, out_dir: str | Path, formats: list[str]) -> dict[str, Path]:
+def _io(trained: Ensemble) -> dict:
+    """An ensemble card's input and output."""
+    size, c, tta = trained.cfg.data.input_size, trained.cfg.data.input_channels, list(trained.cfg.eval.tta)
+    return {"input": {"name": INPUT_NAME, "dtype": "float32", "shape": ["batch", c, size, size], "layout": "NCHW",
+                      "channels": c, "height": size, "width": size},
+            "output": {"name": OUTPUT_NAME, "shape": ["batch", len(trained.classes)],
+                       "meaning": f"the mean of {len(trained.members)} members' softmax probabilities, in the order "
+                                  "of 'classes'" + (f", each the mean over the image and its views {tta}" if tta else "")},
+            "tta": tta}
+
+
+def export(trained: TrainedRun | Ensemble, out_dir: str | Path, formats: list[str]) -> dict[str, Path]:
     """Write the chosen formats and ``model_card.json`` into ``out_dir``; returns name → path."""
     bad = [f for f in formats if f not in FORMATS]
     if bad:
@@ -233,13 +272,18 @@ def export(trained: TrainedRun, out_dir: str | Path, formats: list[str]) -> dict
     return written
 
 
-def onnx_parity(onnx_path: str | Path, trained: TrainedRun, inputs: torch.Tensor) -> float:
-    """Max |p_onnx − p_torch| over ``inputs`` (preprocessed, N×C×H×W); p_torch with the run's TTA views."""
+def onnx_parity(onnx_path: str | Path, trained: TrainedRun | Ensemble, inputs: torch.Tensor) -> float:
+    """Max |p_onnx − p_torch| over ``inputs`` (preprocessed, N×C×H×W); p_torch with the run's TTA views,
+    for an ensemble the mean of its members' probabilities, each member run on its own."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     got = session.run([OUTPUT_NAME], {INPUT_NAME: inputs.numpy().astype(np.float32)})[0]
     with torch.no_grad():
-        want = exported_module(trained)(inputs).numpy()
+        if isinstance(trained, Ensemble):
+            want = np.mean([TTA(m.trained.model, trained.cfg.eval.tta)(inputs).numpy() for m in trained.members],
+                           axis=0)
+        else:
+            want = exported_module(trained)(inputs).numpy()
     diff = float(np.abs(got - want).max()) if len(got) else 0.0
     return diff if math.isfinite(diff) else math.inf
