@@ -4,7 +4,8 @@
 ``config.yaml``, ``status.json``, ``metrics.jsonl``, ``summary.json`` (and ``summary.prev.json``
 after an extension), ``split.json`` (every file of every part, see brainmri.data.datasets.Split),
 ``skipped_files.json``, ``predictions_<split>.csv``, ``confusion_<split>.png``, ``train.log``,
-``wandb/``, ``eval/<name>/`` (evaluations on other data roots) and ``checkpoints/``
+``wandb/``, ``eval/<name>/`` (evaluations on other data roots), ``prune.json`` (a search driver's
+request to stop: the only file of the directory the run does not write itself) and ``checkpoints/``
 (``last.pt``, ``last.prev.pt``, ``best.pt``), each with its reader and writer. :meth:`RunDir.state`
 is the one answer to "is this run finished, failed, running, interrupted, preempted or pruned?"
 that sweeps, submission, the collector and reports use.
@@ -25,6 +26,7 @@ import json
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ log = logging.getLogger("brainmri")
 
 CONFIG, STATUS, METRICS, SUMMARY, PREV_SUMMARY = "config.yaml", "status.json", "metrics.jsonl", "summary.json", "summary.prev.json"
 SPLIT, SKIPPED, LOG = "split.json", "skipped_files.json", "train.log"
+PRUNE = "prune.json"  # a search driver's request that the run stop at its next epoch end (brainmri.jobs.search)
 # any of these marks a directory as a brainmri run directory (a config alone only with a recipe)
 MARKERS = (SUMMARY, STATUS, METRICS)
 ENDED = ("finished", "failed", "interrupted", "preempted", "pruned")
@@ -168,6 +171,10 @@ class RunDir:
         return self.path / LOG
 
     @property
+    def prune_file(self) -> Path:
+        return self.path / PRUNE
+
+    @property
     def wandb_dir(self) -> Path:
         return self.path / "wandb"
 
@@ -216,6 +223,24 @@ class RunDir:
             return self.config_file.stat().st_mtime
         except OSError:
             return None
+
+    @property
+    def ended_at(self) -> float | None:
+        """When the run last wrote its status, if it ended (finished, failed, stopped, pruned)."""
+        try:
+            return self.status_file.stat().st_mtime if self.read_status().get("status") in ENDED else None
+        except OSError:
+            return None
+
+    # ------------------------------------------------------------------ pruning
+    def request_prune(self, **info: Any) -> None:
+        """The search driver asks the run to stop at its next epoch end (status ``pruned``, checkpoints kept)."""
+        write_json(self.prune_file, {"requested_at": time.time(), **info})
+
+    def prune_request(self) -> dict | None:
+        """The driver's request (what :meth:`request_prune` wrote), or None; read by the run at each epoch end."""
+        request = _read_json_or_none(self.prune_file)
+        return request if isinstance(request, dict) else None
 
     # ----------------------------------------------------------------- status
     def set_status(self, status: str, epoch: int = 0, error: str | None = None, last_resort: bool = False,
