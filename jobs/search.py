@@ -52,6 +52,7 @@ from brainmri.jobs.submit import (
 )
 
 ACTIVE_ROWS = ("submitting", "running", "pruning")
+END_GRACE_S = 30  # a trial whose job ended while its run directory still says running: failed after this
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 DRIVER_SBATCH = "slurm/search_driver.sbatch"
 
@@ -334,6 +335,10 @@ class SearchDriver:
             changed |= self.report_epochs(row, state in ENDED)
             if self._gone(row, state):
                 state, error = "failed", f"task process {row['job_id']} ended without a word"
+            if state == "failed" and RunDir(row["run_dir"]).state().status == "running":
+                # the job ended (scancel, time limit) but its process may still be writing (SLURM's KillWait)
+                if time.time() - row.setdefault("ending_since", time.time()) < END_GRACE_S:
+                    continue
             task.state, task.error = state, error
             if state in ENDED:
                 self.end(row, state, error)
@@ -472,7 +477,7 @@ class SearchDriver:
             self.data["confirm"][recipe] = {"trial": best["number"], "seeds": list(self.confirm_seeds), "tasks": ids}
         self.save()
         refresh(self.sweep.dir, chosen)
-        todo = [t for t in dict.fromkeys(chosen) if t.state in ("new", "failed")]
+        todo = [t for t in {t.id: t for t in chosen}.values() if t.state in ("new", "failed")]
         self.say(f"confirming the best configuration over seeds {', '.join(map(str, self.confirm_seeds))}: "
                  f"{len(todo)} run(s) to train")
         jobs = submit(self.sweep, todo, self.cluster) if todo else []

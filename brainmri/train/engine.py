@@ -157,7 +157,7 @@ class Engine:
                 self._run_epoch(phase, optimizer, scheduler, position)
                 position = None
                 # a signal during evaluation, or a search driver's prune request: stop here
-                stop, prune = agree(self.signals.signum, self.record.prune_requested(), self.acc)
+                stop, prune = agree(self.signals.signum, self.record.prune_requested(st.epoch), self.acc)
                 if stop:
                     raise TrainingInterrupted(stop)
                 if prune:

@@ -100,9 +100,11 @@ class RunRecord:
             self.run.append_metrics(row)
         self.wb.log(row, step=row["epoch"])
 
-    def prune_requested(self) -> bool:
-        """Did a search driver ask this run to stop (rank 0 reads it; the ranks agree on it)?"""
-        return self.is_main and self.run.prune_request() is not None
+    def prune_requested(self, epoch: int) -> bool:
+        """Did a search driver ask this run to stop after ``epoch`` (rank 0 reads it; the ranks agree on
+        it)? Not after the last planned epoch: a run that trained them all finishes."""
+        last = sum(phase.epochs for phase in self.cfg.phases)
+        return self.is_main and epoch < last and self.run.prune_request() is not None
 
     # ------------------------------------------------------------------ endings
     def summary(self, state, split, world_size: int, wall_s: float) -> dict:
