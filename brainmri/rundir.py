@@ -448,10 +448,17 @@ def acquire_lock(run: RunDir):
     Raises :class:`RunLockedError` at once, naming the holder's host, pid and SLURM job id.
     Returns the held ``filelock.FileLock``; call ``release()`` when done.
     """
+    return hold_lock(run.path / ".lock", lambda holder: RunLockedError(
+        f"{run.path} is in use by {holder}; wait for it or choose another run_dir"))
+
+
+def hold_lock(path: Path, refused):
+    """Take the exclusive OS file lock ``path`` (it dies with its process) and note its holder beside
+    it; when another process holds it, raise ``refused("host H pid P SLURM job J")`` at once."""
     from filelock import FileLock, Timeout
 
-    lock = FileLock(str(run.path / ".lock"), timeout=0)
-    holder_file = run.path / ".lock.holder"
+    lock = FileLock(str(path), timeout=0)
+    holder_file = path.with_name(f"{path.name}.holder")
     try:
         lock.acquire()
     except Timeout:
@@ -459,8 +466,8 @@ def acquire_lock(run: RunDir):
             h = read_json(holder_file)
         except (OSError, ValueError):
             h = {}
-        raise RunLockedError(f"{run.path} is in use by host {h.get('host', '?')} pid {h.get('pid', '?')} "
-                             f"SLURM job {h.get('slurm_job_id') or '-'}; wait for it or choose another run_dir") from None
+        raise refused(f"host {h.get('host', '?')} pid {h.get('pid', '?')} "
+                      f"SLURM job {h.get('slurm_job_id') or '-'}") from None
     write_json(holder_file, {"host": socket.gethostname(), "pid": os.getpid(),
                              "slurm_job_id": os.environ.get("SLURM_JOB_ID")})
     return lock

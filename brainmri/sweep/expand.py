@@ -75,7 +75,7 @@ class Task:
     run_dir: str
     job_id: str | None = None
     cluster: str | None = None  # slurm | local | debug, once submitted
-    state: str = "new"  # new | submitted | pending | running | finished | failed (see brainmri/jobs/submit.py)
+    state: str = "new"  # new | submitted | pending | running | finished | pruned | failed (brainmri/jobs/submit.py)
     error: str | None = None
 
     def command(self) -> str:

@@ -27,9 +27,7 @@ the driver's lock. Knows nothing about Optuna's objects, submitit or training.
 from __future__ import annotations
 
 import math
-import os
 import re
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ import yaml
 
 from brainmri.atomic import read_json, write_json
 from brainmri.config import flatten, parse_value
+from brainmri.rundir import hold_lock
 
 SAMPLERS = ("random", "tpe")
 PRUNERS = ("asha", "median", "none")
@@ -231,20 +230,7 @@ def lock_driver(sweep_dir: str | Path):
 
     Raises :class:`DriverLockedError` naming the holder's host, pid and SLURM job; returns the lock.
     """
-    from filelock import FileLock, Timeout
-
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    lock, holder = FileLock(str(sweep_dir / DRIVER_LOCK), timeout=0), sweep_dir / f"{DRIVER_LOCK}.holder"
-    try:
-        lock.acquire()
-    except Timeout:
-        try:
-            h = read_json(holder)
-        except (OSError, ValueError):
-            h = {}
-        raise DriverLockedError(f"{sweep_dir}: a search driver is already running (host {h.get('host', '?')} pid "
-                                f"{h.get('pid', '?')} SLURM job {h.get('slurm_job_id') or '-'})") from None
-    write_json(holder, {"host": socket.gethostname(), "pid": os.getpid(),
-                        "slurm_job_id": os.environ.get("SLURM_JOB_ID")})
-    return lock
+    return hold_lock(sweep_dir / DRIVER_LOCK, lambda holder: DriverLockedError(
+        f"{sweep_dir}: a search driver is already running ({holder})"))
