@@ -1,11 +1,12 @@
 """Random search, TPE + ASHA and a grid at equal budget on phantoms: trials and CPU-time to a target.
 
-    python benchmarks/search_budget.py [--trials 12] [--parallel 2] [--epochs 6] [--targets 0.8 0.85 0.9]
+    python benchmarks/search_budget.py [--trials 12] [--parallel 2] [--epochs 10] [--seeds 0 1 2]
 
-Each method trains ``--trials`` runs of the baseline CNN (48 px phantoms, 40 per class, ``--epochs``
-epochs, 1 torch thread, no loader workers) through ``--cluster local``: random search and TPE with
-ASHA pruning (each through the search driver, run in this process), and the grid (``--trials``
-points: 4 learning rates x 3 dropouts) through the ordinary sweep. Space of the searches:
+Each method trains ``--trials`` runs of the baseline CNN (48 px phantoms, ``--per-class`` training
+images per class, ``--epochs`` epochs, 1 torch thread, no loader workers) through ``--cluster
+local``: random search and TPE with ASHA pruning (each through the search driver, run in this
+process, once per sampler seed in ``--seeds``), and the grid (``--trials`` points: 4 learning rates
+x 3 dropouts) through the ordinary sweep. Space of the searches:
 ``optim.lr`` log-uniform in [1e-5, 1e-1], ``model.dropout`` uniform in [0, 0.7]. For each target
 validation accuracy: the trials (in the order they were asked for) until a finished trial first
 reached it, and the CPU time of those trials (each task's own CPU time, processes included, from
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -45,17 +47,21 @@ def overrides(data: Path, epochs: int) -> dict:
             "train.mixed_precision": "no", "train.epochs": epochs, "wandb.enabled": False}
 
 
-def cpu_of(sweep_dir: Path, job_id: str) -> float:
-    return json.loads(exit_record(submitit_folder(sweep_dir) / "%j", job_id).read_text())["cpu_s"]
+def cpu_of(sweep_dir: Path, job_id: str, wait_s: float = 300) -> float:
+    """The task's CPU time from its exit record (written once its process ended, after its run directory)."""
+    path, deadline = exit_record(submitit_folder(sweep_dir) / "%j", job_id), time.time() + wait_s
+    while not path.exists() and time.time() < deadline:
+        time.sleep(0.5)
+    return json.loads(path.read_text())["cpu_s"]
 
 
-def run_search(root: Path, name: str, sampler: str, pruner: str, args, data: Path) -> dict:
+def run_search(root: Path, name: str, sampler: str, pruner: str, args, data: Path, seed: int) -> dict:
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump({
         "name": name, "recipe": "baseline_cnn", "overrides": overrides(data, args.epochs),
         "slurm": {"cpus_per_task": 1, "mem_gb": 2, "time_min": 60},
         "search": {"sampler": sampler, "trials": args.trials, "parallel": args.parallel, "pruner": pruner,
-                   "metric": "val/acc", "seed": args.seed, "startup_trials": 4, "space": SPACE}}))
+                   "metric": "val/acc", "seed": seed, "startup_trials": 4, "space": SPACE}}))
     sweep = load_sweep(path, sweeps_root=root)
     wall, cpu = time.perf_counter(), time.process_time()
     with open(root / f"{name}.log", "w") as log:
@@ -100,38 +106,40 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", type=int, default=12)
     p.add_argument("--parallel", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--seed", type=int, default=0, help="the samplers' seed")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--per-class", type=int, default=60, help="phantom training images per class")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="the samplers' seeds (one search each)")
     p.add_argument("--targets", type=float, nargs="+", default=[0.75, 0.8, 0.85, 0.9])
     p.add_argument("--methods", nargs="+", default=["random", "tpe_asha", "grid"])
     args = p.parse_args()
     if args.trials != 12 and "grid" in args.methods:
         p.error("the grid has 12 points (4 learning rates x 3 dropouts): --trials 12")
-    import os
-
     os.environ.update(OMP_NUM_THREADS="1", WANDB_MODE="disabled")
     root = Path(scratch_dir("brainmri-bench-search-"))
     data = root / "data"
-    generate_phantoms(data, n_per_class=40, n_test_per_class=10, image_size=64, seed=0)
+    generate_phantoms(data, n_per_class=args.per_class, n_test_per_class=10, image_size=64, seed=0)
     runs = {}
     for method in args.methods:
-        start = time.perf_counter()
-        if method == "grid":
-            runs[method] = run_grid(root, args, data)
-        else:
-            runs[method] = run_search(root, method, "random" if method == "random" else "tpe",
-                                      "none" if method == "random" else "asha", args, data)
-        trials = runs[method]["trials"]
-        runs[method].update(
-            total_cpu_s=sum(t["cpu_s"] for t in trials), epochs_trained=sum(t["epochs"] for t in trials),
-            pruned=sum(t["state"] == "pruned" for t in trials),
-            best_val_acc=max((t["val_acc"] for t in trials if t["val_acc"] is not None), default=None),
-            to_target={str(x): to_target(trials, x) for x in args.targets})
-        print(f"{method}: {time.perf_counter() - start:.0f} s; best val/acc {runs[method]['best_val_acc']}; "
-              f"CPU {runs[method]['total_cpu_s']:.0f} s; epochs {runs[method]['epochs_trained']}; "
-              f"to target {runs[method]['to_target']}", flush=True)
+        for seed in [None] if method == "grid" else args.seeds:
+            key = method if seed is None else f"{method}/seed{seed}"
+            start = time.perf_counter()
+            if method == "grid":
+                runs[key] = run_grid(root, args, data)
+            else:
+                runs[key] = run_search(root, key.replace("/", "-"), "random" if method == "random" else "tpe",
+                                       "none" if method == "random" else "asha", args, data, seed)
+            trials = runs[key]["trials"]
+            runs[key].update(
+                total_cpu_s=sum(t["cpu_s"] for t in trials), epochs_trained=sum(t["epochs"] for t in trials),
+                pruned=sum(t["state"] == "pruned" for t in trials),
+                best_val_acc=max((t["val_acc"] for t in trials if t["val_acc"] is not None), default=None),
+                to_target={str(x): to_target(trials, x) for x in args.targets})
+            print(f"{key}: {time.perf_counter() - start:.0f} s; best val/acc {runs[key]['best_val_acc']}; "
+                  f"CPU {runs[key]['total_cpu_s']:.0f} s; epochs {runs[key]['epochs_trained']}; "
+                  f"to target {runs[key]['to_target']}", flush=True)
     write_result("search_budget", {"trials_per_method": args.trials, "parallel": args.parallel, "epochs": args.epochs,
-                                   "space": SPACE, "grid": GRID, "targets": args.targets, "methods": runs})
+                                   "per_class": args.per_class, "seeds": args.seeds, "space": SPACE, "grid": GRID,
+                                   "targets": args.targets, "methods": runs})
 
 
 if __name__ == "__main__":

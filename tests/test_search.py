@@ -193,3 +193,28 @@ def test_local_search_runs_its_trials_confirms_the_best_and_lands_in_the_report(
     page = (tmp_path / "r.html").read_text()
     assert "11. Search" in page and "optimisation history" in page and "parcoords" in page
     assert sweep_cli.main(["status", str(tmp_path / "loc")]) == 0 and "4 finished" in capsys.readouterr().out
+
+
+def test_each_epoch_is_reported_once_even_when_a_requeued_trial_redoes_it(tmp_path):
+    """The driver's reporting on a real study and run directory: a resumed trial rewrites epochs 2-3."""
+    from brainmri.jobs.search import SearchDriver
+
+    path = write_search(tmp_path / "s.yaml", "rep", {"pruner": "none", "metric": "val/loss"})
+    driver = SearchDriver(load_sweep(path, sweeps_root=tmp_path), "local")
+    driver.open()
+    row = driver.ask("baseline_cnn")  # in the journal and trials.json; nothing submitted
+    run = RunDir(row["run_dir"])
+    run.path.mkdir(parents=True)
+    for epoch, loss in ((1, 1.3), (2, 1.2), (3, 1.1)):
+        run.append_metrics({"epoch": epoch, "val/loss": loss, "val/acc": 0.5})
+    assert driver.report_epochs(row, ended=False) and not driver.report_epochs(row, ended=False)
+    run.truncate_metrics(1)  # requeued from its epoch-1 checkpoint: epochs 2 and 3 are trained again
+    for epoch, loss in ((2, 1.2), (3, 1.1), (4, 1.0)):
+        run.append_metrics({"epoch": epoch, "val/loss": loss, "val/acc": 0.5})
+    assert driver.report_epochs(row, ended=False)
+    assert row["intermediate"] == {"1": 1.3, "2": 1.2, "3": 1.1, "4": 1.0}
+    driver.save()
+    again = SearchDriver(load_sweep(path, sweeps_root=tmp_path), "local")  # a restarted driver, same study
+    again.open()
+    assert again.studies["baseline_cnn"].trials[0].intermediate_values == {1: 1.3, 2: 1.2, 3: 1.1, 4: 1.0}
+    assert not again.report_epochs(again.rows[0], ended=False)
