@@ -4,7 +4,8 @@
 ``config.yaml``, ``status.json``, ``metrics.jsonl``, ``summary.json`` (and ``summary.prev.json``
 after an extension), ``split.json`` (every file of every part, see brainmri.data.datasets.Split),
 ``skipped_files.json``, ``predictions_<split>.csv``, ``confusion_<split>.png``, ``train.log``,
-``wandb/``, ``eval/<name>/`` (evaluations on other data roots) and ``checkpoints/``
+``wandb/``, ``eval/<name>/`` (evaluations on other data roots), ``prune.json`` (a search driver's
+request to stop: the only file of the directory the run does not write itself) and ``checkpoints/``
 (``last.pt``, ``last.prev.pt``, ``best.pt``), each with its reader and writer. :meth:`RunDir.state`
 is the one answer to "is this run finished, failed, running, interrupted, preempted or pruned?"
 that sweeps, submission, the collector and reports use.
@@ -25,6 +26,7 @@ import json
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ log = logging.getLogger("brainmri")
 
 CONFIG, STATUS, METRICS, SUMMARY, PREV_SUMMARY = "config.yaml", "status.json", "metrics.jsonl", "summary.json", "summary.prev.json"
 SPLIT, SKIPPED, LOG = "split.json", "skipped_files.json", "train.log"
+PRUNE = "prune.json"  # a search driver's request that the run stop at its next epoch end (brainmri.jobs.search)
 # any of these marks a directory as a brainmri run directory (a config alone only with a recipe)
 MARKERS = (SUMMARY, STATUS, METRICS)
 ENDED = ("finished", "failed", "interrupted", "preempted", "pruned")
@@ -168,6 +171,10 @@ class RunDir:
         return self.path / LOG
 
     @property
+    def prune_file(self) -> Path:
+        return self.path / PRUNE
+
+    @property
     def wandb_dir(self) -> Path:
         return self.path / "wandb"
 
@@ -216,6 +223,24 @@ class RunDir:
             return self.config_file.stat().st_mtime
         except OSError:
             return None
+
+    @property
+    def ended_at(self) -> float | None:
+        """When the run last wrote its status, if it ended (finished, failed, stopped, pruned)."""
+        try:
+            return self.status_file.stat().st_mtime if self.read_status().get("status") in ENDED else None
+        except OSError:
+            return None
+
+    # ------------------------------------------------------------------ pruning
+    def request_prune(self, **info: Any) -> None:
+        """The search driver asks the run to stop at its next epoch end (status ``pruned``, checkpoints kept)."""
+        write_json(self.prune_file, {"requested_at": time.time(), **info})
+
+    def prune_request(self) -> dict | None:
+        """The driver's request (what :meth:`request_prune` wrote), or None; read by the run at each epoch end."""
+        request = _read_json_or_none(self.prune_file)
+        return request if isinstance(request, dict) else None
 
     # ----------------------------------------------------------------- status
     def set_status(self, status: str, epoch: int = 0, error: str | None = None, last_resort: bool = False,
@@ -423,10 +448,17 @@ def acquire_lock(run: RunDir):
     Raises :class:`RunLockedError` at once, naming the holder's host, pid and SLURM job id.
     Returns the held ``filelock.FileLock``; call ``release()`` when done.
     """
+    return hold_lock(run.path / ".lock", lambda holder: RunLockedError(
+        f"{run.path} is in use by {holder}; wait for it or choose another run_dir"))
+
+
+def hold_lock(path: Path, refused):
+    """Take the exclusive OS file lock ``path`` (it dies with its process) and note its holder beside
+    it; when another process holds it, raise ``refused("host H pid P SLURM job J")`` at once."""
     from filelock import FileLock, Timeout
 
-    lock = FileLock(str(run.path / ".lock"), timeout=0)
-    holder_file = run.path / ".lock.holder"
+    lock = FileLock(str(path), timeout=0)
+    holder_file = path.with_name(f"{path.name}.holder")
     try:
         lock.acquire()
     except Timeout:
@@ -434,8 +466,8 @@ def acquire_lock(run: RunDir):
             h = read_json(holder_file)
         except (OSError, ValueError):
             h = {}
-        raise RunLockedError(f"{run.path} is in use by host {h.get('host', '?')} pid {h.get('pid', '?')} "
-                             f"SLURM job {h.get('slurm_job_id') or '-'}; wait for it or choose another run_dir") from None
+        raise refused(f"host {h.get('host', '?')} pid {h.get('pid', '?')} "
+                      f"SLURM job {h.get('slurm_job_id') or '-'}") from None
     write_json(holder_file, {"host": socket.gethostname(), "pid": os.getpid(),
                              "slurm_job_id": os.environ.get("SLURM_JOB_ID")})
     return lock

@@ -3,14 +3,15 @@
 submitit's local executor starts each task as ``python -m brainmri.jobs.local_task <python> -u -m
 submitit.core._submit <folder>``. Stop signals (TERM, INT, USR2, CONT) are passed on to the task;
 when the task ends, its exit code, and the signal if one killed it (SIGKILL from outside, the OOM
-killer), go to ``<folder>/<job id>_<task>_exit.json``, which ``brainmri.jobs.submit`` reads for the task's
-state. The task dies with this process (PR_SET_PDEATHSIG), so none outlives a killed sweep.
+killer), go to ``<folder>/<job id>_<task>_exit.json`` with the task's CPU time, which
+``brainmri.jobs.submit`` reads for the task's state. The task dies with this process (PR_SET_PDEATHSIG), so none outlives a killed sweep.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -41,8 +42,9 @@ def main(argv: list[str]) -> int:
     for signum in FORWARDED:
         signal.signal(signum, lambda s, _frame: proc.send_signal(s))
     code = proc.wait()
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the task and every process it waited for
     record = {"pid": proc.pid, "returncode": code,
-              "signal": signal.Signals(-code).name if code < 0 else None}
+              "signal": signal.Signals(-code).name if code < 0 else None, "cpu_s": usage.ru_utime + usage.ru_stime}
     job_id, task = os.environ.get("SUBMITIT_LOCAL_JOB_ID"), int(os.environ.get("SUBMITIT_LOCAL_GLOBALID", "0"))
     if job_id:
         path = exit_record(argv[-1], job_id, task)  # the submitit folder is the command's last argument

@@ -136,6 +136,19 @@ def submit(sweep: Sweep, tasks: list[Task], cluster: str) -> list[submitit.Job]:
     return jobs
 
 
+def submit_one(executor: submitit.AutoExecutor, task: Task, cluster: str, name: str) -> submitit.Job:
+    """Submit ``task`` alone through ``executor`` as job ``name`` (a search trial; it finds the job again
+    by its name) and set its job id; one-line ``SweepError`` with SLURM's reason when it is refused."""
+    executor.update_parameters(name=name)
+    try:
+        with _quiet_submitit():
+            job = executor.submit(TrainJob(task.resolved_config()))
+    except (FailedJobError, OSError) as e:
+        raise SweepError(f"SLURM refused task {task.id} ({task.recipe}): {_refusal(e)}") from None
+    task.job_id, task.cluster, task.state, task.error = str(job.job_id), cluster, "submitted", None
+    return job
+
+
 def _record(sweep: Sweep, tasks: list[Task], jobs: list[submitit.Job], cluster: str) -> None:
     for task, job in zip(tasks, jobs):
         task.job_id, task.cluster, task.state, task.error = str(job.job_id), cluster, "submitted", None
@@ -255,7 +268,7 @@ def _local_exit(sweep_dir: Path, task: Task) -> dict | None:
 
 
 def task_state(sweep_dir: Path, task: Task, sched: str | None) -> tuple[str, str | None]:
-    """("finished"|"pending"|"running"|"requeued"|"failed"|"submitted"|"new", error tail) of one task.
+    """("finished"|"pruned"|"pending"|"running"|"requeued"|"failed"|"submitted"|"new", error tail) of one task.
 
     A task whose process died without a word (SIGKILL, the OOM killer) is "failed": for
     ``--cluster local`` with the signal that killed it; else, when its run directory says
@@ -264,6 +277,8 @@ def task_state(sweep_dir: Path, task: Task, sched: str | None) -> tuple[str, str
     run = RunDir(task.run_dir).state()
     if run.finished:
         return "finished", None
+    if run.status == "pruned":  # a search driver stopped it (brainmri.jobs.search): ended, never failed
+        return "pruned", None
     if sched in ACTIVE:
         return sched.lower(), None  # a requeued job's run dir says "failed" until it restarts
     if task.cluster == "local" and task.job_id:

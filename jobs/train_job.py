@@ -4,7 +4,8 @@ The job carries only the resolved config dict (a small pickle, no model). The en
 its last checkpoint every epoch and resumes from it, so ``checkpoint()`` does no I/O: it
 only requeues a fresh job with the same config. submitit calls it on USR2, which SLURM sends
 ``slurm.signal_delay_s`` before the time limit (a time-out: requeued up to ``slurm.max_requeues``
-times) or on pre-emption; the requeued job resumes from the last epoch. When the task runs as
+times) or on pre-emption; the requeued job resumes from the last epoch. A search trial pruned by
+its driver ends the job normally (its run directory says ``pruned``). When the task runs as
 several SLURM tasks (one per GPU, over one or more nodes) the job exports torch.distributed's
 variables from SLURM's first; accelerate picks them up. Knows nothing about sweeps or models.
 """
@@ -57,8 +58,12 @@ class TrainJob(submitit.helpers.Checkpointable):
         from brainmri.config import from_dict
         from brainmri.train.engine import fit
 
+        from brainmri.train.signals import TrialPruned
+
         try:
             return fit(from_dict(self.config))
+        except TrialPruned as e:  # a clean end: the job completes, the run directory says pruned
+            return {"status": "pruned", "epochs_run": e.epoch, "run_dir": self.config["run_dir"]}
         except Exception:
             if self._requeued:
                 # submitit's exit after a requeue unwinds through the engine, whose clean-up can

@@ -3,6 +3,7 @@
     python launch/collect.py sweeps/lr --format md [--out FILE] [--plots DIR] [--metric val/acc] [--by optim.lr]
     python launch/collect.py sweeps/cv --format latex --table main|bands|classes|intervals
     python launch/collect.py --wandb-project brainmri [--wandb-entity E] --group lr [--tag T] --format latex
+    python launch/collect.py sweeps/search_lr --html sweeps/search_lr/report.html   # a search: + the search view
 
 When a recipe's chosen configuration is cross-validated and its folds cover the training pool,
 label_issues.csv and label_issues.html (a contact sheet of the top issues) are written beside --out
@@ -19,6 +20,7 @@ from brainmri.atomic import atomic_write
 from brainmri.cli.errors import full_disk_is_one_line
 from brainmri.results.collect import MixedDataError, collect_runs, compare
 from brainmri.results.report import RENDERERS, TABLES, write_plots
+from brainmri.sweep.search import read_trials
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -33,12 +35,15 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the table here instead of stdout")
     p.add_argument("--html", help="also write a self-contained HTML report here (opens offline)")
     p.add_argument("--plots", help="directory for accuracy.png and val_curves.png")
-    p.add_argument("--metric", default="val/acc", help="validation metric used to select the swept value")
+    p.add_argument("--metric", help="validation metric used to select the swept value (default: a search's "
+                   "metric, else val/acc)")
     p.add_argument("--by", action="append", help="swept config key(s) to select over (default: all keys "
                    "that vary across a recipe's runs, seed and paths excluded); also shows each value")
     p.add_argument("--per-value", action="store_true", help="also show one row per swept value")
     p.add_argument("--label-issues", metavar="DIR", help="where label_issues.csv/.html go (default: beside --out, "
                    "else beside --html, else the first directory given)")
+    p.add_argument("--min-seeds", type=int, help="choose only among configurations run over this many seeds "
+                   "(default: a search's --confirm-seeds count, else 1)")
     p.add_argument("--wandb-project")
     p.add_argument("--wandb-entity")
     p.add_argument("--group", help="W&B group (the sweep name)")
@@ -66,12 +71,21 @@ def main(argv: list[str] | None = None) -> int:
     if not runs:
         print("no runs found", file=sys.stderr)
         return 1
+    search = next((t for t in map(read_trials, args.paths) if t), None)  # a search sweep's trial table
+    confirmed = [len(c["seeds"]) for c in ((search or {}).get("confirm") or {}).values()]
+    min_seeds = args.min_seeds or (min(confirmed) if confirmed else 1)
+    args.metric = args.metric or (search or {}).get("search", {}).get("metric") or "val/acc"
     try:
-        cmp = compare(runs, metric=args.metric, by=args.by, allow_mixed_data=args.allow_mixed_data)
+        cmp = compare(runs, metric=args.metric, by=args.by, allow_mixed_data=args.allow_mixed_data,
+                      min_seeds=min_seeds)
     except MixedDataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     text = RENDERERS[args.format](cmp, per_value=args.per_value or bool(args.by), table=args.table)
+    if search and args.format == "md":
+        from brainmri.results.search import search_markdown
+
+        text += "\n" + search_markdown(search, cmp)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write(args.out, text)
@@ -79,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(text)
     if args.html:
         from brainmri.results.report_html import write_html
-        print(f"report: {write_html(cmp, args.html)}", file=sys.stderr)
+        print(f"report: {write_html(cmp, args.html, search)}", file=sys.stderr)
     if args.plots and cmp.recipes:
         write_plots(cmp, args.plots)
     where = label_issues_dir(args)

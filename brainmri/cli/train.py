@@ -4,6 +4,9 @@
     python train.py --config configs/baseline_cnn.yaml                 # one process, CPU or one GPU
     python train.py --resume runs/<run>                                # continue an interrupted run
     python train.py --resume runs/<run> train.epochs=20                # extend a finished (or interrupted) run
+
+Exit codes: 0 finished (or pruned by a search driver: status.json says pruned, checkpoints kept),
+2 bad input, 75 disk full, 128+signal when stopped by a signal (resumable).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from brainmri.models.weights import WeightsError
 from brainmri.atomic import DiskFullError
 from brainmri.cli.errors import full_disk_is_one_line
 from brainmri.rundir import CheckpointError, RunDirError, RunLockedError
-from brainmri.train.signals import TrainingInterrupted
+from brainmri.train.signals import TrainingInterrupted, TrialPruned
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -54,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
             FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TrialPruned as e:  # a search driver stopped it: a normal end, checkpoints kept
+        print(f"{cfg.run_dir}: {e}")
+        return 0
     except TrainingInterrupted as e:  # checkpoint kept, the run's state "interrupted"/"preempted"
         print(f"error: {e}; resume with --resume {cfg.run_dir or 'RUN_DIR'}", file=sys.stderr)
         return e.exit_code

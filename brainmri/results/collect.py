@@ -411,7 +411,7 @@ def check_data(runs: list[Run], allow_mixed: bool = False, notes: list[str] | No
 
 
 def compare(runs: list[Run], metric: str = "val/acc", by: list[str] | None = None,
-            allow_mixed_data: bool = False) -> Comparison:
+            allow_mixed_data: bool = False, min_seeds: int = 1) -> Comparison:
     """Select, per recipe, the swept value with the best mean ``metric`` over its replicates
     (validation; a replicate is a (fold, seed) pair, so over folds and seeds), then summarize the
     test metrics of that choice only.
@@ -419,7 +419,9 @@ def compare(runs: list[Run], metric: str = "val/acc", by: list[str] | None = Non
     Unfinished runs never enter the averages; they are returned in ``incomplete``. A seed of a
     K-fold configuration with fewer than K finished folds is never averaged: it is listed in
     ``incomplete_folds`` (a configuration with no complete seed cannot be chosen). Runs trained on
-    different data are refused (``MixedDataError``) unless ``allow_mixed_data``. Ties in the
+    different data are refused (``MixedDataError``) unless ``allow_mixed_data``. With ``min_seeds``
+    only configurations run over that many seeds are chosen (a search's ``--confirm-seeds``: the verdict
+    does not rest on one lucky trial), unless a recipe has none (a note says so). Ties in the
     selection metric go to the first value in sorted order. Recipes are ranked by the validation
     metric of their chosen configuration, never by test; every other recipe is compared with the
     best by the corrected resampled t-test over common (fold, seed) pairs and McNemar per pair.
@@ -460,7 +462,11 @@ def compare(runs: list[Run], metric: str = "val/acc", by: list[str] | None = Non
         if not per_value:
             cmp.notes.append(f"{recipe}: no configuration has a complete set of folds; not compared")
             continue
-        best = max(per_value, key=lambda v: sign * v["selection"]["mean"])
+        eligible = [v for v in per_value if v["seeds"] >= min_seeds]
+        if min_seeds > 1:
+            cmp.notes.append(f"{recipe}: chosen among configurations run over >= {min_seeds} seeds" if eligible else
+                             f"{recipe}: no configuration was run over {min_seeds} seeds; chosen among all")
+        best = max(eligible or per_value, key=lambda v: sign * v["selection"]["mean"])
         cmp.recipes.append(RecipeResult(recipe, keys, best["value"], split, best["runs"],
                                         best["stats"], per_value, best["folds"], best["rho"],
                                         ensemble_result(best["runs"]) if split == "test" else None))

@@ -190,7 +190,8 @@ def config_diff(cmp: Comparison) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def render_html(cmp: Comparison, title: str = "brainmri recipe comparison") -> str:
+def render_html(cmp: Comparison, title: str = "brainmri recipe comparison", search: dict | None = None) -> str:
+    """The page; ``search``: a search sweep's trial table (its driver's ``trials.json``) adds the search view."""
     import plotly.graph_objects as go
 
     sec: list[tuple[str, str]] = []
@@ -290,7 +291,11 @@ def render_html(cmp: Comparison, title: str = "brainmri recipe comparison") -> s
                     _table(bands, True)))
     sec.append(("8. Compute cost", _table(cost_frame(cmp), True)))
     inc, folds = incomplete_frame(cmp, full_error=True), incomplete_folds_frame(cmp)
-    failed = "".join(
+    pruned = inc[inc["status"] == "pruned"] if len(inc) else inc
+    inc = inc[inc["status"] != "pruned"] if len(inc) else inc
+    failed = f"<p>{len(pruned)} trial(s) pruned by the search (stopped early, never averaged): " \
+        f"{html.escape(', '.join(map(str, pruned['id'])))}.</p>" if len(pruned) else ""
+    failed += "".join(
         f"<h3>{html.escape(str(r['id']))} ({html.escape(str(r['recipe']))}, {_replicate(r)}): "
         f"{html.escape(str(r['status']))}</h3><pre>{html.escape(str(r['error']))}</pre>" for r in inc.to_dict("records"))
     sec.append(("9. Failed or unfinished runs, incomplete fold sets",
@@ -298,6 +303,10 @@ def render_html(cmp: Comparison, title: str = "brainmri recipe comparison") -> s
                 + (failed or "<p>No failed or unfinished runs.</p>")))
     cd = config_diff(cmp)
     sec.append(("10. Config differences between recipes", _table(cd) if len(cd) else "<p>No differences.</p>"))
+    if search:
+        from brainmri.results.search import search_section
+
+        sec.append(("11. Search: trials, pruning, optimisation history", search_section(search, cmp, _fig)))
     body = "".join(f"<section id='s{t.split('.')[0]}'><h2>{html.escape(t)}</h2>{c}</section>" for t, c in sec)
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>{body}"
@@ -311,8 +320,8 @@ def _replicate(row: dict) -> str:
     return f"seed {row['seed']}" if fold is None or pd.isna(fold) else f"fold {int(fold)}, seed {row['seed']}"
 
 
-def write_html(cmp: Comparison, path: str | Path) -> Path:
+def write_html(cmp: Comparison, path: str | Path, search: dict | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, render_html(cmp))
+    atomic_write(path, render_html(cmp, search=search))
     return path

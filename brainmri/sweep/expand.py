@@ -48,9 +48,12 @@ from brainmri.config import (
     ConfigError, flatten, is_runtime_key, load_config, parse_value, read_yaml, recipe_name, split_override,
 )
 from brainmri.sweep.resources import ResourceError, SlurmResources, merge_resources, parse_resources
+from brainmri.sweep.search import SearchError, SearchSpec, parse_search
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
-SWEEP_KEYS = {"name", "recipe", "recipes", "seeds", "folds", "overrides", "grid", "lr_scale", "slurm", "per_recipe"}
+SWEEP_KEYS = {"name", "recipe", "recipes", "seeds", "folds", "overrides", "grid", "lr_scale", "slurm", "per_recipe",
+              "search"}
+GRID_KEYS = ("grid", "lr_scale", "seeds", "folds")  # a sweep is a grid or a search (brainmri.sweep.search)
 FOLD_KEYS = ("data.folds", "data.fold")  # set by folds: (an axis); never by a level of the file when it is given
 BLOCK_KEYS = {"overrides", "grid", "lr_scale", "slurm"}  # what a per_recipe block may set
 WANDB_TAG_MAX = 64
@@ -72,7 +75,7 @@ class Task:
     run_dir: str
     job_id: str | None = None
     cluster: str | None = None  # slurm | local | debug, once submitted
-    state: str = "new"  # new | submitted | pending | running | finished | failed (see brainmri/jobs/submit.py)
+    state: str = "new"  # new | submitted | pending | running | finished | pruned | failed (brainmri/jobs/submit.py)
     error: str | None = None
 
     def command(self) -> str:
@@ -97,6 +100,7 @@ class Sweep:
     per_recipe: dict[str, dict[str, Any]] = field(default_factory=dict)  # the blocks as given (checked)
     recipe_slurm: dict[str, SlurmResources] = field(default_factory=dict)  # merged, per recipe
     tasks: list[Task] = field(default_factory=list)
+    search: SearchSpec | None = None  # a search sweep: its trials become tasks as the driver asks for them
 
     def resources(self, recipe: str) -> SlurmResources:
         """What each task of ``recipe`` asks the scheduler for."""
@@ -107,7 +111,8 @@ class Sweep:
                 "overrides": self.overrides,
                 "grid": self.grid, "lr_scale": self.lr_scale, "slurm": self.slurm.to_dict(),
                 "per_recipe": self.per_recipe,
-                "resolved_slurm": {r: self.resources(r).to_dict() for r in self.recipes}}
+                "resolved_slurm": {r: self.resources(r).to_dict() for r in self.recipes},
+                **({"search": self.search.to_dict()} if self.search else {})}
 
 
 def format_value(value: Any) -> str:
@@ -141,6 +146,15 @@ def _recipe_path(recipe: str) -> Path:
     if not path.is_file():
         raise SweepError(f"recipe {recipe!r}: no config file {path}")
     return path.resolve()
+
+
+def _recipe_of(entry: str) -> tuple[Path, str]:
+    """(config file, recipe name) of a ``recipes:`` entry: the YAML's ``recipe:`` (or file name), also for a path."""
+    config_path = _recipe_path(entry)
+    try:
+        return config_path, recipe_name(config_path)
+    except ConfigError as e:
+        raise SweepError(str(e)) from None
 
 
 @dataclass
@@ -276,6 +290,13 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | tuple[str, ...] = ()
     if not all(isinstance(r, str) and r for r in recipes):
         raise SweepError(f"{path}: recipes must be names of configs/<recipe>.yaml, got {recipes!r}")
     recipes = list(dict.fromkeys(recipes))
+    if "search" in data:
+        both = [k for k in GRID_KEYS if k in data] + [
+            f"per_recipe.{r}.{k}" for r, b in (data.get("per_recipe") or {}).items() if isinstance(b, dict)
+            for k in ("grid", "lr_scale") if k in b]
+        if both:
+            raise SweepError(f"{path}: {both[0]} and search: both given; a sweep is a grid or a search (a search "
+                             "trains one seed per trial: fix it under overrides:, re-run the best with --confirm-seeds)")
     seeds = _nonempty_list(path, "seeds", data["seeds"]) if "seeds" in data else None
     folds = _folds(path, data["folds"]) if "folds" in data else None
 
@@ -304,6 +325,7 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | tuple[str, ...] = ()
         blocks[recipe] = level
     if folds is not None:
         _check_no_fold_keys(path, [top, *blocks.values()])
+    file_fixed = set(top.overrides).union(*(b.overrides for b in blocks.values()))
 
     # the command line beats every level of the file
     if "data.folds" in cli_config and (folds is not None or "data.fold" not in cli_config):
@@ -329,6 +351,12 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | tuple[str, ...] = ()
     if seeds is not None and "seed" in top.overrides:
         raise SweepError(f"{path}: seed is both in seeds and in overrides; give one")
 
+    spec = None
+    if "search" in data:
+        try:
+            spec = parse_search(path, data["search"], file_fixed, set(cli_config))
+        except SearchError as e:
+            raise SweepError(str(e)) from None
     top_slurm = _resources(path, top.slurm, "slurm")
     recipe_slurm = {}
     for recipe in recipes:
@@ -341,7 +369,11 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | tuple[str, ...] = ()
                   dir=Path(sweeps_root).resolve() / name, seeds=seeds, folds=folds, lr_scale=top.lr_scale,
                   per_recipe={r: {"overrides": b.overrides, "grid": b.grid, "lr_scale": b.lr_scale,
                                   "slurm": b.slurm} for r, b in blocks.items()},
-                  recipe_slurm=recipe_slurm)
+                  recipe_slurm=recipe_slurm, search=spec)
+    if spec is not None:  # a search's tasks are its trials, made as the driver asks for them
+        expand_search(sweep, path, top, blocks)
+        sweep.tasks = load_table(sweep.dir) if (sweep.dir / "tasks.json").is_file() else []
+        return sweep
     sweep.tasks = expand(sweep, path, top, blocks)
     merge_table(sweep)
     return sweep
@@ -384,11 +416,7 @@ def expand(sweep: Sweep, path: str | Path = "", top: _Level | None = None,
     blocks = blocks or {}
     tasks, seen = [], set()
     for entry in sweep.recipes:
-        config_path = _recipe_path(entry)
-        try:
-            recipe = recipe_name(config_path)  # the YAML's recipe: (or file name), also for a path entry
-        except ConfigError as e:
-            raise SweepError(str(e)) from None
+        config_path, recipe = _recipe_of(entry)
         block = blocks.get(entry, blocks.get(recipe))
         fixed, grid, lr_scale = _recipe_axes(sweep.seeds, top, block, sweep.folds)
         fixed = {k: _normalize(v) for k, v in fixed.items()}
@@ -408,32 +436,84 @@ def expand(sweep: Sweep, path: str | Path = "", top: _Level | None = None,
             if "lr_scale" in params:
                 config_params["optim.lr"] = params["optim.lr"] = float(f"{base_lr * params['lr_scale']:.12g}")
             chosen = fixed | config_params
-            tid = task_id(recipe, chosen)
-            if tid in seen:
+            if task_id(recipe, chosen) in seen:
                 continue
-            seen.add(tid)
-            run_dir = sweep.dir / "runs" / tid
-            derived = {"run_dir": str(run_dir), "wandb.group": sweep.name, "wandb.job_type": recipe,
-                       "wandb.name": f"{recipe}-{tid}",
-                       "wandb.tags": _tags(sweep.name, recipe, params)}
-            merged = chosen | {k: v for k, v in derived.items() if k not in chosen}
-            overrides = _as_overrides(merged)
-            try:
-                cfg = load_config(config_path, overrides)
-            except ConfigError as e:
-                at = ", ".join(f"{k}={format_value(v)}" for k, v in params.items()) or "fixed overrides"
-                raise SweepError(f"{where} ({at}): {e}") from None
+            task, cfg = make_task(sweep, recipe, config_path, chosen, params)
+            seen.add(task.id)
             workers = max(workers, cfg.data.num_workers)
-            tasks.append(Task(id=tid, recipe=recipe, config_path=str(config_path), params=params,
-                              overrides=overrides, run_dir=str(run_dir)))
-        res = sweep.resources(recipe)
-        key = f"{'per_recipe.' + recipe + '.' if block and 'cpus_per_task' in block.slurm else ''}slurm.cpus_per_task"
-        if res.cpus_per_task is None:
-            sweep.recipe_slurm[recipe] = dataclasses.replace(res, cpus_per_task=workers + 1)
-        elif res.cpus_per_task < workers + 1:
-            raise SweepError(f"{path or sweep.name}: {key}={res.cpus_per_task} is less than data.num_workers + 1 = "
-                             f"{workers + 1} for recipe {recipe} (one CPU per loader worker plus one for training)")
+            tasks.append(task)
+        _settle_cpus(sweep, recipe, block, workers, path)
     return tasks
+
+
+def make_task(sweep: Sweep, recipe: str, config_path: str | Path, chosen: dict[str, Any], params: dict[str, Any],
+              tags: list[str] | tuple[str, ...] = ()) -> tuple[Task, Any]:
+    """The task that trains ``recipe`` with the overrides ``chosen`` (``params``: the values that vary
+    between tasks), in ``<sweep dir>/runs/<task id>``, and its validated ``RunConfig``."""
+    tid = task_id(recipe, chosen)
+    run_dir = sweep.dir / "runs" / tid
+    derived = {"run_dir": str(run_dir), "wandb.group": sweep.name, "wandb.job_type": recipe,
+               "wandb.name": f"{recipe}-{tid}", "wandb.tags": _tags(sweep.name, recipe, params) + list(tags)}
+    overrides = _as_overrides(chosen | {k: v for k, v in derived.items() if k not in chosen})
+    try:
+        cfg = load_config(config_path, overrides)
+    except ConfigError as e:
+        at = ", ".join(f"{k}={format_value(v)}" for k, v in params.items()) or "fixed overrides"
+        raise SweepError(f"sweep {sweep.name}, recipe {recipe} ({at}): {e}") from None
+    return Task(id=tid, recipe=recipe, config_path=str(config_path), params=params, overrides=overrides,
+                run_dir=str(run_dir)), cfg
+
+
+def _settle_cpus(sweep: Sweep, recipe: str, block: _Level | None, workers: int, path: str | Path) -> None:
+    """``cpus_per_task`` of ``recipe``: ``data.num_workers + 1`` unless given; less than that is an error."""
+    res = sweep.resources(recipe)
+    key = f"{'per_recipe.' + recipe + '.' if block and 'cpus_per_task' in block.slurm else ''}slurm.cpus_per_task"
+    if res.cpus_per_task is None:
+        sweep.recipe_slurm[recipe] = dataclasses.replace(res, cpus_per_task=workers + 1)
+    elif res.cpus_per_task < workers + 1:
+        raise SweepError(f"{path or sweep.name}: {key}={res.cpus_per_task} is less than data.num_workers + 1 = "
+                         f"{workers + 1} for recipe {recipe} (one CPU per loader worker plus one for training)")
+
+
+# ----------------------------------------------------------------- search trials
+def expand_search(sweep: Sweep, path: str | Path, top: _Level, blocks: dict[str, _Level]) -> None:
+    """Check a search before anything runs: every recipe's fixed overrides, and every space key at its
+    bounds and at each choice, build a ``RunConfig`` (errors name the key). Settles each recipe's fixed
+    overrides (its seed explicit, so ``--confirm-seeds`` of that seed is the trial's own task) and CPUs."""
+    spec = sweep.search
+    for entry in sweep.recipes:
+        config_path, recipe = _recipe_of(entry)
+        block = blocks.get(entry, blocks.get(recipe))
+        fixed = {k: _normalize(v) for k, v in _recipe_axes(None, top, block)[0].items()}
+        try:
+            base = load_config(config_path, _as_overrides(fixed))
+        except ConfigError as e:
+            raise SweepError(f"sweep {sweep.name}, recipe {recipe} (fixed overrides): {e}") from None
+        for key, param in spec.space.items():
+            for value in param.probes():
+                try:
+                    load_config(config_path, _as_overrides(fixed | {key: value}))
+                except ConfigError as e:
+                    raise SweepError(f"{path}: search.space.{key}: {param.text()} at {value!r}, recipe {recipe}: "
+                                     f"{e}") from None
+        spec.fixed[recipe] = {**fixed, "seed": fixed.get("seed", base.seed)}
+        spec.config_paths[recipe] = str(config_path)
+        _settle_cpus(sweep, recipe, block, base.data.num_workers, path)
+
+
+def trial_task(sweep: Sweep, recipe: str, values: dict[str, Any], number: int) -> tuple[Task, Any]:
+    """Trial ``number`` of ``recipe`` with the sampled ``values``: an ordinary task (same id rules, same
+    run directory for the same values), tagged ``trial-<number>`` in W&B."""
+    params = {**values, "seed": sweep.search.fixed[recipe]["seed"]}
+    return make_task(sweep, recipe, sweep.search.config_paths[recipe], sweep.search.fixed[recipe] | params, params,
+                     ["search", f"trial-{number}"])
+
+
+def confirm_task(sweep: Sweep, recipe: str, values: dict[str, Any], seed: Any) -> tuple[Task, Any]:
+    """The best configuration's ``values`` trained with ``seed`` (the trial itself for the trial's seed)."""
+    params = {**values, "seed": seed}
+    return make_task(sweep, recipe, sweep.search.config_paths[recipe], sweep.search.fixed[recipe] | params, params,
+                     ["search", "confirm"])
 
 
 def arrays(sweep: Sweep, tasks: list[Task]) -> list[tuple[SlurmResources, list[Task]]]:

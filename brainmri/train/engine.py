@@ -7,7 +7,8 @@ engine is the loop; around it: the data (``brainmri.data.datasets.build_training
 phase's optimizer (``brainmri.train.phases``), the epoch-end decisions — best epoch, early stop,
 schedule — (``brainmri.train.policy``), what a checkpoint holds (``brainmri.train.checkpoint``) and
 the run's bookkeeping in its directory and W&B (``brainmri.train.record``). A run directory that
-already holds ``checkpoints/last.pt`` is resumed exactly (inside the epoch when it stopped there);
+already holds ``checkpoints/last.pt`` is resumed exactly (inside the epoch when it stopped there); a
+search driver's prune request stops it at the next epoch end (``TrialPruned``, status ``pruned``);
 one that holds a finished summary is returned as is, or extended when the config only adds epochs
 to its last phase. The engine knows nothing about SLURM or sweeps.
 """
@@ -38,7 +39,7 @@ from brainmri.train.policy import TrainerState
 from brainmri.train.record import RunRecord
 from brainmri.train.regularise import WeightEMA, objective
 from brainmri.train.resume import default_run_dir
-from brainmri.train.signals import StopSignals, TrainingInterrupted, agree
+from brainmri.train.signals import StopSignals, TrainingInterrupted, TrialPruned, agree
 from brainmri.train.tracking import log
 
 
@@ -122,6 +123,9 @@ class Engine:
         except TrainingInterrupted as e:
             self.record.interrupted(e.signum, e.exit_code, self.state)
             raise
+        except TrialPruned:
+            self.record.pruned(self.state)
+            raise
         except BaseException as e:
             self.record.failed(e, self.state)
             raise
@@ -154,9 +158,12 @@ class Engine:
             while not policy.phase_done(st, phase.epochs):
                 self._run_epoch(phase, optimizer, scheduler, position)
                 position = None
-                stop, _ = agree(self.signals.signum, False, self.acc)  # a signal during evaluation: stop here
+                # a signal during evaluation, or a search driver's prune request: stop here
+                stop, prune = agree(self.signals.signum, self.record.prune_requested(st.epoch), self.acc)
                 if stop:
                     raise TrainingInterrupted(stop)
+                if prune:
+                    raise TrialPruned(st.epoch)
 
     def _prepare_phase(self, phase):
         """The phase's optimizer and schedule, and the model and loaders prepared for it."""

@@ -4,7 +4,8 @@ The engine trains; :class:`RunRecord` keeps the books, so the loop never asks wh
 on: the run directory's lock, the log file, whether the directory already holds a finished run
 (returned as is, or extended) or an interrupted one (resumable with this config?), the resolved
 config, ``split.json`` and the skipped-file report, ``status.json`` (running, with in-epoch
-progress; interrupted / preempted with the signal; failed with the error; finished), the
+progress; interrupted / preempted with the signal; pruned by a search driver; failed with the error;
+finished), the search driver's prune request, the
 ``metrics.jsonl`` rows, the W&B run (resumed, backfilled, finished) and the summary. Every method
 is a no-op on ranks other than 0 where it writes.
 """
@@ -101,6 +102,12 @@ class RunRecord:
             self.run.append_metrics(row)
         self.wb.log(row, step=row["epoch"])
 
+    def prune_requested(self, epoch: int) -> bool:
+        """Did a search driver ask this run to stop after ``epoch`` (rank 0 reads it; the ranks agree on
+        it)? Not after the last planned epoch: a run that trained them all finishes."""
+        last = sum(phase.epochs for phase in self.cfg.phases)
+        return self.is_main and epoch < last and self.run.prune_request() is not None
+
     # ------------------------------------------------------------------ endings
     def summary(self, state, split, world_size: int, wall_s: float) -> dict:
         """The summary's run facts (the evaluation's metrics and the config are added to it)."""
@@ -147,6 +154,14 @@ class RunRecord:
                                 state.epoch, signal=name)
         log.warning("%s: stopped after step %d; resume with --resume %s", name, state.step, self.run.path)
         self._finish_wandb(exit_code, name)
+
+    def pruned(self, state) -> None:
+        """status.json says pruned after the epoch just written (its checkpoints are kept); W&B finishes."""
+        request = self.run.prune_request() if self.is_main else None
+        if self.is_main:
+            self.run.set_status("pruned", state.epoch, request=request)
+        log.info("pruned by the search driver after epoch %d (%s)", state.epoch, (request or {}).get("reason", ""))
+        self._finish_wandb(0, "pruning")
 
     def failed(self, error: BaseException, state) -> None:
         """status.json says failed with the error; a full disk or quota says why in one line

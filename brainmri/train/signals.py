@@ -3,6 +3,8 @@
 :class:`StopSignals` installs the handlers for the duration of a ``with`` block (main thread only;
 SIGUSR2 is left to submitit inside a sweep job) and remembers the first signal. A second SIGINT
 exits at once (the default action). :class:`TrainingInterrupted` carries the exit code 128+signum.
+:class:`TrialPruned` is the other way a run stops early: a search driver's request, read from the run
+directory at each epoch end (``brainmri.jobs.search``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,14 @@ class TrainingInterrupted(Exception):
         self.signum = signum
         self.exit_code = 128 + signum
         super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+class TrialPruned(Exception):
+    """A search driver pruned this run; it stopped cleanly after epoch ``epoch`` (checkpoints kept)."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+        super().__init__(f"pruned by the search driver after epoch {epoch}")
 
 
 class StopSignals:

@@ -1,0 +1,220 @@
+"""Search sweeps without SLURM: the space and its errors, --dry-run's worst case, the driver-only journal,
+a pruned run, and a whole search with --cluster local (tests/test_search_slurm.py runs one on the cluster)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from brainmri.cli import sweep as sweep_cli
+from brainmri.jobs.search import open_storage
+from brainmri.jobs.submit import task_state
+from brainmri.results.collect import collect_runs, compare
+from brainmri.rundir import RunDir
+from brainmri.sweep.expand import Task, load_sweep, task_id
+from brainmri.sweep.search import SearchError, lock_driver, parse_param, read_trials, study_file
+from conftest import TINY, run_train
+from slurm_cluster import ROOT, SMALL_JOBS
+
+SPACE = {"optim.lr": "loguniform(1e-4, 1e-1)", "model.dropout": "uniform(0, 0.6)"}
+
+
+def write_search(path: Path, name: str, search: dict | None = None, overrides: dict | None = None,
+                 slurm: dict | None = None, **top) -> Path:
+    spec = {"sampler": "tpe", "trials": 4, "parallel": 2, "pruner": "asha", "space": SPACE, **(search or {})}
+    path.write_text(yaml.safe_dump({"name": name, "recipe": "baseline_cnn", "overrides": overrides or {"data.num_workers": 0},
+                                    "slurm": slurm or SMALL_JOBS, "search": spec, **top}, sort_keys=False))
+    return path
+
+
+def test_space_entries_parse_into_distributions():
+    assert parse_param("w", "optim.lr", "loguniform(1e-5, 1e-2)").__dict__ == {
+        "key": "optim.lr", "kind": "loguniform", "low": 1e-5, "high": 1e-2, "choices": ()}
+    assert (parse_param("w", "model.dropout", "uniform(0, 0.5)").low, parse_param("w", "k", "uniform(0, .5)").high) == (0.0, 0.5)
+    p = parse_param("w", "model.hidden", "int(64, 512)")
+    assert (p.kind, p.low, p.high) == ("int", 64, 512) and isinstance(p.low, int)
+    assert parse_param("w", "optim.name", "choice(adam, adamw, sgd)").choices == ("adam", "adamw", "sgd")
+    assert parse_param("w", "data.batch_size", [16, 32]).choices == (16, 32)  # a YAML list is a choice
+
+
+@pytest.mark.parametrize("spec, named", [
+    ("loguniform(0, 1e-2)", "0 < low < high"), ("uniform(0.5, 0.1)", "low < high"), ("int(1.5, 4)", "integer bounds"),
+    ("normal(0, 1)", "unknown distribution 'normal'"), ("choice(adam)", "at least two values"),
+    ("uniform(a, b)", "two numbers"), ("1e-3", "expected loguniform"), ("choice(a, a)", "twice"),
+])
+def test_bad_space_entry_is_named(spec, named):
+    with pytest.raises(SearchError, match=named) as e:
+        parse_param("s.yaml: search.space.optim.lr", "optim.lr", spec)
+    assert str(e.value).startswith("s.yaml: search.space.optim.lr: ") and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"search": {"space": {"optim.lr": "loguniform(0, 1)"}}}, "search.space.optim.lr: loguniform needs 0 < low"),
+    ({"search": {"sampler": "grid"}}, "search.sampler: unknown sampler 'grid' (valid: random, tpe)"),
+    ({"search": {"pruner": "hyperband"}}, "search.pruner: unknown pruner 'hyperband' (valid: asha, median, none)"),
+    ({"grid": {"optim.lr": [1e-3, 1e-2]}}, "grid and search: both given"),
+    ({"lr_scale": [0.3, 1]}, "lr_scale and search: both given"),
+    ({"seeds": [0, 1]}, "seeds and search: both given"),
+    ({"search": {"space": {"optim.lrr": "uniform(0, 1)"}}}, "search.space.optim.lrr"),  # not a config key
+    ({"search": {"space": {"optim.name": "choice(adam, lion)"}}}, "search.space.optim.name: choice(adam, lion) at 'lion'"),
+    ({"search": {"space": {"seed": "int(0, 9)"}}}, "search.space.seed: not searchable"),
+    ({"search": {"trials": 0}}, "search.trials must be an integer >= 1"),
+    ({"search": {"metric": "test/acc"}}, "search.metric must be a validation metric"),
+    ({"search": {"colour": 1}}, "unknown key search.colour"),
+    ({"overrides": {"optim.lr": 1e-3}}, "search.space.optim.lr: optim.lr is also fixed under overrides"),
+])
+def test_bad_search_is_one_line_exit_2_before_anything_is_written(tmp_path, capsys, change, named):
+    search = {**{"sampler": "tpe", "trials": 4, "parallel": 2, "pruner": "asha", "space": dict(SPACE)},
+              **change.pop("search", {})}
+    path = write_search(tmp_path / "s.yaml", "bad", search, **change)
+    code = sweep_cli.main(["--config", str(path), "--cluster", "slurm", "--sweeps-root", str(tmp_path / "sweeps")])
+    err = capsys.readouterr().err
+    assert code == 2 and named in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "sweeps").exists()
+
+
+def test_search_needs_a_cluster_beside_its_driver(tmp_path, capsys):
+    path = write_search(tmp_path / "s.yaml", "dbg")
+    assert sweep_cli.main(["--config", str(path), "--cluster", "debug", "--sweeps-root", str(tmp_path)]) == 2
+    assert "--cluster slurm or local" in capsys.readouterr().err
+
+
+def test_dry_run_shows_the_worst_case_bill_and_submits_nothing(tmp_path, capsys):
+    path = write_search(tmp_path / "s.yaml", "dry", {"trials": 12, "parallel": 3},
+                        slurm={"gpus_per_node": 2, "time_min": 90, "cpus_per_task": 4})
+    args = ["--config", str(path), "--cluster", "slurm", "--dry-run", "--sweeps-root", str(tmp_path / "sweeps")]
+    assert sweep_cli.main(args) == 0
+    out = capsys.readouterr().out
+    # 12 trials x 1.5 h x 2 GPUs = 36 GPU-h; x 2 tasks x 4 CPUs = 144 CPU-h
+    assert "worst case (every trial to its time limit): 36.0 GPU-h, 144.0 CPU-h" in out, out
+    assert "space optim.lr: loguniform(0.0001, 0.1)" in out and "sbatch slurm/search_driver.sbatch" in out
+    assert sweep_cli.main([*args, "--confirm-seeds", "0,1,2"]) == 0  # the confirmation runs are billed too
+    assert "45.0 GPU-h" in capsys.readouterr().out  # 15 runs
+    assert not (tmp_path / "sweeps").exists()
+
+
+def test_a_trial_is_an_ordinary_task_with_the_grids_identity_rules(tmp_path):
+    from brainmri.sweep.expand import confirm_task, trial_task
+
+    fixed = {"train.epochs": 2, "data.num_workers": 0}
+    sweep = load_sweep(write_search(tmp_path / "s.yaml", "ids", overrides=fixed), sweeps_root=tmp_path / "sweeps")
+    assert sweep.tasks == [] and sweep.search.fixed["baseline_cnn"] == {**fixed, "seed": 0}
+    task, cfg = trial_task(sweep, "baseline_cnn", {"optim.lr": 0.0123, "model.dropout": 0.25}, 7)
+    assert task.id == task_id("baseline_cnn", {**fixed, "seed": 0, "optim.lr": 0.0123, "model.dropout": 0.25})
+    assert task.run_dir == str(tmp_path / "sweeps" / "ids" / "runs" / task.id)
+    assert (cfg.optim.lr, cfg.model.dropout, cfg.wandb.group) == (0.0123, 0.25, "ids")
+    assert {"search", "trial-7"} <= set(cfg.wandb.tags)
+    same, _ = confirm_task(sweep, "baseline_cnn", {"optim.lr": 0.0123, "model.dropout": 0.25}, 0)
+    other, _ = confirm_task(sweep, "baseline_cnn", {"optim.lr": 0.0123, "model.dropout": 0.25}, 1)
+    assert same.id == task.id and other.id != task.id  # --confirm-seeds of the trial's own seed is the trial
+
+
+def test_journal_has_one_writer_survives_a_torn_line_and_replays(tmp_path):
+    import optuna
+
+    lock = lock_driver(tmp_path)
+    other = subprocess.run([sys.executable, "-c", "import sys\nfrom brainmri.sweep.search import DriverLockedError, "
+                            "lock_driver\ntry:\n    lock_driver(sys.argv[1])\nexcept DriverLockedError as e:\n"
+                            "    sys.exit(str(e))", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert other.returncode == 1 and "a search driver is already running (host" in other.stderr
+    assert f"pid {os.getpid()}" in other.stderr
+    study = optuna.create_study(storage=open_storage(tmp_path), study_name="s/r", direction="maximize")
+    for x in (0.1, 0.5):
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        trial.report(x / 2, 1)
+        study.tell(trial, x)
+    running = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    running.report(0.3, 1)
+    with open(study_file(tmp_path), "ab") as f:  # a kill in the middle of writing the next line
+        f.write(b'{"op_code":6,"worker_id":"x","trial_id":2,"step":2,"intermed')
+    lock.release()
+    again = optuna.load_study(storage=open_storage(tmp_path), study_name="s/r")
+    assert [t.state.name for t in again.trials] == ["COMPLETE", "COMPLETE", "RUNNING"]
+    assert again.best_value == 0.5 and again.trials[2].intermediate_values == {1: 0.3}
+    adopted = optuna.trial.Trial(again, again.trials[2]._trial_id)  # a restarted driver goes on with it
+    adopted.report(0.4, 2)
+    again.tell(2, 0.4)
+    assert study_file(tmp_path).read_bytes().endswith(b"\n")
+    assert [t.value for t in optuna.load_study(storage=open_storage(tmp_path), study_name="s/r").trials] == [0.1, 0.5, 0.4]
+
+
+def test_a_pruned_run_stops_at_its_next_epoch_end_with_its_checkpoints(tmp_path, phantom_root):
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.request_prune(trial=3, epoch=1, reason="asha")  # already there: the run stops after its first epoch
+    proc = run_train("--config", "configs/baseline_cnn.yaml", *TINY, f"data.root={phantom_root}",
+                     f"run_dir={run.path}", "train.epochs=4", "train.max_steps_per_epoch=2", "wandb.enabled=false")
+    assert proc.returncode == 0 and "pruned by the search driver after epoch 1" in proc.stdout
+    state = run.state()
+    assert (state.status, state.epoch) == ("pruned", 1) and state.record["request"]["trial"] == 3
+    assert [r["epoch"] for r in run.epoch_rows()] == [1] and run.read_summary() is None
+    assert run.last_checkpoint.is_file() and run.best_checkpoint.is_file()
+    task = Task("t", "baseline_cnn", "", {}, [], str(run.path), job_id="1", cluster="slurm")
+    assert task_state(tmp_path, task, "COMPLETED") == ("pruned", None)  # never "failed"
+    cmp = compare(collect_runs([tmp_path]))
+    assert cmp.recipes == [] and [r.status for r in cmp.incomplete] == ["pruned"]  # never averaged
+
+
+@pytest.mark.slow
+def test_local_search_runs_its_trials_confirms_the_best_and_lands_in_the_report(tmp_path, phantom_root, capsys):
+    from brainmri.cli import collect as collect_cli
+
+    overrides = {"data.root": str(phantom_root), **dict(t.split("=") for t in TINY), "train.epochs": 2,
+                 "train.max_steps_per_epoch": 2, "wandb.enabled": False}
+    path = write_search(tmp_path / "s.yaml", "loc", {"trials": 3, "parallel": 3, "metric": "val/loss", "pruner": "none",
+                                                     "sampler": "random", "space": {"optim.lr": "loguniform(1e-4, 3e-1)"}},
+                        overrides)
+    proc = subprocess.run([sys.executable, str(ROOT / "launch" / "sweep.py"), "--config", str(path), "--cluster",
+                           "local", "--sweeps-root", str(tmp_path), "--poll", "0.3", "--confirm-seeds", "0,1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    table = read_trials(tmp_path / "loc")
+    rows = table["trials"]
+    assert [r["number"] for r in rows] == [0, 1, 2] and {r["state"] for r in rows} == {"finished"}
+    for r in rows:
+        assert RunDir(r["run_dir"]).state().finished and list(r["intermediate"]) == ["1", "2"]
+    assert max(r["submitted_at"] for r in rows) < min(r["ended_at"] for r in rows)  # all 3 at once, no batch wait
+    best = table["best"]["baseline_cnn"]
+    assert best["value"] == min(r["value"] for r in rows)
+    confirm = table["confirm"]["baseline_cnn"]
+    assert confirm["trial"] == best["number"] and confirm["tasks"][0] == best["task"]  # seed 0 is the trial itself
+    seed1 = RunDir(Path(best["run_dir"]).parent / confirm["tasks"][1])
+    assert seed1.state().finished and seed1.read_summary()["seed"] == 1
+    capsys.readouterr()
+    assert collect_cli.main([str(tmp_path / "loc"), "--html", str(tmp_path / "r.html")]) == 0
+    out = capsys.readouterr().out
+    assert f"study's best trial {best['number']}" in out and "the comparison's choice" in out
+    assert "chosen among configurations run over >= 2 seeds" in out and "| 2 |" in out  # the confirmed one, 2 seeds
+    page = (tmp_path / "r.html").read_text()
+    assert "11. Search" in page and "optimisation history" in page and "parcoords" in page
+    assert sweep_cli.main(["status", str(tmp_path / "loc")]) == 0 and "4 finished" in capsys.readouterr().out
+
+
+def test_each_epoch_is_reported_once_even_when_a_requeued_trial_redoes_it(tmp_path):
+    """The driver's reporting on a real study and run directory: a resumed trial rewrites epochs 2-3."""
+    from brainmri.jobs.search import SearchDriver
+
+    path = write_search(tmp_path / "s.yaml", "rep", {"pruner": "none", "metric": "val/loss"})
+    driver = SearchDriver(load_sweep(path, sweeps_root=tmp_path), "local")
+    driver.open()
+    row = driver.ask("baseline_cnn")  # in the journal and trials.json; nothing submitted
+    run = RunDir(row["run_dir"])
+    run.path.mkdir(parents=True)
+    for epoch, loss in ((1, 1.3), (2, 1.2), (3, 1.1)):
+        run.append_metrics({"epoch": epoch, "val/loss": loss, "val/acc": 0.5})
+    assert driver.report_epochs(row, ended=False) and not driver.report_epochs(row, ended=False)
+    run.truncate_metrics(1)  # requeued from its epoch-1 checkpoint: epochs 2 and 3 are trained again
+    for epoch, loss in ((2, 1.2), (3, 1.1), (4, 1.0)):
+        run.append_metrics({"epoch": epoch, "val/loss": loss, "val/acc": 0.5})
+    assert driver.report_epochs(row, ended=False)
+    assert row["intermediate"] == {"1": 1.3, "2": 1.2, "3": 1.1, "4": 1.0}
+    driver.save()
+    again = SearchDriver(load_sweep(path, sweeps_root=tmp_path), "local")  # a restarted driver, same study
+    again.open()
+    assert again.studies["baseline_cnn"].trials[0].intermediate_values == {1: 1.3, 2: 1.2, 3: 1.1, 4: 1.0}
+    assert not again.report_epochs(again.rows[0], ended=False)
