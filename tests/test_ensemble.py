@@ -29,6 +29,7 @@ from brainmri.cli.target import load_target
 from brainmri.results.collect import collect_runs, compare
 from brainmri.results.label_issues import CoverageError, out_of_fold
 from brainmri.results.report import to_csv, to_latex, to_markdown
+from brainmri.results.report_html import render_html
 from brainmri.use.ensemble import Ensemble, EnsembleError, Member
 from brainmri.use.predict import predict_files
 from brainmri.use.trained import TrainedRun
@@ -131,6 +132,10 @@ def test_ensemble_row_equals_the_mean_of_members_predictions_in_every_format(cv_
     assert list(rows["model"]) == ["replicates", "ensemble"]
     assert rows.loc[1, "acc_mean"] == pytest.approx(ens["metrics"]["test/acc"], abs=1e-12)
     assert "ensemble of 3" in tex
+    page = render_html(cmp)  # the report's comparison table and its bands section
+    assert page.count("baseline_cnn (ensemble of 3)") >= 1 + len([k for k in ens["metrics"] if k.endswith("/n")
+                                                                   and k.startswith("test/band/")
+                                                                   and ens["metrics"][k]])
 
 
 @pytest.mark.slow
