@@ -4,7 +4,7 @@ Owns: run discovery (brainmri run dirs, W&B offline dirs, W&B public API), de-du
 model selection on the validation metric, replicate statistics (a replicate is a (fold, seed)
 pair; fold is None for one train/val split), complete fold sets, the data-provenance check, the
 corrected resampled t-test over folds, the paired McNemar test and the ensemble of a chosen
-configuration's replicates (the mean of their test probabilities, from ``predictions_test.csv``).
+configuration's replicates (the mean of their test probabilities, from their test predictions).
 Rendering (Markdown/CSV/LaTeX, plots, W&B report) lives in brainmri/report.py.
 Knows nothing about training: it only reads the run-dir files and W&B records of the contract.
 """
@@ -374,7 +374,7 @@ def _run_name(run: Run) -> str:
 
 
 def check_data(runs: list[Run], allow_mixed: bool = False, notes: list[str] | None = None) -> None:
-    """Refuse runs trained on different data (``summary.json["data_manifest"]["data"]``, a digest of
+    """Refuse runs trained on different data (the summary's ``data_manifest["data"]``, a digest of
     every file's relative path and content hash): one ``MixedDataError`` line naming two runs, the
     replicates of one recipe first; with ``allow_mixed`` a note instead. Runs without a manifest
     (older brainmri) are not checked, and a note says how many."""
@@ -616,7 +616,7 @@ def compare_predictions(first: RecipeResult, second: RecipeResult) -> dict:
                              "acc_a": float((m["pred_a"] == m["label_a"]).mean()),
                              "acc_b": float((m["pred_b"] == m["label_b"]).mean()), **res})
     if not out["seeds"]:
-        out["reason"] = "no common (fold, seed) with predictions_test.csv in both recipes"
+        out["reason"] = "no common (fold, seed) with test predictions in both recipes"
     return out
 
 
@@ -631,7 +631,7 @@ def _max_similarity_rows(sims: np.ndarray) -> np.ndarray:
 def ensemble_predictions(runs: list[Run]) -> tuple[pd.DataFrame | None, str | None]:
     """The members' test predictions averaged image by image: (frame, None) or (None, why not).
 
-    Each member's ``predictions_test.csv`` is matched on ``path`` (the test set is shared); the
+    Each member's test predictions are matched on ``path`` (the test set is shared); the
     frame has ``path``, ``label``, ``pred``, one ``prob_<class>`` per class (the mean of the
     members' softmax probabilities) and, when the members carry them, ``nearest_train``,
     ``similarity`` and ``band`` of the member whose training images hold the most similar image —
@@ -641,11 +641,11 @@ def ensemble_predictions(runs: list[Run]) -> tuple[pd.DataFrame | None, str | No
     for r in runs:
         f = load_predictions(r)
         if f is None:
-            return None, f"run {_run_name(r)} has no predictions_test.csv"
+            return None, f"run {_run_name(r)} has no test predictions"
         frames.append(f)
     cols = [c for c in frames[0].columns if c.startswith("prob_")]
     if not cols:
-        return None, "the members' predictions_test.csv carry no probabilities"
+        return None, "the members' test predictions carry no probabilities"
     first = frames[0]
     for r, f in zip(runs, frames):
         if [c for c in f.columns if c.startswith("prob_")] != cols:

@@ -1,8 +1,8 @@
 """Label issues from out-of-fold predictions: which training images may carry the wrong label.
 
 When a configuration's K-fold runs cover its training pool — every file of the pool (the train and
-val parts of ``split.json``) validated exactly once across the K fold runs of each seed — each
-training image has a prediction from a model that never trained on it (``predictions_val.csv`` of
+val parts of the split record) validated exactly once across the K fold runs of each seed — each
+training image has a prediction from a model that never trained on it (the validation predictions of
 the fold that held it out). ``out_of_fold`` gathers those probabilities (the mean over seeds),
 ``label_issues`` ranks them with cleanlab (``cleanlab.filter.find_label_issues``, ranked by
 self-confidence; ``cleanlab.rank.get_label_quality_scores`` gives every image its score) and
@@ -39,7 +39,7 @@ class OutOfFold:
     paths: list[str]          # relative to ``root``
     labels: np.ndarray        # given label (int)
     probs: np.ndarray         # (n, classes): out-of-fold softmax, mean over seeds
-    groups: list              # near-duplicate group (split.json's ``group``)
+    groups: list              # near-duplicate group (the split record's ``group``)
     folds: list               # the fold that held each image out
     seeds: int                # seeds averaged
     runs: int                 # fold runs read
@@ -52,8 +52,8 @@ class CoverageError(ValueError):
 def out_of_fold(runs: list) -> OutOfFold:
     """Out-of-fold probabilities of ``runs`` (one configuration's complete K-fold replicates).
 
-    Raises ``CoverageError`` when they are not K-fold runs, a run lacks ``split.json`` or
-    ``predictions_val.csv``, the runs disagree on the pool, or some pool image is predicted other
+    Raises ``CoverageError`` when they are not K-fold runs, a run lacks the split record or
+    validation predictions, the runs disagree on the pool, or some pool image is predicted other
     than exactly once by a seed's folds.
     """
     if not runs or any(r.folds is None or r.run_dir is None for r in runs):

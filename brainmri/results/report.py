@@ -355,7 +355,7 @@ def intro_text(cmp: Comparison, table: str = "main") -> str:
             f"a (fold, seed) pair: with data.folds, the {cmp.metric} is averaged over the folds (and seeds); "
             f"a seed missing folds is listed as incomplete, never averaged. Recipes ordered by {cmp.metric}.")
     ensemble = (" Rows '(ensemble of N)': one model, the mean of the N replicates' softmax probabilities per "
-                "test image (from their predictions_test.csv); its bands are by the nearest image among all "
+                "test image (from their test predictions); its bands are by the nearest image among all "
                 "its members' training images." if any(ensemble_of(rr) for rr in cmp.recipes) else "")
     cells = {"main": "Cells: mean ± std over replicates; Folds and Seeds count them. Acc novel: test accuracy on "
                      "the images whose most similar training image is novel (brainmri.data.leakage)." + ensemble,

@@ -272,7 +272,7 @@ def render_html(cmp: Comparison, title: str = "brainmri recipe comparison", sear
                 fig.update_layout(title=f"{rr.recipe}: reliability, ECE={ece:.3f}", height=320,
                                   xaxis_title="confidence", yaxis_title="accuracy")
                 rel_parts.append(_fig(fig))
-    sec.append(("4. Confusion matrices (chosen configuration)", "".join(parts) or "<p>No predictions_test.csv.</p>"))
+    sec.append(("4. Confusion matrices (chosen configuration)", "".join(parts) or "<p>No test predictions.</p>"))
     ece_tab = pd.DataFrame([{"recipe": rr.recipe, "ECE": fmt(rr.stats.get("ece", {}))} for rr in cmp.recipes])
     classes = classes_frame(cmp)
     sec.append(("5. Calibration and per-class metrics", "".join(rel_parts) + _table(ece_tab, True)

@@ -7,7 +7,7 @@ engine is the loop; around it: the data (``brainmri.data.datasets.build_training
 phase's optimizer (``brainmri.train.phases``), the epoch-end decisions — best epoch, early stop,
 schedule — (``brainmri.train.policy``), what a checkpoint holds (``brainmri.train.checkpoint``) and
 the run's bookkeeping in its directory and W&B (``brainmri.train.record``). A run directory that
-already holds ``checkpoints/last.pt`` is resumed exactly (inside the epoch when it stopped there); a
+already holds a last checkpoint is resumed exactly (inside the epoch when it stopped there); a
 search driver's prune request stops it at the next epoch end (``TrialPruned``, status ``pruned``);
 one that holds a finished summary is returned as is, or extended when the config only adds epochs
 to its last phase. The engine knows nothing about SLURM or sweeps.
@@ -54,7 +54,7 @@ class Engine:
         self.state = TrainerState()
         self.feature_train = None  # the FeatureDataset while a phase trains the head on cached features
         self.signals = StopSignals()
-        self._last_save = time.perf_counter()  # when last.pt was last written
+        self._last_save = time.perf_counter()  # when the last checkpoint was last written
 
     # ----------------------------------------------------------------- setup
     def _setup_data(self) -> None:
@@ -84,7 +84,7 @@ class Engine:
             self._last_save = time.perf_counter()
 
     def _load_last(self) -> dict | None:
-        ckpt = self.run.load_checkpoint()  # falls back to last.prev.pt; CheckpointError if none is valid
+        ckpt = self.run.load_checkpoint()  # falls back to the previous checkpoint; CheckpointError if none is valid
         if ckpt is not None:
             self.model.load_state_dict(ckpt["model"])
             self.state = TrainerState.from_dict(ckpt["trainer"])
@@ -111,7 +111,7 @@ class Engine:
         acc.wait_for_everyone()  # every rank has decided before rank 0 moves the old summary aside
         self.record.begin(extend)
         wall_start = time.perf_counter()
-        try:  # from here on, a failure is recorded in status.json (the sweep reads it)
+        try:  # from here on, a failure is recorded in the run's status (the sweep reads it)
             self.record.save_config()
             set_seed(cfg.seed, deterministic=cfg.train.deterministic)
             self._setup_data()
@@ -207,7 +207,7 @@ class Engine:
         if improved:
             st.best_weights = weights["name"]
             self._save_checkpoint(self.run.best_checkpoint, weights=self.ema.module if weights["name"] == "ema" else None)
-        # last.pt is written after the metrics row, so a resume never loses a logged epoch
+        # the last checkpoint is written after the metrics row, so a resume never loses a logged epoch
         self._save_checkpoint(self.run.last_checkpoint, optimizer, scheduler)
         log.info("epoch %d %s: train/loss %.4f train/acc %.4f val/loss %.4f val/acc %.4f%s", epoch, phase.name,
                  row["train/loss"], row["train/acc"], row["val/loss"], row["val/acc"], " *" if improved else "")
@@ -267,7 +267,7 @@ class Engine:
                 "time/epoch_s": elapsed, "throughput/images_per_s": images / max(elapsed, 1e-9)}
 
     def _after_step(self, optimizer, scheduler, epoch: int, done: int, elapsed: float, sums) -> None:
-        """After an optimizer step: on a stop signal or when due, write a mid-epoch ``last.pt``."""
+        """After an optimizer step: on a stop signal or when due, write a mid-epoch last checkpoint."""
         every = self.cfg.train.checkpoint_every_min * 60
         due = every > 0 and time.perf_counter() - self._last_save >= every  # rank 0's clock decides
         stop, due = agree(self.signals.signum, due and self.acc.is_main_process, self.acc)
@@ -303,7 +303,7 @@ def fit(cfg: RunConfig) -> dict:
     """Train ``cfg`` to completion (resuming its run directory if it has a checkpoint).
 
     Returns:
-        The summary dict also written to ``<run_dir>/summary.json``.
+        The summary dict, also written into the run directory (``RunDir.write_summary``).
     Example:
         >>> summary = fit(load_config("configs/baseline_cnn.yaml", ["train.epochs=2"]))
     """

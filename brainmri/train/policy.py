@@ -27,7 +27,7 @@ class TrainerState:
     step: int = 0  # optimizer steps
     best_metric: float | None = None
     best_epoch: int = 0
-    best_weights: str = "raw"  # raw | ema: which weights best.pt holds (train.ema)
+    best_weights: str = "raw"  # raw | ema: which weights the best checkpoint holds (train.ema)
     es_best: float | None = None
     es_bad_epochs: int = 0
     wandb_id: str | None = None

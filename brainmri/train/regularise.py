@@ -22,7 +22,7 @@ How the engine calls each piece (``cfg`` is the run's ``RunConfig``, ``acc`` acc
    lives on the model's device, outside DDP). After every optimizer step (``acc.sync_gradients``):
    ``ema.update(acc.unwrap_model(model))``. Each epoch evaluate ``ema.module`` (eval mode) beside
    the raw model, record both (e.g. ``val/acc`` and ``val_ema/acc``), keep whichever is better on
-   the monitor in ``best.pt`` under ``"model"`` (the same keys as the raw model, so predict/export
+   the monitor in the best checkpoint under ``"model"`` (the same keys as the raw model, so predict/export
    read it unchanged) and say which in the summary. Checkpoint: ``ckpt["ema"] = ema.state_dict()``;
    resume: ``ema.load_state_dict(ckpt["ema"])``. Under DDP every rank updates its own copy from
    identical weights and broadcast buffers, so the copies stay equal. Float buffers (BatchNorm

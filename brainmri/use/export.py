@@ -144,7 +144,7 @@ def _digest(values) -> str:
 
 
 def data_fingerprint(trained: TrainedRun) -> dict:
-    """What the run was trained and evaluated on: split.json's counts and manifest, and digests of
+    """What the run was trained and evaluated on: the split record's counts and manifest, and digests of
     the files' SHA-1s per part."""
     record = trained.run.read_split() or {}
     out = {k: record.get(k) for k in ("data_root", "classes", "train", "val", "test", "group_by", "bands", "manifest")}
@@ -182,7 +182,7 @@ def ensemble_card(ens: Ensemble) -> dict:
     return {"sweep": str(ens.home), "recipe": ens.recipe, "config": ens.config, "combination":
             "mean of the members' softmax probabilities", "members": ens.describe_members(),
             "metrics": {"test": (result or {}).get("metrics") or {},
-                        "note": (result or {}).get("reason") or "from the members' predictions_test.csv, "
+                        "note": (result or {}).get("reason") or "from the members' test predictions, "
                         "averaged per image; bands by the nearest image among all members' training images"}}
 
 

@@ -4,8 +4,8 @@
 (``brainmri.use.trained.TrainedRun``), scans the root with the loader's rules, checks that its class
 folders are the run's classes, finds each image's nearest training image and band (when the run's
 training data is reachable), and calls ``brainmri.train.evaluate.evaluate_split`` — the code path of
-training's own test evaluation — so the output folder gets the same ``predictions_test.csv``,
-``confusion_test.png`` and ``test/...`` metrics (in ``summary.json``). The run's own files are never
+training's own test evaluation — so the output folder gets the same test predictions,
+confusion matrix and ``test/...`` metrics (in the summary). The run's own files are never
 written: the default output is ``<run_dir>/eval/<data root name>/``. An ensemble
 (``brainmri.use.ensemble.Ensemble``) is evaluated the same way, its probabilities the mean of its
 members'; its default output is ``<sweep>/ensembles/<recipe>/eval/<data root name>/`` and its

@@ -3,7 +3,7 @@
 ``predict_files`` decodes inputs with ``brainmri.use.inputs`` (images and DICOM), batches them
 through the run's model (``brainmri.use.trained.TrainedRun``: its own config and best checkpoint)
 on accelerate's device in the run's mixed precision, and, when the run's training images can be
-found again (``split.json``'s file list), finds each input's most similar training image and its
+found again (the split record's file list), finds each input's most similar training image and its
 band (``brainmri.data.leakage``). Bad inputs are skipped with one line each; the rest is still
 predicted.
 """
