@@ -1,4 +1,8 @@
-"""How the command-line tools end on a full disk: one line, exit 75 (EX_TEMPFAIL: retry once space is freed)."""
+"""How the command-line tools end on bad input or a full disk: one line on stderr, never a traceback.
+
+Bad input (a missing run, a bad config value, unknown data, ...) is exit 2; a full disk or an
+exceeded quota is exit 75 (EX_TEMPFAIL: retry once space is freed), the old output file kept.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +12,26 @@ import sys
 from brainmri.atomic import EX_TEMPFAIL, DiskFullError
 
 
-def full_disk_is_one_line(main):
-    """Wrap a tool's ``main(argv)``: a full disk or exceeded quota ends it with one line and exit 75."""
+def one_line_errors(*bad_input: type[BaseException]):
+    """Wrap a tool's ``main(argv)``: ``bad_input`` errors end it with ``error: ...`` and exit 2, a full
+    disk with exit 75."""
 
-    @functools.wraps(main)
-    def wrapper(argv: list[str] | None = None) -> int:
-        try:
-            return main(argv)
-        except DiskFullError as e:
-            note = getattr(e, "status_note", None)
-            print(f"error: {e}" + (f"; {note}" if note else ""), file=sys.stderr)
-            return EX_TEMPFAIL
+    def wrap(main):
+        @functools.wraps(main)
+        def wrapper(argv: list[str] | None = None) -> int:
+            try:
+                return main(argv)
+            except DiskFullError as e:
+                note = getattr(e, "status_note", None)
+                print(f"error: {e}" + (f"; {note}" if note else ""), file=sys.stderr)
+                return EX_TEMPFAIL
+            except bad_input as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
 
-    return wrapper
+        return wrapper
+
+    return wrap
+
+
+full_disk_is_one_line = one_line_errors()

@@ -13,7 +13,6 @@ the run's own results are never touched.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from brainmri.config import ConfigError
@@ -22,25 +21,20 @@ from brainmri.use.external import evaluate_run
 from brainmri.models.weights import WeightsError
 from brainmri.use.trained import RunError
 from brainmri.rundir import CheckpointError, RunDir
-from brainmri.cli.errors import full_disk_is_one_line
-from brainmri.cli.target import add_target_args, load_target
+from brainmri.cli.errors import one_line_errors
+from brainmri.cli.target import load_target, target_parser
 
 
-@full_disk_is_one_line
+@one_line_errors(RunError, CheckpointError, ConfigError, WeightsError, DataError)
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_target_args(p)
+    p = target_parser(__doc__)
     p.add_argument("--data", required=True, help="data root with the run's class folders")
     p.add_argument("--out", help="output folder (default: <run_dir>/eval/<data root name>/)")
     p.add_argument("--batch-size", type=int, help="default: the run's eval batch size")
     p.add_argument("--num-workers", type=int, default=0)
     args = p.parse_args(argv)
-    try:
-        trained = load_target(args.run_dir, args.recipe)
-        summary = evaluate_run(args.run_dir, args.data, args.out, args.batch_size, args.num_workers, trained)
-    except (RunError, CheckpointError, ConfigError, WeightsError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    trained = load_target(args.run_dir, args.recipe)
+    summary = evaluate_run(args.run_dir, args.data, args.out, args.batch_size, args.num_workers, trained)
     if summary["skipped_files"]:
         print(f"skipped {summary['skipped_files']} unreadable image(s); see {RunDir(summary['out']).skipped_file}",
               file=sys.stderr)

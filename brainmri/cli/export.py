@@ -11,7 +11,6 @@ An ensemble is one graph averaging its members' softmax; its card lists every me
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from brainmri.config import ConfigError
@@ -19,23 +18,17 @@ from brainmri.use.export import FORMATS, ExportError, export
 from brainmri.models.weights import WeightsError
 from brainmri.use.trained import RunError
 from brainmri.rundir import CheckpointError
-from brainmri.cli.errors import full_disk_is_one_line
-from brainmri.cli.target import add_target_args, load_target
+from brainmri.cli.errors import one_line_errors
+from brainmri.cli.target import load_target, target_parser
 
 
-@full_disk_is_one_line
+@one_line_errors(RunError, CheckpointError, ConfigError, WeightsError, ExportError)
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_target_args(p)
+    p = target_parser(__doc__)
     p.add_argument("--format", nargs="+", default=["onnx"], metavar="FMT", help=f"{' '.join(FORMATS)} (default onnx)")
     p.add_argument("--out", required=True, help="output folder")
     args = p.parse_args(argv)
-    try:
-        trained = load_target(args.run_dir, args.recipe)
-        written = export(trained, args.out, args.format)
-    except (RunError, CheckpointError, ConfigError, WeightsError, ExportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    written = export(load_target(args.run_dir, args.recipe), args.out, args.format)
     for kind, path in written.items():
         print(f"{kind}: {path}")
     return 0

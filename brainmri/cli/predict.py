@@ -11,7 +11,6 @@ similarity and band) and ``<out stem>.skipped.csv`` (files that could not be use
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from brainmri.config import ConfigError
@@ -20,14 +19,13 @@ from brainmri.use.predict import predict_files, write_csv
 from brainmri.use.ensemble import Ensemble
 from brainmri.use.trained import RunError
 from brainmri.rundir import CheckpointError
-from brainmri.cli.errors import full_disk_is_one_line
-from brainmri.cli.target import add_target_args, load_target
+from brainmri.cli.errors import one_line_errors
+from brainmri.cli.target import load_target, target_parser
 
 
-@full_disk_is_one_line
+@one_line_errors(RunError, CheckpointError, ConfigError, WeightsError)
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_target_args(p)
+    p = target_parser(__doc__)
     p.add_argument("inputs", nargs="+", help="image files, DICOM files and folders")
     p.add_argument("--out", default="predictions.csv", help="CSV to write (default: predictions.csv)")
     p.add_argument("--cam", metavar="DIR", help="write Grad-CAM overlays and DIR/index.html")
@@ -35,15 +33,11 @@ def main(argv=None) -> int:
     p.add_argument("--num-workers", type=int, default=0, help="decoding processes (default 0)")
     p.add_argument("--no-similarity", action="store_true", help="skip the nearest-training-image search")
     args = p.parse_args(argv)
-    try:
-        trained = load_target(args.run_dir, args.recipe)
-        if args.cam and isinstance(trained, Ensemble):
-            raise RunError("--cam explains one run's model: give one of the ensemble's run directories")
-        pred = predict_files(trained, args.inputs, args.batch_size, args.num_workers, args.cam,
-                             similarity=not args.no_similarity)
-    except (RunError, CheckpointError, ConfigError, WeightsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    trained = load_target(args.run_dir, args.recipe)
+    if args.cam and isinstance(trained, Ensemble):
+        raise RunError("--cam explains one run's model: give one of the ensemble's run directories")
+    pred = predict_files(trained, args.inputs, args.batch_size, args.num_workers, args.cam,
+                         similarity=not args.no_similarity)
     for s in pred.skipped:
         print(f"skipped {s['path']}: {s['error']}", file=sys.stderr)
     csv_path, skipped_path = write_csv(pred, args.out)

@@ -16,6 +16,13 @@ from brainmri.use.ensemble import Ensemble
 from brainmri.use.trained import RunError, TrainedRun
 
 
+def target_parser(description: str | None) -> argparse.ArgumentParser:
+    """The argument parser of predict, evaluate and export, with the run (or sweep + ``--recipe``) they use."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_target_args(p)
+    return p
+
+
 def add_target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a brainmri run directory (its config and best checkpoint are used), or a sweep "
                    "directory with --recipe (the ensemble of the recipe's chosen configuration)")

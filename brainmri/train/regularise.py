@@ -164,15 +164,20 @@ class WeightEMA:
 VIEWS = {"hflip": lambda x: x.flip(-1), "vflip": lambda x: x.flip(-2)}
 
 
+def check_views(views) -> tuple[str, ...]:
+    """``views`` as a tuple; an unknown view is a ValueError naming it and the choices."""
+    unknown = [v for v in views if v not in VIEWS]
+    if unknown:
+        raise ValueError(f"unknown TTA view {unknown[0]!r} (choose from {', '.join(VIEWS)})")
+    return tuple(views)
+
+
 class TTA(nn.Module):
     """Mean softmax of ``model`` over the input and each named view (``eval.tta``); exportable."""
 
     def __init__(self, model: nn.Module, views=()):
         super().__init__()
-        unknown = [v for v in views if v not in VIEWS]
-        if unknown:
-            raise ValueError(f"unknown TTA view {unknown[0]!r} (choose from {', '.join(VIEWS)})")
-        self.model, self.views = model, tuple(views)
+        self.model, self.views = model, check_views(views)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(self.model(x).float(), dim=1)  # float even under autocast

@@ -29,7 +29,7 @@ from brainmri.data.files import DataError
 from brainmri.results.collect import MixedDataError, compare, read_run_dir, value_label
 from brainmri.rundir import RunDir
 from brainmri.train.accel import inference_accelerator
-from brainmri.train.regularise import VIEWS
+from brainmri.train.regularise import VIEWS, check_views
 from brainmri.use.trained import RunError, TrainedRun, TrainingReference
 
 
@@ -59,10 +59,7 @@ class MeanProbabilities(torch.nn.Module):
 
     def __init__(self, ensemble: EnsembleModel, views=()):
         super().__init__()
-        unknown = [v for v in views if v not in VIEWS]
-        if unknown:
-            raise ValueError(f"unknown TTA view {unknown[0]!r} (choose from {', '.join(VIEWS)})")
-        self.ensemble, self.views = ensemble, tuple(views)
+        self.ensemble, self.views = ensemble, check_views(views)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         probs = self.ensemble.probabilities(image)
