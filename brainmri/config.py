@@ -13,8 +13,10 @@ Example:
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
+import math
 import re
 import dataclasses
 import typing
@@ -58,12 +60,25 @@ def is_runtime_key(key: str) -> bool:
 
 # Keys added after runs were named by their hash: unset, they leave a run's identity (and directory) as it was.
 UNSET_IS_ABSENT = ("data.folds", "data.fold")
+# The same for keys (dotted prefixes) added with a default that is not None: at their default they are left out.
+DEFAULT_IS_ABSENT = ("data.aug.", "data.crop", "data.background", "data.head_margin", "scheduler.warmup_epochs",
+                     "train.mixup", "train.cutmix", "train.label_smoothing", "train.ema", "eval.")
+
+
+@functools.lru_cache(maxsize=1)
+def _defaults() -> dict[str, Any]:
+    return flatten(RunConfig().to_dict())
+
+
+def _absent(key: str, value: Any) -> bool:
+    if value is None and key in UNSET_IS_ABSENT:
+        return True
+    return key.startswith(DEFAULT_IS_ABSENT) and value == _defaults().get(key, ())
 
 
 def identity(tree: dict[str, Any]) -> dict[str, Any]:
     """The keys of a config mapping (nested or dotted) that define the run, flattened."""
-    return {k: v for k, v in flatten(_plain(tree)).items()
-            if not is_runtime_key(k) and not (v is None and k in UNSET_IS_ABSENT)}
+    return {k: v for k, v in flatten(_plain(tree)).items() if not is_runtime_key(k) and not _absent(k, v)}
 
 
 def run_hash(cfg: "RunConfig") -> str:
@@ -86,6 +101,25 @@ class SyntheticConfig:
 
 
 @dataclass(frozen=True)
+class AugConfig:
+    """Parameters of the ``data.augment`` transforms (``brainmri.data.transforms.train_transform``)."""
+    rrc_scale: tuple[float, ...] = (0.5, 1.0)  # rrc: area fraction of the crop
+    rrc_ratio: tuple[float, ...] = (0.75, 1.3333)  # rrc: aspect ratio of the crop
+    affine_degrees: float = 10.0  # affine: rotation in ±degrees
+    affine_translate: float = 0.1  # affine: shift, fraction of the side, each axis
+    affine_scale: tuple[float, ...] = (0.9, 1.1)  # affine: zoom range
+    affine_shear: float = 5.0  # affine: shear in ±degrees
+    brightness: float = 0.2  # intensity: multiply by U(1-b, 1+b)
+    contrast: float = 0.2  # intensity: stretch about the mean of the non-zero pixels by U(1-c, 1+c)
+    gamma: tuple[float, ...] = (0.8, 1.25)  # intensity: gamma, log-uniform in this range
+    noise: float = 0.0  # intensity: Rician-like noise, sigma U(0, noise) × 255 (0: off)
+    randaugment_ops: int = 2
+    randaugment_magnitude: int = 9
+    erasing_p: float = 0.25  # erasing: probability per image
+    erasing_scale: tuple[float, ...] = (0.02, 0.2)  # erasing: area fraction
+
+
+@dataclass(frozen=True)
 class DataConfig:
     root: str | None = None  # ImageFolder root with Training/ (and optional Testing/); None → phantoms
     synthetic_dir: str = "data/phantoms"
@@ -93,8 +127,12 @@ class DataConfig:
     input_size: int = 224  # images are resized to input_size × input_size for the model
     input_channels: int = 3  # 1 = grey-scale input, 3 = grey-scale replicated to 3 channels
     normalize: str = "imagenet"  # imagenet | none
-    augment: tuple[str, ...] = ("hflip", "rotation")
+    augment: tuple[str, ...] = ("hflip", "rotation")  # brainmri.data.transforms.AUGMENTATIONS, applied in that order
     rotation_degrees: float = 10.0
+    aug: AugConfig = field(default_factory=AugConfig)
+    crop: str = "none"  # none | head: crop to the head's bounding box before resizing (at decode time)
+    background: str = "keep"  # keep | zero: pixels outside the dilated head mask set to 0 (at decode time)
+    head_margin: float = 0.0  # crop box and background mask widened by this × the head box's longer side
     val_fraction: float = 0.2
     split_seed: int = 0
     group_by: str = "near"  # exact | near | scan: which duplicates never straddle train/val (brainmri.data.leakage)
@@ -140,6 +178,7 @@ class OptimConfig:
 @dataclass(frozen=True)
 class SchedulerConfig:
     name: str = "none"  # brainmri.optim.SCHEDULERS: none | plateau | cosine (both decay to min_lr)
+    warmup_epochs: int = 0  # cosine or none: LR rises linearly over this many epochs of each phase first
     monitor: str = "val/loss"
     mode: str = "min"
     factor: float = 0.1
@@ -176,8 +215,20 @@ class TrainConfig:
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     max_steps_per_epoch: int | None = None
     deterministic: bool = False
-    checkpoint_every_min: float = 10.0  # also write last.pt inside an epoch this often (minutes; 0: epochs only)
+    checkpoint_every_min: float = 10.0  # also write the last checkpoint inside an epoch this often (minutes; 0: epochs only)
     fail_at_epoch: int | None = None  # test hook: raise at the start of this epoch
+    mixup: float = 0.0  # MixUp Beta(alpha, alpha); 0: off (brainmri.train.regularise.BatchMixer)
+    cutmix: float = 0.0  # CutMix Beta(alpha, alpha); 0: off
+    mixup_prob: float = 1.0  # share of batches mixed when mixup or cutmix is on
+    mixup_switch_prob: float = 0.5  # with both on: share of mixed batches that use CutMix
+    label_smoothing: float = 0.0  # soft-target cross-entropy smoothing (brainmri.train.regularise.SoftTargetCrossEntropy)
+    ema: float | None = None  # EMA decay of the weights (e.g. 0.999); None: off (brainmri.train.regularise.WeightEMA)
+    ema_warmup: bool = False  # EMA decay min(ema, (1 + n) / (10 + n)) after n updates, so short runs move
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    tta: tuple[str, ...] = ()  # test-time views averaged with the identity: hflip, vflip (brainmri.train.regularise.TTA)
 
 
 @dataclass(frozen=True)
@@ -201,6 +252,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -435,6 +487,8 @@ _CHOICES = {
     "data.normalize": ("imagenet", "none"),
     "data.cache": ("none", "decoded"),
     "data.group_by": ("exact", "near", "scan"),
+    "data.crop": ("none", "head"),
+    "data.background": ("keep", "zero"),
     "data.input_channels": (1, 3),
 }
 
@@ -457,9 +511,8 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"invalid value for {key}: {value!r} (choose from {', '.join(map(str, choices))})")
     if not RECIPE_NAME.fullmatch(cfg.recipe):
         raise ConfigError(f"recipe: {cfg.recipe!r} is not a plain name (letters, digits, _ . + -)")
-    unknown_aug = set(cfg.data.augment) - {"hflip", "vflip", "rotation"}
-    if unknown_aug:
-        raise ConfigError(f"invalid value in data.augment: {sorted(unknown_aug)[0]!r} (choose from hflip, vflip, rotation)")
+    _validate_augmentation(cfg)
+    _validate_regularisers(cfg)
     positive = ["data.batch_size", "data.input_size", "train.grad_accum", "optim.lookahead_k"]
     for key in positive:
         if _get(cfg, key) < 1:
@@ -514,6 +567,67 @@ def validate(cfg: RunConfig) -> None:
         if extra:
             raise ConfigError(f"{key}.lr_mult: {extra[0]!r} is not a group the phase trains "
                               f"(it trains {', '.join(trained)})")
+
+
+AUGMENTATIONS = ("hflip", "vflip", "rotation", "rrc", "affine", "trivialaugment", "randaugment", "intensity",
+                 "erasing")  # the order brainmri.data.transforms.train_transform applies them in
+TTA_VIEWS = ("hflip", "vflip")
+
+
+def _range(cfg: RunConfig, key: str, low: float, high: float, closed: str = "[]") -> None:
+    """``key``'s value (or each of its values) within low..high; ``closed`` says which ends are allowed."""
+    value = _get(cfg, key)
+    for v in value if isinstance(value, tuple) else (value,):
+        ok = (v >= low if closed[0] == "[" else v > low) and (v <= high if closed[1] == "]" else v < high)
+        if not ok:
+            raise ConfigError(f"{key} must be in {closed[0]}{low}, {high}{closed[1]}, got {value}")
+
+
+def _pair(cfg: RunConfig, key: str) -> None:
+    value = _get(cfg, key)
+    if len(value) != 2 or value[0] > value[1]:
+        raise ConfigError(f"{key} must be a [low, high] pair with low <= high, got {list(value)}")
+
+
+def _validate_augmentation(cfg: RunConfig) -> None:
+    unknown_aug = [a for a in cfg.data.augment if a not in AUGMENTATIONS]
+    if unknown_aug:
+        raise ConfigError(f"invalid value in data.augment: {unknown_aug[0]!r} (choose from {', '.join(AUGMENTATIONS)})")
+    for key in ("data.aug.rrc_scale", "data.aug.rrc_ratio", "data.aug.affine_scale", "data.aug.gamma",
+                "data.aug.erasing_scale"):
+        _pair(cfg, key)
+    _range(cfg, "data.aug.rrc_scale", 0.0, 1.0, "(]")
+    _range(cfg, "data.aug.erasing_scale", 0.0, 1.0, "(]")
+    for key in ("data.aug.rrc_ratio", "data.aug.affine_scale", "data.aug.gamma"):
+        _range(cfg, key, 0.0, math.inf, "()")
+    _range(cfg, "data.aug.affine_translate", 0.0, 1.0)
+    for key in ("data.aug.affine_degrees", "data.aug.affine_shear", "data.aug.noise"):
+        _range(cfg, key, 0.0, math.inf, "[)")
+    for key in ("data.aug.brightness", "data.aug.contrast", "data.aug.erasing_p"):
+        _range(cfg, key, 0.0, 1.0)
+    _range(cfg, "data.aug.randaugment_ops", 1, 16)
+    _range(cfg, "data.aug.randaugment_magnitude", 0, 30)
+    _range(cfg, "data.head_margin", 0.0, 1.0)
+
+
+def _validate_regularisers(cfg: RunConfig) -> None:
+    for key in ("train.mixup", "train.cutmix"):
+        _range(cfg, key, 0.0, math.inf, "[)")
+    for key in ("train.mixup_prob", "train.mixup_switch_prob"):
+        _range(cfg, key, 0.0, 1.0)
+    _range(cfg, "train.label_smoothing", 0.0, 1.0, "[)")
+    if cfg.train.ema is not None:
+        _range(cfg, "train.ema", 0.0, 1.0, "()")
+    unknown = [v for v in cfg.eval.tta if v not in TTA_VIEWS]
+    if unknown:
+        raise ConfigError(f"invalid value in eval.tta: {unknown[0]!r} (choose from {', '.join(TTA_VIEWS)})")
+    if len(set(cfg.eval.tta)) != len(cfg.eval.tta):
+        raise ConfigError(f"eval.tta names a view twice: {list(cfg.eval.tta)}")
+    if cfg.scheduler.warmup_epochs < 0:
+        raise ConfigError(f"scheduler.warmup_epochs must be >= 0, got {cfg.scheduler.warmup_epochs}")
+    if cfg.scheduler.warmup_epochs and cfg.scheduler.name not in ("cosine", "none"):
+        raise ConfigError(f"scheduler.warmup_epochs={cfg.scheduler.warmup_epochs} needs scheduler.name cosine or none "
+                          f"(got {cfg.scheduler.name})")
 
 
 def _validate_folds(folds: int | None, fold: int | None) -> None:

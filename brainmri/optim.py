@@ -160,13 +160,50 @@ OPTIMIZERS: dict[str, Callable[[list[dict[str, Any]], Any], Optimizer]] = {
                                        k=o.lookahead_k, alpha=o.lookahead_alpha, gc_conv=o.gc_conv, gc_fc=o.gc_fc),
 }
 
+class WarmupCosine(LRScheduler):
+    """Linear warmup, then cosine decay to ``min_lr``, stepped once per epoch (a closed form of the epoch).
+
+    Epoch e < w (``warmup_epochs``) runs at base × (e + 1)/(w + 1); epochs w … ``epochs`` − 1 follow
+    ``min_lr + (base − min_lr)(1 + cos(π (e − w)/(epochs − w)))/2``, so with w = 0 it is the
+    ``cosine`` schedule. ``cosine=False`` holds the base LR after the warmup (``scheduler.name: none``).
+    Setting ``epochs`` longer (a resumed, extended phase) re-plans the rest (see ``replan_cosine``).
+    """
+
+    def __init__(self, optimizer: Optimizer, epochs: int, warmup_epochs: int, min_lr: float = 0.0,
+                 cosine: bool = True, last_epoch: int = -1):
+        self.epochs, self.warmup_epochs, self.min_lr, self.cosine = max(epochs, 1), warmup_epochs, min_lr, cosine
+        super().__init__(optimizer, last_epoch)
+
+    def factor_lr(self, base: float, epoch: int) -> float:
+        w = self.warmup_epochs
+        if epoch < w:
+            return base * (epoch + 1) / (w + 1)
+        if not self.cosine:
+            return base
+        span = max(self.epochs - w, 1)
+        return self.min_lr + (base - self.min_lr) * (1 + math.cos(math.pi * min(epoch - w, span) / span)) / 2
+
+    def get_lr(self) -> list[float]:
+        return [self.factor_lr(base, self.last_epoch) for base in self.base_lrs]
+
+
+def _warmup_or(plain):
+    """The scheduler ``plain`` builds, or ``WarmupCosine`` when ``scheduler.warmup_epochs`` > 0."""
+    def build(opt, s, epochs):
+        if s.warmup_epochs > 0:
+            return WarmupCosine(opt, epochs, s.warmup_epochs, s.min_lr, cosine=s.name == "cosine")
+        return plain(opt, s, epochs)
+    return build
+
+
 SCHEDULERS: dict[str, Callable[[Optimizer, Any, int], LRScheduler | ReduceLROnPlateau | None]] = {
-    "none": lambda opt, s, epochs: None,
+    # with scheduler.warmup_epochs > 0, none and cosine start with a linear warmup (WarmupCosine)
+    "none": _warmup_or(lambda opt, s, epochs: None),
     # stepped once per epoch with the monitored metric
     "plateau": lambda opt, s, epochs: ReduceLROnPlateau(opt, mode=s.mode, factor=s.factor, patience=s.patience,
                                                         min_lr=s.min_lr),
     # from each group's LR down to min_lr over the phase's epochs (stepped once per epoch)
-    "cosine": lambda opt, s, epochs: CosineAnnealingLR(opt, T_max=max(epochs, 1), eta_min=s.min_lr),
+    "cosine": _warmup_or(lambda opt, s, epochs: CosineAnnealingLR(opt, T_max=max(epochs, 1), eta_min=s.min_lr)),
 }
 
 
@@ -192,14 +229,20 @@ def build_optimizer(optim_cfg, param_groups: Sequence[dict[str, Any]]) -> Optimi
 
 def build_scheduler(scheduler_cfg, optimizer: Optimizer, epochs: int = 1) -> LRScheduler | ReduceLROnPlateau | None:
     """Build LR scheduler ``scheduler_cfg.name`` (see ``SCHEDULERS``) for a phase of ``epochs`` epochs:
-    none → None, plateau → ReduceLROnPlateau (``step(metric)``), cosine → CosineAnnealingLR to ``min_lr``."""
+    none → None, plateau → ReduceLROnPlateau (``step(metric)``), cosine → CosineAnnealingLR to ``min_lr``;
+    with ``warmup_epochs`` > 0, none and cosine → ``WarmupCosine`` (linear warmup first)."""
     return _lookup(SCHEDULERS, "scheduler", scheduler_cfg.name)(optimizer, scheduler_cfg, epochs)
 
 
 def replan_cosine(scheduler, optimizer, epochs: int) -> None:
     """A cosine schedule resumed with a longer phase: T_max becomes the new length, and the LR jumps to the
     longer schedule's value at the current epoch (so the rest follows it; the epochs already trained
-    followed the shorter one)."""
+    followed the shorter one). A ``WarmupCosine`` is re-planned the same way."""
+    if isinstance(scheduler, WarmupCosine) and scheduler.epochs != max(epochs, 1):
+        scheduler.epochs = max(epochs, 1)
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = scheduler.factor_lr(base, scheduler.last_epoch)
+        return
     if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) or scheduler.T_max == max(epochs, 1):
         return
     scheduler.T_max = max(epochs, 1)

@@ -4,7 +4,7 @@
 small SLURM job: ``slurm/search_driver.sbatch``). It asks Optuna for a trial whenever a slot is free
 (never waiting for a batch), turns its values into an ordinary task (``brainmri.sweep.expand.trial_task``:
 same ids, run directories and W&B group as a grid's tasks) and submits it alone through submitit
-(``--cluster slurm`` or ``local``). Each poll it reads every running trial's ``metrics.jsonl`` rows,
+(``--cluster slurm`` or ``local``). Each poll it reads every running trial's metrics rows (``RunDir.epoch_rows``),
 reports each new epoch's metric once (by epoch number, so a requeued trial that redoes an epoch
 is not counted twice), asks the pruner, and writes a prune request into the run directory; the
 run reads it at its next epoch end and stops cleanly (status ``pruned``, checkpoints kept). A run

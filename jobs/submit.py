@@ -57,6 +57,9 @@ def executor_parameters(res: SlurmResources, name: str, cluster: str) -> dict:
     if cluster == "slurm":
         params.update(nodes=res.nodes, slurm_array_parallelism=res.array_parallelism,
                       slurm_signal_delay_s=res.signal_delay_s,
+                      # one task failing (a rank that cannot start) ends the others instead of leaving
+                      # them waiting for it until the time limit
+                      slurm_srun_args=["--kill-on-bad-exit=1"],
                       slurm_additional_parameters={"requeue": True, **res.sbatch})
         params.update({f"slurm_{k}": getattr(res, k) for k in ("partition", "account", "qos", "constraint", "exclude")
                        if getattr(res, k)})

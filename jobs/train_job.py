@@ -1,7 +1,7 @@
 """The submitit job of one sweep task: ``TrainJob(config)()`` trains it with ``engine.fit``.
 
 The job carries only the resolved config dict (a small pickle, no model). The engine saves
-``checkpoints/last.pt`` every epoch and resumes from it, so ``checkpoint()`` does no I/O: it
+its last checkpoint every epoch and resumes from it, so ``checkpoint()`` does no I/O: it
 only requeues a fresh job with the same config. submitit calls it on USR2, which SLURM sends
 ``slurm.signal_delay_s`` before the time limit (a time-out: requeued up to ``slurm.max_requeues``
 times) or on pre-emption; the requeued job resumes from the last epoch. A search trial pruned by
@@ -73,6 +73,6 @@ class TrainJob(submitit.helpers.Checkpointable):
             raise
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        # runs in a signal handler on rank 0, mid-step: the engine's last.pt is the checkpoint
+        # runs in a signal handler on rank 0, mid-step: the engine's last checkpoint is the checkpoint
         self._requeued = True
         return submitit.helpers.DelayedSubmission(TrainJob(self.config))

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from brainmri.results.collect import Run, swept_keys
-from brainmri.config import RUNTIME_KEYS, differing_keys, from_dict, load_config, run_hash
+from brainmri.config import RUNTIME_KEYS, differing_keys, from_dict, identity, load_config, run_hash
 from brainmri.sweep.expand import task_id
 
 RUNTIME = ["data.num_workers=7", "wandb.name=other", "run_dir=/elsewhere", "data.cache_dir=/tmp/elsewhere",
@@ -41,6 +41,16 @@ def test_runtime_keys_never_change_the_run():
             for i, c in enumerate([base, same, other])]
     assert swept_keys(runs) == ["optim.lr"]
     assert all(key.startswith(RUNTIME_KEYS) for key, _ in (item.split("=", 1) for item in RUNTIME))
+
+
+def test_keys_added_at_their_default_leave_a_runs_identity_as_it_was():
+    new = load_config("configs/baseline_cnn.yaml")
+    old = new.to_dict()
+    del old["eval"], old["data"]["aug"], old["data"]["crop"], old["train"]["ema"]  # written before these keys
+    assert differing_keys(old, new.to_dict()) == [] and identity(old) == identity(new.to_dict())  # same run hash
+    changed = load_config("configs/baseline_cnn.yaml", ["train.ema=0.99", "data.crop=head", "data.aug.noise=0.1"])
+    assert differing_keys(old, changed.to_dict()) == ["data.aug.noise", "data.crop", "train.ema"]
+    assert load_config("configs/baseline_cnn.yaml", ["data.crop=none", "data.background=keep"]) == new
 
 
 def test_a_choice_named_none_is_that_choice_on_the_command_line():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import run_train
@@ -40,3 +41,34 @@ def test_resnet_cam_uses_layer4():
     assert cam_target_layer(net) is net.layer4[-1]
     maps = cam_maps(net, torch.randn(2, 3, 64, 64), [0, 3])
     assert maps.shape == (2, 64, 64) and np.isfinite(maps).all()
+
+
+def test_the_sheet_reports_each_maps_share_of_energy_inside_the_brain(trained_run, phantom_root, tmp_path):
+    import csv
+
+    from brainmri.data import preprocess
+    from brainmri.use.explain import CamWriter, brain_energy, cam_maps
+    from brainmri.use.trained import load_trained
+
+    trained = load_trained(trained_run)
+    files = sorted((phantom_root / "Testing").rglob("*.jpg"))[:6]
+    images = torch.stack([trained.decoder(p) for p in files])
+    grey = images[0, 0].numpy()
+    head, brain = preprocess.head_mask(grey), preprocess.brain_mask(grey, 0.08)
+    assert brain.sum() < 0.8 * head.sum() and not (brain & ~head).any()  # the rim is off, nothing outside added
+    assert brain_energy(brain.astype(np.float32), grey) == 1.0 and brain_energy((~head).astype(np.float32), grey) == 0.0
+
+    inputs = trained.normalize(images)
+    with torch.no_grad():
+        probs = torch.softmax(trained.model(inputs), 1).numpy()
+    writer = CamWriter(trained.model, trained.classes, tmp_path / "cams", "run")
+    writer.add(inputs, images, probs, [str(p) for p in files])
+    index = writer.finish()
+    with open(tmp_path / "cams" / "cams.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    maps = cam_maps(trained.model, inputs, probs.argmax(1).tolist())
+    want = [brain_energy(m, img[0].numpy()) for m, img in zip(maps, images)]
+    assert [r["path"] for r in rows] == [str(p) for p in files]
+    assert [float(r["brain_energy"]) for r in rows] == pytest.approx(want, abs=1e-4)
+    page = index.read_text()
+    assert page.count("in brain ") == len(files) and f"<b>{np.mean(want):.2f}</b>" in page

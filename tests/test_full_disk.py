@@ -20,6 +20,7 @@ from conftest import ROOT, TINY, run_train
 from test_signals import _drop_timing, _rows, assert_same_run, assert_wandb_history_complete
 
 from brainmri.atomic import DiskFullError, append_line, atomic_write
+from brainmri.results.collect import read_run_dir
 from brainmri.rundir import RunDir
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
@@ -109,7 +110,7 @@ def test_a_disk_filling_during_a_checkpoint_ends_clean_and_the_resume_is_exact(p
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "failed" and status["cause"] == "no space"
     assert status["reason"].startswith(f"no space left on {fs.path}: needed ")
-    assert RunDir(run).state().label == "failed: no space"
+    assert RunDir(run).state().label == "failed: no space" == read_run_dir(run).status  # the collector's too
     assert [r["epoch"] for r in _rows(run)] == [1, 2]  # epoch 2's row is redone by the resume
 
     fs.resize(64 << 20)  # the file system grows

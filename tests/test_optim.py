@@ -1,11 +1,13 @@
 import copy
+import math
 
 import pytest
 import torch
 from torch import nn
 
 from brainmri.config import OptimConfig, SchedulerConfig
-from brainmri.optim import Lookahead, Ranger, build_optimizer, build_scheduler, centralize_gradient
+from brainmri.optim import (Lookahead, Ranger, WarmupCosine, build_optimizer, build_scheduler, centralize_gradient,
+                            replan_cosine)
 
 
 def _model(seed=0):
@@ -169,6 +171,66 @@ def test_cosine_schedule_ends_at_min_lr():
         seen.append([g["lr"] for g in opt.param_groups])
     assert seen[-1] == pytest.approx([1e-4, 1e-4])
     assert seen[1][1] == pytest.approx(1e-4 + (1e-2 - 1e-4) * 0.5)  # half way: the mean of start and end
+
+
+def test_warmup_then_cosine_per_group_and_the_plain_cosine_without_warmup():
+    """Linear warmup over warmup_epochs, then cosine from each group's LR to min_lr; warmup 0 is the cosine."""
+    model = _model()
+    groups = [{"name": "backbone", "params": model[0].parameters(), "lr": 1e-3},
+              {"name": "head", "params": model[4].parameters()}]
+    opt = build_optimizer(OptimConfig(name="sgd", lr=1e-2), groups)
+    sched = build_scheduler(SchedulerConfig(name="cosine", warmup_epochs=2, min_lr=1e-4), opt, epochs=6)
+    seen = [[g["lr"] for g in opt.param_groups]]
+    for _ in range(5):
+        opt.step()
+        sched.step()
+        seen.append([g["lr"] for g in opt.param_groups])
+    cosine = [1e-4 + (1e-2 - 1e-4) * (1 + math.cos(math.pi * k / 4)) / 2 for k in range(4)]
+    assert [lr for _, lr in seen] == pytest.approx([1e-2 / 3, 2e-2 / 3, *cosine])
+    assert [lr for lr, _ in seen][:3] == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3])
+    again = [{"name": "backbone", "params": model[0].parameters(), "lr": 1e-3},
+             {"name": "head", "params": model[4].parameters()}]
+    restored = build_scheduler(SchedulerConfig(name="cosine", warmup_epochs=2, min_lr=1e-4),
+                               build_optimizer(OptimConfig(name="sgd", lr=1e-2), again), epochs=6)
+    restored.load_state_dict(sched.state_dict())  # a checkpoint carries where the schedule is
+    assert restored.last_epoch == 5 and restored.get_last_lr() == pytest.approx(seen[-1])
+
+    flat = build_scheduler(SchedulerConfig(name="none", warmup_epochs=3), torch.optim.SGD(model.parameters(), lr=0.3))
+    lrs = []
+    for _ in range(5):
+        lrs.append(flat.get_last_lr()[0])
+        flat.optimizer.step()
+        flat.step()
+    assert lrs == pytest.approx([0.075, 0.15, 0.225, 0.3, 0.3])
+
+    plain, warm0 = (build_scheduler(SchedulerConfig(name="cosine", min_lr=1e-3), torch.optim.SGD(model.parameters(), lr=0.1),
+                                    epochs=5) for _ in range(2))
+    ours = WarmupCosine(torch.optim.SGD(model.parameters(), lr=0.1), 5, 0, 1e-3)
+    for _ in range(5):
+        assert ours.get_last_lr()[0] == pytest.approx(plain.get_last_lr()[0])
+        for s in (plain, ours):
+            s.optimizer.step()
+            s.step()
+
+
+def test_an_extended_warmup_cosine_phase_replans_the_rest():
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = WarmupCosine(opt, epochs=4, warmup_epochs=1)
+    for _ in range(2):
+        opt.step()
+        sched.step()
+    replan_cosine(sched, opt, 8)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * (1 + math.cos(math.pi / 7)) / 2)
+    longer = WarmupCosine(torch.optim.SGD(model.parameters(), lr=0.1), epochs=8, warmup_epochs=1)
+    for _ in range(2):
+        longer.optimizer.step()
+        longer.step()
+    for _ in range(5):  # from here on it follows the schedule planned 8 epochs long
+        assert opt.param_groups[0]["lr"] == pytest.approx(longer.get_last_lr()[0])
+        for s, o in ((sched, opt), (longer, longer.optimizer)):
+            o.step()
+            s.step()
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,9 @@ from brainmri.jobs.submit import task_state
 
 def test_an_engine_written_run_round_trips_through_rundir(trained_run):
     run = RunDir(trained_run)
-    on_disk = {p.relative_to(run.path).as_posix() for p in run.path.rglob("*") if p.is_file()}
+    # (other tests may have evaluated this run on another data root: RunDir.eval_dir, a RunDir of its own)
+    on_disk = {p.relative_to(run.path).as_posix() for p in run.path.rglob("*")
+               if p.is_file() and not p.is_relative_to(run.path / "eval")}
     # every file the engine wrote has a RunDir path (W&B is off in this run; the lock files are the lock's)
     owned = {run.config_file, run.status_file, run.metrics_file, run.summary_file, run.split_file, run.skipped_file,
              run.log_file, run.last_checkpoint, run.best_checkpoint, run.previous_checkpoint,

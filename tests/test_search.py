@@ -18,7 +18,7 @@ from brainmri.jobs.search import open_storage
 from brainmri.jobs.submit import task_state
 from brainmri.results.collect import collect_runs, compare
 from brainmri.rundir import RunDir
-from brainmri.sweep.expand import SweepError, Task, load_sweep, task_id
+from brainmri.sweep.expand import Task, load_sweep, task_id
 from brainmri.sweep.search import SearchError, lock_driver, parse_param, read_trials, study_file
 from conftest import TINY, run_train
 from slurm_cluster import ROOT, SMALL_JOBS
@@ -123,7 +123,7 @@ def test_journal_has_one_writer_survives_a_torn_line_and_replays(tmp_path):
     other = subprocess.run([sys.executable, "-c", "import sys\nfrom brainmri.sweep.search import DriverLockedError, "
                             "lock_driver\ntry:\n    lock_driver(sys.argv[1])\nexcept DriverLockedError as e:\n"
                             "    sys.exit(str(e))", str(tmp_path)], capture_output=True, text=True, timeout=120)
-    assert other.returncode == 1 and f"a search driver is already running (host" in other.stderr
+    assert other.returncode == 1 and "a search driver is already running (host" in other.stderr
     assert f"pid {os.getpid()}" in other.stderr
     study = optuna.create_study(storage=open_storage(tmp_path), study_name="s/r", direction="maximize")
     for x in (0.1, 0.5):

@@ -2,6 +2,7 @@
 
     python launch/audit.py /data/brain-mri                 # Markdown summary + audit.json + two CSVs beside it
     python launch/audit.py /data/brain-mri --html audit/   # plus contact sheets (audit/index.html)
+    python launch/audit.py /data/brain-mri --shortcuts     # plus: how much of the label is readable without the brain
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from brainmri.data.audit import audit, markdown, write_csvs, write_html
 from brainmri.data.files import DataError
-from brainmri.rundir import write_json
+from brainmri.atomic import write_json
 from brainmri.cli.errors import full_disk_is_one_line
 
 
@@ -25,10 +26,18 @@ def main(argv=None) -> int:
     p.add_argument("--html", help="folder for index.html with contact sheets of pairs per band")
     p.add_argument("--per-band", type=int, default=40, help="pairs shown per band in the contact sheets")
     p.add_argument("--cache-dir", help="cache folder (default $BRAINMRI_CACHE or ~/.cache/brainmri)")
+    p.add_argument("--shortcuts", action="store_true",
+                   help="also fit classifiers on background, head geometry and frame features of the Training "
+                        "images (5-fold CV), as stored and with data.crop=head / data.background=zero")
+    p.add_argument("--margin", type=float, default=0.0, help="data.head_margin for the crop/background settings (default 0)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    if not 0.0 <= args.margin <= 1.0:
+        print(f"error: --margin must be in [0, 1], got {args.margin}", file=sys.stderr)
+        return 2
     try:
-        report, details = audit(args.root, args.cache_dir, progress=not args.no_progress)
+        report, details = audit(args.root, args.cache_dir, progress=not args.no_progress, shortcuts=args.shortcuts,
+                                margin=args.margin)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -4,6 +4,10 @@
     python launch/collect.py sweeps/cv --format latex --table main|bands|classes|intervals
     python launch/collect.py --wandb-project brainmri [--wandb-entity E] --group lr [--tag T] --format latex
     python launch/collect.py sweeps/search_lr --html sweeps/search_lr/report.html   # a search: + the search view
+
+When a recipe's chosen configuration is cross-validated and its folds cover the training pool,
+label_issues.csv and label_issues.html (a contact sheet of the top issues) are written beside --out
+(else beside --html, else into the first directory given).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from brainmri.atomic import atomic_write
 from brainmri.cli.errors import full_disk_is_one_line
 from brainmri.results.collect import MixedDataError, collect_runs, compare
 from brainmri.results.report import RENDERERS, TABLES, write_plots
@@ -35,6 +40,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", action="append", help="swept config key(s) to select over (default: all keys "
                    "that vary across a recipe's runs, seed and paths excluded); also shows each value")
     p.add_argument("--per-value", action="store_true", help="also show one row per swept value")
+    p.add_argument("--label-issues", metavar="DIR", help="where label_issues.csv/.html go (default: beside --out, "
+                   "else beside --html, else the first directory given)")
     p.add_argument("--min-seeds", type=int, help="choose only among configurations run over this many seeds "
                    "(default: a search's --confirm-seeds count, else 1)")
     p.add_argument("--wandb-project")
@@ -44,6 +51,15 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb-report", action="store_true", help="save a W&B report (runset grouped by recipe: "
                    "val curves, test accuracy per recipe, swept keys, the table, confusion matrices); needs the server")
     return p
+
+
+def label_issues_dir(args) -> Path | None:
+    """Beside the table (``--out``), else beside the HTML report, else the first directory collected."""
+    if args.label_issues:
+        return Path(args.label_issues)
+    if args.out or args.html:
+        return Path(args.out or args.html).parent
+    return next((Path(p) for p in args.paths if Path(p).is_dir()), None)
 
 
 @full_disk_is_one_line
@@ -72,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         text += "\n" + search_markdown(search, cmp)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        atomic_write(args.out, text)
     else:
         sys.stdout.write(text)
     if args.html:
@@ -80,6 +96,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report: {write_html(cmp, args.html, search)}", file=sys.stderr)
     if args.plots and cmp.recipes:
         write_plots(cmp, args.plots)
+    where = label_issues_dir(args)
+    if where is not None and any(rr.folds for rr in cmp.recipes):
+        from brainmri.results.label_issues import write_label_issues
+
+        files, lines = write_label_issues(cmp, where)
+        for line in lines:
+            print(line, file=sys.stderr)
+        if files:
+            print(f"label issues: {' '.join(map(str, files))}", file=sys.stderr)
     if args.wandb_report:
         from brainmri.results.wandb_report import ReportUnavailable, publish_wandb_report
         try:

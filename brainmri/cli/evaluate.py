@@ -2,11 +2,13 @@
 
     python launch/evaluate.py sweeps/lr/runs/<id> --data /data/other-hospital
     python launch/evaluate.py runs/<run> --data /data/other-hospital --out results/other-hospital
+    python launch/evaluate.py sweeps/cv_compare --recipe baseline_cnn --data /data/other-hospital   # fold ensemble
 
 The root holds <class>/ folders (or Training/ and Testing/; Testing/ is evaluated when present)
 with exactly the run's classes. Writes the test predictions, confusion matrix, summary and
 skipped-file report — the files of training's own test evaluation — into --out
-(default <run>/eval/<root name>/); the run's own results are never touched.
+(default <run>/eval/<root name>/, for an ensemble <sweep>/ensembles/<recipe>/eval/<root name>/);
+the run's own results are never touched.
 """
 
 from __future__ import annotations
@@ -21,19 +23,21 @@ from brainmri.models.weights import WeightsError
 from brainmri.use.trained import RunError
 from brainmri.rundir import CheckpointError, RunDir
 from brainmri.cli.errors import full_disk_is_one_line
+from brainmri.cli.target import add_target_args, load_target
 
 
 @full_disk_is_one_line
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", help="a brainmri run directory (its config and best checkpoint are used)")
+    add_target_args(p)
     p.add_argument("--data", required=True, help="data root with the run's class folders")
     p.add_argument("--out", help="output folder (default: <run_dir>/eval/<data root name>/)")
     p.add_argument("--batch-size", type=int, help="default: the run's eval batch size")
     p.add_argument("--num-workers", type=int, default=0)
     args = p.parse_args(argv)
     try:
-        summary = evaluate_run(args.run_dir, args.data, args.out, args.batch_size, args.num_workers)
+        trained = load_target(args.run_dir, args.recipe)
+        summary = evaluate_run(args.run_dir, args.data, args.out, args.batch_size, args.num_workers, trained)
     except (RunError, CheckpointError, ConfigError, WeightsError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 
     python launch/predict.py sweeps/lr/runs/<id> new_scans/ --out preds.csv --cam cams/
     python launch/predict.py runs/<run> scan1.dcm scan2.png folder/ --out preds.csv
+    python launch/predict.py sweeps/cv_compare --recipe baseline_cnn new_scans/ --out preds.csv   # fold ensemble
 
 Inputs: image files, DICOM slices and folders (recursive; hidden and non-image files ignored).
 Writes the CSV (path, predicted class, per-class probabilities, nearest training image, its
@@ -16,15 +17,17 @@ import sys
 from brainmri.config import ConfigError
 from brainmri.models.weights import WeightsError
 from brainmri.use.predict import predict_files, write_csv
-from brainmri.use.trained import RunError, load_trained
+from brainmri.use.ensemble import Ensemble
+from brainmri.use.trained import RunError
 from brainmri.rundir import CheckpointError
 from brainmri.cli.errors import full_disk_is_one_line
+from brainmri.cli.target import add_target_args, load_target
 
 
 @full_disk_is_one_line
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", help="a brainmri run directory (its config and best checkpoint are used)")
+    add_target_args(p)
     p.add_argument("inputs", nargs="+", help="image files, DICOM files and folders")
     p.add_argument("--out", default="predictions.csv", help="CSV to write (default: predictions.csv)")
     p.add_argument("--cam", metavar="DIR", help="write Grad-CAM overlays and DIR/index.html")
@@ -33,7 +36,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-similarity", action="store_true", help="skip the nearest-training-image search")
     args = p.parse_args(argv)
     try:
-        trained = load_trained(args.run_dir)
+        trained = load_target(args.run_dir, args.recipe)
+        if args.cam and isinstance(trained, Ensemble):
+            raise RunError("--cam explains one run's model: give one of the ensemble's run directories")
         pred = predict_files(trained, args.inputs, args.batch_size, args.num_workers, args.cam,
                              similarity=not args.no_similarity)
     except (RunError, CheckpointError, ConfigError, WeightsError) as e:

@@ -5,7 +5,7 @@
     python train.py --resume runs/<run>                                # continue an interrupted run
     python train.py --resume runs/<run> train.epochs=20                # extend a finished (or interrupted) run
 
-Exit codes: 0 finished (or pruned by a search driver: status.json says pruned, checkpoints kept),
+Exit codes: 0 finished (or pruned by a search driver: the run's status says pruned, checkpoints kept),
 2 bad input, 75 disk full, 128+signal when stopped by a signal (resumable).
 """
 

@@ -9,6 +9,14 @@ images have a Training partner in each band. ``leak_tables`` lists every Testing
 nearest Training image and every cross-split pair (``write_csvs`` writes them beside audit.json),
 so a person can drop or flag leaked images. ``write_html`` adds contact sheets — a random
 sample of pairs per band, file names under each image — so a person can judge the thresholds.
+
+``shortcuts`` (``audit(..., shortcuts=True)``, ``launch/audit.py --shortcuts``) measures how much of
+the label can be read without the brain: on the Training images, gradient-boosted trees
+(scikit-learn, 5-fold cross-validation stratified by class and grouped by near-duplicates) predict
+the class from (a) ``background`` intensity/noise statistics of the pixels at least 10 px from the
+head mask, (b) the head's ``geometry`` (area, bounding box, centre), (c) the ``frame`` (the outer
+4-pixel ring at 64 px) and all of them together, for the images as stored and after the
+``data.crop``/``data.background`` settings (``brainmri.data.preprocess``, the code the Decoder runs).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import base64
 import csv
 import html
 import io
+import math
 import os
 import random
 from collections import Counter, defaultdict
@@ -26,6 +35,7 @@ import numpy as np
 
 from brainmri.atomic import atomic_write
 from brainmri.data import leakage as L
+from brainmri.data import preprocess as P
 from brainmri.data.files import DataError, file_index, load_pil, resolve_splits_root, scan_folder
 
 
@@ -42,8 +52,10 @@ def _image_info(paths: list[str], split_dirs) -> dict:
     return {"sizes": dict(sizes.most_common(10)), "distinct_sizes": len(sizes), "modes": dict(modes)}
 
 
-def audit(root: str | Path, cache_dir=None, progress: bool = True) -> tuple[dict, dict]:
-    """Return (report, details): the JSON-able report, and the pairs/paths the HTML sheets need."""
+def audit(root: str | Path, cache_dir=None, progress: bool = True, shortcuts: bool = False,
+          margin: float = 0.0) -> tuple[dict, dict]:
+    """Return (report, details): the JSON-able report, and the pairs/paths the HTML sheets need.
+    ``shortcuts``: add ``report["shortcuts"]`` (``shortcut_report``; ``margin`` = ``data.head_margin``)."""
     train_dir, test_dir = resolve_splits_root(root)
     classes, train, skipped = scan_folder(train_dir, None)  # refuses fewer than two class folders
     test = []
@@ -78,8 +90,11 @@ def audit(root: str | Path, cache_dir=None, progress: bool = True) -> tuple[dict
                   "across": pair_counts(si != sj)},
     }
     group_report = {}
+    near_groups = None
     for group_by, bands in L.GROUP_BANDS.items():
         g = L.groups(len(samples), pairs, bands)
+        if group_by == "near":
+            near_groups = g
         sizes = np.bincount(g)
         multi = sizes[g] > 1
         members = defaultdict(list)
@@ -102,6 +117,9 @@ def audit(root: str | Path, cache_dir=None, progress: bool = True) -> tuple[dict
     if test:
         near = L.nearest(fp[:len(train)], sha1[:len(train)], fp[len(train):], sha1[len(train):])
         report["testing_nearest_training"] = {b: int((near.band == k).sum()) for k, b in enumerate(L.BANDS)}
+    if shortcuts:
+        report["shortcuts"] = shortcut_report(paths[:len(train)], labels[:len(train)], classes,
+                                              near_groups[:len(train)], margin=margin)
     details = {"root": str(root), "paths": paths, "labels": [classes[v] for v in labels], "split": split.tolist(),
                "pairs": pairs, "n_train": len(train), "nearest": near}
     return report, details
@@ -162,6 +180,141 @@ def write_csvs(details: dict, json_path: str | Path) -> tuple[Path, Path]:
     return out[0], out[1]
 
 
+# ------------------------------------------------------------------------------------ shortcuts
+SHORTCUT_SETTINGS = {  # name → (data.crop, data.background)
+    "as stored": ("none", "keep"),
+    "crop: head": ("head", "keep"),
+    "background: zero": ("none", "zero"),
+    "crop: head + background: zero": ("head", "zero"),
+}
+BACKGROUND_DISTANCE = 10  # px from the head mask
+FRAME_SIDE, FRAME_RING = 64, 4
+FEATURES = {
+    "background": ["mean", "std", "median", "p5", "p95", "zero_share", "noise_mad"],
+    "geometry": ["area", "x0", "y0", "x1", "y1", "centre_x", "centre_y"],
+    "frame": [f"{side}_{stat}" for side in ("top", "bottom", "left", "right") for stat in ("mean", "std", "min", "max")],
+}
+
+
+def _background_stats(image: np.ndarray, head: np.ndarray) -> list[float]:
+    far = ~P.dilate(head, BACKGROUND_DISTANCE)
+    values = image[far].astype(np.float64)
+    if values.size < 20:  # (almost) no background left: unknown, which the trees handle
+        return [math.nan] * len(FEATURES["background"])
+    pairs = far[:, 1:] & far[:, :-1]
+    diff = np.abs(np.diff(image.astype(np.int16), axis=1))[pairs]
+    return [values.mean(), values.std(), float(np.median(values)), *np.percentile(values, [5, 95]),
+            float((values == 0).mean()), float(np.median(diff)) if diff.size else math.nan]
+
+
+def _geometry(head: np.ndarray) -> list[float]:
+    h, w = head.shape
+    if not head.any():
+        return [0.0, *[math.nan] * 6]
+    ys, xs = np.nonzero(head)
+    return [float(head.mean()), xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h,
+            xs.mean() / w, ys.mean() / h]
+
+
+def _frame(image: np.ndarray) -> list[float]:
+    from PIL import Image
+
+    small = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((FRAME_SIDE, FRAME_SIDE), Image.BILINEAR),
+                       dtype=np.float64)
+    r = FRAME_RING
+    out = []
+    for ring in (small[:r], small[-r:], small[:, :r], small[:, -r:]):
+        out += [ring.mean(), ring.std(), ring.min(), ring.max()]
+    return out
+
+
+def shortcut_features(path: str, margin: float = 0.0, settings=tuple(SHORTCUT_SETTINGS)) -> dict[str, dict[str, list]]:
+    """``{setting: {feature set: values}}`` of one image: the head is found once on the stored image,
+    each setting's image is what ``preprocess.apply_settings`` makes of it (before the resize)."""
+    grey = P.load_grey(path)
+    image = np.asarray(grey)
+    head, widened = P.head_masks(grey, 0.0, margin)
+    out = {}
+    for name in settings:
+        crop, background = SHORTCUT_SETTINGS[name]
+        shown, (x0, y0, x1, y1) = P.apply_settings(image, widened, crop, background)
+        inside = head[y0:y1, x0:x1]
+        out[name] = {"background": _background_stats(shown, inside), "geometry": _geometry(inside),
+                     "frame": _frame(shown)}
+    return out
+
+
+def _cv_predict(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, folds: int, seed: int) -> np.ndarray:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
+
+    from sklearn.dummy import DummyClassifier
+
+    varying = [j for j in range(x.shape[1]) if len(np.unique(x[~np.isnan(x[:, j]), j])) > 1]
+    x = x[:, varying]
+    leaf = int(max(2, min(20, len(y) // 25)))  # small sets: leaves small enough to split at all
+    model = (HistGradientBoostingClassifier(max_iter=100, min_samples_leaf=leaf, random_state=seed) if varying
+             else DummyClassifier(strategy="most_frequent"))  # constant features carry nothing
+    if not varying:
+        x = np.zeros((len(y), 1))
+    if groups is not None and len(np.unique(groups)) >= folds:
+        cv = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+        return cross_val_predict(model, x, y, groups=groups, cv=cv)
+    return cross_val_predict(model, x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+
+
+def shortcut_report(paths: list[str], labels, classes: list[str], groups=None, margin: float = 0.0,
+                    settings=tuple(SHORTCUT_SETTINGS), folds: int = 5, seed: int = 0,
+                    workers: int | None = None) -> dict:
+    """Cross-validated accuracy of the label from features outside the brain, per setting and feature set.
+
+    Chance is the largest class's share (what always answering it scores). Per class: recall.
+    """
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    labels = np.asarray(labels)
+    counts = np.bincount(labels, minlength=len(classes))
+    folds = int(min(folds, counts[counts > 0].min()))
+    if folds < 2:
+        raise DataError("the shortcut audit needs at least two images in every class")
+    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:  # PIL and numpy release the GIL
+        feats = list(pool.map(lambda p: shortcut_features(p, margin, settings), paths))
+    chance = float(counts.max() / counts.sum())
+    report = {"images": len(paths), "classes": classes, "chance": round(chance, 4), "margin": margin,
+              "method": f"HistGradientBoostingClassifier, {folds}-fold cross-validation stratified by class"
+                        + (" and grouped by near-duplicates" if groups is not None else ""),
+              "features": {**FEATURES, "all": "background + geometry + frame"},
+              "settings": {}}
+    for name in settings:
+        crop, background = SHORTCUT_SETTINGS[name]
+        results = {}
+        for kind in (*FEATURES, "all"):
+            parts = list(FEATURES) if kind == "all" else [kind]
+            x = np.array([[v for part in parts for v in f[name][part]] for f in feats], dtype=np.float64)
+            pred = _cv_predict(x, labels, None if groups is None else np.asarray(groups), folds, seed)
+            per_class = {c: round(float((pred[labels == k] == k).mean()), 4) for k, c in enumerate(classes)
+                         if counts[k]}
+            results[kind] = {"acc": round(float((pred == labels).mean()), 4), "per_class_recall": per_class}
+        report["settings"][name] = {"crop": crop, "background": background, "results": results}
+    return report
+
+
+def shortcut_markdown(report: dict) -> list[str]:
+    """Markdown lines: one row per setting and feature set, accuracy vs chance and recall per class."""
+    classes = report["classes"]
+    out = ["", f"## Shortcuts: the label without the brain ({report['images']} Training images)", "",
+           f"{report['method']}; chance (largest class) {report['chance']:.3f}. Background: pixels at least "
+           f"{BACKGROUND_DISTANCE} px from the head; frame: the outer {FRAME_RING}-pixel ring at {FRAME_SIDE} px.", "",
+           "| setting | features | accuracy | × chance | " + " | ".join(classes) + " |",
+           "|---|---|---:|---:|" + "---:|" * len(classes)]
+    for name, entry in report["settings"].items():
+        for kind, r in entry["results"].items():
+            recalls = " | ".join(f"{r['per_class_recall'].get(c, float('nan')):.2f}" for c in classes)
+            out.append(f"| {name} | {kind} | {r['acc']:.3f} | {r['acc'] / report['chance']:.2f} | {recalls} |")
+    return out
+
+
 def markdown(report: dict) -> str:
     """A short Markdown summary of ``audit``'s report."""
     out = [f"# Data audit: {report['root']}", ""]
@@ -190,6 +343,8 @@ def markdown(report: dict) -> str:
     n_cross = len(report.get("cross_label_groups", []))
     if n_cross:
         out += ["", f"**{n_cross} near-duplicate group(s) carry more than one label** (label noise); see audit.json."]
+    if "shortcuts" in report:
+        out += shortcut_markdown(report["shortcuts"])
     return "\n".join(out) + "\n"
 
 
@@ -229,5 +384,5 @@ figure{{display:inline-block;margin:2px}} figcaption{{font-size:11px;max-width:1
 .pair p{{margin:2px;font-size:12px}}</style></head><body>
 <h1>brainmri data audit</h1><pre>{summary}</pre>{''.join(sections)}</body></html>"""
     path = out_dir / "index.html"
-    path.write_text(page)
+    atomic_write(path, page)
     return path

@@ -31,7 +31,7 @@ PARTS = ("train", "val", "test")
 
 @dataclass
 class Split:
-    """The train/val/test samples of one run, and what ``split.json`` records of them.
+    """The train/val/test samples of one run, and what the run's split record holds of them.
 
     ``record()`` lists every file (path relative to ``root``, content hash, label, group; val and
     test also their nearest training image and band; with folds, every training-pool file its
@@ -71,7 +71,7 @@ class Split:
         return rows
 
     def record(self) -> dict:
-        """What ``split.json`` holds: counts, bands, the manifest and every file of every part."""
+        """The run's split record (``RunDir.write_split``): counts, bands, the manifest and every file of every part."""
         files = {part: self._rows(part) for part in PARTS}
         return {
             "data_root": str(self.root), "classes": self.classes,
@@ -83,7 +83,7 @@ class Split:
 
     @classmethod
     def from_record(cls, record: dict, root: str | Path | None = None) -> "Split":
-        """The split a ``split.json`` record describes, with paths under ``root`` (default: its own root)."""
+        """The split a split record describes, with paths under ``root`` (default: its own root)."""
         if "files" not in record:
             raise DataError("the run's split record lists no files (written by an older brainmri); retrain it")
         root = Path(root or record["data_root"])
@@ -395,7 +395,7 @@ def build_training_data(cfg, first=contextlib.nullcontext) -> TrainingData:
         split = build_split(cfg.data, root)
     if not split.val:
         raise ValueError("data.val_fraction=0 leaves no validation split; the engine needs one")
-    decoder = Decoder(cfg.data.input_size, cfg.data.input_channels)
+    decoder = Decoder.from_config(cfg.data)  # size, channels, head crop and background
     sources = {}
     if cfg.data.cache == "decoded":
         from brainmri.data.cache import DecodedCache

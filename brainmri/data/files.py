@@ -19,6 +19,7 @@ from PIL import Image
 
 from brainmri.atomic import atomic_write
 from brainmri.data.cachedir import cache_base, cache_unwritable
+from brainmri.data.preprocess import load_grey
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -45,15 +46,7 @@ def load_pil(path: str | Path, channels: int) -> Image.Image:
     MRI slices are grey-scale, so RGB/CMYK inputs are reduced to luminance first and then
     repeated to 3 channels: every file reaches the model in the same colour space.
     """
-    with Image.open(path) as img:
-        img.load()  # force a full decode here, so truncated files fail now, not mid-epoch
-        if img.mode in ("RGBA", "LA", "P", "PA"):
-            img = img.convert("RGBA")
-            background = Image.new("RGBA", img.size, (0, 0, 0, 255))
-            img = Image.alpha_composite(background, img)
-        if img.mode.startswith("I") or img.mode == "F":
-            img = img.point(lambda v: v / 256).convert("L") if img.mode.startswith("I;16") else img.convert("L")
-        gray = img.convert("L")
+    gray = load_grey(path)  # the rules an exported model's preprocess.py applies too
     return gray if channels == 1 else gray.convert("RGB")
 
 

@@ -1,19 +1,29 @@
 """Image decoding and torchvision.transforms v2 presets.
 
-Three steps: decoding (file → uint8 tensor C×H×W at the recipe's size and colour mode), per-image
-augmentation on uint8 tensors, and per-batch float conversion + normalisation on the device. The
-decoded-image cache stores exactly what ``Decoder`` returns, so cached and uncached paths give
-identical tensors.
+Three steps: decoding (file → uint8 tensor C×H×W at the recipe's size and colour mode, with the
+head crop and background setting of ``brainmri.data.preprocess``), per-image augmentation on uint8
+tensors, and per-batch float conversion + normalisation on the device. The decoded-image cache
+stores exactly what ``Decoder`` returns, so cached and uncached paths give identical tensors.
+
+``train_transform`` builds ``data.augment`` (``brainmri.config.AUGMENTATIONS``, always applied in
+that order whatever the list's order): ``hflip``, ``vflip``, ``rotation`` (``data.rotation_degrees``),
+``rrc`` (random-resized crop), ``affine`` (rotate, translate, scale, shear), ``trivialaugment``
+(TrivialAugmentWide), ``randaugment``, ``intensity`` (``MRIntensity``: brightness, contrast, gamma,
+optional Rician-like noise) and ``erasing`` (random erasing), with the parameters of ``data.aug``.
+Every random draw comes from torch's global generator, so ``brainmri.data.datasets.EpochSeeded``
+fixes each image's augmentation by (seed, epoch, image).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from brainmri.data import preprocess
 from brainmri.data.files import load_pil
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -21,23 +31,44 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class Decoder:
-    """``path → uint8 tensor (channels, size, size)``: a picklable, deterministic decode step."""
+    """``path → uint8 tensor (channels, size, size)``: a picklable, deterministic decode step.
 
-    def __init__(self, image_size: int, channels: int):
+    With ``crop="head"`` or ``background="zero"`` the grey image goes through
+    ``brainmri.data.preprocess.prepare`` (numpy/PIL, resize included), the very code an exported
+    model folder carries as ``preprocess.py``; otherwise it is resized by torchvision as before.
+    """
+
+    def __init__(self, image_size: int, channels: int, crop: str = "none", background: str = "keep",
+                 margin: float = 0.0):
         self.image_size = image_size
         self.channels = channels
+        self.crop, self.background, self.margin = crop, background, margin
         self.resize = v2.Resize((image_size, image_size), antialias=True)
+
+    @classmethod
+    def from_config(cls, data_cfg) -> "Decoder":
+        """The decoder of a config's ``data`` section (size, channels, crop, background, margin)."""
+        return cls(data_cfg.input_size, data_cfg.input_channels, data_cfg.crop, data_cfg.background,
+                   data_cfg.head_margin)
+
+    @property
+    def prepares(self) -> bool:
+        return self.crop != "none" or self.background != "keep"
 
     def __call__(self, path: str | Path) -> torch.Tensor:
         return self.from_grey(load_pil(path, 1))
 
     def from_grey(self, grey: Image.Image) -> torch.Tensor:
         """A grey-scale (mode ``L``) image already decoded (e.g. a DICOM slice) → the same tensor."""
+        if self.prepares:
+            grey = preprocess.prepare(grey, self.image_size, self.crop, self.background, self.margin)
         img = v2.functional.pil_to_tensor(grey if self.channels == 1 else grey.convert("RGB"))
-        return self.resize(img).contiguous()
+        return (img if self.prepares else self.resize(img)).contiguous()
 
     def key(self) -> str:
-        return f"{self.image_size}px-{self.channels}ch"
+        """Names what the decoder produces (the decoded-image and feature caches are keyed on it)."""
+        base = f"{self.image_size}px-{self.channels}ch"
+        return f"{base}-crop{self.crop}-bg{self.background}-m{self.margin:g}" if self.prepares else base
 
 
 def _normalize(channels: int, kind: str) -> list[v2.Transform]:
@@ -48,15 +79,65 @@ def _normalize(channels: int, kind: str) -> list[v2.Transform]:
     return [v2.Normalize(list(IMAGENET_MEAN), list(IMAGENET_STD))]
 
 
+class MRIntensity(v2.Transform):
+    """MR intensity augmentation on uint8 images: brightness, contrast, gamma, optional Rician-like noise.
+
+    Per image: multiply by U(1-b, 1+b); stretch about the mean of the non-zero pixels by
+    U(1-c, 1+c); apply a gamma drawn log-uniformly from ``gamma``; with ``noise`` > 0 take the
+    magnitude of the image plus complex Gaussian noise of sigma U(0, noise)·255 (Rician, as MR
+    magnitude images are). Pixels that are exactly 0 stay 0 (a zeroed background, rotation fill),
+    and every channel gets the same change (grey replicated to 3 channels stays grey).
+    """
+
+    def __init__(self, brightness: float = 0.2, contrast: float = 0.2, gamma=(0.8, 1.25), noise: float = 0.0):
+        super().__init__()
+        self.brightness, self.contrast, self.gamma, self.noise = brightness, contrast, tuple(gamma), noise
+
+    def make_params(self, flat_inputs):
+        u = torch.rand(4).tolist()
+        lo, hi = math.log(self.gamma[0]), math.log(self.gamma[1])
+        return {"brightness": 1 + self.brightness * (2 * u[0] - 1), "contrast": 1 + self.contrast * (2 * u[1] - 1),
+                "gamma": math.exp(lo + (hi - lo) * u[2]), "sigma": self.noise * u[3] * 255}
+
+    def transform(self, inpt, params):
+        if not isinstance(inpt, torch.Tensor) or inpt.dtype != torch.uint8:
+            return inpt
+        zero = inpt[:1] == 0
+        x = inpt[:1].float() * params["brightness"]
+        keep = ~zero
+        mean = x[keep].mean() if keep.any() else x.new_zeros(())
+        x = ((x - mean) * params["contrast"] + mean).clamp(0, 255)
+        x = 255 * (x / 255) ** params["gamma"]
+        if params["sigma"] > 0:
+            real, imag = torch.randn(2, *x.shape) * params["sigma"]
+            x = torch.sqrt((x + real) ** 2 + imag ** 2)
+        x = torch.where(zero, 0.0, x).round().clamp(0, 255).to(torch.uint8)
+        return x.expand_as(inpt).clone() if inpt.shape[0] > 1 else x
+
+
 def train_transform(data_cfg) -> v2.Compose:
-    """Per-image augmentation for training: uint8 tensor in, uint8 tensor out."""
+    """Per-image augmentation for training: uint8 tensor in, uint8 tensor out (see the module docstring)."""
+    aug, size, names = data_cfg.aug, data_cfg.input_size, set(data_cfg.augment)
     ops: list[v2.Transform] = []
-    if "hflip" in data_cfg.augment:
+    if "hflip" in names:
         ops.append(v2.RandomHorizontalFlip())
-    if "vflip" in data_cfg.augment:
+    if "vflip" in names:
         ops.append(v2.RandomVerticalFlip())
-    if "rotation" in data_cfg.augment and data_cfg.rotation_degrees > 0:
+    if "rotation" in names and data_cfg.rotation_degrees > 0:
         ops.append(v2.RandomRotation(data_cfg.rotation_degrees))
+    if "rrc" in names:
+        ops.append(v2.RandomResizedCrop(size, scale=tuple(aug.rrc_scale), ratio=tuple(aug.rrc_ratio), antialias=True))
+    if "affine" in names:
+        ops.append(v2.RandomAffine(aug.affine_degrees, translate=(aug.affine_translate, aug.affine_translate),
+                                   scale=tuple(aug.affine_scale), shear=aug.affine_shear))
+    if "trivialaugment" in names:
+        ops.append(v2.TrivialAugmentWide())
+    if "randaugment" in names:
+        ops.append(v2.RandAugment(aug.randaugment_ops, aug.randaugment_magnitude))
+    if "intensity" in names:
+        ops.append(MRIntensity(aug.brightness, aug.contrast, aug.gamma, aug.noise))
+    if "erasing" in names:
+        ops.append(v2.RandomErasing(aug.erasing_p, scale=tuple(aug.erasing_scale), value=0))
     return v2.Compose(ops) if ops else v2.Identity()
 
 

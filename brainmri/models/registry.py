@@ -1,8 +1,10 @@
 """Model registry, pretrained weights and named parameter groups.
 
 ``build_model(model_cfg, num_classes, in_channels, image_size)`` returns a ``nn.Module`` for any
-architecture of the registry: ``baseline_cnn`` or ``torchvision:<name>`` for every torchvision
-classification model (``resnet50``/``resnet152`` are aliases of ``torchvision:resnet50``/``152``).
+architecture of the registry: ``baseline_cnn``, ``torchvision:<name>`` for every torchvision
+classification model (``resnet50``/``resnet152`` are aliases of ``torchvision:resnet50``/``152``)
+or ``timm:<name>`` for every timm model (``timm.create_model(name, num_classes=…, in_chans=1|3)``;
+a pretrained tag may follow the name: ``timm:resnet10t.c3_in1k``; timm is imported only for these).
 The classifier's last layer is replaced for the data's classes (``model.head: linear | mlp``),
 grey input (``in_channels=1``) gets a first convolution whose weights are the pretrained RGB
 filters summed over colour (exactly the 3-channel network fed a replicated grey image).
@@ -44,6 +46,7 @@ class BaselineCNN(nn.Module):
 
 
 TORCHVISION = "torchvision:"
+TIMM = "timm:"
 ALIASES = {"resnet50": "torchvision:resnet50", "resnet152": "torchvision:resnet152"}
 BUILTIN = ("baseline_cnn",)
 
@@ -59,9 +62,22 @@ def architectures() -> list[str]:
 
 
 def torchvision_name(arch: str) -> str | None:
-    """``torchvision:resnet50`` / ``resnet50`` → ``resnet50``; None for a built-in architecture."""
+    """``torchvision:resnet50`` / ``resnet50`` → ``resnet50``; None for a built-in or timm architecture."""
     arch = ALIASES.get(arch, arch)
     return arch[len(TORCHVISION):] if arch.startswith(TORCHVISION) else None
+
+
+def timm_name(arch: str) -> str | None:
+    """``timm:resnet10t`` → ``resnet10t`` (a ``.tag`` kept); None for any other architecture."""
+    return arch[len(TIMM):] if arch.startswith(TIMM) else None
+
+
+def timm_pretrained_cfg(name: str) -> dict:
+    """timm's pretrained config of ``name`` (``arch`` or ``arch.tag``): weights URL, hub id, first conv, input size."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    return cfg.to_dict() if cfg is not None else {}
 
 
 def check_arch(arch: str) -> None:
@@ -69,14 +85,27 @@ def check_arch(arch: str) -> None:
     name = torchvision_name(arch)
     if arch in BUILTIN or (name is not None and name in torchvision_models()):
         return
-    raise ValueError(f"unknown model.arch {arch!r} (choose from {', '.join(BUILTIN + tuple(ALIASES))} or "
-                     f"torchvision:<name> with <name> one of {', '.join(torchvision_models())})")
+    name = timm_name(arch)
+    if name is not None:
+        import timm
+
+        if timm.is_model(name.split(".")[0]):
+            return
+        raise ValueError(f"unknown model.arch {arch!r}: timm has no model {name.split('.')[0]!r} "
+                         f"(timm.list_models() lists them, e.g. resnet10t, resnet18, convnext_atto, efficientnet_b0)")
+    raise ValueError(f"unknown model.arch {arch!r} (choose from {', '.join(BUILTIN + tuple(ALIASES))}, "
+                     f"timm:<any timm model> or torchvision:<name> with <name> one of {', '.join(torchvision_models())})")
 
 
 def min_image_size(model_cfg) -> tuple[int, bool]:
     """(smallest input side, whether it is the only one) for ``model_cfg.arch``: each baseline
     block halves the image; a torchvision model needs at least its weights' ``min_size`` and 32
-    (five stride-2 stages); a vision transformer takes exactly its patch grid's size."""
+    (five stride-2 stages); a vision transformer takes exactly its patch grid's size (timm:
+    a model whose pretrained config says ``fixed_input_size`` takes exactly its ``input_size``)."""
+    name = timm_name(model_cfg.arch)
+    if name is not None:
+        cfg = timm_pretrained_cfg(name)
+        return (cfg["input_size"][-1], True) if cfg.get("fixed_input_size") else (32, False)
     name = torchvision_name(model_cfg.arch)
     if name is None:
         return 2 ** len(model_cfg.conv_widths), False
@@ -89,13 +118,38 @@ def torchvision_weights(name: str):
     return tvm.get_model_weights(name).DEFAULT
 
 
+def timm_weights_source(name: str) -> tuple[str, str] | None:
+    """(URL, cache file name) of timm model ``name``'s pretrained weights, as timm itself prefers them:
+    the Hugging Face hub file when its config names a hub id, else its ``url``; None when it has none."""
+    cfg = timm_pretrained_cfg(name)
+    hub = cfg.get("hf_hub_id")
+    if hub:
+        file = cfg.get("hf_hub_filename") or "model.safetensors"
+        return f"https://huggingface.co/{hub}/resolve/main/{file}", f"{hub.replace('/', '--')}--{file}"
+    if cfg.get("url"):
+        return cfg["url"], None
+    return None
+
+
 def pretrained_url(model_cfg) -> str | None:
     """Where ``model.pretrained=true`` downloads from: ``model.weights_url``, or torchvision's URL of
-    the architecture's DEFAULT weights; None when the architecture has none."""
+    the architecture's DEFAULT weights, or timm's (``timm_weights_source``); None when the
+    architecture has none."""
     if model_cfg.weights_url:
         return model_cfg.weights_url
+    source = _pretrained_source(model_cfg)
+    return source[0] if source else None
+
+
+def _pretrained_source(model_cfg) -> tuple[str, str | None] | None:
+    """(URL, cache file name or None for the URL's own) of the weights ``model.pretrained=true`` loads."""
+    if model_cfg.weights_url:
+        return model_cfg.weights_url, None
+    name = timm_name(model_cfg.arch)
+    if name is not None:
+        return timm_weights_source(name)
     name = torchvision_name(model_cfg.arch)
-    return torchvision_weights(name).url if name else None
+    return (torchvision_weights(name).url, None) if name else None
 
 
 def ensure_weights(cfg):
@@ -104,11 +158,15 @@ def ensure_weights(cfg):
     m = cfg.model
     if not m.pretrained or m.weights:
         return None
-    url = pretrained_url(m)
-    if url is None:
+    return _fetch_pretrained(m)
+
+
+def _fetch_pretrained(m):
+    source = _pretrained_source(m)
+    if source is None:
         raise WeightsError(f"model.pretrained=true but model.arch={m.arch} has no pretrained weights; "
                            f"set model.weights_url, model.weights, or model.pretrained=false")
-    return fetch_weights(url)
+    return fetch_weights(*source)
 
 
 # ------------------------------------------------------------------ the head
@@ -203,6 +261,35 @@ def _torchvision(model_cfg, num_classes: int, in_channels: int) -> nn.Module:
     return model
 
 
+def _timm(model_cfg, num_classes: int, in_channels: int) -> nn.Module:
+    """``timm.create_model(name, num_classes, in_chans)``; pretrained weights come through
+    ``fetch_weights`` (fetch once, offline rules) and load like torchvision's: everything but the
+    output layer must match, the first convolution's RGB filters are summed for grey input."""
+    import timm
+    from timm.models import adapt_input_conv
+
+    name = timm_name(model_cfg.arch)
+    state, source = None, ""
+    if model_cfg.weights:
+        state, source = load_state_dict(model_cfg.weights), f"model.weights={model_cfg.weights}"
+    elif model_cfg.pretrained:
+        path = _fetch_pretrained(model_cfg)
+        key = "model.weights_url" if model_cfg.weights_url else "model.pretrained"
+        state, source = load_state_dict(path, key), f"{key} ({path.name})"
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+    if state is not None:
+        first = model.pretrained_cfg.get("first_conv")
+        for conv in [first] if isinstance(first, str) else list(first or ()):
+            weight = state.get(f"{conv}.weight")
+            if weight is not None and weight.dim() == 4 and weight.shape[1] != in_channels:
+                state[f"{conv}.weight"] = adapt_input_conv(in_channels, weight)  # grey: the RGB filters summed
+        _load_backbone(model, state, source)
+    if model_cfg.head != "linear":
+        path = _head_path(model)
+        _set_module(model, path, _new_head(model_cfg, model.get_submodule(path), num_classes))
+    return model
+
+
 def build_model(model_cfg, num_classes: int, in_channels: int = 3, image_size: int = 224) -> nn.Module:
     """Build the network for ``model_cfg.arch`` (see ``architectures()``).
 
@@ -213,6 +300,8 @@ def build_model(model_cfg, num_classes: int, in_channels: int = 3, image_size: i
     if model_cfg.arch == "baseline_cnn":
         return BaselineCNN(num_classes, in_channels, image_size, tuple(model_cfg.conv_widths),
                            model_cfg.hidden, model_cfg.dropout)
+    if timm_name(model_cfg.arch) is not None:
+        return _timm(model_cfg, num_classes, in_channels)
     return _torchvision(model_cfg, num_classes, in_channels)
 
 
@@ -322,9 +411,13 @@ def freeze_frozen_norms(model: nn.Module) -> None:
 
 
 def cam_target_layer(model: nn.Module) -> nn.Module:
-    """The layer Grad-CAM explains: the output of the last conv block (baseline) or ``layer4`` (ResNets)."""
+    """The layer Grad-CAM explains: the output of the last conv block (baseline), ``layer4`` (ResNets)
+    or a timm model's last feature stage."""
     if isinstance(model, BaselineCNN):
         return model.features[-1]  # Conv → ReLU → MaxPool of the last block
     if hasattr(model, "layer4"):
         return model.layer4[-1]
+    info = getattr(model, "feature_info", None)  # timm: the last feature stage
+    if info:
+        return model.get_submodule(info[-1]["module"])
     raise ValueError(f"no Grad-CAM target layer for {type(model).__name__}")

@@ -29,9 +29,10 @@ class WeightsError(RuntimeError):
     """Pretrained weights were asked for but cannot be loaded; the message says how to fix it."""
 
 
-def cache_path(url: str) -> Path:
-    """Where the file of ``url`` lives in the local torch cache (torchvision's own location)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+def cache_path(url: str, filename: str | None = None) -> Path:
+    """Where the file of ``url`` lives in the local torch cache (torchvision's own location): the URL's
+    file name, or ``filename`` where URLs share one (every Hugging Face hub file is ``model.safetensors``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / (filename or os.path.basename(urlparse(url).path))
 
 
 def _missing(url: str, path: Path, reason: str) -> WeightsError:
@@ -43,9 +44,10 @@ def _missing(url: str, path: Path, reason: str) -> WeightsError:
     )
 
 
-def fetch_weights(url: str) -> Path:
-    """The cached file of ``url``, downloaded first if absent (once: other processes wait on a lock)."""
-    path = cache_path(url)
+def fetch_weights(url: str, filename: str | None = None) -> Path:
+    """The cached file of ``url`` (named ``filename`` if given), downloaded first if absent (once: other
+    processes wait on a lock)."""
+    path = cache_path(url, filename)
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,11 +71,15 @@ def fetch_weights(url: str) -> Path:
 
 
 def load_state_dict(path: str | Path, key: str = "model.weights") -> dict[str, torch.Tensor]:
-    """A state dict from a ``.pth`` file or a brainmri checkpoint (``weights_only``)."""
+    """A state dict from a ``.pth`` or ``.safetensors`` file or a brainmri checkpoint (``weights_only``)."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{key}: file not found: {path}")
     try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise WeightsError(f"{key}: cannot read {path}: {e}") from e

@@ -3,7 +3,8 @@
 Owns: run discovery (brainmri run dirs, W&B offline dirs, W&B public API), de-duplication,
 model selection on the validation metric, replicate statistics (a replicate is a (fold, seed)
 pair; fold is None for one train/val split), complete fold sets, the data-provenance check, the
-corrected resampled t-test over folds and the paired McNemar test.
+corrected resampled t-test over folds, the paired McNemar test and the ensemble of a chosen
+configuration's replicates (the mean of their test probabilities, from their test predictions).
 Rendering (Markdown/CSV/LaTeX, plots, W&B report) lives in brainmri/report.py.
 Knows nothing about training: it only reads the run-dir files and W&B records of the contract.
 """
@@ -25,6 +26,7 @@ from scipy import stats
 from brainmri.config import RUNTIME_KEYS
 from brainmri.config import flatten as flatten_config
 from brainmri.data.leakage import BANDS
+from brainmri.results import metrics as M
 from brainmri.results.wandb_offline import read_offline_runs
 from brainmri.rundir import RunDir
 
@@ -108,7 +110,8 @@ def read_run_dir(d: str | Path) -> Run:
         files = sorted(run.wandb_dir.glob("offline-run-*/run-*.wandb")) if run.wandb_dir.is_dir() else []
         wandb_id = files[0].stem.removeprefix("run-") if files else None
     # without W&B the directory itself is the identity: task ids repeat across sweeps with the same grid
-    return Run(id=wandb_id or str(run.path.resolve()), status=state.status or "unknown",
+    # a run a full disk stopped shows as "failed: no space" (brainmri.rundir.RunState.label)
+    return Run(id=wandb_id or str(run.path.resolve()), status=state.label if state.status else "unknown",
                config=config or {}, summary=summary if state.finished else {},
                sources=[f"rundir:{run.path}"], history_fn=run.epoch_rows,
                run_dir=run.path, start_time=run.started_at, error=state.error)
@@ -265,6 +268,7 @@ class RecipeResult:
     per_value: list[dict]            # one entry per swept value: value, runs, folds, seeds, rho, selection, stats
     folds: int | None = None         # K of the chosen configuration's K-fold runs (None: one split)
     rho: float = 0.0                 # n_test/n_train of its folds (corrected resampled t); 0 without folds
+    ensemble: dict | None = None     # the replicates' ensemble on the test split (``ensemble_result``)
 
     @property
     def seeds(self) -> int:
@@ -370,7 +374,7 @@ def _run_name(run: Run) -> str:
 
 
 def check_data(runs: list[Run], allow_mixed: bool = False, notes: list[str] | None = None) -> None:
-    """Refuse runs trained on different data (``summary.json["data_manifest"]["data"]``, a digest of
+    """Refuse runs trained on different data (the summary's ``data_manifest["data"]``, a digest of
     every file's relative path and content hash): one ``MixedDataError`` line naming two runs, the
     replicates of one recipe first; with ``allow_mixed`` a note instead. Runs without a manifest
     (older brainmri) are not checked, and a note says how many."""
@@ -424,6 +428,8 @@ def compare(runs: list[Run], metric: str = "val/acc", by: list[str] | None = Non
 
     Example: ``compare(collect_runs(["sweeps/lr"]), metric="val/acc").recipes[0].stats["acc"]``
     """
+    # evaluations on other data (launch/evaluate.py's folders under a run or a sweep) are no training runs
+    runs = [r for r in runs if not r.summary.get("evaluated")]
     done = [r for r in runs if r.finished and metric in r.summary]
     incomplete = [r for r in runs if r not in done]
     for r in incomplete:
@@ -462,7 +468,10 @@ def compare(runs: list[Run], metric: str = "val/acc", by: list[str] | None = Non
                              f"{recipe}: no configuration was run over {min_seeds} seeds; chosen among all")
         best = max(eligible or per_value, key=lambda v: sign * v["selection"]["mean"])
         cmp.recipes.append(RecipeResult(recipe, keys, best["value"], split, best["runs"],
-                                        best["stats"], per_value, best["folds"], best["rho"]))
+                                        best["stats"], per_value, best["folds"], best["rho"],
+                                        ensemble_result(best["runs"]) if split == "test" else None))
+        if (cmp.recipes[-1].ensemble or {}).get("reason"):
+            cmp.notes.append(f"{recipe}: no ensemble row ({cmp.recipes[-1].ensemble['reason']})")
         if split == "val":
             cmp.notes.append(f"{recipe}: no test split; VALIDATION metrics reported (optimistic: "
                              f"the same split chose {value_label(keys, best['value'])})")
@@ -607,7 +616,88 @@ def compare_predictions(first: RecipeResult, second: RecipeResult) -> dict:
                              "acc_a": float((m["pred_a"] == m["label_a"]).mean()),
                              "acc_b": float((m["pred_b"] == m["label_b"]).mean()), **res})
     if not out["seeds"]:
-        out["reason"] = "no common (fold, seed) with predictions_test.csv in both recipes"
+        out["reason"] = "no common (fold, seed) with test predictions in both recipes"
+    return out
+
+
+# ---------------------------------------------------------------- ensembles
+
+def _max_similarity_rows(sims: np.ndarray) -> np.ndarray:
+    """Per image, the member whose training images hold its most similar one (NaN similarity: never)."""
+    filled = np.where(np.isnan(sims), -np.inf, sims)
+    return filled.argmax(axis=0)
+
+
+def ensemble_predictions(runs: list[Run]) -> tuple[pd.DataFrame | None, str | None]:
+    """The members' test predictions averaged image by image: (frame, None) or (None, why not).
+
+    Each member's test predictions are matched on ``path`` (the test set is shared); the
+    frame has ``path``, ``label``, ``pred``, one ``prob_<class>`` per class (the mean of the
+    members' softmax probabilities) and, when the members carry them, ``nearest_train``,
+    ``similarity`` and ``band`` of the member whose training images hold the most similar image —
+    the nearest training image in the union of the members' training images.
+    """
+    frames = []
+    for r in runs:
+        f = load_predictions(r)
+        if f is None:
+            return None, f"run {_run_name(r)} has no test predictions"
+        frames.append(f)
+    cols = [c for c in frames[0].columns if c.startswith("prob_")]
+    if not cols:
+        return None, "the members' test predictions carry no probabilities"
+    first = frames[0]
+    for r, f in zip(runs, frames):
+        if [c for c in f.columns if c.startswith("prob_")] != cols:
+            return None, f"run {_run_name(r)} predicts other classes than run {_run_name(runs[0])}"
+        if "path" not in f or f["path"].isna().any() or f["path"].duplicated().any() \
+                or set(f["path"]) != set(first["path"]):
+            return None, f"runs {_run_name(runs[0])} and {_run_name(r)} were tested on different images"
+    aligned = [f.set_index("path").loc[first["path"]] for f in frames]
+    if any((a["label"].to_numpy() != aligned[0]["label"].to_numpy()).any() for a in aligned):
+        return None, "the members' test labels differ for the same images"
+    probs = np.mean([a[cols].to_numpy(dtype=np.float64) for a in aligned], axis=0)
+    classes = [c.removeprefix("prob_") for c in cols]
+    out = pd.DataFrame({"path": first["path"].to_numpy(), "label": aligned[0]["label"].to_numpy(),
+                        "pred": [classes[k] for k in probs.argmax(1)]})
+    for k, c in enumerate(cols):
+        out[c] = probs[:, k]
+    if all({"similarity", "band"} <= set(a.columns) for a in aligned):
+        sims = np.stack([pd.to_numeric(a["similarity"], errors="coerce").to_numpy(dtype=float) for a in aligned])
+        pick = _max_similarity_rows(sims)
+        rows = np.arange(len(out))
+        for col in ("nearest_train", "similarity", "band"):
+            if all(col in a.columns for a in aligned):
+                out[col] = np.stack([a[col].to_numpy(dtype=object) for a in aligned])[pick, rows]
+    return out, None
+
+
+def ensemble_result(runs: list[Run]) -> dict | None:
+    """The ensemble of ``runs`` (a chosen configuration's replicates) on the test split: ``members``,
+    ``metrics`` (``test/...`` as a run's summary has them, per band too), ``stats`` (metric ->
+    a one-replicate ``mean_ci``-shaped dict, as the tables print them) and ``reason`` (why there is
+    none: then ``metrics`` is empty). None for a single run."""
+    if len(runs) < 2:
+        return None
+    out = {"members": len(runs), "runs": [_run_name(r) for r in runs],
+           "replicates": [list(r.replicate) for r in runs], "metrics": {}, "stats": {}, "reason": None}
+    frame, reason = ensemble_predictions(runs)
+    if reason:
+        out["reason"] = reason
+        return out
+    classes = [c.removeprefix("prob_") for c in frame.columns if c.startswith("prob_")]
+    index = {c: i for i, c in enumerate(classes)}
+    labels = frame["label"].map(index)
+    if labels.isna().any():
+        out["reason"] = "a test label is not one of the predicted classes"
+        return out
+    labels, probs = labels.to_numpy(dtype=int), frame[[f"prob_{c}" for c in classes]].to_numpy()
+    values = M.classification_metrics(labels, probs, classes, "test")
+    if "band" in frame:
+        values.update(M.band_metrics(labels, probs, frame["band"].fillna("novel").tolist(), classes, "test", BANDS))
+    out["metrics"] = values
+    out["stats"] = {k.removeprefix("test/"): {"mean": float(v), "std": math.nan, "ci_low": math.nan,
+                                              "ci_high": math.nan, "n": 1} for k, v in values.items()}
     return out
 
 

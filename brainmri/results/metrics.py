@@ -19,6 +19,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from brainmri.atomic import atomic_path
+
 
 def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> float:
     """Top-label ECE with equal-width confidence bins (Guo et al., 2017)."""
@@ -86,7 +88,8 @@ def save_confusion_png(labels, preds, classes: list[str], path: str | Path, titl
     ConfusionMatrixDisplay(cm, display_labels=classes).plot(ax=ax, cmap="Blues", values_format=".2f", colorbar=False)
     ax.set_title(title or "normalised confusion matrix")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return cm
 

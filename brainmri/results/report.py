@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from brainmri.atomic import atomic_path
+from brainmri.data.leakage import BANDS
 from brainmri.results.collect import Comparison, RecipeResult, is_count, value_label
 
 TABLES = ("main", "bands", "classes", "intervals")
@@ -98,6 +100,16 @@ def _paired_of(cmp: Comparison, recipe: str) -> dict | None:
     return next((p for p in cmp.paired if p["b"] == recipe), None)
 
 
+def ensemble_of(rr: RecipeResult) -> dict | None:
+    """The ensemble of ``rr``'s chosen replicates when it has test metrics (``collect.ensemble_result``)."""
+    ens = rr.ensemble
+    return ens if ens and not ens.get("reason") and ens.get("stats") else None
+
+
+def ensemble_label(rr: RecipeResult) -> str:
+    return f"{rr.recipe} (ensemble of {rr.ensemble['members']})"
+
+
 def _mcnemar_ps(mc: dict | None) -> list[float]:
     return [s["p"] for s in (mc or {}).get("seeds", []) if "p" in s]
 
@@ -116,6 +128,10 @@ def display_frame(cmp: Comparison, per_value: bool = False, pm: str = "±") -> p
         rec.update({"Folds": _folds_cell(v), "Seeds": v["seeds"], metric_label(cmp.metric): fmt(v["selection"], pm)})
         rec.update({h: fmt(v["stats"].get(m, {}), pm) for m, h in headers.items()})
         records.append(rec)
+        ens = ensemble_of(rr) if chosen else None
+        if ens:
+            records.append({**rec, "Recipe": ensemble_label(rr), metric_label(cmp.metric): "–",
+                            **{h: fmt(ens["stats"].get(m, {}), pm) for m, h in headers.items()}})
     return pd.DataFrame.from_records(records)
 
 
@@ -138,12 +154,20 @@ def results_frame(cmp: Comparison, per_value: bool = False) -> pd.DataFrame:
                     "ttest_note": t.get("reason"), "mcnemar_n": len(ps) if paired else None,
                     "mcnemar_p_min": min(ps) if ps else None, "mcnemar_p_max": max(ps) if ps else None})
         records.append(rec)
-    return pd.DataFrame.from_records(records)
+        ens = ensemble_of(rr) if chosen else None
+        if ens:
+            records.append({"recipe": rr.recipe, "config": rec["config"], "chosen": chosen, "model": "ensemble",
+                            "split": rr.split, "folds": v["folds"], "n_seeds": v["seeds"],
+                            "n_replicates": ens["members"],
+                            **{f"{m}_mean": ens["stats"].get(m, {}).get("mean", math.nan) for m in MAIN_METRICS}})
+    df = pd.DataFrame.from_records(records)
+    if len(df):  # which rows are the mean over replicates and which the replicates' ensemble
+        df.insert(df.columns.get_loc("split"), "model", df.pop("model").fillna("replicates")
+                  if "model" in df else "replicates")
+    return df
 
 
 def _bands_of(rr: RecipeResult) -> list[str]:
-    from brainmri.data.leakage import BANDS
-
     return [b for b in BANDS if any(n for n in _counts(rr, f"band/{b}/n") if n)]
 
 
@@ -168,7 +192,23 @@ def bands_frame(cmp: Comparison, numeric: bool = False, pm: str = "±", cell=Non
             else:
                 records.append({"Recipe": rr.recipe, "Band": band.replace("_", "-"), "n": fmt_count(n),
                                 "Acc": cell(acc, "acc"), "Macro-F1": cell(f1, "macro_f1")})
-    return pd.DataFrame.from_records(records)
+        ens = ensemble_of(rr)
+        for band in (["all", *[b for b in BANDS if ens["stats"].get(f"band/{b}/n", {}).get("mean")]] if ens else []):
+            pre = "" if band == "all" else f"band/{band}/"
+            n, acc, f1 = (ens["stats"].get(f"{pre}{m}", {}) for m in ("n", "acc", "macro_f1"))
+            if numeric:
+                records.append({"recipe": rr.recipe, "config": value_label(rr.keys, rr.chosen), "split": rr.split,
+                                "model": "ensemble", "band": band, "n_min": n.get("mean"), "n_max": n.get("mean"),
+                                "acc_mean": acc.get("mean"), "acc_std": None, "macro_f1_mean": f1.get("mean"),
+                                "macro_f1_std": None, "n_replicates": ens["members"]})
+            else:
+                records.append({"Recipe": ensemble_label(rr), "Band": band.replace("_", "-"),
+                                "n": fmt_count([n.get("mean")]), "Acc": cell(acc, "acc"), "Macro-F1": cell(f1, "macro_f1")})
+    df = pd.DataFrame.from_records(records)
+    if numeric and len(df):
+        df.insert(df.columns.get_loc("band"), "model", df.pop("model").fillna("replicates")
+                  if "model" in df else "replicates")
+    return df
 
 
 def classes_frame(cmp: Comparison, numeric: bool = False, pm: str = "±", cell=None) -> pd.DataFrame:
@@ -314,9 +354,13 @@ def intro_text(cmp: Comparison, table: str = "main") -> str:
             f"is selected on the validation split; test metrics are reported for that choice only. A replicate is "
             f"a (fold, seed) pair: with data.folds, the {cmp.metric} is averaged over the folds (and seeds); "
             f"a seed missing folds is listed as incomplete, never averaged. Recipes ordered by {cmp.metric}.")
+    ensemble = (" Rows '(ensemble of N)': one model, the mean of the N replicates' softmax probabilities per "
+                "test image (from their test predictions); its bands are by the nearest image among all "
+                "its members' training images." if any(ensemble_of(rr) for rr in cmp.recipes) else "")
     cells = {"main": "Cells: mean ± std over replicates; Folds and Seeds count them. Acc novel: test accuracy on "
-                     "the images whose most similar training image is novel (brainmri.data.leakage).",
-             "bands": "Cells: mean ± std over replicates; n: test images in the band (a range when folds differ).",
+                     "the images whose most similar training image is novel (brainmri.data.leakage)." + ensemble,
+             "bands": "Cells: mean ± std over replicates; n: test images in the band (a range when folds differ)."
+                      + ensemble,
              "classes": "Cells: mean ± std over replicates; n: test images of the class.",
              "intervals": "95 % intervals of the mean: the t-interval over seeds for one train/val split; over folds "
                           "the corrected resampled t of Nadeau & Bengio (2003), t(J−1) · std · sqrt(1/J + ρ) with "
@@ -441,6 +485,10 @@ def _latex_main(cmp: Comparison, per_value: bool) -> str:
         row += ([rr.split] if mixed else []) + [_tex(_folds_cell(v)), str(v["seeds"]), _pct(v["selection"], cmp.metric)]
         row += [_pct(v["stats"].get(m, {}), m) for m in headers]
         rows.append(row)
+        ens = ensemble_of(rr) if chosen else None
+        if ens:
+            rows.append([_tex(ensemble_label(rr)), *row[1:-len(headers) - 1], "--",
+                         *[_pct(ens["stats"].get(m, {}), m) for m in headers]])
     caption = (f"Recipes compared: configuration chosen on {_tex(cmp.metric)} averaged over replicates "
                r"(fold, seed); rates in \% as mean$_{\pm\mathrm{std}}$ over replicates; test split. "
                "Acc novel: test images unlike any training image.")
@@ -549,7 +597,8 @@ def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png")
     _plt().close(fig)
     return path
 

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from plotly.utils import PlotlyJSONEncoder
 
+from brainmri.atomic import atomic_write
 from brainmri.results.collect import (
     Comparison, Run, load_predictions, corrected_ttest, flatten, mcnemar, not_swept, value_label,
 )
@@ -271,7 +272,7 @@ def render_html(cmp: Comparison, title: str = "brainmri recipe comparison", sear
                 fig.update_layout(title=f"{rr.recipe}: reliability, ECE={ece:.3f}", height=320,
                                   xaxis_title="confidence", yaxis_title="accuracy")
                 rel_parts.append(_fig(fig))
-    sec.append(("4. Confusion matrices (chosen configuration)", "".join(parts) or "<p>No predictions_test.csv.</p>"))
+    sec.append(("4. Confusion matrices (chosen configuration)", "".join(parts) or "<p>No test predictions.</p>"))
     ece_tab = pd.DataFrame([{"recipe": rr.recipe, "ECE": fmt(rr.stats.get("ece", {}))} for rr in cmp.recipes])
     classes = classes_frame(cmp)
     sec.append(("5. Calibration and per-class metrics", "".join(rel_parts) + _table(ece_tab, True)
@@ -322,5 +323,5 @@ def _replicate(row: dict) -> str:
 def write_html(cmp: Comparison, path: str | Path, search: dict | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(cmp, search=search), encoding="utf-8")
+    atomic_write(path, render_html(cmp, search=search))
     return path

@@ -4,11 +4,12 @@ A checkpoint is a plain dict (``torch.load(..., weights_only=True)`` reads it):
 
 - ``model``: the whole network's state dict; ``classes``; ``config`` (the resolved config);
 - ``trainer``: :class:`brainmri.train.policy.TrainerState`, every counter a resume needs;
-- ``optimizer``, ``scheduler``, ``scaler``: state dicts (``last.pt`` only; ``best.pt`` holds weights);
+- ``optimizer``, ``scheduler``, ``scaler``, ``ema`` (with ``train.ema``): state dicts (the last
+  checkpoint only; the best one holds weights: the raw or the averaged ones, whichever validated better);
 - ``position`` (mid-epoch checkpoints only): where inside the epoch training stopped — see
   :func:`capture_position`.
 
-Files, atomic writes and the ``last.pt`` → ``last.prev.pt`` rotation are ``brainmri.rundir``'s.
+Files, atomic writes and the rotation of the last checkpoint are ``brainmri.rundir.RunDir``'s.
 """
 
 from __future__ import annotations
@@ -23,13 +24,16 @@ from brainmri.train.policy import TrainerState
 
 
 def make_checkpoint(model: torch.nn.Module, state: TrainerState, classes: list[str], config: dict,
-                    optimizer=None, scheduler=None, scaler=None, position: dict | None = None) -> dict:
-    """The checkpoint dict; with ``optimizer`` it can resume training, without it holds weights only."""
+                    optimizer=None, scheduler=None, scaler=None, position: dict | None = None, ema=None) -> dict:
+    """The checkpoint dict; with ``optimizer`` it can resume training (and holds the EMA of the
+    weights, ``ema``), without it holds weights only."""
     ckpt = {"model": model.state_dict(), "trainer": asdict(state), "classes": classes, "config": config}
     if optimizer is not None:
         ckpt["optimizer"] = optimizer.state_dict()
         ckpt["scheduler"] = scheduler.state_dict() if scheduler is not None else None
         ckpt["scaler"] = scaler.state_dict() if scaler is not None else None
+        if ema is not None:
+            ckpt["ema"] = ema.state_dict()
     if position is not None:
         ckpt["position"] = position
     return ckpt
@@ -106,3 +110,24 @@ def resume_position(ckpt: dict | None, next_epoch: int, num_processes: int, wher
         raise CheckpointError(f"{where} stopped inside epoch {position['epoch']} with {len(position['ranks'])} "
                               f"process(es); resume it with that many (now {num_processes})")
     return position
+
+
+def resume_inside_epoch(position: dict | None, accelerator, loader):
+    """``(loader, batches done, seconds before, rng state, accumulators)`` to train (the rest of) an epoch.
+
+    Without a mid-epoch ``position``: the whole loader, nothing done, fresh accumulators (loss
+    sum, correct, count). With one: the loader skipping the batches already trained, this rank's
+    accumulators and RNG states (restored by the caller after the skipping loader drew its seed),
+    and accelerate's gradient-accumulation position.
+    """
+    sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
+    if position is None:
+        return loader, 0, 0.0, None, sums
+    mine = position["ranks"][accelerator.process_index]
+    done = position["batches"]
+    accelerator.step = position["accum_step"]
+    import logging
+
+    logging.getLogger("brainmri").info("resuming epoch %d after %d batch(es)", position["epoch"], done)
+    return (accelerator.skip_first_batches(loader, done), done, position["elapsed_s"], mine["rng"],
+            mine["accumulators"].to(device=accelerator.device, dtype=torch.float64))

@@ -7,7 +7,7 @@ engine is the loop; around it: the data (``brainmri.data.datasets.build_training
 phase's optimizer (``brainmri.train.phases``), the epoch-end decisions — best epoch, early stop,
 schedule — (``brainmri.train.policy``), what a checkpoint holds (``brainmri.train.checkpoint``) and
 the run's bookkeeping in its directory and W&B (``brainmri.train.record``). A run directory that
-already holds ``checkpoints/last.pt`` is resumed exactly (inside the epoch when it stopped there); a
+already holds a last checkpoint is resumed exactly (inside the epoch when it stopped there); a
 search driver's prune request stops it at the next epoch end (``TrialPruned``, status ``pruned``);
 one that holds a finished summary is returned as is, or extended when the config only adds epochs
 to its last phase. The engine knows nothing about SLURM or sweeps.
@@ -19,7 +19,6 @@ import itertools
 import sys
 import time
 
-import torch
 from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
@@ -31,12 +30,14 @@ from brainmri.rundir import RunDir
 from brainmri.train import policy
 from brainmri.train.accel import make_accelerator, reset_accelerator
 from brainmri.train.checkpoint import (
-    capture_position, make_checkpoint, restore_optimization, resume_position, seed_epoch, set_rng_state,
+    capture_position, make_checkpoint, restore_optimization, resume_inside_epoch, resume_position, seed_epoch,
+    set_rng_state,
 )
 from brainmri.train.evaluate import evaluate_split
 from brainmri.train.phases import phase_optimization, trains_head_only_on_features
 from brainmri.train.policy import TrainerState
 from brainmri.train.record import RunRecord
+from brainmri.train.regularise import WeightEMA, objective
 from brainmri.train.resume import default_run_dir
 from brainmri.train.signals import StopSignals, TrainingInterrupted, TrialPruned, agree
 from brainmri.train.tracking import log
@@ -53,41 +54,42 @@ class Engine:
         self.state = TrainerState()
         self.feature_train = None  # the FeatureDataset while a phase trains the head on cached features
         self.signals = StopSignals()
-        self._last_save = time.perf_counter()  # when last.pt was last written
+        self._last_save = time.perf_counter()  # when the last checkpoint was last written
 
     # ----------------------------------------------------------------- setup
     def _setup_data(self) -> None:
         self.data = build_training_data(self.cfg, self.acc.main_process_first)
-        self.classes, self.normalize = self.data.classes, self.data.normalize
-        self.to_input = self.normalize
+        self.classes, self.normalize, self.to_input = self.data.classes, self.data.normalize, self.data.normalize
         self.train_loader, self.val_loader = self.data.loaders["train"], self.data.loaders["val"]
-        self.record.data(self.data.split)
-        split = self.data.split
-        log.info("data %s: %d train / %d val / %d test images, classes %s", self.data.root, len(split.train),
-                 len(split.val), len(split.test), self.classes)
+        self.record.data(self.data.split, self.data.root)
 
     def _setup_model(self) -> None:
         cfg = self.cfg
         self.model = build_model(cfg.model, len(self.classes), cfg.data.input_channels, cfg.data.input_size)
         weight = class_weights(self.data.split.train, len(self.classes)) if cfg.data.class_weights else None
-        self.criterion = torch.nn.CrossEntropyLoss(weight=weight.to(self.acc.device) if weight is not None else None)
+        self.mixer, self.criterion = objective(cfg, len(self.classes), weight, self.acc.device)
         self.model.to(self.acc.device)
+        self.ema = WeightEMA(self.model, cfg.train.ema, cfg.train.ema_warmup) if cfg.train.ema else None
 
     # ------------------------------------------------------------ checkpoints
-    def _save_checkpoint(self, path, optimizer=None, scheduler=None, position: dict | None = None) -> None:
-        """Rank 0 writes ``path`` atomically; every rank waits for it."""
+    def _save_checkpoint(self, path, optimizer=None, scheduler=None, position: dict | None = None,
+                         weights=None) -> None:
+        """Rank 0 writes ``path`` atomically (``weights``: another net's, e.g. the EMA); every rank waits for it."""
         if self.acc.is_main_process:  # the whole net, even while only the head is wrapped
-            self.run.save_checkpoint(make_checkpoint(self.model, self.state, self.classes, self.cfg.to_dict(),
-                                                     optimizer, scheduler, self.acc.scaler, position), path)
+            self.run.save_checkpoint(make_checkpoint(weights or self.model, self.state, self.classes,
+                                                     self.cfg.to_dict(), optimizer, scheduler, self.acc.scaler,
+                                                     position, self.ema), path)
         self.acc.wait_for_everyone()
         if path == self.run.last_checkpoint:
             self._last_save = time.perf_counter()
 
     def _load_last(self) -> dict | None:
-        ckpt = self.run.load_checkpoint()  # falls back to last.prev.pt; CheckpointError if none is valid
+        ckpt = self.run.load_checkpoint()  # falls back to the previous checkpoint; CheckpointError if none is valid
         if ckpt is not None:
             self.model.load_state_dict(ckpt["model"])
             self.state = TrainerState.from_dict(ckpt["trainer"])
+            if self.ema is not None and "ema" in ckpt:
+                self.ema.load_state_dict(ckpt["ema"])
             log.info("resuming %s from epoch %d (phase %d)", self.run.path, self.state.epoch, self.state.phase)
         return ckpt
 
@@ -109,7 +111,7 @@ class Engine:
         acc.wait_for_everyone()  # every rank has decided before rank 0 moves the old summary aside
         self.record.begin(extend)
         wall_start = time.perf_counter()
-        try:  # from here on, a failure is recorded in status.json (the sweep reads it)
+        try:  # from here on, a failure is recorded in the run's status (the sweep reads it)
             self.record.save_config()
             set_seed(cfg.seed, deterministic=cfg.train.deterministic)
             self._setup_data()
@@ -192,21 +194,28 @@ class Engine:
         if self.feature_train is not None:
             self.feature_train.set_epoch(epoch)
         row = {"epoch": epoch, "phase": phase.name, **self._train_epoch(optimizer, scheduler, phase.name, position)}
-        val = evaluate_split("val", self.ddp_model, self.val_loader_p, self.acc, self.classes,
-                             self.val_loader_p.dataset.samples, to_input=self.to_input)
-        row.update({k: v for k, v in val.items() if k.count("/") == 1})
+        row.update(self._validate("val/", self.ddp_model))
+        if self.ema is not None:  # the averaged weights, validated beside the raw ones
+            row.update(self._validate("val_ema/", self.ema.module.fc if self.feature_train else self.ema.module))
         row.update({f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups})
         row.update(lr=optimizer.param_groups[0]["lr"], step=st.step)
         policy.step_scheduler(scheduler, row, cfg.scheduler.monitor)
-        improved = policy.after_epoch(st, row, cfg.train.monitor, cfg.train.monitor_mode, cfg.train.early_stop,
-                                      phase.name)
+        weights = policy.better_weights(row, cfg.train.monitor, cfg.train.monitor_mode)
+        improved = policy.after_epoch(st, {**row, cfg.train.monitor: row[weights["monitor"]]}, cfg.train.monitor,
+                                      cfg.train.monitor_mode, cfg.train.early_stop, phase.name)
         self.record.epoch(row)
         if improved:
-            self._save_checkpoint(self.run.best_checkpoint)
-        # last.pt is written after the metrics row, so a resume never loses a logged epoch
+            st.best_weights = weights["name"]
+            self._save_checkpoint(self.run.best_checkpoint, weights=self.ema.module if weights["name"] == "ema" else None)
+        # the last checkpoint is written after the metrics row, so a resume never loses a logged epoch
         self._save_checkpoint(self.run.last_checkpoint, optimizer, scheduler)
         log.info("epoch %d %s: train/loss %.4f train/acc %.4f val/loss %.4f val/acc %.4f%s", epoch, phase.name,
                  row["train/loss"], row["train/acc"], row["val/loss"], row["val/acc"], " *" if improved else "")
+
+    def _validate(self, prefix: str, net) -> dict[str, float]:
+        val = evaluate_split("val", net, self.val_loader_p, self.acc, self.classes,
+                             self.val_loader_p.dataset.samples, to_input=self.to_input)
+        return {prefix + k[4:]: v for k, v in val.items() if k.count("/") == 1}
 
     # --------------------------------------------------------------- loop
     def _train_epoch(self, optimizer, scheduler, phase_name: str, position: dict | None) -> dict[str, float]:
@@ -215,16 +224,8 @@ class Engine:
         epoch = st.epoch + 1
         self.ddp_model.train()
         freeze_frozen_norms(self.ddp_model)
-        sums = torch.zeros(3, dtype=torch.float64, device=acc.device)  # loss sum, correct, count
-        done, before, rng = 0, 0.0, None
-        loader = self.train_loader_p
-        if position is not None:  # continue inside the epoch: skip what was trained, restore the rest
-            mine = position["ranks"][acc.process_index]
-            done, before, rng = position["batches"], position["elapsed_s"], mine["rng"]
-            sums = mine["accumulators"].to(device=acc.device, dtype=torch.float64)
-            loader = acc.skip_first_batches(self.train_loader_p, done)
-            acc.step = position["accum_step"]
-            log.info("resuming epoch %d after %d batch(es) (step %d)", epoch, done, st.step)
+        # loss sum, correct, count; inside an epoch, continue from the position: skip what was trained
+        loader, done, before, rng, sums = resume_inside_epoch(position, acc, self.train_loader_p)
         loader.set_epoch(epoch)
         max_micro = cfg.train.max_steps_per_epoch * cfg.train.grad_accum if cfg.train.max_steps_per_epoch else None
         left = None if max_micro is None else max(max_micro - done, 0)
@@ -237,8 +238,11 @@ class Engine:
                 set_rng_state(rng)
                 rng = None
             with acc.accumulate(self.ddp_model):
-                logits = self.ddp_model(self.to_input(x))
-                loss = self.criterion(logits.float(), y)
+                inputs, target = self.to_input(x), y
+                if self.mixer is not None and self.feature_train is None:  # cached features are not mixed
+                    inputs, target = self.mixer(inputs, y, epoch=epoch, step=done, rank=acc.process_index)
+                logits = self.ddp_model(inputs)
+                loss = self.criterion(logits.float(), target)
                 acc.backward(loss)
                 if acc.sync_gradients and cfg.optim.clip_grad_norm:
                     acc.clip_grad_norm_(self.ddp_model.parameters(), cfg.optim.clip_grad_norm)
@@ -251,6 +255,8 @@ class Engine:
             done += 1
             if acc.sync_gradients:
                 st.step += 1
+                if self.ema is not None:
+                    self.ema.update(self.model)
                 self._after_step(optimizer, scheduler, epoch, done, before + time.perf_counter() - start, sums)
         elapsed = before + time.perf_counter() - start
         totals = acc.reduce(sums, reduction="sum").tolist()
@@ -261,7 +267,7 @@ class Engine:
                 "time/epoch_s": elapsed, "throughput/images_per_s": images / max(elapsed, 1e-9)}
 
     def _after_step(self, optimizer, scheduler, epoch: int, done: int, elapsed: float, sums) -> None:
-        """After an optimizer step: on a stop signal or when due, write a mid-epoch ``last.pt``."""
+        """After an optimizer step: on a stop signal or when due, write a mid-epoch last checkpoint."""
         every = self.cfg.train.checkpoint_every_min * 60
         due = every > 0 and time.perf_counter() - self._last_save >= every  # rank 0's clock decides
         stop, due = agree(self.signals.signum, due and self.acc.is_main_process, self.acc)
@@ -285,7 +291,8 @@ class Engine:
             if loader is not None:
                 summary.update(evaluate_split(split, self.ddp_model, loader, acc, self.classes,
                                               loader.dataset.samples, run, self.normalize,
-                                              f"{cfg.recipe} seed {cfg.seed}: {split} (best epoch {st.best_epoch})"))
+                                              f"{cfg.recipe} seed {cfg.seed}: {split} (best epoch {st.best_epoch})",
+                                              cfg.eval.tta))
         summary["config"] = cfg.to_dict()
         self.record.finish(summary, st)
         acc.wait_for_everyone()
@@ -296,7 +303,7 @@ def fit(cfg: RunConfig) -> dict:
     """Train ``cfg`` to completion (resuming its run directory if it has a checkpoint).
 
     Returns:
-        The summary dict also written to ``<run_dir>/summary.json``.
+        The summary dict, also written into the run directory (``RunDir.write_summary``).
     Example:
         >>> summary = fit(load_config("configs/baseline_cnn.yaml", ["train.epochs=2"]))
     """

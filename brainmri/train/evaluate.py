@@ -8,8 +8,8 @@ call these functions.
   sample once (``gather_for_metrics`` drops the padding that even batching adds).
 - :func:`split_metrics` turns labels and probabilities into the split's metrics, including the
   metrics per similarity band (``brainmri.data.leakage`` bands, via ``brainmri.results.metrics``).
-- :func:`evaluate_split` does both and, with a run directory, writes ``predictions_{split}.csv``
-  and ``confusion_{split}.png`` there (rank 0).
+- :func:`evaluate_split` does both and, with a run directory, writes the split's predictions
+  and confusion matrix there (``RunDir.write_predictions``, ``RunDir.confusion_png``; rank 0).
 
 Loaders yield ``(image batch, label batch, dataset index batch)`` like ``brainmri.data.datasets.ImageDataset``.
 
@@ -29,6 +29,7 @@ import torch
 from brainmri.results import metrics as M
 from brainmri.data.leakage import BANDS, band_columns
 from brainmri.rundir import RunDir
+from brainmri.train.regularise import TTA
 
 
 class Predictions(NamedTuple):
@@ -46,7 +47,8 @@ def _is_prepared(loader) -> bool:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, loader, accelerator, to_input: Callable | None = None) -> Predictions:
+def predict(model: torch.nn.Module, loader, accelerator, to_input: Callable | None = None,
+            views: Sequence[str] = ()) -> Predictions:
     """Softmax probabilities of ``model`` over every sample of ``loader``, each counted once.
 
     Args:
@@ -56,6 +58,8 @@ def predict(model: torch.nn.Module, loader, accelerator, to_input: Callable | No
         accelerator: the ``accelerate.Accelerator`` of this process.
         to_input: turns a loader batch into the model's input (e.g. ``batch_normalizer``); identity
             by default.
+        views: test-time augmentation (``eval.tta``): the softmax is averaged over the image and
+            these views (brainmri.train.regularise.TTA).
     Returns:
         ``Predictions(index, labels, probs)`` on every rank.
     Raises:
@@ -65,12 +69,13 @@ def predict(model: torch.nn.Module, loader, accelerator, to_input: Callable | No
     if not _is_prepared(loader):
         loader = accelerator.prepare_data_loader(loader)
     model.eval()
+    net = TTA(model, views) if views else (lambda inp: torch.softmax(model(inp).float(), dim=1))
     probs, indices, labels = [], [], []
     for x, y, idx in loader:
-        logits = model(to_input(x))
+        p = net(to_input(x)).float()
         # gather_for_metrics drops the samples that even batching duplicated on the last step
-        logits, y, idx = accelerator.gather_for_metrics((logits.float().contiguous(), y.contiguous(), idx.contiguous()))
-        probs.append(torch.softmax(logits, dim=1).cpu())
+        p, y, idx = accelerator.gather_for_metrics((p.contiguous(), y.contiguous(), idx.contiguous()))
+        probs.append(p.cpu())
         labels.append(y.cpu())
         indices.append(idx.cpu())
     idx_np = torch.cat(indices).numpy()
@@ -95,19 +100,20 @@ def split_metrics(split: str, labels, probs, classes: Sequence[str], bands: Sequ
 
 def evaluate_split(split: str, model: torch.nn.Module, loader, accelerator, classes: Sequence[str],
                    samples: Sequence, run_dir: RunDir | None = None, to_input: Callable | None = None,
-                   title: str = "") -> dict[str, float]:
+                   title: str = "", views: Sequence[str] = ()) -> dict[str, float]:
     """Predict ``split`` and return its metrics; with ``run_dir``, also write its files (rank 0).
 
     Args:
         split: the name used in metric keys and file names (``val``, ``test``, ``external`` …).
         samples: the dataset's samples, indexed like the loader's dataset (``Sample.path``,
             ``sha1``, ``band``, ``nearest_train`` go into the predictions CSV).
-        run_dir: where ``predictions_{split}.csv`` and ``confusion_{split}.png`` go; None writes nothing.
+        run_dir: where the split's predictions and confusion matrix go; None writes nothing.
         title: the confusion matrix's title.
+        views: test-time augmentation views (``eval.tta``).
     Returns:
         The metrics dict of :func:`split_metrics`, on every rank.
     """
-    pred = predict(model, loader, accelerator, to_input)
+    pred = predict(model, loader, accelerator, to_input, views)
     rows = [samples[i] for i in pred.index]
     values = split_metrics(split, pred.labels, pred.probs, classes, [s.band for s in rows])
     if run_dir is not None and accelerator.is_main_process:

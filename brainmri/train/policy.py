@@ -27,6 +27,7 @@ class TrainerState:
     step: int = 0  # optimizer steps
     best_metric: float | None = None
     best_epoch: int = 0
+    best_weights: str = "raw"  # raw | ema: which weights the best checkpoint holds (train.ema)
     es_best: float | None = None
     es_bad_epochs: int = 0
     wandb_id: str | None = None
@@ -71,6 +72,18 @@ def after_epoch(state: TrainerState, row: dict, monitor: str, mode: str, early_s
     state.epoch += 1
     state.phase_epoch += 1
     return improved
+
+
+def better_weights(row: dict, monitor: str, mode: str) -> dict:
+    """Which weights validated better this epoch: ``{"name": "raw"|"ema", "monitor": the row's key}``.
+
+    With ``train.ema`` the row also holds ``val_ema/...``, the averaged weights' validation; they
+    win only when strictly better on the monitored metric.
+    """
+    ema_key = "val_ema/" + monitor.split("/", 1)[1] if monitor.startswith("val/") else None
+    if ema_key and ema_key in row and better(row[ema_key], row[monitor], mode):
+        return {"name": "ema", "monitor": ema_key}
+    return {"name": "raw", "monitor": monitor}
 
 
 def phase_done(state: TrainerState, epochs: int) -> bool:

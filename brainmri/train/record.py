@@ -3,10 +3,10 @@
 The engine trains; :class:`RunRecord` keeps the books, so the loop never asks which rank it is
 on: the run directory's lock, the log file, whether the directory already holds a finished run
 (returned as is, or extended) or an interrupted one (resumable with this config?), the resolved
-config, ``split.json`` and the skipped-file report, ``status.json`` (running, with in-epoch
+config, the split record and the skipped-file report, the run's status (running, with in-epoch
 progress; interrupted / preempted with the signal; pruned by a search driver; failed with the error;
 finished), the search driver's prune request, the
-``metrics.jsonl`` rows, the W&B run (resumed, backfilled, finished) and the summary. Every method
+the metrics rows, the W&B run (resumed, backfilled, finished) and the summary. Every method
 is a no-op on ranks other than 0 where it writes.
 """
 
@@ -23,7 +23,7 @@ from brainmri.train.resume import check_resumable, extends_finished
 from brainmri.train.tracking import WandbRun, log, setup_logging
 
 OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "ranger": 3, "sgd": 1}  # state tensors per trained parameter
-PROGRESS_EVERY_S = 1.0  # status.json's in-epoch progress is rewritten at most this often (and at an epoch's first step)
+PROGRESS_EVERY_S = 1.0  # the status's in-epoch progress is rewritten at most this often (and at an epoch's first step)
 
 
 class RunRecord:
@@ -67,8 +67,10 @@ class RunRecord:
         if self.is_main:
             self.run.save_config(self.cfg.to_dict())
 
-    def data(self, split) -> None:
-        """``split.json`` (every file of every part) and the skipped-file report."""
+    def data(self, split, root) -> None:
+        """The split record (every file of every part) and the skipped-file report."""
+        log.info("data %s: %d train / %d val / %d test images, classes %s", root, len(split.train),
+                 len(split.val), len(split.test), split.classes)
         if not self.is_main:
             return
         self.run.write_skipped(split.skipped)
@@ -89,7 +91,7 @@ class RunRecord:
 
     # ------------------------------------------------------------------ training
     def progress(self, state, epoch: int, batch: int) -> None:
-        """status.json: where the epoch stands (about once a second)."""
+        """The run's status: where the epoch stands (about once a second)."""
         now = time.perf_counter()
         if self.is_main and (self._progress_epoch != epoch or now - self._progress_at >= PROGRESS_EVERY_S):
             self._progress_epoch, self._progress_at = epoch, now
@@ -115,10 +117,19 @@ class RunRecord:
                 "monitor": cfg.train.monitor, "best_epoch": state.best_epoch, "epochs_run": state.epoch,
                 "steps": state.step, "world_size": world_size, "wall_time_s": wall_s,
                 "train_time_s": state.train_time_s, "images_per_s": state.images_seen / max(state.train_time_s, 1e-9),
-                "skipped_files": len(split.skipped), "data_manifest": split.record()["manifest"]}
+                "skipped_files": len(split.skipped), "data_manifest": split.record()["manifest"],
+                "best_weights": state.best_weights, **self._best_epoch_val(state)}
+
+    def _best_epoch_val(self, state) -> dict:
+        """With train.ema: the monitored validation metric of the raw and of the averaged weights at the best epoch."""
+        if not self.cfg.train.ema:
+            return {}
+        key = self.cfg.train.monitor.split("/", 1)[1]
+        row = next((r for r in self.run.epoch_rows() if r["epoch"] == state.best_epoch), {})
+        return {"best_epoch_val": {"raw": row.get(f"val/{key}"), "ema": row.get(f"val_ema/{key}")}}
 
     def finish(self, summary: dict, state) -> None:
-        """The best checkpoint's evaluation: W&B media and summary, the closing metrics row, summary.json."""
+        """The best checkpoint's evaluation: W&B media and summary, the closing metrics row, the summary."""
         if self.is_main:
             for split in ("val", "test"):
                 if f"{split}/acc" in summary:
@@ -145,7 +156,7 @@ class RunRecord:
         self._finish_wandb(exit_code, name)
 
     def pruned(self, state) -> None:
-        """status.json says pruned after the epoch just written (its checkpoints are kept); W&B finishes."""
+        """The run's status says pruned after the epoch just written (its checkpoints are kept); W&B finishes."""
         request = self.run.prune_request() if self.is_main else None
         if self.is_main:
             self.run.set_status("pruned", state.epoch, request=request)
@@ -153,7 +164,7 @@ class RunRecord:
         self._finish_wandb(0, "pruning")
 
     def failed(self, error: BaseException, state) -> None:
-        """status.json says failed with the error; a full disk or quota says why in one line
+        """The run's status says failed with the error; a full disk or quota says why in one line
         (``cause: no space``), written after the partial file is gone, in place as a last resort."""
         if is_disk_full(error):
             reason = getattr(error, "reason", None) or str(error)
@@ -171,7 +182,7 @@ class RunRecord:
 
     def check_space(self, model, optim_name: str) -> None:
         """Before the first epoch: warn when the run directory's file system has less free space than
-        one checkpoint pair needs (the new ``last.pt`` beside the previous one, and ``best.pt``)."""
+        one checkpoint pair needs (the new last checkpoint beside the previous one, and the best checkpoint)."""
         if not self.is_main or self._space_checked:
             return
         self._space_checked = True

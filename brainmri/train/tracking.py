@@ -69,7 +69,7 @@ class WandbRun:
 
     History is one row per epoch at ``step = epoch``. A resumed run first reads the pieces of its
     run already on disk (``<run_dir>/wandb/*/run-<id>.wandb``, written in online mode too): epochs
-    they hold are never logged again, and :meth:`backfill` logs the ``metrics.jsonl`` rows they miss
+    they hold are never logged again, and :meth:`backfill` logs the run directory's metrics rows they miss
     (a SIGKILL can cut the W&B service off before it wrote them). So every epoch appears exactly
     once, in increasing steps.
     """
@@ -110,7 +110,7 @@ class WandbRun:
             self.logged.add(step)
 
     def backfill(self, rows: list[dict[str, Any]]) -> int:
-        """Log the epoch rows (``metrics.jsonl``) the W&B run is missing, in order; returns how many."""
+        """Log the run directory's epoch rows the W&B run is missing, in order; returns how many."""
         missing = [r for r in rows if "epoch" in r and r["epoch"] not in self.logged]
         if self.run is None or not missing:
             return 0

@@ -2,16 +2,22 @@
 
 The target layer per architecture is ``brainmri.models.registry.cam_target_layer`` (last conv block of the
 baseline CNN, ``layer4`` of the ResNets). ``cam_maps`` returns one map per image in [0, 1] at the
-model's input size; ``CamWriter`` saves an overlay PNG per input and one ``index.html`` with every
-overlay inlined (base64), so the sheet opens anywhere. ``energy_in_mask`` / ``points_in_mask``
-score a map against a known lesion mask (energy inside the mask; the pointing game).
+model's input size; ``CamWriter`` saves an overlay PNG per input, one ``index.html`` with every
+overlay inlined (base64), so the sheet opens anywhere, and ``cams.csv``. Each map's share of energy
+inside the brain (``brain_energy``: the head mask of the input without its scalp-and-skull rim,
+``brainmri.data.preprocess.brain_mask``) is shown under it, averaged in the sheet's header and
+listed in ``cams.csv``: a model looking at the frame, the background or the skull scores low.
+``energy_in_mask`` / ``points_in_mask`` score a map against a known lesion mask (energy inside the
+mask; the pointing game).
 """
 
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import io
+import math
 import re
 from pathlib import Path
 
@@ -19,7 +25,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from brainmri.atomic import atomic_write
+from brainmri.data.preprocess import brain_mask
 from brainmri.models.registry import cam_target_layer
+
+BRAIN_RIM = 0.08  # the scalp and skull: this share of the head box's shorter side, eroded off the head mask
 
 
 def cam_maps(model: torch.nn.Module, inputs: torch.Tensor, targets: list[int]) -> np.ndarray:
@@ -54,6 +64,13 @@ def energy_in_mask(cam: np.ndarray, mask: np.ndarray) -> float:
     return float(cam[mask].sum() / total) if total > 0 else 0.0
 
 
+def brain_energy(cam: np.ndarray, grey: np.ndarray) -> float:
+    """Share of the map's energy inside the brain of the (uint8, H×W) input ``grey``: its head mask
+    eroded by ``BRAIN_RIM``; NaN when no head is found."""
+    brain = brain_mask(grey, BRAIN_RIM)
+    return energy_in_mask(cam, brain) if brain.any() else math.nan
+
+
 def points_in_mask(cam: np.ndarray, mask: np.ndarray) -> bool:
     """Pointing game: is the map's maximum inside ``mask``?"""
     cam = _resize(cam, mask.shape)
@@ -79,7 +96,7 @@ class CamWriter:
         self.model, self.classes, self.out = model, classes, Path(out_dir)
         self.title = title
         self.out.mkdir(parents=True, exist_ok=True)
-        self.rows: list[tuple[str, str, float, str, str]] = []
+        self.rows: list[tuple[str, str, float, str, str, float]] = []
         self.used: set[str] = set()
 
     def _name(self, path: str) -> str:
@@ -100,21 +117,39 @@ class CamWriter:
             (self.out / name).write_bytes(png)
             grey = img[0].numpy()  # channels are equal copies of the grey image
             self.rows.append((path, self.classes[t], float(p[t]), base64.b64encode(png).decode(),
-                              base64.b64encode(_png_bytes(grey)).decode()))
+                              base64.b64encode(_png_bytes(grey)).decode(), brain_energy(cam, grey)))
+
+    def mean_brain_energy(self) -> float:
+        """Mean share of the maps' energy inside the brain (images with a head found)."""
+        values = [r[5] for r in self.rows if not math.isnan(r[5])]
+        return float(np.mean(values)) if values else math.nan
 
     def finish(self) -> Path:
         cards = "\n".join(
             f'<figure><img src="data:image/png;base64,{src}" alt="input"><img src="data:image/png;base64,{cam}" '
-            f'alt="Grad-CAM"><figcaption><b>{html.escape(label)}</b> {prob:.3f}<br><span>{html.escape(path)}'
-            f"</span></figcaption></figure>"
-            for path, label, prob, cam, src in self.rows)
+            f'alt="Grad-CAM"><figcaption><b>{html.escape(label)}</b> {prob:.3f} · in brain {_share(brain)}<br>'
+            f"<span>{html.escape(path)}</span></figcaption></figure>"
+            for path, label, prob, cam, src, brain in self.rows)
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["path", "pred", "probability", "brain_energy"])
+        for path, label, prob, _, _, brain in self.rows:
+            writer.writerow([path, label, f"{prob:.6f}", "" if math.isnan(brain) else f"{brain:.4f}"])
+        atomic_write(self.out / "cams.csv", buf.getvalue())
         page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Grad-CAM {html.escape(self.title)}</title>
 <style>body{{font-family:sans-serif;margin:1em}}figure{{display:inline-block;margin:.4em;width:260px;vertical-align:top}}
 img{{width:128px;height:128px;image-rendering:pixelated}}figcaption{{font-size:12px}}span{{color:#666;word-break:break-all}}</style>
 </head><body><h1>Grad-CAM: {html.escape(self.title)}</h1>
-<p>{len(self.rows)} image(s); each: the input and the Grad-CAM of its predicted class (probability shown).</p>
+<p>{len(self.rows)} image(s); each: the input and the Grad-CAM of its predicted class (probability shown), and the
+share of the map's energy inside the brain (the head mask without the scalp and skull rim; per image in cams.csv).
+Mean share inside the brain: <b>{_share(self.mean_brain_energy())}</b>; low values mean the model looks at the frame,
+the background or the skull.</p>
 {cards}
 </body></html>"""
         index = self.out / "index.html"
-        index.write_text(page)
+        atomic_write(index, page)
         return index
+
+
+def _share(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:.2f}"

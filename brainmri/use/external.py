@@ -4,9 +4,12 @@
 (``brainmri.use.trained.TrainedRun``), scans the root with the loader's rules, checks that its class
 folders are the run's classes, finds each image's nearest training image and band (when the run's
 training data is reachable), and calls ``brainmri.train.evaluate.evaluate_split`` — the code path of
-training's own test evaluation — so the output folder gets the same ``predictions_test.csv``,
-``confusion_test.png`` and ``test/...`` metrics (in ``summary.json``). The run's own files are never
-written: the default output is ``<run_dir>/eval/<data root name>/``.
+training's own test evaluation — so the output folder gets the same test predictions,
+confusion matrix and ``test/...`` metrics (in the summary). The run's own files are never
+written: the default output is ``<run_dir>/eval/<data root name>/``. An ensemble
+(``brainmri.use.ensemble.Ensemble``) is evaluated the same way, its probabilities the mean of its
+members'; its default output is ``<sweep>/ensembles/<recipe>/eval/<data root name>/`` and its
+summary lists the members.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from brainmri.data.leakage import fingerprints
 from brainmri.data.transforms import eval_transform
 from brainmri.rundir import RunDir
 from brainmri.train.evaluate import evaluate_split
+from brainmri.use.ensemble import Ensemble
 from brainmri.use.trained import TrainedRun
 
 SPLIT = "test"  # metric keys and file names as in training's test evaluation
@@ -48,7 +52,7 @@ def default_out(run: RunDir, data_root: Path) -> RunDir:
 
 def evaluate_run(run_dir: str | Path, data_root: str | Path, out: str | Path | None = None,
                  batch_size: int | None = None, num_workers: int = 0,
-                 trained: TrainedRun | None = None) -> dict:
+                 trained: TrainedRun | Ensemble | None = None) -> dict:
     """Metrics of the run's best checkpoint on ``data_root``; files in ``out`` (see the module docstring)."""
     trained = trained or TrainedRun.load(run_dir)
     folder = evaluation_folder(data_root)
@@ -68,15 +72,22 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path, out: str | Path | N
     dataset = ImageDataset(samples, trained.decoder, eval_transform(cfg.data))
     loader = make_loader(dataset, batch_size or cfg.data.eval_batch_size or cfg.data.batch_size, num_workers)
     out_dir.mkdir(parents=True, exist_ok=True)
+    ensemble = isinstance(trained, Ensemble)
+    who = trained.name if ensemble else f"{cfg.recipe} seed {cfg.seed}"
     with trained.inference() as (acc, model):
         values = evaluate_split(SPLIT, model, loader, acc, trained.classes, samples, out_run,
-                                trained.normalize, f"{cfg.recipe} seed {cfg.seed} on {folder}")
+                                trained.normalize, f"{who} on {folder}", cfg.eval.tta)
     if reference is None:  # no training images to compare with: no bands, rather than all "novel"
         values = {k: v for k, v in values.items() if not k.startswith(f"{SPLIT}/band/")}
     summary = {"run_dir": str(trained.run_dir), "data_root": str(data_root), "evaluated": str(folder),
-               "classes": trained.classes, "recipe": cfg.recipe, "seed": cfg.seed,
+               "classes": trained.classes, "recipe": cfg.recipe,
+               "seed": [m.seed for m in trained.members] if ensemble else cfg.seed,
                "best_epoch": trained.best_epoch, "skipped_files": len(skipped),
-               "bands": "nearest training image per image" if reference is not None else f"not computed: {note}",
+               **({"ensemble": {"sweep": str(trained.home), "config": trained.config,
+                                "members": trained.describe_members()}} if ensemble else {}),
+               "bands": (("nearest image among the members' training images (their union)" if ensemble
+                          else "nearest training image per image") if reference is not None
+                         else f"not computed: {note}"),
                **values}
     out_run.write_skipped(skipped)
     out_run.write_summary(summary)

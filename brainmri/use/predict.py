@@ -3,7 +3,7 @@
 ``predict_files`` decodes inputs with ``brainmri.use.inputs`` (images and DICOM), batches them
 through the run's model (``brainmri.use.trained.TrainedRun``: its own config and best checkpoint)
 on accelerate's device in the run's mixed precision, and, when the run's training images can be
-found again (``split.json``'s file list), finds each input's most similar training image and its
+found again (the split record's file list), finds each input's most similar training image and its
 band (``brainmri.data.leakage``). Bad inputs are skipped with one line each; the rest is still
 predicted.
 """
@@ -25,6 +25,7 @@ from brainmri.data.files import Sample
 from brainmri.data.leakage import fingerprint_image
 from brainmri.data.transforms import Decoder
 from brainmri.use.inputs import InputError, collect_inputs, decode_input
+from brainmri.train.regularise import TTA
 from brainmri.use.trained import TrainedRun
 
 
@@ -103,7 +104,7 @@ def predict_files(trained: TrainedRun, inputs: list[str | Path], batch_size: int
             x = x[good].to(acc.device)
             inp = trained.normalize(x)
             with torch.no_grad():
-                p = torch.softmax(model(inp).float(), dim=1).cpu().numpy()
+                p = TTA(model, trained.cfg.eval.tta)(inp).cpu().numpy()  # softmax, averaged over eval.tta views
             names = [str(collected.files[int(idx[j])]) for j in good]
             probs.append(p)
             kept += names

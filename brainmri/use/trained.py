@@ -1,10 +1,10 @@
 """A trained run: the one home of what prediction, evaluation, export and Grad-CAM need of it.
 
 ``TrainedRun.load(run_dir)`` reads the run's own resolved config (image size, channels,
-normalisation, never the current defaults) and its validated ``best.pt`` (weights and class list,
+normalisation, never the current defaults) and its validated best checkpoint (weights and class list,
 ``torch.load(weights_only=True)``) through :class:`brainmri.rundir.RunDir`, and builds the model
 on the CPU in eval mode. :meth:`TrainedRun.training_reference` finds the run's training images for
-the nearest-image search from ``split.json``'s file list: the data root is not scanned and the
+the nearest-image search from the split record's file list: the data root is not scanned and the
 split not rebuilt; a root whose files are gone or changed since training is said in one line.
 :meth:`TrainedRun.inference` gives an accelerator in the run's precision, once per use.
 """
@@ -76,12 +76,12 @@ class TrainedRun:
             raise CheckpointError(f"{run.best_checkpoint} does not match the run's config: "
                                   f"{str(e).splitlines()[0]}") from None
         model.eval()
-        return cls(run, cfg, classes, model, Decoder(cfg.data.input_size, cfg.data.input_channels),
+        return cls(run, cfg, classes, model, Decoder.from_config(cfg.data),
                    batch_normalizer(cfg.data), (ckpt.get("trainer") or {}).get("best_epoch"))
 
     # ------------------------------------------------------------------ the run's data
     def split(self) -> Split:
-        """The run's split as ``split.json`` lists it (no scan); a DataError (one line) without a list."""
+        """The run's split as the split record lists it (no scan); a DataError (one line) without a list."""
         record = self.run.read_split()
         if record is None:
             raise DataError(f"{self.run.split_file} is missing")
