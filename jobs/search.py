@@ -122,8 +122,6 @@ class SearchDriver:
 
     def __init__(self, sweep: Sweep, cluster: str, poll_s: float = 2.0, confirm_seeds: list | None = None,
                  out=None):
-        if cluster not in ("slurm", "local"):
-            raise SweepError(f"a search runs its trials beside the driver: --cluster slurm or local, not {cluster}")
         self.sweep, self.spec, self.cluster, self.poll_s = sweep, sweep.search, cluster, poll_s
         self.confirm_seeds = confirm_seeds or []
         self.out = out or sys.stdout
@@ -496,6 +494,17 @@ class SearchDriver:
             self.say(f"{recipe}: trial {entry['trial']} over {len(done)}/{len(values)} seed(s): "
                      f"{self.spec.metric} {mean:.4g} ± {std:.2g}")
         return code
+
+
+def run_search(sweep: Sweep, cluster: str, dry_run: bool = False, poll_s: float = 2.0,
+               confirm_seeds: list | None = None) -> int:
+    """The sweep command for a search: its plan (``dry_run``), else the driver until the study ends."""
+    if cluster not in ("slurm", "local"):
+        raise SweepError(f"a search runs its trials beside its driver: --cluster slurm or local, not {cluster}")
+    if dry_run:
+        print_plan(sweep, cluster, confirm_seeds)
+        return 0
+    return SearchDriver(sweep, cluster, poll_s, confirm_seeds).run()
 
 
 def print_plan(sweep: Sweep, cluster: str, confirm_seeds: list | None = None) -> None:

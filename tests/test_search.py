@@ -4,6 +4,8 @@ a pruned run, and a whole search with --cluster local (tests/test_search_slurm.p
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -192,6 +194,14 @@ def test_local_search_runs_its_trials_confirms_the_best_and_lands_in_the_report(
     assert "chosen among configurations run over >= 2 seeds" in out and "| 2 |" in out  # the confirmed one, 2 seeds
     page = (tmp_path / "r.html").read_text()
     assert "11. Search" in page and "optimisation history" in page and "parcoords" in page
+    if shutil.which("chromium"):  # the search view draws offline: history, curves, coordinates, importance
+        dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--proxy-server=127.0.0.1:9",
+                              "--host-resolver-rules=MAP * ~NOTFOUND", "--enable-logging=stderr", "--v=0",
+                              "--virtual-time-budget=8000", "--dump-dom", f"file://{tmp_path}/r.html"],
+                             capture_output=True, text=True, timeout=180)
+        assert not re.search(r"CONSOLE.*(Error|Uncaught)", dom.stderr), dom.stderr[-2000:]
+        search = dom.stdout.split("id=\"s11\"")[1]
+        assert search.count('class="main-svg"') >= 4 and "parcoords" in search
     assert sweep_cli.main(["status", str(tmp_path / "loc")]) == 0 and "4 finished" in capsys.readouterr().out
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from brainmri.jobs.search import run_search
 from brainmri.jobs.submit import CLUSTERS, run_sweep, status
 from brainmri.models.weights import WeightsError
 from brainmri.sweep.expand import SweepError, load_sweep
@@ -60,19 +61,11 @@ def main(argv: list[str] | None = None) -> int:
             return status(argv[1])
         args = get_args_parser().parse_args(argv)
         sweep = load_sweep(args.config, args.overrides, args.sweeps_root)
-        if sweep.search is None:
-            if args.confirm_seeds:
-                raise SweepError("--confirm-seeds re-runs the best trial of a search: the sweep has no search:")
-            return run_sweep(sweep, args.cluster, args.only_failed, args.dry_run, args.wait)
-        from brainmri.jobs.search import SearchDriver, print_plan
-
-        if args.cluster == "debug":
-            raise SweepError("a search runs its trials beside its driver: --cluster slurm or local, not debug")
-
-        if args.dry_run:
-            print_plan(sweep, args.cluster, args.confirm_seeds)
-            return 0
-        return SearchDriver(sweep, args.cluster, args.poll, args.confirm_seeds).run()
+        if sweep.search is not None:
+            return run_search(sweep, args.cluster, args.dry_run, args.poll, args.confirm_seeds)
+        if args.confirm_seeds:
+            raise SweepError("--confirm-seeds re-runs the best trial of a search: the sweep has no search:")
+        return run_sweep(sweep, args.cluster, args.only_failed, args.dry_run, args.wait)
     except (SweepError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -120,11 +120,8 @@ class Engine:
             self.record.start(self.state)
             self._run_phases(ckpt)
             summary = self._finish(time.perf_counter() - wall_start)
-        except TrainingInterrupted as e:
-            self.record.interrupted(e.signum, e.exit_code, self.state)
-            raise
-        except TrialPruned:
-            self.record.pruned(self.state)
+        except (TrainingInterrupted, TrialPruned) as e:  # a clean stop: checkpoints kept
+            self.record.stopped(e, self.state)
             raise
         except BaseException as e:
             self.record.failed(e, self.state)
@@ -160,10 +157,8 @@ class Engine:
                 position = None
                 # a signal during evaluation, or a search driver's prune request: stop here
                 stop, prune = agree(self.signals.signum, self.record.prune_requested(st.epoch), self.acc)
-                if stop:
-                    raise TrainingInterrupted(stop)
-                if prune:
-                    raise TrialPruned(st.epoch)
+                if stop or prune:
+                    raise TrainingInterrupted(stop) if stop else TrialPruned(st.epoch)
 
     def _prepare_phase(self, phase):
         """The phase's optimizer and schedule, and the model and loaders prepared for it."""

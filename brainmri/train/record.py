@@ -20,6 +20,7 @@ import traceback
 from brainmri.atomic import EX_TEMPFAIL, free_bytes, human_bytes, is_disk_full
 from brainmri.rundir import NO_SPACE, RunDir, acquire_lock
 from brainmri.train.resume import check_resumable, extends_finished
+from brainmri.train.signals import TrialPruned
 from brainmri.train.tracking import WandbRun, log, setup_logging
 
 OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "ranger": 3, "sgd": 1}  # state tensors per trained parameter
@@ -146,6 +147,13 @@ class RunRecord:
 
     def close(self) -> None:
         self.wb.finish()
+
+    def stopped(self, stop: Exception, state) -> None:
+        """A clean stop: a stop signal (``TrainingInterrupted``) or a search driver's prune (``TrialPruned``)."""
+        if isinstance(stop, TrialPruned):
+            self.pruned(state)
+        else:
+            self.interrupted(stop.signum, stop.exit_code, state)
 
     def interrupted(self, signum: int, exit_code: int, state) -> None:
         name = signal.Signals(signum).name
