@@ -8,14 +8,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
 
 import psutil
 import pytest
 import torch
 
 from conftest import TINY, accelerate_cpu, run_train
-from test_signals import _position, _rows, _start, _status, assert_same_run
+from test_signals import _position, _rows, _start, _wait_for_checkpoint_inside, assert_same_run
 
 from brainmri.rundir import RunDir
 
@@ -30,16 +29,7 @@ def _args(root, run_dir, *extra):
 
 def _kill_inside_epoch_2(proc, run_dir) -> dict:
     """SIGKILL the process group once a timed checkpoint inside epoch 2 exists."""
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if _status(run_dir).get("in_epoch") == 2 and (run_dir / "checkpoints" / "last.pt").exists():
-            try:
-                position = _position(run_dir)
-            except Exception:  # being replaced right now
-                continue
-            if position is not None and position["epoch"] == 2:
-                break
-        time.sleep(0.05)
+    _wait_for_checkpoint_inside(proc, run_dir, 2)
     ended = proc.poll()
     # every process at once, as a node failure would: the launcher and its ranks (which torch's
     # elastic agent may start in sessions of their own) and W&B's service

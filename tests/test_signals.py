@@ -59,6 +59,20 @@ def _wait_inside(proc, run_dir: Path, epoch: int, timeout: float = 300) -> None:
     raise AssertionError(f"never reached epoch {epoch}")
 
 
+def _wait_for_checkpoint_inside(proc, run_dir: Path, epoch: int, timeout: float = 300) -> None:
+    """Until a (timed) checkpoint written inside ``epoch`` exists, or the process ended."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if _status(run_dir).get("in_epoch") == epoch and (run_dir / "checkpoints" / "last.pt").exists():
+            try:
+                position = _position(run_dir)
+            except Exception:  # being replaced right now
+                continue
+            if position is not None and position["epoch"] == epoch:
+                return
+        time.sleep(0.05)
+
+
 def _position(run_dir: Path) -> dict | None:
     return torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True).get("position")
 
@@ -126,16 +140,7 @@ def test_timed_checkpoint_survives_sigkill_and_resumes_exactly(phantom_root, str
     """A tiny interval writes last.pt inside epochs; SIGKILL (no handler runs) loses only the steps since."""
     run_dir = tmp_path / "run"
     proc = _start(_args(phantom_root, run_dir, "train.checkpoint_every_min=0.002"))
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if _status(run_dir).get("in_epoch") == 2 and (run_dir / "checkpoints" / "last.pt").exists():
-            try:
-                position = _position(run_dir)
-            except Exception:  # being replaced right now
-                continue
-            if position is not None and position["epoch"] == 2:
-                break
-        time.sleep(0.05)
+    _wait_for_checkpoint_inside(proc, run_dir, 2)
     os.killpg(proc.pid, signal.SIGKILL)  # train.py and W&B's service, as a node failure would
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
