@@ -337,6 +337,17 @@ RENAMED = {
 }
 
 
+def check_mapping(data: Any, valid, error: type[Exception], not_mapping: str, unknown) -> dict:
+    """``data`` when it is a non-empty mapping whose keys are all in ``valid``; else ``error(not_mapping)``,
+    or ``error(unknown(key))`` for the first unknown key (sorted)."""
+    if not isinstance(data, dict) or not data:
+        raise error(not_mapping)
+    bad = sorted(set(data) - set(valid))
+    if bad:
+        raise error(unknown(bad[0]))
+    return data
+
+
 def _build(cls, data: dict[str, Any], prefix: str = ""):
     hints = _hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}

@@ -8,16 +8,15 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from brainmri.data.audit import audit, markdown, write_csvs, write_html
 from brainmri.data.files import DataError
 from brainmri.atomic import write_json
-from brainmri.cli.errors import full_disk_is_one_line
+from brainmri.cli.errors import one_line_errors
 
 
-@full_disk_is_one_line
+@one_line_errors(DataError)
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root", help="data root holding Training/<class>/ (and optionally Testing/<class>/)")
@@ -33,14 +32,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if not 0.0 <= args.margin <= 1.0:
-        print(f"error: --margin must be in [0, 1], got {args.margin}", file=sys.stderr)
-        return 2
-    try:
-        report, details = audit(args.root, args.cache_dir, progress=not args.no_progress, shortcuts=args.shortcuts,
-                                margin=args.margin)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise DataError(f"--margin must be in [0, 1], got {args.margin}")
+    report, details = audit(args.root, args.cache_dir, progress=not args.no_progress, shortcuts=args.shortcuts,
+                            margin=args.margin)
     json_path = Path(args.json or (Path(args.html) / "audit.json" if args.html else "audit.json"))
     json_path.parent.mkdir(parents=True, exist_ok=True)
     write_json(json_path, report)
@@ -52,7 +46,3 @@ def main(argv=None) -> int:
     if args.html:
         print(f"contact sheets: {write_html(report, details, args.html, args.per_band)}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

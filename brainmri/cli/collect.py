@@ -114,7 +114,3 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--wandb-report: not published: {exc}", file=sys.stderr)
             return 3
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -41,7 +41,3 @@ def main(argv=None) -> int:
     print(f"{summary['out']}: test/acc {summary['test/acc']:.4f} macro_f1 {summary['test/macro_f1']:.4f} "
           f"n {summary['test/n']}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

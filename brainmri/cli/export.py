@@ -11,7 +11,6 @@ An ensemble is one graph averaging its members' softmax; its card lists every me
 
 from __future__ import annotations
 
-import sys
 
 from brainmri.config import ConfigError
 from brainmri.use.export import FORMATS, ExportError, export
@@ -32,7 +31,3 @@ def main(argv=None) -> int:
     for kind, path in written.items():
         print(f"{kind}: {path}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -49,7 +49,3 @@ def main(argv=None) -> int:
         print("error: no usable input files", file=sys.stderr)
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -70,7 +70,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{summary['run_dir']}: val/acc {summary['val/acc']:.4f}"
               + (f" test/acc {summary['test/acc']:.4f}" if "test/acc" in summary else ""))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

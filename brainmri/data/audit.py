@@ -21,7 +21,6 @@ head mask, (b) the head's ``geometry`` (area, bounding box, centre), (c) the ``f
 
 from __future__ import annotations
 
-import base64
 import csv
 import html
 import io
@@ -36,7 +35,7 @@ import numpy as np
 from brainmri.atomic import atomic_write
 from brainmri.data import leakage as L
 from brainmri.data import preprocess as P
-from brainmri.data.files import DataError, file_index, load_pil, resolve_splits_root, scan_folder
+from brainmri.data.files import DataError, data_uri, file_index, resolve_splits_root, scan_folder, thumbnail
 
 
 def _image_info(paths: list[str], split_dirs) -> dict:
@@ -349,11 +348,8 @@ def markdown(report: dict) -> str:
 
 
 def _thumb(path: str, size: int = 128) -> str:
-    img = load_pil(path, 1)
-    img.thumbnail((size, size))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    img = thumbnail(path, size)
+    return data_uri(img, "JPEG") if img is not None else ""
 
 
 def write_html(report: dict, details: dict, out_dir: str | Path, per_band: int = 40, seed: int = 0) -> Path:

@@ -9,7 +9,9 @@ audit) start quickly.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -48,6 +50,23 @@ def load_pil(path: str | Path, channels: int) -> Image.Image:
     """
     gray = load_grey(path)  # the rules an exported model's preprocess.py applies too
     return gray if channels == 1 else gray.convert("RGB")
+
+
+def thumbnail(path: str | Path, px: int) -> Image.Image | None:
+    """A grey-scale image no larger than ``px`` on its longest side; None if the file is unreadable."""
+    try:
+        img = load_grey(path)
+        img.thumbnail((px, px))
+        return img
+    except (OSError, ValueError):
+        return None
+
+
+def data_uri(img: Image.Image, fmt: str = "PNG") -> str:
+    """``img`` as a ``data:`` URI (PNG, or JPEG at quality 85), for pages that must open anywhere."""
+    buf = io.BytesIO()
+    img.save(buf, fmt, **({"quality": 85} if fmt == "JPEG" else {}))
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _index_path(root: Path) -> Path:

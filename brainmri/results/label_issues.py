@@ -13,9 +13,7 @@ out-of-fold probability, label-quality score, suggested label, near-duplicate gr
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from brainmri.atomic import atomic_write
+from brainmri.data.files import data_uri, thumbnail
 from brainmri.results.collect import Comparison, value_label
 from brainmri.rundir import RunDir
 
@@ -126,17 +125,8 @@ def label_issues(oof: OutOfFold) -> pd.DataFrame:
 
 def _thumbnail(path: Path, size: int = 160) -> str:
     """A grey PNG thumbnail as a data: URI, or '' when the file cannot be read."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L")
-            im.thumbnail((size, size))
-            buf = io.BytesIO()
-            im.save(buf, format="PNG")
-    except OSError:
-        return ""
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    img = thumbnail(path, size)
+    return data_uri(img) if img is not None else ""
 
 
 def contact_sheet(sections: list[tuple[str, pd.DataFrame, str]], top: int = TOP) -> str:

@@ -261,19 +261,22 @@ def intervals_frame(cmp: Comparison, numeric: bool = False) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
+def _paired_cells(p: dict, diff, dash: str) -> list:
+    """Recipe, vs, pairs, Δ acc (``diff(ttest)``), t, p and McNemar's p (range and count over the pairs) of one
+    paired comparison; ``dash`` where the t-test could not be run."""
+    t, ps = p["ttest"], _mcnemar_ps(p["mcnemar"])
+    mcnemar = ("–" if not ps else fmt_p(ps[0]) if len(ps) == 1 else f"{fmt_p(min(ps))}–{fmt_p(max(ps))} ({len(ps)})")
+    if t.get("reason") is not None:
+        return [p["b"], p["a"], dash, dash, dash, dash, mcnemar]
+    return [p["b"], p["a"], t["pairs"], diff(t), f"{t['t']:.2f}", fmt_p(t["p"]), mcnemar]
+
+
 def paired_frame(cmp: Comparison, pm: str = "±") -> pd.DataFrame:
     """Every other recipe against the best (by validation): the corrected resampled t-test over common
     (fold, seed) pairs, and McNemar's p on the shared test images (range over the pairs)."""
-    records = []
-    for p in cmp.paired:
-        t, ps = p["ttest"], _mcnemar_ps(p["mcnemar"])
-        ok = t.get("reason") is None
-        records.append({"Recipe": p["b"], "vs": p["a"], "Pairs": t["pairs"] if ok else "–",
-                        "Δ acc (vs − recipe)": f"{t['diff']:.3f} {pm} {t['std']:.3f}" if ok else "–",
-                        "t": f"{t['t']:.2f}" if ok else "–", "p (corrected t)": fmt_p(t["p"]) if ok else "–",
-                        "McNemar p": ("–" if not ps else fmt_p(ps[0]) if len(ps) == 1
-                                      else f"{fmt_p(min(ps))}–{fmt_p(max(ps))} ({len(ps)})"),
-                        "Note": t.get("reason") or p["mcnemar"].get("reason") or ""})
+    cols = ["Recipe", "vs", "Pairs", "Δ acc (vs − recipe)", "t", "p (corrected t)", "McNemar p"]
+    records = [{**dict(zip(cols, _paired_cells(p, lambda t: f"{t['diff']:.3f} {pm} {t['std']:.3f}", "–"))),
+                "Note": p["ttest"].get("reason") or p["mcnemar"].get("reason") or ""} for p in cmp.paired]
     return pd.DataFrame.from_records(records)
 
 
@@ -499,12 +502,9 @@ def _latex_main(cmp: Comparison, per_value: bool) -> str:
 def _latex_paired(cmp: Comparison) -> str:
     rows = []
     for p in cmp.paired:
-        t, ps = p["ttest"], _mcnemar_ps(p["mcnemar"])
-        ok = t.get("reason") is None
-        rows.append([_tex(p["b"]), _tex(p["a"]), str(t["pairs"]) if ok else "--",
-                     rf"{100 * t['diff']:.1f}$_{{\pm {100 * t['std']:.1f}}}$" if ok else "--",
-                     f"{t['t']:.2f}" if ok else "--", _tex(fmt_p(t["p"])) if ok else "--",
-                     _tex("–" if not ps else fmt_p(ps[0]) if len(ps) == 1 else f"{fmt_p(min(ps))}–{fmt_p(max(ps))}")])
+        b, a, pairs, diff, t, pt, mc = _paired_cells(
+            p, lambda t: rf"{100 * t['diff']:.1f}$_{{\pm {100 * t['std']:.1f}}}$", "--")
+        rows.append([_tex(b), _tex(a), str(pairs), diff, t, _tex(pt), _tex(mc)])
     head = ["Recipe", "vs", "Pairs", r"$\Delta$ acc (\%)", "$t$", "$p$ (corrected $t$)", "McNemar $p$"]
     caption = (r"Paired comparisons with the best recipe by validation: corrected resampled $t$-test over common "
                r"(fold, seed) pairs (Nadeau \& Bengio, 2003), and McNemar on the shared test images (range over pairs).")

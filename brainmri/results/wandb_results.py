@@ -11,10 +11,10 @@ Knows nothing about training; brainmri.train.tracking logs what this builds, on 
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pandas as pd
 
+from brainmri.data.files import thumbnail
 from brainmri.rundir import RunDir
 
 THUMB_PX = 64      # longest side of a thumbnail
@@ -26,19 +26,6 @@ def per_class_rows(summary: dict, classes: list[str], splits: list[str]) -> list
     """``[split, class, precision, recall, f1, support]`` per split and class, from the summary."""
     return [[split, c, *(summary.get(f"{split}/{m}/{c}") for m in PER_CLASS)]
             for split in splits for c in classes]
-
-
-def thumbnail(path: str | Path, px: int = THUMB_PX):
-    """A grey-scale PIL image no larger than ``px`` on its longest side; None if unreadable."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L")
-            im.thumbnail((px, px))
-            return im.copy()
-    except (OSError, ValueError):
-        return None
 
 
 def predictions_table(df: pd.DataFrame, classes: list[str], max_thumbs: int = MAX_THUMBS,

@@ -45,7 +45,8 @@ import yaml
 
 from brainmri.atomic import atomic_write
 from brainmri.config import (
-    ConfigError, flatten, is_runtime_key, load_config, parse_value, read_yaml, recipe_name, split_override,
+    ConfigError, check_mapping, flatten, is_runtime_key, load_config, parse_value, read_yaml, recipe_name,
+    split_override,
 )
 from brainmri.sweep.resources import ResourceError, SlurmResources, merge_resources, parse_resources
 from brainmri.sweep.search import SearchError, SearchSpec, parse_search
@@ -311,12 +312,10 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | tuple[str, ...] = ()
         where = f"per_recipe.{recipe}."
         if recipe not in recipes:
             raise SweepError(f"{path}: per_recipe.{recipe}: not one of recipes ({', '.join(recipes)})")
-        if not isinstance(block, dict) or not block:
-            raise SweepError(f"{path}: {where[:-1]} must be a non-empty mapping of {', '.join(sorted(BLOCK_KEYS))}")
-        bad = sorted(set(block) - BLOCK_KEYS)
-        if bad:
-            raise SweepError(f"{path}: {where}{bad[0]}: a recipe block holds only "
-                             f"{', '.join(sorted(BLOCK_KEYS))} (config keys go under overrides: or grid:)")
+        keys = ", ".join(sorted(BLOCK_KEYS))
+        check_mapping(block, BLOCK_KEYS, SweepError, f"{path}: {where[:-1]} must be a non-empty mapping of {keys}",
+                      lambda k: f"{path}: {where}{k}: a recipe block holds only {keys} "
+                                "(config keys go under overrides: or grid:)")
         level = _parse_level(path, block, where)
         for key in ("seed",):
             if key in level.grid or key in level.overrides:

@@ -35,7 +35,7 @@ from typing import Any
 import yaml
 
 from brainmri.atomic import read_json, write_json
-from brainmri.config import flatten, parse_value
+from brainmri.config import check_mapping, flatten, parse_value
 from brainmri.rundir import hold_lock
 
 SAMPLERS = ("random", "tpe")
@@ -161,11 +161,9 @@ def parse_search(path: str | Path, data: Any, fixed_keys: set[str] = frozenset()
                  cli_keys: set[str] = frozenset()) -> SearchSpec:
     """Check a ``search:`` mapping. ``fixed_keys``: keys a level of the file fixes (a key is fixed or
     searched, never both); ``cli_keys``: keys the command line fixes (they leave the space)."""
-    if not isinstance(data, dict) or not data:
-        raise SearchError(f"{path}: search must be a mapping with sampler, trials, parallel, pruner and space")
-    unknown = sorted(set(data) - SEARCH_KEYS)
-    if unknown:
-        raise SearchError(f"{path}: unknown key search.{unknown[0]} (valid: {', '.join(sorted(SEARCH_KEYS))})")
+    check_mapping(data, SEARCH_KEYS, SearchError,
+                  f"{path}: search must be a mapping with sampler, trials, parallel, pruner and space",
+                  lambda k: f"{path}: unknown key search.{k} (valid: {', '.join(sorted(SEARCH_KEYS))})")
     for key in ("trials", "space"):
         if key not in data:
             raise SearchError(f"{path}: search.{key} is missing")

@@ -17,20 +17,16 @@ training images (for K-fold members: the whole training pool).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from brainmri.data.datasets import Split
 from brainmri.data.files import DataError
 from brainmri.results.collect import MixedDataError, compare, read_run_dir, value_label
 from brainmri.rundir import RunDir
-from brainmri.train.accel import inference_accelerator
 from brainmri.train.regularise import VIEWS, check_views
-from brainmri.use.trained import RunError, TrainedRun, TrainingReference
+from brainmri.use.trained import Inferable, RunError, TrainedRun, TrainingReference, reference_from_splits
 
 
 class EnsembleError(RunError):
@@ -99,7 +95,7 @@ def check_members(members: list[Member]) -> None:
                                     f"({get(first.trained)}) and {m.trained.run_dir} ({get(m.trained)})")
 
 
-class Ensemble:
+class Ensemble(Inferable):
     """A recipe's chosen configuration over all its (fold, seed) replicates, used as one model."""
 
     def __init__(self, members: list[Member], recipe: str, config: str, home: Path, result=None):
@@ -111,16 +107,11 @@ class Ensemble:
         self.cfg, self.classes, self.decoder, self.normalize = lead.cfg, lead.classes, lead.decoder, lead.normalize
         self.model = EnsembleModel([m.trained.model for m in members]).eval()
         self.best_epoch = None
-        self._reference: tuple | None = None
 
     # where an evaluation of the ensemble goes by default: <sweep>/ensembles/<recipe>/eval/<root>
     @property
     def run(self) -> RunDir:
         return RunDir(self.home / "ensembles" / self.recipe)
-
-    @property
-    def run_dir(self) -> Path:
-        return self.run.path
 
     @property
     def name(self) -> str:
@@ -142,41 +133,15 @@ class Ensemble:
         return cls(members, recipe, value_label(rr.keys, rr.chosen), Path(home), rr)
 
     # ------------------------------------------------------------------ the members' data
-    def training_reference(self) -> tuple[TrainingReference | None, str]:
-        """The union of the members' training images with their fingerprints, or None and why."""
-        if self._reference is None:
-            self._reference = self._union_reference()
-        return self._reference
-
-    def _union_reference(self) -> tuple[TrainingReference | None, str]:
-        from brainmri.data.leakage import fingerprints
-
-        union: dict[str, object] = {}
+    def _find_reference(self) -> tuple[TrainingReference | None, str]:
+        """The union of the members' training images (for K-fold members: the whole training pool)."""
         splits = []
         for m in self.members:
             try:
-                split = m.trained.split()
+                splits.append(m.trained.split())
             except DataError as e:
                 return None, f"{m.name}: {e}"
-            if not split.root or not Path(split.root).is_dir():
-                return None, f"training data root {split.root} is not reachable from here"
-            splits.append(split)
-            for s in split.train:
-                union.setdefault(s.path, s)
-        samples = [union[p] for p in sorted(union)]
-        try:
-            Split(splits[0].classes, samples, [], root=splits[0].root).check_unchanged(parts=("train",))
-        except DataError as e:
-            return None, str(e)
-        paths = [s.path for s in samples]
-        return TrainingReference(paths, [s.sha1 for s in samples], fingerprints(paths, self.cfg.data.cache_dir)), ""
-
-    # ---------------------------------------------------------------------- inference
-    @contextlib.contextmanager
-    def inference(self) -> Iterator[tuple]:
-        """``(accelerator, prepared ensemble model)`` in the first member's mixed precision."""
-        with inference_accelerator(self.cfg.train.mixed_precision) as acc:
-            yield acc, acc.prepare_model(self.model, evaluation_mode=True)
+        return reference_from_splits(splits, self.cfg.data.cache_dir)
 
     def describe_members(self) -> list[dict]:
         """Each member's run, fold, seed, best epoch and val/test metrics (its summary)."""

@@ -46,8 +46,56 @@ class TrainingReference:
         nearest_training(self.paths, self.sha1, self.fingerprints, samples, fingerprints)
 
 
+def reference_from_splits(splits: list[Split], cache_dir: str | None) -> tuple[TrainingReference | None, str]:
+    """The union of the splits' training images with their fingerprints, or None and why: a data
+    root that is not reachable here, or files gone or changed since training (one line)."""
+    from brainmri.data.leakage import fingerprints
+
+    union: dict[str, Sample] = {}
+    for split in splits:
+        if not split.root or not Path(split.root).is_dir():
+            return None, f"training data root {split.root} is not reachable from here"
+        for s in split.train:
+            union.setdefault(s.path, s)
+    samples = [union[p] for p in sorted(union)]
+    try:
+        Split(splits[0].classes, samples, [], root=splits[0].root).check_unchanged(parts=("train",))
+    except DataError as e:
+        return None, str(e)
+    paths = [s.path for s in samples]
+    return TrainingReference(paths, [s.sha1 for s in samples], fingerprints(paths, cache_dir)), ""
+
+
+class Inferable:
+    """What prediction, evaluation and export use of a trained run or an ensemble, beyond its data:
+    the training reference (found once, by ``_find_reference``) and an accelerator for inference."""
+
+    cfg: RunConfig
+    model: torch.nn.Module
+    run: RunDir
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.path
+
+    def training_reference(self) -> tuple[TrainingReference | None, str]:
+        """The training images with their fingerprints, or None and why (computed once)."""
+        if getattr(self, "_reference", None) is None:
+            self._reference = self._find_reference()
+        return self._reference
+
+    def _find_reference(self) -> tuple[TrainingReference | None, str]:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def inference(self) -> Iterator[tuple]:
+        """``(accelerator, prepared model)`` in the run's mixed precision, for one use."""
+        with inference_accelerator(self.cfg.train.mixed_precision) as acc:
+            yield acc, acc.prepare_model(self.model, evaluation_mode=True)
+
+
 @dataclass
-class TrainedRun:
+class TrainedRun(Inferable):
     run: RunDir
     cfg: RunConfig
     classes: list[str]
@@ -56,10 +104,6 @@ class TrainedRun:
     normalize: object  # uint8 batch → model input (brainmri.data.transforms.batch_normalizer)
     best_epoch: int | None = None
     _reference: tuple | None = field(default=None, repr=False)
-
-    @property
-    def run_dir(self) -> Path:
-        return self.run.path
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "TrainedRun":
@@ -87,35 +131,12 @@ class TrainedRun:
             raise DataError(f"{self.run.split_file} is missing")
         return Split.from_record(record)
 
-    def training_reference(self) -> tuple[TrainingReference | None, str]:
-        """The run's training images with their fingerprints, or None and why (computed once)."""
-        if self._reference is None:
-            self._reference = self._find_reference()
-        return self._reference
-
     def _find_reference(self) -> tuple[TrainingReference | None, str]:
-        from brainmri.data.leakage import fingerprints
-
         try:
             split = self.split()
         except DataError as e:
             return None, str(e)
-        if not split.root or not Path(split.root).is_dir():
-            return None, f"training data root {split.root} is not reachable from here"
-        try:
-            split.check_unchanged(parts=("train",))
-        except DataError as e:
-            return None, str(e)
-        paths = [s.path for s in split.train]
-        return TrainingReference(paths, [s.sha1 for s in split.train],
-                                 fingerprints(paths, self.cfg.data.cache_dir)), ""
-
-    # ---------------------------------------------------------------------- inference
-    @contextlib.contextmanager
-    def inference(self) -> Iterator[tuple]:
-        """``(accelerator, prepared model)`` in the run's mixed precision, for one use."""
-        with inference_accelerator(self.cfg.train.mixed_precision) as acc:
-            yield acc, acc.prepare_model(self.model, evaluation_mode=True)
+        return reference_from_splits([split], self.cfg.data.cache_dir)
 
 
 def load_config(run: RunDir) -> RunConfig:
