@@ -40,8 +40,7 @@ log = logging.getLogger("brainmri")
 CONFIG, STATUS, METRICS, SUMMARY, PREV_SUMMARY = "config.yaml", "status.json", "metrics.jsonl", "summary.json", "summary.prev.json"
 SPLIT, SKIPPED, LOG = "split.json", "skipped_files.json", "train.log"
 PRUNE = "prune.json"  # a search driver's request that the run stop at its next epoch end (brainmri.jobs.search)
-# any of these marks a directory as a brainmri run directory (a config alone only with a recipe)
-MARKERS = (SUMMARY, STATUS, METRICS)
+# a run directory: status or metrics, a summary that is no evaluation, or a config with a recipe (RunDir.is_run_dir)
 ENDED = ("finished", "failed", "interrupted", "preempted", "pruned")
 
 
@@ -125,8 +124,13 @@ class RunDir:
         """Does ``path`` hold a brainmri run (``names``: its file names, when the caller listed them)?"""
         path = Path(path)
         names = names if names is not None else {p.name for p in path.iterdir()} if path.is_dir() else set()
-        if names & set(MARKERS):
+        if names & {STATUS, METRICS}:
             return True
+        if SUMMARY in names:  # an evaluation on another data root writes a summary too, but is no run
+            try:
+                return "evaluated" not in json.loads((path / SUMMARY).read_text())
+            except (OSError, ValueError):
+                return True
         if CONFIG not in names:
             return False
         import yaml

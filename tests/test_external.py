@@ -54,6 +54,9 @@ def test_the_runs_own_test_set_gives_its_test_metrics_and_files(trained, phantom
     assert [{k: v for k, v in r.items() if k != "similarity"} for r in ours] == \
            [{k: v for k, v in r.items() if k != "similarity"} for r in theirs]
     assert (out / "confusion_test.png").stat().st_size > 1000
+    # the evaluation folder inside the run is no run of its own for the collector
+    from brainmri.results.collect import find_run_dirs
+    assert find_run_dirs(trained.parent) == [trained]
 
 
 def test_another_root_is_evaluated_into_its_own_folder(trained, tmp_path):
