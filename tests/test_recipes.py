@@ -79,3 +79,20 @@ def test_efficientnet_b0_recipe_trains_both_phases(phantom_root, tmp_path):
     final = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert not torch.equal(initial["features.1.0.block.0.0.weight"], final["features.1.0.block.0.0.weight"])
     assert json.loads((run_dir / "summary.json").read_text())["recipe"] == "efficientnet_b0"
+
+
+def test_resnet_scratch_recipe_is_one_phase_from_random_weights_with_its_regularisers(phantom_root, tmp_path):
+    cfg = yaml.safe_load((ROOT / "configs" / "resnet_scratch.yaml").read_text())
+    assert cfg["model"]["arch"].startswith("timm:") and cfg["model"]["pretrained"] is False
+    assert "phases" not in cfg["train"]  # one phase: train.epochs=N is the schedule
+    run_dir = tmp_path / "run"
+    # the recipe's batch-level mixing needs at least 2 images a batch; 2 epochs, 3 steps each
+    run_train("--config", "configs/resnet_scratch.yaml", f"data.root={phantom_root}", f"run_dir={run_dir}",
+              *TINY, "train.epochs=2", "train.max_steps_per_epoch=3")
+    done = rows(run_dir)
+    assert [r["epoch"] for r in done] == [1, 2] and {r["phase"] for r in done} == {"train"}
+    assert all("val_ema/acc" in r and "val/acc" in r for r in done)  # EMA validated beside the raw weights
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["recipe"] == "resnet_scratch" and summary["config"]["eval"]["tta"] == ["hflip"]
+    assert summary["config"]["data"]["crop"] == "head" and summary["config"]["data"]["background"] == "zero"
+    assert summary["test/n"] > 0 and "test/band/novel/n" in summary

@@ -286,11 +286,13 @@ def test_templates_source_the_site_setup_first(tmp_path):
 def test_shipped_recipe_comparison_expands_into_one_array_per_recipe(tmp_path):
     sweep = load_sweep(ROOT / "configs" / "sweeps" / "compare_recipes.yaml", sweeps_root=tmp_path)
     per_recipe = {r: [t for t in sweep.tasks if t.recipe == r] for r in sweep.recipes}
-    assert {r: len(ts) for r, ts in per_recipe.items()} == {"baseline_cnn": 9, "resnet50_feature": 9,
-                                                            "resnet50_finetune": 9, "resnet152_ranger": 12}
+    assert {r: len(ts) for r, ts in per_recipe.items()} == {"baseline_cnn": 9, "resnet_scratch": 9,
+                                                            "resnet50_feature": 9, "resnet50_finetune": 9,
+                                                            "resnet152_ranger": 12}
     assert sorted({t.params["optim.lr"] for t in per_recipe["resnet152_ranger"]}) == [3e-6, 1e-5, 3e-5, 1e-4]
     assert sorted({t.params["optim.lr"] for t in per_recipe["baseline_cnn"]}) == [3e-4, 1e-3, 3e-3]
-    assert len(arrays(sweep, sweep.tasks)) == 4
+    assert sorted({t.params["optim.lr"] for t in per_recipe["resnet_scratch"]}) == pytest.approx([6e-4, 2e-3, 6e-3])
+    assert len(arrays(sweep, sweep.tasks)) == 5
 
 
 CV = {"name": "cv", "recipes": ["baseline_cnn", "resnet50_feature"], "folds": 3, "seeds": [0, 1],
