@@ -241,6 +241,10 @@ class RunDir:
         """The search driver asks the run to stop at its next epoch end (status ``pruned``, checkpoints kept)."""
         write_json(self.prune_file, {"requested_at": time.time(), **info})
 
+    def withdraw_prune(self) -> None:
+        """Remove a carried-out prune request (a pruned run resumed by hand trains on)."""
+        self.prune_file.unlink(missing_ok=True)
+
     def prune_request(self) -> dict | None:
         """The driver's request (what :meth:`request_prune` wrote), or None; read by the run at each epoch end."""
         request = _read_json_or_none(self.prune_file)

@@ -160,6 +160,10 @@ def test_a_pruned_run_stops_at_its_next_epoch_end_with_its_checkpoints(tmp_path,
     assert task_state(tmp_path, task, "COMPLETED") == ("pruned", None)  # never "failed"
     cmp = compare(collect_runs([tmp_path]))
     assert cmp.recipes == [] and [r.status for r in cmp.incomplete] == ["pruned"]  # never averaged
+    # resumed by hand, a pruned run trains on to its last epoch (the carried-out request is withdrawn)
+    proc = run_train("--resume", str(run.path))
+    assert proc.returncode == 0 and "pruned by the search driver" not in proc.stdout and run.prune_request() is None
+    assert [r["epoch"] for r in run.epoch_rows()] == [1, 2, 3, 4] and run.state().status == "finished"
 
 
 @pytest.mark.slow

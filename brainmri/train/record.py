@@ -63,6 +63,9 @@ class RunRecord:
             log.info("extending the finished run %s (its previous summary is kept beside it)", self.run.path)
         if self.run.has_checkpoint():
             check_resumable(self.cfg, self.run)
+            if self.is_main and self.run.read_status().get("status") == "pruned":
+                # the driver's request was carried out; resuming a pruned run by hand continues it
+                self.run.withdraw_prune()
 
     def save_config(self) -> None:
         if self.is_main:
