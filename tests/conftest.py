@@ -19,7 +19,10 @@ SHARED_DATA = ROOT.parent / "shared" / "data" / "brain-tumor-mri" / "Training"
 # Offline W&B and a private cache for every test process (and the processes they start).
 os.environ["WANDB_MODE"] = "offline"
 os.environ["WANDB_SILENT"] = "true"
-os.environ.setdefault("BRAINMRI_CACHE", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"brainmri-test-cache-{os.getpid()}"))
+_OWN_CACHE = None if "BRAINMRI_CACHE" in os.environ else \
+    Path(os.environ.get("TMPDIR", "/tmp")) / f"brainmri-test-cache-{os.getpid()}"
+if _OWN_CACHE is not None:
+    os.environ["BRAINMRI_CACHE"] = str(_OWN_CACHE)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # Small and fast: every recipe trains on these in seconds on a 2-core CPU.
@@ -29,6 +32,14 @@ TINY = [
     "data.num_workers=0",
     "train.mixed_precision=no",
 ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_private_cache():
+    """The session's private cache goes with the session (one set up by the caller stays)."""
+    yield
+    if _OWN_CACHE is not None:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
