@@ -96,8 +96,13 @@ def _row(run: Path) -> dict:
     s = _summary(run)
     row = {"run": run.name, "val_acc": s.get("val/acc"), "test_acc": s.get("test/acc"),
            "test_macro_f1": s.get("test/macro_f1"), "best_epoch": s.get("best_epoch"),
-           "weights": s.get("best_weights"), "val_acc_raw": s.get("val/raw/acc", s.get("val_raw/acc")),
-           "val_acc_ema": s.get("val/ema/acc", s.get("val_ema/acc"))}
+           "weights": s.get("best_weights")}
+    # the best validation accuracy over the epochs of the raw weights (what a run without EMA keeps) and of
+    # the EMA weights: EMA does not change the raw weights' trajectory, so this is its ablation on validation
+    epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"epoch"' in line]
+    row["val_acc_raw"] = max((e["val/acc"] for e in epochs if "val/acc" in e), default=None)
+    row["val_acc_ema"] = max((e["val_ema/acc"] for e in epochs if "val_ema/acc" in e), default=None)
+    row["images_per_s"] = s.get("images_per_s")
     for band in BANDS:
         row[f"{band}_acc"] = s.get(f"test/band/{band}/acc")
         row[f"{band}_n"] = s.get(f"test/band/{band}/n")
@@ -146,14 +151,33 @@ def report(args) -> None:
     runs = sorted(p.parent for p in (WORK / "runs").glob("*/summary.json"))
     rows = [_row(r) for r in runs]
     result = {"holdout": json.loads((WORK / "holdout.json").read_text()), "runs": rows}
-    full = [r for r in runs if r.name.startswith("full-")]
-    result["full_without_tta"] = {r.name: without_tta(r) for r in full}
+    chosen_runs = [r for r in runs if r.name.startswith(f"{args.chosen}-s")]
+    result["full_without_tta"] = {r.name: without_tta(r) for r in chosen_runs}
     result["cam_brain_energy"] = {r.name: cam_energy(r, args.cam_images)
                                   for r in runs if r.name in ("full-s0", "no_crop-s0", "plain-s0")}
+    chosen = [r for r in rows if r["run"].startswith(f"{args.chosen}-s")]
+    if len(chosen) > 1:
+        result["seeds"] = {"variant": args.chosen, "runs": [r["run"] for r in chosen],
+                           **{k: _spread([r[k] for r in chosen]) for k in
+                              ("val_acc", "test_acc", "test_macro_f1", "same_scan_acc", "novel_acc")}}
     write_result("scratch_real", result)
-    for row in rows:
-        print(row["run"], {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items() if k != "run"})
+    print("| run | val acc (kept) | val raw | val EMA | kept | best epoch | test acc | same-scan acc (n) "
+          "| novel acc (n) | wall |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        f = lambda v: "–" if v is None else f"{v:.4f}"  # noqa: E731
+        print(f"| {r['run']} | {f(r['val_acc'])} | {f(r['val_acc_raw'])} | {f(r['val_acc_ema'])} | {r['weights']} "
+              f"| {r['best_epoch']} | {f(r['test_acc'])} | {f(r['same_scan_acc'])} ({r['same_scan_n']}) "
+              f"| {f(r['novel_acc'])} ({r['novel_n']}) | {r.get('wall_s', 0) / 60:.1f} min |")
+    if "seeds" in result:
+        print(json.dumps(result["seeds"], indent=1))
     print(json.dumps({"without_tta": result["full_without_tta"], "cam": result["cam_brain_energy"]}, indent=1))
+
+
+def _spread(values: list) -> dict:
+    x = np.asarray([v for v in values if v is not None], dtype=float)
+    return {"values": [round(float(v), 4) for v in x], "mean": float(x.mean()),
+            "std": float(x.std(ddof=1)) if len(x) > 1 else 0.0}
 
 
 def main() -> None:
@@ -164,6 +188,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--cam-images", type=int, default=60, help="test images per tumour class for Grad-CAM")
+    p.add_argument("--chosen", default="full", help="the variant whose seeds are summarised (mean ± std)")
     args = p.parse_args()
     train(args) if args.stage == "train" else report(args)
 
