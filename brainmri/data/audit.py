@@ -35,7 +35,7 @@ import numpy as np
 from brainmri.atomic import atomic_write
 from brainmri.data import leakage as L
 from brainmri.data import preprocess as P
-from brainmri.data.files import DataError, data_uri, file_index, resolve_splits_root, scan_folder, thumbnail
+from brainmri.data.files import DataError, file_index, resolve_splits_root, scan_folder, thumbnail_uri
 
 
 def _image_info(paths: list[str], split_dirs) -> dict:
@@ -347,11 +347,6 @@ def markdown(report: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def _thumb(path: str, size: int = 128) -> str:
-    img = thumbnail(path, size)
-    return data_uri(img, "JPEG") if img is not None else ""
-
-
 def write_html(report: dict, details: dict, out_dir: str | Path, per_band: int = 40, seed: int = 0) -> Path:
     """Write ``out_dir/index.html``: the summary and one contact sheet of sampled pairs per band."""
     out_dir = Path(out_dir)
@@ -366,7 +361,7 @@ def write_html(report: dict, details: dict, out_dir: str | Path, per_band: int =
         for t in chosen:
             i, j = int(pairs.i[t]), int(pairs.j[t])
             figs = "".join(
-                f'<figure><img src="{_thumb(paths[x])}" alt=""><figcaption>{html.escape(Path(paths[x]).name)}'
+                f'<figure><img src="{thumbnail_uri(paths[x], 128, "JPEG")}" alt=""><figcaption>{html.escape(Path(paths[x]).name)}'
                 f'<br>{html.escape(details["split"][x])}/{html.escape(details["labels"][x])}</figcaption></figure>'
                 for x in (i, j))
             cells.append(f'<div class="pair">{figs}<p>coarse {pairs.coarse[t]:.3f} · fine {pairs.fine[t]:.3f}</p></div>')

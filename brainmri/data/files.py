@@ -62,8 +62,12 @@ def thumbnail(path: str | Path, px: int) -> Image.Image | None:
         return None
 
 
-def data_uri(img: Image.Image, fmt: str = "PNG") -> str:
-    """``img`` as a ``data:`` URI (PNG, or JPEG at quality 85), for pages that must open anywhere."""
+def thumbnail_uri(path: str | Path, px: int, fmt: str = "PNG") -> str:
+    """:func:`thumbnail` as a ``data:`` URI (PNG, or JPEG at quality 85), for pages that must open
+    anywhere; '' when the file is unreadable."""
+    img = thumbnail(path, px)
+    if img is None:
+        return ""
     buf = io.BytesIO()
     img.save(buf, fmt, **({"quality": 85} if fmt == "JPEG" else {}))
     return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from brainmri.atomic import atomic_write
-from brainmri.data.files import data_uri, thumbnail
+from brainmri.data.files import thumbnail_uri
 from brainmri.results.collect import Comparison, value_label
 from brainmri.rundir import RunDir
 
@@ -123,12 +123,6 @@ def label_issues(oof: OutOfFold) -> pd.DataFrame:
     return df.iloc[order].reset_index(drop=True)
 
 
-def _thumbnail(path: Path, size: int = 160) -> str:
-    """A grey PNG thumbnail as a data: URI, or '' when the file cannot be read."""
-    img = thumbnail(path, size)
-    return data_uri(img) if img is not None else ""
-
-
 def contact_sheet(sections: list[tuple[str, pd.DataFrame, str]], top: int = TOP) -> str:
     """Self-contained HTML: per recipe, a grid of its top ``top`` issues (thumbnail, given vs suggested
     label, probabilities, score, group, path). ``sections``: (title, label_issues frame, data root)."""
@@ -141,7 +135,7 @@ def contact_sheet(sections: list[tuple[str, pd.DataFrame, str]], top: int = TOP)
         issues = df[df["is_issue"]].head(top)
         cards = []
         for r in issues.itertuples():
-            src = _thumbnail(Path(root) / r.path)
+            src = thumbnail_uri(Path(root) / r.path, 160)
             img = f"<img src='{src}' alt='{html.escape(r.path)}'>" if src else "<p>(unreadable)</p>"
             cards.append(f"<div class='card'>{img}<div><b>#{r.rank}</b> score {r.label_quality:.3f}</div>"
                          f"<div class='given'>given: {html.escape(r.label)} (p={r.prob_label:.2f})</div>"
