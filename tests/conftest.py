@@ -34,6 +34,7 @@ TINY = [
     "data.batch_size=8",
     "data.num_workers=0",
     "train.mixed_precision=no",
+    "train.compile=false",  # a recipe that compiles would spend a minute compiling (tested on its own)
 ]
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -77,7 +78,7 @@ class TrainingForward:
             try:
                 self.forward = torch.compile(module)
                 self.compiled = True
-            except Exception as exc:  # e.g. torch.compile is not supported on this Python
+            except Exception as exc:  # noqa: BLE001 -- e.g. torch.compile is not supported on this Python
                 self._fall_back(exc)
 
     def _fall_back(self, exc: BaseException) -> None:
@@ -90,6 +91,6 @@ class TrainingForward:
         if self.forward is not None:
             try:
                 return self.forward(*args)
-            except Exception as exc:  # compiling happens on the first calls; an eager error recurs below
+            except Exception as exc:  # noqa: BLE001 -- compiling happens on the first calls; an eager error recurs below
                 self._fall_back(exc)
         return self.module(*args)

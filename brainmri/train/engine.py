@@ -287,6 +287,8 @@ class Engine:
         """Evaluate the best checkpoint on val and test; write predictions, PNGs and the summary."""
         cfg, acc, run, st = self.cfg, self.acc, self.run, self.state
         self.model.load_state_dict(run.load_best()["model"])
+        if cfg.train.channels_last:  # evaluated as brainmri-predict and -evaluate load it: the default layout
+            self.model.to(memory_format=torch.contiguous_format)
         acc.free_memory()
         self.ddp_model, self.to_input = acc.prepare(self.model), self.normalize
         summary = self.record.summary(st, self.data.split, acc.num_processes, wall_s)

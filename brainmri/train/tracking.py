@@ -12,7 +12,6 @@ from typing import Any
 
 from brainmri.rundir import RunDir
 
-
 log = logging.getLogger("brainmri")
 
 
@@ -69,7 +68,7 @@ def _start_service() -> None:
         import wandb
 
         wandb.setup()
-    except Exception as exc:  # wandb.init says what is wrong, in the main thread
+    except Exception as exc:  # noqa: BLE001 -- wandb.init says what is wrong, in the main thread
         log.debug("W&B could not be prepared ahead: %s", exc)
 
 
