@@ -42,7 +42,6 @@ class RunRecord:
         if self.is_main:
             self.run.create()
             self.lock = acquire_lock(self.run)
-            prepare_wandb(self.cfg)  # W&B's import and service start overlap the data and model set-up
 
     def release(self) -> None:
         if self.lock is not None:
@@ -60,6 +59,8 @@ class RunRecord:
 
     def begin(self, extend: bool) -> None:
         """After every rank decided: keep an extended run's summary aside, check a resume, save the config."""
+        if self.is_main:
+            prepare_wandb(self.cfg)  # W&B's import and service start overlap the data and model set-up
         if extend and self.is_main:
             self.run.archive_summary()
             log.info("extending the finished run %s (its previous summary is kept beside it)", self.run.path)

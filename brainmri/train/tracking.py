@@ -83,6 +83,12 @@ def prepare_wandb(cfg) -> None:
     _prepared.start()
 
 
+def wandb_prepared() -> None:
+    """Wait for :func:`prepare_wandb`'s background work (before a process leaves)."""
+    if _prepared is not None:
+        _prepared.join()
+
+
 def logged_epochs(wandb_dir: Path, run_id: str) -> set[int]:
     """Epochs in the history of the pieces of W&B run ``run_id`` under ``wandb_dir`` (a torn tail is ignored)."""
     from brainmri.results.wandb_offline import find_wandb_files, read_wandb_file
