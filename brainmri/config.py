@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import ast
+import copy
 import functools
 import hashlib
 import json
@@ -482,11 +483,26 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     data = read_yaml(path) if path is not None else {}
     if path is not None:
         data.setdefault("recipe", recipe_name(path, data))
-    apply_overrides(data, overrides)
+    file_only = copy.deepcopy(data)
+    try:
+        apply_overrides(data, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"command line: {e}") from None
     try:
         return from_dict(data)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+        raise ConfigError(f"{_blame(file_only, path, bool(overrides))}: {e}") from None
+
+
+def _blame(file_only: dict[str, Any], path: str | Path | None, overridden: bool) -> str:
+    """Where a bad value came from: the file when the file alone is already wrong, else the command line."""
+    if not overridden:
+        return str(path) if path else "config"
+    try:
+        from_dict(file_only)
+    except ConfigError:
+        return str(path) if path else "config"
+    return f"command line (with {path})" if path else "command line"
 
 
 _CHOICES = {

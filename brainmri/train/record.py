@@ -22,6 +22,7 @@ from brainmri.rundir import NO_SPACE, RunDir, acquire_lock
 from brainmri.train.resume import check_resumable, extends_finished
 from brainmri.train.signals import TrialPruned
 from brainmri.train.tracking import WandbRun, log, setup_logging
+from brainmri.version import code_version
 
 OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "ranger": 3, "sgd": 1}  # state tensors per trained parameter
 PROGRESS_EVERY_S = 1.0  # the status's in-epoch progress is rewritten at most this often (and at an epoch's first step)
@@ -122,7 +123,7 @@ class RunRecord:
                 "steps": state.step, "world_size": world_size, "wall_time_s": wall_s,
                 "train_time_s": state.train_time_s, "images_per_s": state.images_seen / max(state.train_time_s, 1e-9),
                 "skipped_files": len(split.skipped), "data_manifest": split.record()["manifest"],
-                "best_weights": state.best_weights, **self._best_epoch_val(state)}
+                "best_weights": state.best_weights, "code_version": code_version(), **self._best_epoch_val(state)}
 
     def _best_epoch_val(self, state) -> dict:
         """With train.ema: the monitored validation metric of the raw and of the averaged weights at the best epoch."""

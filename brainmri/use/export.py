@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from brainmri.version import code_version  # the string --version prints and the run summary holds
 from brainmri.atomic import atomic_path, atomic_write, write_json
 from brainmri.data import preprocess as data_preprocess
 from brainmri.data.leakage import BANDS
@@ -156,24 +157,6 @@ def data_fingerprint(trained: TrainedRun) -> dict:
         out["note"] = f"{trained.run.split_file} lists no files"
     out["digest"] = "SHA-1 of the sorted per-file SHA-1s, one per line; manifest: brainmri.data.datasets.manifest"
     return out
-
-
-def code_version() -> str:
-    """``git describe`` of the brainmri checkout, else the installed package version."""
-    repo = Path(__file__).resolve().parents[2]
-    try:
-        out = subprocess.run(["git", "-C", str(repo), "describe", "--always", "--dirty", "--tags"],
-                             capture_output=True, text=True, timeout=10)
-        if out.returncode == 0 and out.stdout.strip():
-            return f"git {out.stdout.strip()}"
-    except (OSError, subprocess.SubprocessError):
-        pass
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return f"brainmri {version('brainmri')}"
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def ensemble_card(ens: Ensemble) -> dict:
