@@ -27,7 +27,7 @@ def git_describe() -> str | None:
         return None
     try:
         out = subprocess.run(["git", "-C", str(repo), "describe", "--always", "--dirty", "--tags"],
-                             capture_output=True, text=True, timeout=10)
+                             capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY, run_train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,13 +27,13 @@ try:
 except SystemExit as e:
     code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
 sys.stdout.flush()
-print(json.dumps({"heavy": [m for m in %r if m in sys.modules], "code": code}), file=sys.stderr)
-""" % (HEAVY,)
+print(json.dumps({"heavy": [m for m in HEAVY if m in sys.modules], "code": code}), file=sys.stderr)
+""".replace("HEAVY", repr(HEAVY))
 
 
 def probe(tool: str, *args: str, cwd: Path = ROOT) -> tuple[dict, subprocess.CompletedProcess]:
     proc = subprocess.run([sys.executable, "-c", PROBE, str(ROOT / tool), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, check=False)
     return json.loads(proc.stderr.strip().splitlines()[-1]), proc
 
 
@@ -55,7 +54,7 @@ def test_version_names_the_package_and_the_commit():
     from brainmri.version import code_version
 
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+                            text=True, check=False).stdout.strip()
     assert code_version().startswith("brainmri 0.1.0 (git ") and commit[:7] in code_version()
 
 
@@ -105,7 +104,7 @@ def test_collect_names_a_missing_path_and_makes_html(tmp_path):
 def test_collect_format_html(trained_run, tmp_path):
     out = tmp_path / "report.html"
     proc = subprocess.run([sys.executable, "launch/collect.py", str(trained_run), "--format", "html", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     assert out.read_text().lstrip().lower().startswith("<!doctype html")
 
@@ -133,8 +132,9 @@ def test_sweep_status_usage_is_an_error_line():
 
 
 def test_the_cli_copies_of_choices_match_their_owners():
-    from brainmri.cli import collect, export, sweep
     from brainmri.jobs.submit import CLUSTERS
+
+    from brainmri.cli import collect, export, sweep
     from brainmri.results.report import RENDERERS, TABLES
     from brainmri.use.export import FORMATS
 
@@ -168,11 +168,11 @@ def test_sweep_without_slurm_runs_locally_and_slurm_there_is_one_line(phantom_ro
     cmd = [sys.executable, str(ROOT / "launch" / "sweep.py"), "--config", str(sweep), "--data", str(phantom_root),
            "--sweeps-root", str(root)]
     proc = subprocess.run([*cmd, "--cluster", "slurm"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert proc.stderr.startswith("error: --cluster slurm: no SLURM here (sbatch not found on PATH)")
     assert not root.exists()
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.startswith("cluster: local (sbatch not found on PATH; tasks run on this machine")
     tasks = json.loads((root / "tiny" / "tasks.json").read_text())

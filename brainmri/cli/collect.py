@@ -132,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         if files:
             print(f"label issues: {' '.join(map(str, files))}", file=sys.stderr)
     if args.wandb_report:
-        from brainmri.results.wandb_report import ReportUnavailable, publish_wandb_report
+        from brainmri.results.wandb_report import (
+            ReportUnavailable,
+            publish_wandb_report,
+        )
         try:
             print(publish_wandb_report(cmp, args.wandb_project or "brainmri", args.wandb_entity, args.group),
                   file=sys.stderr)

@@ -64,7 +64,7 @@ def slurm_missing() -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} not found on PATH"
     try:
-        out = subprocess.run(["sbatch", "--version"], capture_output=True, text=True, timeout=15)
+        out = subprocess.run(["sbatch", "--version"], capture_output=True, text=True, timeout=15, check=False)
     except (OSError, subprocess.SubprocessError) as e:
         return f"sbatch --version failed: {e}"
     return None if out.returncode == 0 else f"sbatch --version exited {out.returncode}"

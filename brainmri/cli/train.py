@@ -23,7 +23,13 @@ from pathlib import Path
 from brainmri.atomic import DiskFullError
 from brainmri.cli.errors import full_disk_is_one_line
 from brainmri.cli.parsing import add_data_arg, resolve_config, tool_parser
-from brainmri.config import ConfigError, RunConfig, apply_overrides, from_dict, load_config
+from brainmri.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    from_dict,
+    load_config,
+)
 from brainmri.rundir import CheckpointError, RunDirError, RunLockedError
 from brainmri.train.resume import default_run_dir, load_run_config
 from brainmri.train.signals import TrainingInterrupted, TrialPruned

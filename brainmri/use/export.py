@@ -24,13 +24,11 @@ import contextlib
 import hashlib
 import io
 import math
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from brainmri.version import code_version  # the string --version prints and the run summary holds
 from brainmri.atomic import atomic_path, atomic_write, write_json
 from brainmri.data import preprocess as data_preprocess
 from brainmri.data.leakage import BANDS
@@ -39,6 +37,9 @@ from brainmri.rundir import RunDir
 from brainmri.train.regularise import TTA
 from brainmri.use.ensemble import Ensemble, MeanProbabilities
 from brainmri.use.trained import TrainedRun
+from brainmri.version import (
+    code_version,  # the string --version prints and the run summary holds
+)
 
 FORMATS = ("onnx", "torchscript")
 INPUT_NAME, OUTPUT_NAME = "image", "probabilities"
