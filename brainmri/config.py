@@ -48,7 +48,8 @@ class FrozenDict(dict):
 # writes, what it reports to, how it feeds the data, test hooks). The run-directory hash, the
 # check that a run directory holds the same run, sweep task ids and the collector's compared keys
 # all ignore them (dotted prefixes, as in ``flatten``).
-RUNTIME_KEYS = ("run_dir", "wandb.", "train.fail_at_epoch", "train.checkpoint_every_min", "data.num_workers",
+RUNTIME_KEYS = ("run_dir", "wandb.", "train.fail_at_epoch", "train.checkpoint_every_min", "train.log_interval_s",
+                "data.num_workers",
                 "data.eval_batch_size", "data.cache", "data.cache_dir", "data.synthetic_dir")
 # What a resume may change besides: how long it trains.
 EXTENDABLE_KEYS = ("train.epochs", "train.phases", "train.max_steps_per_epoch")
@@ -218,6 +219,7 @@ class TrainConfig:
     deterministic: bool = False
     checkpoint_every_min: float = 10.0  # also write the last checkpoint inside an epoch this often (minutes; 0: epochs only)
     fail_at_epoch: int | None = None  # test hook: raise at the start of this epoch
+    log_interval_s: float = 30.0  # away from a terminal: a progress line this often inside an epoch (seconds; 0: off)
     mixup: float = 0.0  # MixUp Beta(alpha, alpha); 0: off (brainmri.train.regularise.BatchMixer)
     cutmix: float = 0.0  # CutMix Beta(alpha, alpha); 0: off
     mixup_prob: float = 1.0  # share of batches mixed when mixup or cutmix is on
@@ -241,6 +243,7 @@ class WandbConfig:
     job_type: str | None = None
     name: str | None = None
     tags: tuple[str, ...] = ()
+    verbose: bool = False  # W&B's own console output; off: one line (run id, mode, where to sync)
 
 
 @dataclass(frozen=True)
@@ -551,6 +554,8 @@ def validate(cfg: RunConfig) -> None:
     for key in ("train.monitor", "scheduler.monitor", "train.early_stop.monitor"):
         if _get(cfg, key) not in MONITORS:
             raise ConfigError(f"invalid value for {key}: {_get(cfg, key)!r} (choose from {', '.join(MONITORS)})")
+    if not cfg.train.log_interval_s >= 0:
+        raise ConfigError(f"train.log_interval_s must be >= 0 seconds (0: no progress lines), got {cfg.train.log_interval_s}")
     if not cfg.train.checkpoint_every_min >= 0:
         raise ConfigError(f"train.checkpoint_every_min must be >= 0 minutes (0 disables mid-epoch checkpoints), "
                           f"got {cfg.train.checkpoint_every_min}")

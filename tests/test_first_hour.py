@@ -178,3 +178,60 @@ def test_sweep_without_slurm_runs_locally_and_slurm_there_is_one_line(phantom_ro
     tasks = json.loads((root / "tiny" / "tasks.json").read_text())
     states = [t["state"] for t in (tasks["tasks"] if isinstance(tasks, dict) else tasks)]
     assert states == ["finished", "finished"]
+
+
+def test_redirected_run_logs_progress_inside_the_epoch_and_stays_short(phantom_root, tmp_path):
+    """Away from a terminal (a SLURM log, a file): a line every train.log_interval_s inside the epoch with images/s
+    and ETAs; W&B (offline) says one line; the status file holds the epoch, batch and ETA `sweep.py status` shows."""
+    from brainmri.jobs.submit import print_status, where_it_is
+
+    from brainmri.sweep.expand import Task
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "train.py"), "--config", "baseline_cnn", "--data", str(phantom_root),
+           f"run_dir={run}", "data.input_size=64", "data.batch_size=2", "data.num_workers=0", "train.epochs=1",
+           "train.log_interval_s=1"]
+    log = tmp_path / "log.txt"
+    task = Task("t0", "baseline_cnn", "configs/baseline_cnn.yaml", {}, [], str(run), job_id="1", cluster="local",
+                state="running")
+    seen = None
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "WANDB_MODE": "offline"})
+        while proc.poll() is None:
+            place, eta = where_it_is(task)
+            if place and eta is not None:
+                seen = place, eta
+            import time
+
+            time.sleep(0.2)
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    assert seen is not None and seen[0].startswith("epoch 1/1 batch ") and seen[1] >= 0
+    lines = log.read_text().splitlines()
+    progress = [line for line in lines if " INFO epoch 1/1 batch " in line]
+    assert progress and all("images/s" in line and "epoch ETA" in line and "run ETA" in line for line in progress)
+    assert "\r" not in log.read_text()  # no progress-bar frames
+    wandb_lines = [line for line in lines if "W&B" in line or "wandb" in line.lower()]
+    assert len(wandb_lines) == 1 and "(offline): wandb sync " in wandb_lines[0]
+    assert len(lines) - len(progress) <= 12, "\n".join(lines)
+    print_status([task])  # a finished run: no place, no crash
+
+
+def test_a_sweeps_status_shows_each_running_task_and_an_eta(tmp_path, capsys):
+    from brainmri.jobs.submit import print_status
+
+    from brainmri.rundir import RunDir
+    from brainmri.sweep.expand import Task
+
+    tasks = []
+    for i, (status, eta) in enumerate((("running", 120.0), ("running", 300.0))):
+        run = RunDir(tmp_path / f"r{i}")
+        run.create()
+        run.set_status(status, 1, in_epoch=2, batch=10 * (i + 1), batches=40, epochs=5, run_eta_s=eta)
+        tasks.append(Task(f"t{i}", "baseline_cnn", "configs/baseline_cnn.yaml", {}, [], str(run.path), job_id=str(i),
+                          cluster="local", state="running"))
+    tasks.append(Task("t2", "baseline_cnn", "configs/baseline_cnn.yaml", {}, [], str(tmp_path / "r2"), state="new"))
+    print_status(tasks)
+    out = capsys.readouterr().out
+    assert "[epoch 2/5 batch 10/40]" in out and "[epoch 2/5 batch 20/40]" in out
+    assert "2 running, 1 new of 3; sweep ETA >= 5m00s (+ 1 waiting task(s))" in out
