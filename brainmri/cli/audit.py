@@ -14,7 +14,7 @@ from pathlib import Path
 
 from brainmri.atomic import write_json
 from brainmri.cli.errors import one_line_errors
-from brainmri.cli.parsing import add_data_arg, tool_parser
+from brainmri.cli.parsing import add_data_arg, saying, tool_parser
 
 
 @one_line_errors("brainmri.data.files:DataError")
@@ -42,13 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.0 <= args.margin <= 1.0:
         print(f"error: --margin must be in [0, 1], got {args.margin}", file=sys.stderr)
         return 2
-    if Path(root).exists():  # else the audit's own error names it
-        print(f"auditing {root}: fingerprints of every image (cached), nearest neighbours, similarity bands"
-              + (", shortcut classifiers" if args.shortcuts else "") + " ...", file=sys.stderr)
     from brainmri.data.audit import audit, markdown, write_csvs, write_html
 
-    report, details = audit(root, args.cache_dir, progress=not args.no_progress and sys.stderr.isatty(),
-                            shortcuts=args.shortcuts, margin=args.margin)
+    with saying(f"auditing {root}: fingerprints of every image (cached), nearest neighbours, similarity bands"
+                + (", shortcut classifiers" if args.shortcuts else "") + " ..."):
+        report, details = audit(root, args.cache_dir, progress=not args.no_progress and sys.stderr.isatty(),
+                                shortcuts=args.shortcuts, margin=args.margin)
     json_path = Path(args.json or (Path(args.html) / "audit.json" if args.html else "audit.json"))
     json_path.parent.mkdir(parents=True, exist_ok=True)
     write_json(json_path, report)

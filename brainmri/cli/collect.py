@@ -19,7 +19,7 @@ from pathlib import Path
 
 from brainmri.atomic import atomic_write
 from brainmri.cli.errors import full_disk_is_one_line
-from brainmri.cli.parsing import tool_parser
+from brainmri.cli.parsing import saying, tool_parser
 
 FORMATS = ("csv", "html", "latex", "md")  # brainmri.results.report.RENDERERS, and the HTML report
 TABLES = ("main", "bands", "classes", "intervals")  # brainmri.results.report.TABLES
@@ -75,26 +75,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {missing[0]}: no such file or directory (give sweep, run or W&B offline directories)",
               file=sys.stderr)
         return 2
-    print(f"collecting runs from {', '.join(args.paths) or 'W&B'} ...", file=sys.stderr)
     from brainmri.results.collect import MixedDataError, collect_runs, compare
     from brainmri.results.report import RENDERERS, write_plots
     from brainmri.sweep.search import read_trials
 
-    runs = collect_runs(args.paths, args.wandb_project, args.wandb_entity, args.group, args.tag)
+    with saying(f"collecting runs from {', '.join(args.paths) or 'W&B'} ..."):
+        runs = collect_runs(args.paths, args.wandb_project, args.wandb_entity, args.group, args.tag)
     if not runs:
         where = ", ".join(args.paths) + (" and " if args.paths and args.wandb_project else "")
         where += f"W&B project {args.wandb_project}" if args.wandb_project else ""
         print(f"error: no runs found in {where} (a run directory holds config.yaml; W&B offline runs: "
               "offline-run-*/)", file=sys.stderr)
         return 1
-    print(f"comparing {len(runs)} run(s) ...", file=sys.stderr)
     search = next((t for t in map(read_trials, args.paths) if t), None)  # a search sweep's trial table
     confirmed = [len(c["seeds"]) for c in ((search or {}).get("confirm") or {}).values()]
     min_seeds = args.min_seeds or (min(confirmed) if confirmed else 1)
     args.metric = args.metric or (search or {}).get("search", {}).get("metric") or "val/acc"
     try:
-        cmp = compare(runs, metric=args.metric, by=args.by, allow_mixed_data=args.allow_mixed_data,
-                      min_seeds=min_seeds)
+        with saying(f"comparing {len(runs)} run(s) ..."):
+            cmp = compare(runs, metric=args.metric, by=args.by, allow_mixed_data=args.allow_mixed_data,
+                          min_seeds=min_seeds)
     except MixedDataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 
 from brainmri.cli.errors import one_line_errors
-from brainmri.cli.parsing import add_data_arg
+from brainmri.cli.parsing import add_data_arg, saying
 from brainmri.cli.target import TARGET_ERRORS, load_target, target_parser
 from brainmri.rundir import RunDir
 
@@ -29,12 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, help="default: the run's eval batch size")
     p.add_argument("--num-workers", type=int, default=0)
     args = p.parse_args(argv)
-    print(f"evaluating {args.run_dir}" + (f" ({args.recipe} ensemble)" if args.recipe else "")
-          + f" on {args.data} ...", file=sys.stderr)
     from brainmri.use.external import evaluate_run
 
-    trained = load_target(args.run_dir, args.recipe)
-    summary = evaluate_run(args.run_dir, args.data, args.out, args.batch_size, args.num_workers, trained)
+    with saying(f"evaluating {args.run_dir}" + (f" ({args.recipe} ensemble)" if args.recipe else "")
+                + f" on {args.data} ..."):
+        trained = load_target(args.run_dir, args.recipe)
+        summary = evaluate_run(args.run_dir, args.data, args.out, args.batch_size, args.num_workers, trained)
     if summary["skipped_files"]:
         print(f"skipped {summary['skipped_files']} unreadable image(s); see {RunDir(summary['out']).skipped_file}",
               file=sys.stderr)

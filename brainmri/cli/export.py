@@ -11,9 +11,8 @@ An ensemble is one graph averaging its members' softmax; its card lists every me
 
 from __future__ import annotations
 
-import sys
-
 from brainmri.cli.errors import one_line_errors
+from brainmri.cli.parsing import saying
 from brainmri.cli.target import TARGET_ERRORS, load_target, target_parser
 
 FORMATS = ("onnx", "torchscript")  # brainmri.use.export.FORMATS
@@ -26,12 +25,12 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"{' '.join(FORMATS)} (default onnx)")
     p.add_argument("--out", required=True, help="output folder")
     args = p.parse_args(argv)
-    print(f"exporting {args.run_dir}" + (f" ({args.recipe} ensemble)" if args.recipe else "")
-          + f" as {' and '.join(args.format)} into {args.out}: tracing, checking the graph against PyTorch ...",
-          file=sys.stderr)
     from brainmri.use.export import export
 
-    written = export(load_target(args.run_dir, args.recipe), args.out, args.format)
+    with saying(f"exporting {args.run_dir}" + (f" ({args.recipe} ensemble)" if args.recipe else "")
+                + f" as {' and '.join(args.format)} into {args.out}: tracing, then checking the graph against "
+                "PyTorch (about a minute) ..."):
+        written = export(load_target(args.run_dir, args.recipe), args.out, args.format)
     for kind, path in written.items():
         print(f"{kind}: {path}")
     return 0

@@ -8,6 +8,7 @@ floors (config, rundir, sweep.expand) are imported here.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -72,3 +73,36 @@ def resolve_config(text: str, kind: str = "recipe") -> Path:
     names = ", ".join(recipe_names(kind)) or "none"
     raise ConfigError(f"--config {text}: config file not found: {path} (nor a {kind} named {text!r} in "
                       f"{folder}; {kind}s: {names})")
+
+
+class saying:
+    """``with saying("exporting ..."):`` a long step says what it does, in one line on stderr: at once on a
+    terminal; in a log only once it has run ``after_s`` seconds, so that bad input found in its first
+    moments stays the one line the tool prints."""
+
+    def __init__(self, message: str, after_s: float = 5.0) -> None:
+        import threading
+
+        self.message = message
+        self._lock = threading.Lock()
+        self._done = False
+        self._timer = threading.Timer(after_s, self._say)
+        self._timer.daemon = True
+
+    def _say(self) -> None:
+        with self._lock:
+            if not self._done:
+                print(self.message, file=sys.stderr, flush=True)
+
+    def __enter__(self) -> saying:  # noqa: PYI034
+        if sys.stderr.isatty():
+            self._say()
+            self._done = True
+        else:
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._done = True
+        self._timer.cancel()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 
 from brainmri.cli.errors import one_line_errors
+from brainmri.cli.parsing import saying
 from brainmri.cli.target import TARGET_ERRORS, load_target, target_parser
 
 
@@ -42,17 +43,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no usable input files in {', '.join(map(str, inputs))} (images: .jpg .png .tif ..., DICOM "
               f"slices; {len(collected.skipped)} skipped)", file=sys.stderr)
         return 2
-    print(f"predicting {len(collected.files)} file(s) with {args.run_dir}"
-          + (f" ({args.recipe} ensemble)" if args.recipe else "") + " ...", file=sys.stderr)
     from brainmri.use.ensemble import Ensemble
     from brainmri.use.predict import predict_files, write_csv
     from brainmri.use.trained import RunError
 
-    trained = load_target(args.run_dir, args.recipe)
-    if args.cam and isinstance(trained, Ensemble):
-        raise RunError("--cam explains one run's model: give one of the ensemble's run directories")
-    pred = predict_files(trained, inputs, args.batch_size, args.num_workers, args.cam,
-                         similarity=not args.no_similarity)
+    with saying(f"predicting {len(collected.files)} file(s) with {args.run_dir}"
+                + (f" ({args.recipe} ensemble)" if args.recipe else "") + " ..."):
+        trained = load_target(args.run_dir, args.recipe)
+        if args.cam and isinstance(trained, Ensemble):
+            raise RunError("--cam explains one run's model: give one of the ensemble's run directories")
+        pred = predict_files(trained, inputs, args.batch_size, args.num_workers, args.cam,
+                             similarity=not args.no_similarity)
     for s in pred.skipped:
         print(f"skipped {s['path']}: {s['error']}", file=sys.stderr)
     if not pred.paths:
