@@ -140,6 +140,6 @@ def main(argv: list[str] | None = None) -> int:
             print(publish_wandb_report(cmp, args.wandb_project or "brainmri", args.wandb_entity, args.group),
                   file=sys.stderr)
         except ReportUnavailable as exc:
-            print(f"--wandb-report: not published: {exc}", file=sys.stderr)
+            print(f"error: --wandb-report: not published: {exc}", file=sys.stderr)
             return 3
     return 0
