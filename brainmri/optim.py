@@ -8,9 +8,9 @@ engine calls with named parameter groups and the config's ``optim`` / ``schedule
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
-
 import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch.optim import Optimizer
@@ -240,12 +240,12 @@ def replan_cosine(scheduler, optimizer, epochs: int) -> None:
     followed the shorter one). A ``WarmupCosine`` is re-planned the same way."""
     if isinstance(scheduler, WarmupCosine) and scheduler.epochs != max(epochs, 1):
         scheduler.epochs = max(epochs, 1)
-        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
             group["lr"] = scheduler.factor_lr(base, scheduler.last_epoch)
         return
     if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) or scheduler.T_max == max(epochs, 1):
         return
     scheduler.T_max = max(epochs, 1)
-    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
         group["lr"] = scheduler.eta_min + (base - scheduler.eta_min) * (
             1 + math.cos(math.pi * scheduler.last_epoch / scheduler.T_max)) / 2

@@ -44,12 +44,29 @@ from pathlib import Path
 from typing import Any
 
 from brainmri.atomic import append_line
-from brainmri.rundir import RunDir
-from brainmri.sweep.expand import Sweep, SweepError, Task, confirm_task, describe, format_params, save_sweep, save_table, trial_task
-from brainmri.sweep.search import ENDED, DriverLockedError, lock_driver, read_trials, study_file, write_trials
 from brainmri.jobs.submit import (
-    executor_parameters, make_executor, refresh, scheduler_states, submit, submit_one, task_state, wait,
+    executor_parameters,
+    make_executor,
+    refresh,
+    scheduler_states,
+    submit,
+    submit_one,
+    task_state,
+    wait,
 )
+from brainmri.rundir import RunDir
+from brainmri.sweep.expand import (
+    Sweep,
+    SweepError,
+    Task,
+    confirm_task,
+    describe,
+    format_params,
+    save_sweep,
+    save_table,
+    trial_task,
+)
+from brainmri.sweep.search import ENDED, DriverLockedError, lock_driver, read_trials, study_file, write_trials
 
 ACTIVE_ROWS = ("submitting", "running", "pruning")
 END_GRACE_S = 30  # a trial whose job ended while its run directory still says running: failed after this
@@ -158,7 +175,8 @@ class SearchDriver:
     def progress(self) -> None:
         c = self.counts()
         total = self.spec.trials * len(self.studies)
-        self.say(f"trials: {c['finished']} finished, {c['pruned']} pruned, {c['failed']} failed, {c['running']} running "
+        self.say(f"trials: {c['finished']} finished, {c['pruned']} pruned, {c['failed']} failed, "
+                 f"{c['running']} running "
                  f"of {total}; elapsed {_duration(time.monotonic() - self.started)}")
 
     # ------------------------------------------------------------------ the study
@@ -328,7 +346,7 @@ class SearchDriver:
         tasks = [self._task(r) for r in active]
         sched = scheduler_states(tasks) if self.cluster == "slurm" else {}
         changed = False
-        for row, task in zip(active, tasks):
+        for row, task in zip(active, tasks, strict=True):
             state, error = task_state(self.sweep.dir, task, sched.get(row["job_id"] or ""))
             changed |= self.report_epochs(row, state in ENDED)
             if self._gone(row, state):
@@ -485,7 +503,8 @@ class SearchDriver:
         self.save()
         code = 0
         for recipe, entry in self.data["confirm"].items():
-            values = [(RunDir(self.tasks[i].run_dir).read_summary() or {}).get(self.spec.metric) for i in entry["tasks"]]
+            values = [(RunDir(self.tasks[i].run_dir).read_summary() or {}).get(self.spec.metric)
+                      for i in entry["tasks"]]
             done = [v for v in values if _finite(v)]
             if len(done) < len(values):
                 code = 1

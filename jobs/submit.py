@@ -23,13 +23,24 @@ import submitit
 from submitit.core.utils import FailedJobError, JobPaths
 from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE
 
-from brainmri.sweep.resources import SlurmResources
-from brainmri.rundir import RunDir
 from brainmri.config import load_config
-from brainmri.models.registry import ensure_weights
-from brainmri.sweep.expand import Sweep, SweepError, Task, arrays, bill, describe, format_params, load_table, save_sweep, save_table
 from brainmri.jobs.local_task import exit_record
 from brainmri.jobs.train_job import TrainJob
+from brainmri.models.registry import ensure_weights
+from brainmri.rundir import RunDir
+from brainmri.sweep.expand import (
+    Sweep,
+    SweepError,
+    Task,
+    arrays,
+    bill,
+    describe,
+    format_params,
+    load_table,
+    save_sweep,
+    save_table,
+)
+from brainmri.sweep.resources import SlurmResources
 
 CLUSTERS = ("slurm", "local", "debug")
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "PREEMPTED", "CONFIGURING", "COMPLETING", "RESIZING",
@@ -150,7 +161,7 @@ def submit_one(executor: submitit.AutoExecutor, task: Task, cluster: str, name: 
 
 
 def _record(sweep: Sweep, tasks: list[Task], jobs: list[submitit.Job], cluster: str) -> None:
-    for task, job in zip(tasks, jobs):
+    for task, job in zip(tasks, jobs, strict=True):
         task.job_id, task.cluster, task.state, task.error = str(job.job_id), cluster, "submitted", None
     save_table(sweep.dir, sweep.tasks)
 
@@ -188,6 +199,7 @@ def wait(jobs: list[submitit.Job], poll_s: float = 2.0, stream=None) -> None:
     On a terminal: a live tqdm bar on stderr. Otherwise (logs, CI): one line per change of the counts.
     """
     import sys
+
     from tqdm import tqdm
 
     stream = stream or sys.stderr

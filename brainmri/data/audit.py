@@ -145,14 +145,15 @@ def leak_tables(details: dict) -> tuple[list[dict], list[dict]]:
     for q in range(len(paths) - n_train):
         t, b = n_train + q, int(near.index[q]) if near is not None else -1
         nearest_rows.append({"testing_path": rel(t), "testing_label": labels[t],
-                             "nearest_training": rel(b) if b >= 0 else "", "training_label": labels[b] if b >= 0 else "",
+                             "nearest_training": rel(b) if b >= 0 else "",
+                             "training_label": labels[b] if b >= 0 else "",
                              "similarity": score(near.coarse[q]) if b >= 0 else "",
                              "fine_similarity": score(near.fine[q]) if b >= 0 else "",
                              "band": L.BANDS[int(near.band[q])] if near is not None else "novel"})
     rank = {b: k for k, b in enumerate(L.BANDS)}
     nearest_rows.sort(key=lambda r: (rank[r["band"]], -(r["similarity"] or 0), r["testing_path"]))
     pairs, cross_rows = details["pairs"], []
-    for i, j, coarse, fine, band in zip(pairs.i, pairs.j, pairs.coarse, pairs.fine, pairs.band):
+    for i, j, coarse, fine, band in zip(pairs.i, pairs.j, pairs.coarse, pairs.fine, pairs.band, strict=True):
         if (i < n_train) == (j < n_train):
             continue
         tr, te = (int(i), int(j)) if i < n_train else (int(j), int(i))
@@ -168,7 +169,7 @@ def write_csvs(details: dict, json_path: str | Path) -> tuple[Path, Path]:
     json_path = Path(json_path)
     out = []
     for suffix, columns, rows in zip(("testing_nearest", "cross_pairs"), (TESTING_NEAREST, CROSS_PAIRS),
-                                     leak_tables(details)):
+                                     leak_tables(details), strict=True):
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
@@ -191,7 +192,8 @@ FRAME_SIDE, FRAME_RING = 64, 4
 FEATURES = {
     "background": ["mean", "std", "median", "p5", "p95", "zero_share", "noise_mad"],
     "geometry": ["area", "x0", "y0", "x1", "y1", "centre_x", "centre_y"],
-    "frame": [f"{side}_{stat}" for side in ("top", "bottom", "left", "right") for stat in ("mean", "std", "min", "max")],
+    "frame": [f"{side}_{stat}" for side in ("top", "bottom", "left", "right")
+              for stat in ("mean", "std", "min", "max")],
 }
 
 
@@ -244,10 +246,9 @@ def shortcut_features(path: str, margin: float = 0.0, settings=tuple(SHORTCUT_SE
 
 
 def _cv_predict(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, folds: int, seed: int) -> np.ndarray:
+    from sklearn.dummy import DummyClassifier
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
-
-    from sklearn.dummy import DummyClassifier
 
     varying = [j for j in range(x.shape[1]) if len(np.unique(x[~np.isnan(x[:, j]), j])) > 1]
     x = x[:, varying]
@@ -328,8 +329,10 @@ def markdown(report: dict) -> str:
                + ", ".join(f"{k} ({v})" for k, v in list(info["sizes"].items())[:3]) + ".")
     out += ["", "| pairs | exact | near-identical | same scan |", "|---|---:|---:|---:|"]
     for where, counts in report["pairs"].items():
-        out.append(f"| {where.replace('_', ' ')} | {counts['exact']} | {counts['near_identical']} | {counts['same_scan']} |")
-    out += ["", "| grouped by | groups | groups with copies | images in them | largest | span Training+Testing | cross-label |",
+        out.append(f"| {where.replace('_', ' ')} | {counts['exact']} | {counts['near_identical']} "
+                   f"| {counts['same_scan']} |")
+    out += ["", "| grouped by | groups | groups with copies | images in them | largest | span Training+Testing "
+                "| cross-label |",
             "|---|---:|---:|---:|---:|---:|---:|"]
     for name, g in report["groups"].items():
         out.append(f"| {name} | {g['groups']} | {g['groups_with_copies']} | {g['images_in_groups_with_copies']} | "
@@ -361,10 +364,12 @@ def write_html(report: dict, details: dict, out_dir: str | Path, per_band: int =
         for t in chosen:
             i, j = int(pairs.i[t]), int(pairs.j[t])
             figs = "".join(
-                f'<figure><img src="{thumbnail_uri(paths[x], 128, "JPEG")}" alt=""><figcaption>{html.escape(Path(paths[x]).name)}'
+                f'<figure><img src="{thumbnail_uri(paths[x], 128, "JPEG")}" alt="">'
+                f'<figcaption>{html.escape(Path(paths[x]).name)}'
                 f'<br>{html.escape(details["split"][x])}/{html.escape(details["labels"][x])}</figcaption></figure>'
                 for x in (i, j))
-            cells.append(f'<div class="pair">{figs}<p>coarse {pairs.coarse[t]:.3f} · fine {pairs.fine[t]:.3f}</p></div>')
+            cells.append(f'<div class="pair">{figs}<p>coarse {pairs.coarse[t]:.3f} · '
+                         f'fine {pairs.fine[t]:.3f}</p></div>')
         sections.append(f'<h2 id="{band}">{band.replace("_", " ")}: {len(idx)} pairs '
                         f'({len(chosen)} shown at random)</h2><div class="sheet">{"".join(cells)}</div>')
     summary = html.escape(markdown(report))

@@ -140,7 +140,7 @@ def scan_folder(split_dir: str | Path, classes: list[str] | None = None,
             todo.append(path)
     if todo:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for path, entry in zip(todo, pool.map(_check_file, todo)):
+            for path, entry in zip(todo, pool.map(_check_file, todo), strict=True):
                 index[str(path)] = entry
         try:
             index_file.parent.mkdir(parents=True, exist_ok=True)

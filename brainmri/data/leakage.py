@@ -44,8 +44,8 @@ import numpy as np
 from filelock import FileLock
 from PIL import Image
 
-from brainmri.data.cachedir import cache_base, cache_unwritable
 from brainmri.atomic import atomic_path
+from brainmri.data.cachedir import cache_base, cache_unwritable
 from brainmri.data.files import load_pil
 
 BANDS = ("exact", "near_identical", "same_scan", "novel")
@@ -135,14 +135,15 @@ def fingerprints(paths: list[str], cache_dir=None, workers: int | None = None, p
         try:
             with np.load(cache, allow_pickle=False) as z:
                 stored = z["fp"]
-                for i, (p, s, m) in enumerate(zip(z["paths"].tolist(), z["sizes"].tolist(), z["mtimes"].tolist())):
+                columns = (z["paths"].tolist(), z["sizes"].tolist(), z["mtimes"].tolist())
+                for i, (p, s, m) in enumerate(zip(*columns, strict=True)):
                     known[p] = (s, m, i)
         except (OSError, ValueError, KeyError):
             known, stored = {}, np.zeros((0, 3, SIZE * SIZE), np.float16)
     stats = [os.stat(p) for p in paths]
     rows = np.empty(len(paths), np.int64)
     todo = []
-    for j, (p, st) in enumerate(zip(paths, stats)):
+    for j, (p, st) in enumerate(zip(paths, stats, strict=True)):
         hit = known.get(p)
         if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
             rows[j] = hit[2]
@@ -165,7 +166,7 @@ def fingerprints(paths: list[str], cache_dir=None, workers: int | None = None, p
                 from tqdm.auto import tqdm
 
                 it = tqdm(it, total=len(todo), desc="fingerprints", unit="img")
-            for j, fp in zip(todo, it):
+            for j, fp in zip(todo, it, strict=True):
                 out[j] = fp
         try:
             _save_cache(cache, known, stored, paths, stats, out, todo)

@@ -281,7 +281,8 @@ def generate_phantoms(root: str | os.PathLike, n_per_class: int = 40, n_test_per
         with atomic_path(root) as tmp:  # the whole set appears at once, or not at all
             shutil.rmtree(tmp, ignore_errors=True)
             counts = {}
-            for split_idx, (split, n) in enumerate(zip(SPLITS, (params["n_per_class"], params["n_test_per_class"]))):
+            per_split = (params["n_per_class"], params["n_test_per_class"])
+            for split_idx, (split, n) in enumerate(zip(SPLITS, per_split, strict=True)):
                 if n:
                     counts[split] = _write_split(tmp / split, params, split_idx, n)
             new = {"format": FORMAT, "version": VERSION, "params": params, "classes": list(CLASSES),

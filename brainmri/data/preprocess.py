@@ -11,7 +11,8 @@ input the model was trained on::
 The head mask (``head_mask``): the image is reduced to at most ``WORK_SIDE`` pixels a side and
 blurred, thresholded at half its Otsu threshold, closed, its largest 8-connected component kept
 and the holes in it filled (ventricles, CSF and the dark skull stay inside), opened (thin lines
-and text touching the head drop off), then scaled back to the image's size. ``prepare`` uses it for ``crop="head"`` (crop to the head's bounding box
+and text touching the head drop off), then scaled back to the image's size. ``prepare`` uses it for
+``crop="head"`` (crop to the head's bounding box
 widened by ``margin`` × its longer side) and ``background="zero"`` (every pixel outside the head
 mask dilated by ``margin`` × the box's longer side set to 0), then resizes with PIL's bilinear
 filter. ``brainmri.data.transforms.Decoder`` calls ``prepare`` for both settings.
@@ -111,7 +112,7 @@ def label_components(mask: np.ndarray, connectivity: int = 8) -> tuple[np.ndarra
         starts, ends = np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()
         cur = []
         j = 0
-        for s, e in zip(starts, ends):
+        for s, e in zip(starts, ends, strict=True):
             rid = len(parent)
             parent.append(rid)
             while j < len(prev) and prev[j][1] + reach <= s:  # previous-row runs entirely left of this one

@@ -23,6 +23,7 @@ from torchvision import models as tvm
 
 from brainmri.models.weights import WeightsError, fetch_weights, load_state_dict
 
+
 class BaselineCNN(nn.Module):
     """3 × (Conv3×3 → ReLU → MaxPool2) → Flatten → Linear(hidden) → ReLU → Dropout → Linear."""
 
@@ -94,7 +95,8 @@ def check_arch(arch: str) -> None:
         raise ValueError(f"unknown model.arch {arch!r}: timm has no model {name.split('.')[0]!r} "
                          f"(timm.list_models() lists them, e.g. resnet10t, resnet18, convnext_atto, efficientnet_b0)")
     raise ValueError(f"unknown model.arch {arch!r} (choose from {', '.join(BUILTIN + tuple(ALIASES))}, "
-                     f"timm:<any timm model> or torchvision:<name> with <name> one of {', '.join(torchvision_models())})")
+                     f"timm:<any timm model> or torchvision:<name> with <name> one of "
+                     f"{', '.join(torchvision_models())})")
 
 
 def min_image_size(model_cfg) -> tuple[int, bool]:

@@ -15,9 +15,9 @@ import functools
 import json
 import math
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -287,7 +287,7 @@ class Comparison:
 
 
 def value_label(keys: list[str], value: tuple) -> str:
-    return ", ".join(f"{k}={v}" for k, v in zip(keys, value)) or "-"
+    return ", ".join(f"{k}={v}" for k, v in zip(keys, value, strict=True)) or "-"
 
 
 def _metric_names(runs: list[Run], split: str) -> list[str]:
@@ -316,7 +316,8 @@ def _latest_per_replicate(runs: list[Run], notes: list[str]) -> list[Run]:
     by_rep: dict = {}
     for r in sorted(runs, key=lambda r: r.start_time or 0):
         if r.replicate in by_rep:
-            notes.append(f"{r.recipe} {_replicate_label(*r.replicate)}: run {by_rep[r.replicate].id} superseded by {r.id}")
+            notes.append(f"{r.recipe} {_replicate_label(*r.replicate)}: run {by_rep[r.replicate].id} "
+                         f"superseded by {r.id}")
         by_rep[r.replicate] = r
     return sorted(by_rep.values(), key=lambda r: (repr(r.seed), repr(r.fold)))
 
@@ -355,9 +356,9 @@ def fold_overlap(runs: list[Run]) -> float:
     if not all(isinstance(n, (int, float)) and n > 0 for n in ns):
         return 1.0 / (k - 1)
     pool: dict[str, float] = {}
-    for r, n in zip(runs, ns):
+    for r, n in zip(runs, ns, strict=True):
         pool[repr(r.seed)] = pool.get(repr(r.seed), 0) + n
-    return float(np.mean([n / (pool[repr(r.seed)] - n) for r, n in zip(runs, ns)]))
+    return float(np.mean([n / (pool[repr(r.seed)] - n) for r, n in zip(runs, ns, strict=True)]))
 
 
 class MixedDataError(ValueError):
@@ -647,7 +648,7 @@ def ensemble_predictions(runs: list[Run]) -> tuple[pd.DataFrame | None, str | No
     if not cols:
         return None, "the members' test predictions carry no probabilities"
     first = frames[0]
-    for r, f in zip(runs, frames):
+    for r, f in zip(runs, frames, strict=True):
         if [c for c in f.columns if c.startswith("prob_")] != cols:
             return None, f"run {_run_name(r)} predicts other classes than run {_run_name(runs[0])}"
         if "path" not in f or f["path"].isna().any() or f["path"].duplicated().any() \

@@ -77,7 +77,7 @@ def out_of_fold(runs: list) -> OutOfFold:
         if not set(cols) <= set(frame.columns):
             raise CoverageError(f"{rd.predictions_file('val')} has no probability per class")
         seen = per_seed.setdefault(repr(r.seed), {})
-        for path, p in zip(frame["path"], frame[cols].to_numpy(dtype=np.float64)):
+        for path, p in zip(frame["path"], frame[cols].to_numpy(dtype=np.float64), strict=True):
             seen.setdefault(os.path.relpath(path, record["data_root"]), []).append(p)
     for seed, seen in per_seed.items():
         missing = [p for p in pool if p not in seen]

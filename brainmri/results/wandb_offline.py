@@ -14,8 +14,8 @@ import json
 import re
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from wandb.proto.wandb_internal_pb2 import Record
 
@@ -101,8 +101,8 @@ def read_wandb_file(path: str | Path) -> dict:
     Returns a dict with run_id, project, entity, name, group, job_type, tags, config (nested,
     without ``_wandb``), history (row dicts in logged order, with ``_step``/``_runtime``/``_timestamp``),
     summary (folded, without ``_wandb``), artifacts (name, type and ``files``: path in the
-    artifact -> local file, e.g. the images of a logged table), state ("finished" | "failed" | "running": no exit record,
-    i.e. still running or killed), exit_code, start_time (epoch seconds), files, errors.
+    artifact -> local file, e.g. the images of a logged table), state ("finished" | "failed" |
+    "running": no exit record, i.e. still running or killed), exit_code, start_time (epoch seconds), files, errors.
 
     Example: ``read_wandb_file(".../offline-run-20260101_000000-abc/run-abc.wandb")["summary"]``
     """

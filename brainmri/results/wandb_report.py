@@ -73,7 +73,7 @@ def build_wandb_report(cmp: Comparison, project: str, entity: str, group: str | 
     blocks = [wr.H1(text=title), wr.MarkdownBlock(text=to_markdown(cmp)), wr.H2(text="Curves and swept values"),
               overview, wr.H2(text="Confusion matrices (test, chosen configuration per recipe)")]
     for rr in cmp.recipes:
-        chosen = [expr.Config(k) == v for k, v in zip(rr.keys, rr.chosen)]
+        chosen = [expr.Config(k) == v for k, v in zip(rr.keys, rr.chosen, strict=True)]
         blocks.append(wr.PanelGrid(
             runsets=[_runset(wr, rr.recipe, base + [expr.Config("recipe") == rr.recipe] + chosen, *where)],
             panels=[wr.CustomChart(query={"summaryTable": {"tableKey": "test/confusion_table"}},

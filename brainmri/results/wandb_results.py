@@ -11,7 +11,6 @@ Knows nothing about training; brainmri.train.tracking logs what this builds, on 
 
 from __future__ import annotations
 
-
 import pandas as pd
 
 from brainmri.data.files import thumbnail

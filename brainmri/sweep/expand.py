@@ -45,7 +45,14 @@ import yaml
 
 from brainmri.atomic import atomic_write
 from brainmri.config import (
-    ConfigError, check_mapping, flatten, is_runtime_key, load_config, parse_value, read_yaml, recipe_name,
+    ConfigError,
+    check_mapping,
+    flatten,
+    is_runtime_key,
+    load_config,
+    parse_value,
+    read_yaml,
+    recipe_name,
     split_override,
 )
 from brainmri.sweep.resources import ResourceError, SlurmResources, merge_resources, parse_resources
@@ -297,7 +304,8 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | tuple[str, ...] = ()
             for k in ("grid", "lr_scale") if k in b]
         if both:
             raise SweepError(f"{path}: {both[0]} and search: both given; a sweep is a grid or a search (a search "
-                             "trains one seed per trial: fix it under overrides:, re-run the best with --confirm-seeds)")
+                             "trains one seed per trial: fix it under overrides:, re-run the best with "
+                             "--confirm-seeds)")
     seeds = _nonempty_list(path, "seeds", data["seeds"]) if "seeds" in data else None
     folds = _folds(path, data["folds"]) if "folds" in data else None
 
@@ -314,7 +322,7 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | tuple[str, ...] = ()
             raise SweepError(f"{path}: per_recipe.{recipe}: not one of recipes ({', '.join(recipes)})")
         keys = ", ".join(sorted(BLOCK_KEYS))
         check_mapping(block, BLOCK_KEYS, SweepError, f"{path}: {where[:-1]} must be a non-empty mapping of {keys}",
-                      lambda k: f"{path}: {where}{k}: a recipe block holds only {keys} "
+                      lambda k, where=where, keys=keys: f"{path}: {where}{k}: a recipe block holds only {keys} "
                                 "(config keys go under overrides: or grid:)")
         level = _parse_level(path, block, where)
         for key in ("seed",):
@@ -430,7 +438,7 @@ def expand(sweep: Sweep, path: str | Path = "", top: _Level | None = None,
         keys = list(grid)
         workers = 0
         for values in itertools.product(*(grid[k] for k in keys)):
-            params = {k: _normalize(v) for k, v in zip(keys, values)}
+            params = {k: _normalize(v) for k, v in zip(keys, values, strict=True)}
             config_params = {k: v for k, v in params.items() if k != "lr_scale"}
             if "lr_scale" in params:
                 config_params["optim.lr"] = params["optim.lr"] = float(f"{base_lr * params['lr_scale']:.12g}")

@@ -122,7 +122,8 @@ def parse_param(where: str, key: str, spec: Any) -> Param:
     args = [parse_value(a, key) if isinstance(a, str) else a for a in args]
     if kind == "choice":
         if len(args) < 2:
-            raise SearchError(f"{where}: choice needs at least two values, got {spec!r} (a fixed value goes under overrides:)")
+            raise SearchError(f"{where}: choice needs at least two values, got {spec!r} "
+                              "(a fixed value goes under overrides:)")
         if not all(a is None or isinstance(a, (bool, int, float, str)) for a in args):
             raise SearchError(f"{where}: choice values must be numbers, strings, booleans or null, got {spec!r}")
         if len(set(map(repr, args))) != len(args):

@@ -30,7 +30,12 @@ from brainmri.rundir import RunDir
 from brainmri.train import policy
 from brainmri.train.accel import make_accelerator, reset_accelerator
 from brainmri.train.checkpoint import (
-    capture_position, make_checkpoint, restore_optimization, resume_inside_epoch, resume_position, seed_epoch,
+    capture_position,
+    make_checkpoint,
+    restore_optimization,
+    resume_inside_epoch,
+    resume_position,
+    seed_epoch,
     set_rng_state,
 )
 from brainmri.train.evaluate import evaluate_split
@@ -201,7 +206,8 @@ class Engine:
         self.record.epoch(row)
         if improved:
             st.best_weights = weights["name"]
-            self._save_checkpoint(self.run.best_checkpoint, weights=self.ema.module if weights["name"] == "ema" else None)
+            self._save_checkpoint(self.run.best_checkpoint,
+                                  weights=self.ema.module if weights["name"] == "ema" else None)
         # the last checkpoint is written after the metrics row, so a resume never loses a logged epoch
         self._save_checkpoint(self.run.last_checkpoint, optimizer, scheduler)
         log.info("epoch %d %s: train/loss %.4f train/acc %.4f val/loss %.4f val/acc %.4f%s", epoch, phase.name,

@@ -21,13 +21,14 @@ Example:
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from brainmri.results import metrics as M
 from brainmri.data.leakage import BANDS, band_columns
+from brainmri.results import metrics as M
 from brainmri.rundir import RunDir
 from brainmri.train.regularise import TTA
 

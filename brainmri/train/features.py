@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock
-
-from brainmri.data.cachedir import cache_base, cache_unwritable
-from brainmri.atomic import atomic_write
 from torch import nn
+
+from brainmri.atomic import atomic_write
+from brainmri.data.cachedir import cache_base, cache_unwritable
 
 
 def backbone_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -60,7 +60,7 @@ class BatchMixer:
         self.cutmix = v2.CutMix(alpha=cutmix, num_classes=num_classes) if cutmix > 0 else None
 
     @classmethod
-    def from_config(cls, cfg, num_classes: int) -> "BatchMixer | None":
+    def from_config(cls, cfg, num_classes: int) -> BatchMixer | None:
         t = cfg.train
         if t.mixup <= 0 and t.cutmix <= 0:
             return None
@@ -136,7 +136,7 @@ class WeightEMA:
 
     def _average(self, averaged: list[torch.Tensor], current: list[torch.Tensor], _n) -> None:
         weight = 1.0 - self.decay_at(self.updates)
-        for a, c in zip(averaged, current):
+        for a, c in zip(averaged, current, strict=True):
             if a.is_floating_point() or a.is_complex():
                 a.lerp_(c, weight)
             else:

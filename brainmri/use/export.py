@@ -226,7 +226,8 @@ def _io(trained: Ensemble) -> dict:
                       "channels": c, "height": size, "width": size},
             "output": {"name": OUTPUT_NAME, "shape": ["batch", len(trained.classes)],
                        "meaning": f"the mean of {len(trained.members)} members' softmax probabilities, in the order "
-                                  "of 'classes'" + (f", each the mean over the image and its views {tta}" if tta else "")},
+                                  "of 'classes'"
+                                  + (f", each the mean over the image and its views {tta}" if tta else "")},
             "tta": tta}
 
 
@@ -258,7 +259,8 @@ def export(trained: TrainedRun | Ensemble, out_dir: str | Path, formats: list[st
 
         path = out / "model.ts"
         with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated but still the self-contained format
+            # torch.jit is deprecated but still the self-contained format
+            warnings.simplefilter("ignore", FutureWarning)
             traced = torch.jit.trace(net, example)
         with atomic_path(path) as tmp:
             traced.save(str(tmp))

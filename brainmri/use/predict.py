@@ -24,8 +24,8 @@ from brainmri.atomic import atomic_write
 from brainmri.data.files import Sample
 from brainmri.data.leakage import fingerprint_image
 from brainmri.data.transforms import Decoder
-from brainmri.use.inputs import InputError, collect_inputs, decode_input
 from brainmri.train.regularise import TTA
+from brainmri.use.inputs import InputError, collect_inputs, decode_input
 from brainmri.use.trained import TrainedRun
 
 
@@ -117,7 +117,7 @@ def predict_files(trained: TrainedRun, inputs: list[str | Path], batch_size: int
         if explainer is not None and kept:
             out.cam_index = explainer.finish()
     if reference is not None and kept:
-        rows = [Sample(p, -1, h) for p, h in zip(kept, sha1s)]
+        rows = [Sample(p, -1, h) for p, h in zip(kept, sha1s, strict=True)]
         reference.annotate(rows, np.concatenate(fps))
         out.nearest_train = [s.nearest_train or "" for s in rows]
         out.similarity = [s.similarity if s.similarity is not None else float("nan") for s in rows]
@@ -132,7 +132,7 @@ def write_csv(pred: Predictions, path: str | Path) -> tuple[Path, Path]:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["path", "pred", *[f"prob_{c}" for c in pred.classes], "nearest_train", "similarity", "band"])
-    for i, (p, label) in enumerate(zip(pred.paths, pred.preds)):
+    for i, (p, label) in enumerate(zip(pred.paths, pred.preds, strict=True)):
         near = ([pred.nearest_train[i], f"{pred.similarity[i]:.4f}", pred.band[i]]
                 if pred.band is not None else ["", "", ""])
         w.writerow([p, label, *[f"{float(v):.6f}" for v in pred.probs[i]], *near])

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -106,13 +106,14 @@ class TrainedRun(Inferable):
     _reference: tuple | None = field(default=None, repr=False)
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> "TrainedRun":
+    def load(cls, run_dir: str | Path) -> TrainedRun:
         """Model, classes and preprocessing of a finished (or at least once-improved) run."""
         run = RunDir(run_dir)
         cfg = load_config(run)
         ckpt = run.load_best()
         classes = list(ckpt["classes"])
-        model_cfg = dataclasses.replace(cfg.model, pretrained=False, weights=None)  # every weight comes from the checkpoint
+        # every weight comes from the checkpoint
+        model_cfg = dataclasses.replace(cfg.model, pretrained=False, weights=None)
         model = build_model(model_cfg, len(classes), cfg.data.input_channels, cfg.data.input_size)
         try:
             model.load_state_dict(ckpt["model"])
