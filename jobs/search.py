@@ -41,7 +41,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from brainmri.atomic import append_line
 from brainmri.jobs.submit import (
@@ -125,7 +125,7 @@ def open_storage(sweep_dir: Path):
     return JournalStorage(_journal_backend()(study_file(sweep_dir)))
 
 
-def _finite(value: Any) -> bool:
+def _finite(value: Any) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -139,6 +139,8 @@ class SearchDriver:
 
     def __init__(self, sweep: Sweep, cluster: str, poll_s: float = 2.0, confirm_seeds: list | None = None,
                  out=None):
+        if sweep.search is None:
+            raise ValueError(f"{sweep.dir}: not a search sweep (its sweep.yaml has no search:)")
         self.sweep, self.spec, self.cluster, self.poll_s = sweep, sweep.search, cluster, poll_s
         self.confirm_seeds = confirm_seeds or []
         self.out = out or sys.stdout
@@ -313,13 +315,14 @@ class SearchDriver:
         value = (RunDir(row["run_dir"]).read_summary() or {}).get(self.spec.metric) if state == "finished" else None
         if state == "finished" and not _finite(value):
             state, error = "failed", f"the finished run's summary has no {self.spec.metric}"
+        result = float(value) if state == "finished" and _finite(value) else None
         if not frozen.state.is_finished():
-            if state == "finished":
-                study.tell(row["number"], float(value))
+            if result is not None:
+                study.tell(row["number"], result)
             else:
                 study.tell(row["number"], state=optuna.trial.TrialState.PRUNED if state == "pruned"
                            else optuna.trial.TrialState.FAIL)
-        row.update(state=state, value=float(value) if state == "finished" else None, ended_at=time.time(),
+        row.update(state=state, value=result, ended_at=time.time(),
                    error=error)
         if state == "pruned" and row["intermediate"]:
             row["value"] = row["intermediate"][max(row["intermediate"], key=int)]
@@ -530,6 +533,8 @@ def print_plan(sweep: Sweep, cluster: str, confirm_seeds: list | None = None) ->
     """``--dry-run``: the search, each recipe's trial resources and the worst-case bill (every trial
     to its time limit), and how to run the driver as a SLURM job."""
     spec = sweep.search
+    if spec is None:
+        raise ValueError(f"{sweep.dir}: not a search sweep (its sweep.yaml has no search:)")
     print(f"search {sweep.name}: {spec.sampler} sampler, {spec.pruner} pruner on {spec.metric} ({spec.direction}), "
           f"{spec.trials} trial(s) per recipe, {spec.parallel} at once; {sweep.dir}")
     for key, param in spec.space.items():

@@ -18,6 +18,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 import submitit
 from submitit.core.utils import FailedJobError, JobPaths
@@ -59,7 +60,7 @@ def executor_parameters(res: SlurmResources, name: str, cluster: str) -> dict:
     requeues itself and resumes from its last epoch checkpoint), ``--requeue`` and
     ``--open-mode=append``; every value is shell-quoted by submitit.
     """
-    params = {"name": name, "timeout_min": res.time_min, "tasks_per_node": res.ntasks_per_node,
+    params: dict[str, Any] = {"name": name, "timeout_min": res.time_min, "tasks_per_node": res.ntasks_per_node,
               "cpus_per_task": res.cpus_per_task or 1, "mem_gb": res.mem_gb}
     if res.gpus_per_node:
         params["gpus_per_node"] = res.gpus_per_node
@@ -82,7 +83,7 @@ def executor_parameters(res: SlurmResources, name: str, cluster: str) -> dict:
 
 
 def make_executor(sweep: Sweep, res: SlurmResources, cluster: str) -> submitit.AutoExecutor:
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if cluster == "slurm":
         kwargs["slurm_max_num_timeout"] = res.max_requeues
     elif cluster == "local":  # each task runs under jobs.local_task, which records how it ended
@@ -302,7 +303,7 @@ def task_state(sweep_dir: Path, task: Task, sched: str | None) -> tuple[str, str
         # any ended SLURM state without a summary (FAILED, CANCELLED, TIMEOUT, ...) is a failure
         reason = "" if sched in (None, "FAILED", "COMPLETED") else f"job {sched.lower()}\n"
         if run.record.get("status") == "running":  # it said running, but its process is gone
-            reason += run.error.splitlines()[0] + "\n"
+            reason += (run.error or "").partition("\n")[0] + "\n"
         return "failed", reason + (error_tail(sweep_dir, task) or "")
     if task.cluster == "debug":
         return task.state, task.error
