@@ -220,7 +220,8 @@ def _geometry(head: np.ndarray) -> list[float]:
 def _frame(image: np.ndarray) -> list[float]:
     from PIL import Image
 
-    small = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((FRAME_SIDE, FRAME_SIDE), Image.BILINEAR),
+    small = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((FRAME_SIDE, FRAME_SIDE),
+                                                                           Image.Resampling.BILINEAR),
                        dtype=np.float64)
     r = FRAME_RING
     out = []

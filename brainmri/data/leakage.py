@@ -85,7 +85,7 @@ def _otsu(a: np.ndarray) -> float:
 
 
 def _reduce(a: np.ndarray) -> np.ndarray:
-    return np.asarray(Image.fromarray(a).resize((SIZE, SIZE), Image.BILINEAR), dtype=np.float32)
+    return np.asarray(Image.fromarray(a).resize((SIZE, SIZE), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
 def _detail(a: np.ndarray) -> np.ndarray:
@@ -98,7 +98,7 @@ def fingerprint_image(img: Image.Image) -> np.ndarray:
     """(3, SIZE²) float32: coarse, fine as is, fine with the head centred — each unit-norm."""
     from scipy import ndimage
 
-    grey = np.asarray(img.convert("L").resize((_WORK, _WORK), Image.BILINEAR), dtype=np.float32)
+    grey = np.asarray(img.convert("L").resize((_WORK, _WORK), Image.Resampling.BILINEAR), dtype=np.float32)
     mask = grey > _otsu(grey)
     centred = grey
     if mask.any():

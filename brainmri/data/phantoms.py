@@ -63,7 +63,8 @@ def _uniform(rng: np.random.Generator, low: float, high: float) -> float:
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     """Smooth random field with unit-ish amplitude: a cells × cells grid upsampled bicubically."""
     coarse = rng.standard_normal((cells, cells)).astype(np.float32)
-    return np.asarray(Image.fromarray(coarse, mode="F").resize((size, size), Image.BICUBIC), dtype=np.float32)
+    field = Image.fromarray(coarse, mode="F").resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(field, dtype=np.float32)
 
 
 def render_phantom(label: str, rng: np.random.Generator, image_size: int = 224) -> np.ndarray:

@@ -159,7 +159,7 @@ def _work_image(grey: Image.Image) -> Image.Image:
     w, h = grey.size
     scale = min(1.0, WORK_SIDE / max(w, h))
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    small = grey.resize(size, Image.BILINEAR) if size != grey.size else grey
+    small = grey.resize(size, Image.Resampling.BILINEAR) if size != grey.size else grey
     return small.filter(ImageFilter.GaussianBlur(1))
 
 
@@ -180,7 +180,7 @@ def _to_size(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A working-resolution mask scaled back to ``size`` (w, h): bilinear, then halfway threshold."""
     if (mask.shape[1], mask.shape[0]) == tuple(size):
         return mask
-    img = Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.BILINEAR)
+    img = Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.BILINEAR)
     return np.asarray(img) >= 128
 
 
@@ -258,7 +258,7 @@ def prepare(grey: Image.Image, size: int | None = None, crop: str = "none", back
         image, _ = apply_settings(np.asarray(grey), head_mask(grey, margin), crop, background)
         grey = Image.fromarray(np.ascontiguousarray(image))
     if size is not None and grey.size != (size, size):
-        grey = grey.resize((size, size), Image.BILINEAR)
+        grey = grey.resize((size, size), Image.Resampling.BILINEAR)
     return grey
 
 

@@ -80,7 +80,7 @@ def points_in_mask(cam: np.ndarray, mask: np.ndarray) -> bool:
 def _resize(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if cam.shape == shape:
         return cam
-    return np.asarray(Image.fromarray(cam.astype(np.float32), mode="F").resize(shape[::-1], Image.BILINEAR))
+    return np.asarray(Image.fromarray(cam.astype(np.float32), mode="F").resize(shape[::-1], Image.Resampling.BILINEAR))
 
 
 def _png_bytes(array: np.ndarray) -> bytes:
