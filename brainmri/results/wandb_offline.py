@@ -16,8 +16,10 @@ import struct
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from wandb.proto.wandb_internal_pb2 import Record
+# the generated protobuf module has no type stub that names its messages
+from wandb.proto.wandb_internal_pb2 import Record  # type: ignore[attr-defined]
 
 BLOCK = 32768
 HEADER = b":W&B\xe1\xbe"
@@ -108,7 +110,7 @@ def read_wandb_file(path: str | Path) -> dict:
     """
     path = Path(path)
     errors: list[str] = []
-    run = {"run_id": path.stem.removeprefix("run-"), "project": "", "entity": "", "name": "",
+    run: dict[str, Any] = {"run_id": path.stem.removeprefix("run-"), "project": "", "entity": "", "name": "",
            "group": "", "job_type": "", "tags": [], "config": {}, "history": [], "summary": {},
            "artifacts": [], "state": "running", "exit_code": None, "start_time": None, "files": [str(path)]}
     for rec in iter_records(path, errors):
