@@ -139,9 +139,7 @@ class SearchDriver:
 
     def __init__(self, sweep: Sweep, cluster: str, poll_s: float = 2.0, confirm_seeds: list | None = None,
                  out=None):
-        if sweep.search is None:
-            raise ValueError(f"{sweep.dir}: not a search sweep (its sweep.yaml has no search:)")
-        self.sweep, self.spec, self.cluster, self.poll_s = sweep, sweep.search, cluster, poll_s
+        self.sweep, self.spec, self.cluster, self.poll_s = sweep, sweep.search_spec, cluster, poll_s
         self.confirm_seeds = confirm_seeds or []
         self.out = out or sys.stdout
         self.tasks: dict[str, Task] = {t.id: t for t in sweep.tasks}
@@ -532,9 +530,7 @@ def run_search(sweep: Sweep, cluster: str, dry_run: bool = False, poll_s: float 
 def print_plan(sweep: Sweep, cluster: str, confirm_seeds: list | None = None) -> None:
     """``--dry-run``: the search, each recipe's trial resources and the worst-case bill (every trial
     to its time limit), and how to run the driver as a SLURM job."""
-    spec = sweep.search
-    if spec is None:
-        raise ValueError(f"{sweep.dir}: not a search sweep (its sweep.yaml has no search:)")
+    spec = sweep.search_spec
     print(f"search {sweep.name}: {spec.sampler} sampler, {spec.pruner} pruner on {spec.metric} ({spec.direction}), "
           f"{spec.trials} trial(s) per recipe, {spec.parallel} at once; {sweep.dir}")
     for key, param in spec.space.items():

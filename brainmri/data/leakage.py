@@ -153,7 +153,7 @@ def fingerprints(paths: list[str], cache_dir=None, workers: int | None = None, p
     out = np.empty((len(paths), 3, SIZE * SIZE), np.float32)
     have = rows >= 0
     out[have] = stored[rows[have]]
-    if todo:
+    if todo and cache is not None:  # todo is empty without paths, so without a cache file
         def one(j):
             try:
                 return fingerprint_file(paths[j])
@@ -205,9 +205,9 @@ def _hnsw(vectors: np.ndarray):
     import faiss
 
     if len(vectors) <= EXACT_SEARCH_MAX:
-        index = faiss.IndexFlatIP(vectors.shape[1])
-        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-        return index
+        flat = faiss.IndexFlatIP(vectors.shape[1])
+        flat.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        return flat
     index = faiss.IndexHNSWFlat(vectors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = 80
     index.hnsw.efSearch = 128
@@ -361,8 +361,8 @@ def near_pairs(fp: np.ndarray, sha1: list[str], k: int = 8) -> Pairs:
     i, j = np.minimum(a, b)[keep], np.maximum(a, b)[keep]
     uniq = np.unique(i.astype(np.int64) * n + j)
     i, j = uniq // n, uniq % n
-    h = np.array(sha1)
-    exact = h[i] == h[j]
+    hashes = np.array(sha1)
+    exact = hashes[i] == hashes[j]
     keep = exact | _may_be_close(proj, i, j)
     i, j, exact = i[keep], j[keep], exact[keep]
     coarse, fine = pair_scores(fp, i, fp, j)

@@ -34,6 +34,7 @@ BACKGROUNDS = ("keep", "zero")
 def load_grey(path: str | Path) -> Image.Image:
     """Any PIL-readable image as grey-scale (mode ``L``): transparency composited on black, 16-bit
     images divided by 256, colour reduced to luminance (ITU-R 601-2). Decodes the whole file."""
+    img: Image.Image
     with Image.open(path) as img:
         img.load()  # force a full decode here, so truncated files fail now
         if img.mode in ("RGBA", "LA", "P", "PA"):
@@ -244,7 +245,7 @@ def apply_settings(image: np.ndarray, widened: np.ndarray, crop: str = "none",
     if background == "zero":
         image = np.where(widened, image, 0).astype(np.uint8)
     if crop == "head":
-        box = head_box(widened)
+        box = head_box(widened) or box  # never None: widened has a pixel
         image = image[box[1]:box[3], box[0]:box[2]]
     return image, box
 

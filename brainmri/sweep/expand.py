@@ -110,6 +110,13 @@ class Sweep:
     tasks: list[Task] = field(default_factory=list)
     search: SearchSpec | None = None  # a search sweep: its trials become tasks as the driver asks for them
 
+    @property
+    def search_spec(self) -> SearchSpec:
+        """The search of a search sweep (a grid sweep has none: SweepError)."""
+        if self.search is None:
+            raise SweepError(f"{self.dir}: not a search sweep (its sweep.yaml has no search:)")
+        return self.search
+
     def resources(self, recipe: str) -> SlurmResources:
         """What each task of ``recipe`` asks the scheduler for."""
         return self.recipe_slurm.get(recipe, self.slurm)
@@ -487,7 +494,7 @@ def expand_search(sweep: Sweep, path: str | Path, top: _Level, blocks: dict[str,
     """Check a search before anything runs: every recipe's fixed overrides, and every space key at its
     bounds and at each choice, build a ``RunConfig`` (errors name the key). Settles each recipe's fixed
     overrides (its seed explicit, so ``--confirm-seeds`` of that seed is the trial's own task) and CPUs."""
-    spec = sweep.search
+    spec = sweep.search_spec
     for entry in sweep.recipes:
         config_path, recipe = _recipe_of(entry)
         block = blocks.get(entry, blocks.get(recipe))
@@ -511,15 +518,16 @@ def expand_search(sweep: Sweep, path: str | Path, top: _Level, blocks: dict[str,
 def trial_task(sweep: Sweep, recipe: str, values: dict[str, Any], number: int) -> tuple[Task, Any]:
     """Trial ``number`` of ``recipe`` with the sampled ``values``: an ordinary task (same id rules, same
     run directory for the same values), tagged ``trial-<number>`` in W&B."""
-    params = {**values, "seed": sweep.search.fixed[recipe]["seed"]}
-    return make_task(sweep, recipe, sweep.search.config_paths[recipe], sweep.search.fixed[recipe] | params, params,
+    spec = sweep.search_spec
+    params = {**values, "seed": spec.fixed[recipe]["seed"]}
+    return make_task(sweep, recipe, spec.config_paths[recipe], spec.fixed[recipe] | params, params,
                      ["search", f"trial-{number}"])
 
 
 def confirm_task(sweep: Sweep, recipe: str, values: dict[str, Any], seed: Any) -> tuple[Task, Any]:
     """The best configuration's ``values`` trained with ``seed`` (the trial itself for the trial's seed)."""
-    params = {**values, "seed": seed}
-    return make_task(sweep, recipe, sweep.search.config_paths[recipe], sweep.search.fixed[recipe] | params, params,
+    spec, params = sweep.search_spec, {**values, "seed": seed}
+    return make_task(sweep, recipe, spec.config_paths[recipe], spec.fixed[recipe] | params, params,
                      ["search", "confirm"])
 
 
