@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -370,7 +371,7 @@ class TrainingData:
     sampler: EpochSampler
     train_seeded: EpochSeeded  # augmentation seeded per (seed, epoch, image)
     loaders: dict[str, torch.utils.data.DataLoader]  # train, val and (with a test split) test
-    normalize: object  # uint8 batch → model input
+    normalize: Callable[[torch.Tensor], torch.Tensor]  # uint8 batch → model input
 
     @property
     def classes(self) -> list[str]:

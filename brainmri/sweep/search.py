@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,8 +159,8 @@ def _choice(path, key: str, value: Any, valid: tuple[str, ...], what: str) -> st
     return value
 
 
-def parse_search(path: str | Path, data: Any, fixed_keys: set[str] = frozenset(),
-                 cli_keys: set[str] = frozenset()) -> SearchSpec:
+def parse_search(path: str | Path, data: Any, fixed_keys: AbstractSet[str] = frozenset(),
+                 cli_keys: AbstractSet[str] = frozenset()) -> SearchSpec:
     """Check a ``search:`` mapping. ``fixed_keys``: keys a level of the file fixes (a key is fixed or
     searched, never both); ``cli_keys``: keys the command line fixes (they leave the space)."""
     check_mapping(data, SEARCH_KEYS, SearchError,

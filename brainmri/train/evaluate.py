@@ -36,7 +36,7 @@ from brainmri.train.regularise import TTA
 class Predictions(NamedTuple):
     """One row per sample of the loader's dataset, in gathered order."""
 
-    index: np.ndarray  # dataset index of each row (int, N)
+    index: np.ndarray  # type: ignore[assignment]  # dataset index of each row (int, N); shadows tuple.index
     labels: np.ndarray  # true label (int, N)
     probs: np.ndarray  # softmax probabilities (float32, N × classes)
 

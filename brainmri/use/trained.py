@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.transforms import v2
 
 from brainmri.config import ConfigError, RunConfig, from_dict
 from brainmri.data.datasets import Split, nearest_training
@@ -101,9 +102,9 @@ class TrainedRun(Inferable):
     classes: list[str]
     model: torch.nn.Module  # eval mode, on the CPU
     decoder: Decoder
-    normalize: object  # uint8 batch → model input (brainmri.data.transforms.batch_normalizer)
+    normalize: v2.Compose  # uint8 batch → model input (brainmri.data.transforms.batch_normalizer)
     best_epoch: int | None = None
-    _reference: tuple | None = field(default=None, repr=False)
+    _reference: tuple[TrainingReference | None, str] | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, run_dir: str | Path) -> TrainedRun:
