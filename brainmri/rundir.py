@@ -305,7 +305,7 @@ class RunDir:
     def read_metrics(self) -> list[dict]:
         """Every row: one per epoch (``epoch``), then, once finished, the closing evaluation row
         (``"evaluation": "best_checkpoint"``: val and test metrics of the best checkpoint, per band too)."""
-        rows = []
+        rows: list[dict] = []
         try:
             text = self.metrics_file.read_text()
         except OSError:

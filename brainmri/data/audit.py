@@ -29,13 +29,14 @@ import os
 import random
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from brainmri.atomic import atomic_write
 from brainmri.data import leakage as L
 from brainmri.data import preprocess as P
-from brainmri.data.files import DataError, file_index, resolve_splits_root, scan_folder, thumbnail_uri
+from brainmri.data.files import DataError, Sample, file_index, resolve_splits_root, scan_folder, thumbnail_uri
 
 
 def _image_info(paths: list[str], split_dirs) -> dict:
@@ -43,7 +44,8 @@ def _image_info(paths: list[str], split_dirs) -> dict:
     index = {}
     for d in split_dirs:
         index.update(file_index(d))
-    sizes, modes = Counter(), Counter()
+    sizes: Counter[str] = Counter()
+    modes: Counter[str] = Counter()
     for p in paths:
         e = index[p]
         sizes[f"{e['dims'][0]}x{e['dims'][1]}"] += 1
@@ -57,7 +59,7 @@ def audit(root: str | Path, cache_dir=None, progress: bool = True, shortcuts: bo
     ``shortcuts``: add ``report["shortcuts"]`` (``shortcut_report``; ``margin`` = ``data.head_margin``)."""
     train_dir, test_dir = resolve_splits_root(root)
     classes, train, skipped = scan_folder(train_dir, None)  # refuses fewer than two class folders
-    test = []
+    test: list[Sample] = []
     if test_dir is not None:
         _, test, test_skipped = scan_folder(test_dir, classes)
         skipped += test_skipped
@@ -89,7 +91,7 @@ def audit(root: str | Path, cache_dir=None, progress: bool = True, shortcuts: bo
                   "across": pair_counts(si != sj)},
     }
     group_report = {}
-    near_groups = None
+    near_groups: np.ndarray | None = None
     for group_by, bands in L.GROUP_BANDS.items():
         g = L.groups(len(samples), pairs, bands)
         if group_by == "near":
@@ -117,6 +119,7 @@ def audit(root: str | Path, cache_dir=None, progress: bool = True, shortcuts: bo
         near = L.nearest(fp[:len(train)], sha1[:len(train)], fp[len(train):], sha1[len(train):])
         report["testing_nearest_training"] = {b: int((near.band == k).sum()) for k, b in enumerate(L.BANDS)}
     if shortcuts:
+        assert near_groups is not None  # GROUP_BANDS has "near"
         report["shortcuts"] = shortcut_report(paths[:len(train)], labels[:len(train)], classes,
                                               near_groups[:len(train)], margin=margin)
     details = {"root": str(root), "paths": paths, "labels": [classes[v] for v in labels], "split": split.tolist(),
@@ -282,7 +285,7 @@ def shortcut_report(paths: list[str], labels, classes: list[str], groups=None, m
     with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:  # PIL and numpy release the GIL
         feats = list(pool.map(lambda p: shortcut_features(p, margin, settings), paths))
     chance = float(counts.max() / counts.sum())
-    report = {"images": len(paths), "classes": classes, "chance": round(chance, 4), "margin": margin,
+    report: dict[str, Any] = {"images": len(paths), "classes": classes, "chance": round(chance, 4), "margin": margin,
               "method": f"HistGradientBoostingClassifier, {folds}-fold cross-validation stratified by class"
                         + (" and grouped by near-duplicates" if groups is not None else ""),
               "features": {**FEATURES, "all": "background + geometry + frame"},

@@ -44,7 +44,7 @@ class DecodedCache:
         self.data_path = Path(data_path)
         self.shape = tuple(shape)  # what ``cache(i)`` returns, stacked: (N, C, H, W); one channel is stored
         self.built = built  # True when this call decoded the images (False: reused a store)
-        self._mm = None
+        self._mm: np.ndarray | None = None
 
     @classmethod
     def build_or_none(cls, samples, decoder, cache_dir: str | Path | None = None) -> DecodedCache | None:

@@ -16,6 +16,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -82,7 +83,7 @@ def _index_path(root: Path) -> Path:
 def _check_file(path: Path) -> dict:
     """Hash the bytes and fully decode the image; return its index entry."""
     stat = path.stat()
-    entry = {"size": stat.st_size, "mtime": stat.st_mtime_ns}
+    entry: dict[str, Any] = {"size": stat.st_size, "mtime": stat.st_mtime_ns}
     entry["sha1"] = hashlib.sha1(path.read_bytes()).hexdigest()
     try:
         with Image.open(path) as img:

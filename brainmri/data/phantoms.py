@@ -50,7 +50,7 @@ _CLASS_PREFIX = {"glioma": "gl", "meningioma": "me", "notumor": "no", "pituitary
 _BRAIN, _SKULL_IN, _SKULL_OUT = 0.84, 0.87, 0.93
 
 
-def _inside(x: np.ndarray, x0: float, width: float) -> np.ndarray:
+def _inside(x: np.ndarray, x0: float | np.ndarray, width: float) -> np.ndarray:
     """1 where x < x0 - 2·width, 0 where x > x0 + 2·width, a linear ramp between (anti-aliasing)."""
     return np.clip((x0 - x) * (0.25 / width) + 0.5, 0.0, 1.0)
 
@@ -348,7 +348,9 @@ def main(argv: list[str] | None = None) -> None:
                                  overwrite=args.overwrite)
     except (ValueError, FileExistsError) as err:
         parser.error(str(err))
-    print(f"{read_manifest(root)['total']} phantom images in {root} ({time.perf_counter() - start:.2f} s)")
+    manifest = read_manifest(root)
+    assert manifest is not None  # just written
+    print(f"{manifest['total']} phantom images in {root} ({time.perf_counter() - start:.2f} s)")
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ def ensemble_of(rr: RecipeResult) -> dict | None:
 
 
 def ensemble_label(rr: RecipeResult) -> str:
-    return f"{rr.recipe} (ensemble of {rr.ensemble['members']})"
+    return f"{rr.recipe} (ensemble of {(rr.ensemble or {})['members']})"
 
 
 def _mcnemar_ps(mc: dict | None) -> list[float]:
@@ -192,7 +192,7 @@ def bands_frame(cmp: Comparison, numeric: bool = False, pm: str = "±", cell=Non
             else:
                 records.append({"Recipe": rr.recipe, "Band": band.replace("_", "-"), "n": fmt_count(n),
                                 "Acc": cell(acc, "acc"), "Macro-F1": cell(f1, "macro_f1")})
-        ens = ensemble_of(rr)
+        ens = ensemble_of(rr) or {}
         for band in (["all", *[b for b in BANDS if ens["stats"].get(f"band/{b}/n", {}).get("mean")]] if ens else []):
             pre = "" if band == "all" else f"band/{band}/"
             n, acc, f1 = (ens["stats"].get(f"{pre}{m}", {}) for m in ("n", "acc", "macro_f1"))

@@ -41,7 +41,7 @@ def _runset(wr, name: str, filters: list, project: str | None, entity: str | Non
     return wr.Runset(name=name, groupby=["config.recipe"], filters=filters or "", **where)
 
 
-def build_wandb_report(cmp: Comparison, project: str, entity: str, group: str | None = None,
+def build_wandb_report(cmp: Comparison, project: str, entity: str | None, group: str | None = None,
                        title: str = "brainmri recipe comparison", runset_project: bool = True):
     """The report object (``wandb_workspaces.reports.v2.Report``), built without any network access.
 
