@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import types
+from collections.abc import Sequence
 from typing import cast
 
 import torch
@@ -371,7 +372,7 @@ def _specificity(group: str) -> int:
     return 0 if group == "backbone" else 1 if group == "head" else group.count(".") + 1
 
 
-def assign_groups(model: nn.Module, names: list[str]) -> dict[str, list[nn.Parameter]]:
+def assign_groups(model: nn.Module, names: Sequence[str]) -> dict[str, list[nn.Parameter]]:
     """Split the parameters of ``names`` (``all`` = backbone + head) into disjoint groups, in the
     order given: a parameter goes to the most specific named group holding it, so
     ``[backbone, layer4, head]`` gives layer4 its own LR and the rest of the backbone another.

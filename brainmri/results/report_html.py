@@ -245,7 +245,7 @@ def render_html(cmp: Comparison, title: str = "brainmri recipe comparison", sear
                             fill="toself", opacity=0.2, line={"width": 0}, fillcolor=color, showlegend=False,
                             hoverinfo="skip")
             fig.add_scatter(x=x, y=list(g["mean"]), mode="lines+markers", name=rr.recipe, line={"color": color})
-            phases: dict[object, object] = {}
+            phases: dict = {}
             for h in hist:
                 phases.setdefault(h.get("phase"), h.get("epoch"))
             for ph, e in list(phases.items())[1:]:

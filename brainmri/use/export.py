@@ -250,6 +250,7 @@ def export(trained: TrainedRun | Ensemble, out_dir: str | Path, formats: list[st
                                         dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
         import onnx
 
+        assert program is not None  # the dynamo exporter returns its program
         with atomic_path(path) as tmp:
             program.save(str(tmp), external_data=False)
             onnx.checker.check_model(str(tmp))

@@ -74,6 +74,10 @@ class Inferable:
     cfg: RunConfig
     model: torch.nn.Module
     run: RunDir
+    classes: list[str]
+    decoder: Decoder
+    normalize: v2.Compose  # uint8 batch → model input (brainmri.data.transforms.batch_normalizer)
+    _reference: tuple[TrainingReference | None, str] | None
 
     @property
     def run_dir(self) -> Path:
@@ -81,9 +85,10 @@ class Inferable:
 
     def training_reference(self) -> tuple[TrainingReference | None, str]:
         """The training images with their fingerprints, or None and why (computed once)."""
-        if getattr(self, "_reference", None) is None:
-            self._reference = self._find_reference()
-        return self._reference
+        reference = getattr(self, "_reference", None)
+        if reference is None:
+            reference = self._reference = self._find_reference()
+        return reference
 
     def _find_reference(self) -> tuple[TrainingReference | None, str]:
         raise NotImplementedError
