@@ -50,7 +50,7 @@ _CLASS_PREFIX = {"glioma": "gl", "meningioma": "me", "notumor": "no", "pituitary
 _BRAIN, _SKULL_IN, _SKULL_OUT = 0.84, 0.87, 0.93
 
 
-def _inside(x: np.ndarray, x0: float, width: float) -> np.ndarray:
+def _inside(x: np.ndarray, x0: float | np.ndarray, width: float) -> np.ndarray:
     """1 where x < x0 - 2·width, 0 where x > x0 + 2·width, a linear ramp between (anti-aliasing)."""
     return np.clip((x0 - x) * (0.25 / width) + 0.5, 0.0, 1.0)
 
@@ -63,7 +63,8 @@ def _uniform(rng: np.random.Generator, low: float, high: float) -> float:
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     """Smooth random field with unit-ish amplitude: a cells × cells grid upsampled bicubically."""
     coarse = rng.standard_normal((cells, cells)).astype(np.float32)
-    return np.asarray(Image.fromarray(coarse, mode="F").resize((size, size), Image.BICUBIC), dtype=np.float32)
+    field = Image.fromarray(coarse, mode="F").resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(field, dtype=np.float32)
 
 
 def render_phantom(label: str, rng: np.random.Generator, image_size: int = 224) -> np.ndarray:
@@ -281,7 +282,8 @@ def generate_phantoms(root: str | os.PathLike, n_per_class: int = 40, n_test_per
         with atomic_path(root) as tmp:  # the whole set appears at once, or not at all
             shutil.rmtree(tmp, ignore_errors=True)
             counts = {}
-            for split_idx, (split, n) in enumerate(zip(SPLITS, (params["n_per_class"], params["n_test_per_class"]))):
+            per_split = (params["n_per_class"], params["n_test_per_class"])
+            for split_idx, (split, n) in enumerate(zip(SPLITS, per_split, strict=True)):
                 if n:
                     counts[split] = _write_split(tmp / split, params, split_idx, n)
             new = {"format": FORMAT, "version": VERSION, "params": params, "classes": list(CLASSES),
@@ -346,7 +348,9 @@ def main(argv: list[str] | None = None) -> None:
                                  overwrite=args.overwrite)
     except (ValueError, FileExistsError) as err:
         parser.error(str(err))
-    print(f"{read_manifest(root)['total']} phantom images in {root} ({time.perf_counter() - start:.2f} s)")
+    manifest = read_manifest(root)
+    assert manifest is not None  # just written
+    print(f"{manifest['total']} phantom images in {root} ({time.perf_counter() - start:.2f} s)")
 
 
 if __name__ == "__main__":
