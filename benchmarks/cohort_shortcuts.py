@@ -67,6 +67,9 @@ def main() -> None:
     p.add_argument("--px", type=int, default=16, help="thumbnail side the classifier sees")
     p.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
     args = p.parse_args()
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)  # small fits: BLAS threads only fight the other jobs on a shared machine
     scratch = Path(scratch_dir("brainmri-cohort-shortcuts"))
     runs = []
     start = time.perf_counter()

@@ -299,3 +299,37 @@ def test_cli_cohort(tmp_path):
                           "--prevalence", "Z=1,1,1,1"], capture_output=True, text=True, check=False, cwd=Path(__file__).parents[1])
     assert bad.returncode == 2 and "prevalence names sites ['Z']" in bad.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "x").exists()
+
+
+def test_design_random_split_leaks_and_a_held_out_site_scores_lower(tmp_path):
+    """What the cohort is for, on a logistic regression over 16 px thumbnails (benchmarks/cohort_shortcuts.py):
+    a slice-level random split scores far above a patient-grouped one (neighbouring slices leak), and
+    a held-out site scores below the patient-grouped CV over seen sites (site look + class shares)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+    from threadpoolctl import threadpool_limits
+
+    root = generate_cohort(tmp_path / "c", sites=("A", "B", "C"), n_patients_per_site=16, slices_per_patient=4,
+                           image_size=32, seed=0)
+    rows = _rows(root)
+    x = np.stack([np.asarray(Image.open(root / r["path"]).resize((16, 16), Image.Resampling.BILINEAR),
+                             np.float64).ravel() for r in rows])
+    x = (x - x.mean(1, keepdims=True)) / x.std(1, keepdims=True)
+    y, patient, site = (np.array([r[k] for r in rows]) for k in ("label", "patient", "site"))
+
+    def accuracy(splits) -> float:
+        hits = 0
+        for train, test in splits:
+            model = LogisticRegression(max_iter=2000).fit(x[train], y[train])
+            hits += int((model.predict(x[test]) == y[test]).sum())
+        return hits / sum(len(test) for _, test in splits)
+
+    with threadpool_limits(1):
+        random = accuracy(list(StratifiedKFold(4, shuffle=True, random_state=0).split(x, y)))
+        grouped_splits = list(StratifiedGroupKFold(4, shuffle=True, random_state=0).split(x, y, patient))
+        grouped = accuracy(grouped_splits)
+        held_out = np.mean([accuracy([(np.flatnonzero(site != s), np.flatnonzero(site == s))]) for s in "ABC"])
+    for train, test in grouped_splits:
+        assert not set(patient[train]) & set(patient[test])
+    assert random > grouped + 0.25, (random, grouped)
+    assert held_out < grouped - 0.1, (held_out, grouped)
