@@ -105,6 +105,25 @@ def scores(x, y, patient, site, seed: int, fit_score, folds: int = 5) -> dict[st
     return out
 
 
+def near_vs_patient(root: Path) -> dict[str, float]:
+    """How far the near-duplicate grouping (``data.group_by=near``) recovers the patients."""
+    import hashlib
+
+    from brainmri.data.leakage import fingerprints, group_keys
+
+    with open(root / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    paths = [str(root / r["path"]) for r in rows]
+    sha1 = [hashlib.sha1(Path(p).read_bytes()).hexdigest() for p in paths]
+    keys = np.array(group_keys(fingerprints(paths, workers=0), sha1, "near"))
+    patient = np.array([r["patient"] for r in rows])
+    same_patient = (patient[:, None] == patient[None]) & ~np.eye(len(rows), dtype=bool)
+    return {"same_patient_pairs_in_one_group": float((keys[:, None] == keys[None])[same_patient].mean()),
+            "patients_split_over_groups": sum(len(set(keys[patient == p])) > 1 for p in set(patient)),
+            "groups_joining_patients": sum(len(set(patient[keys == k])) > 1 for k in set(keys)),
+            "patients": len(set(patient))}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -118,6 +137,7 @@ def main() -> None:
                    help="logreg on --px thumbnails, or the 4-layer CNN on the full --size images")
     p.add_argument("--epochs", type=int, default=12, help="CNN epochs")
     p.add_argument("--folds", type=int, default=5, help="CV folds (the CNN may use fewer)")
+    p.add_argument("--near", action="store_true", help="only: how far near-duplicate groups recover the patients")
     args = p.parse_args()
     import torch
     from threadpoolctl import threadpool_limits
@@ -131,6 +151,11 @@ def main() -> None:
         root = generate_cohort(scratch / f"seed{seed}", sites=args.sites.split(","),
                                n_patients_per_site=args.patients_per_site, slices_per_patient=args.slices,
                                image_size=args.size, seed=seed)
+        if args.near:
+            result = {"seed": seed, **near_vs_patient(root)}
+            print(result, flush=True)
+            runs.append(result)
+            continue
         if args.model == "logreg":
             x, y, patient, site = features(root, args.px)
             result = {"seed": seed, **scores(x.reshape(len(x), -1), y, patient, site, seed, logreg(args.C))}
@@ -139,6 +164,9 @@ def main() -> None:
                                              folds=args.folds)}
         print({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}, flush=True)
         runs.append(result)
+    if args.near:
+        write_result("cohort_near_groups", {"args": vars(args), "runs": runs})
+        return
     keys = [k for k in runs[0] if k != "seed"]
     agg = {k: {"mean": statistics.mean(r[k] for r in runs),
                "sd": statistics.stdev(r[k] for r in runs) if len(runs) > 1 else 0.0} for k in keys}
