@@ -16,6 +16,7 @@ from brainmri.data import phantoms
 from brainmri.data.phantoms import (
     CLASSES,
     MANIFEST_COLUMNS,
+    Site,
     default_prevalence,
     draw_anatomy,
     generate_cohort,
@@ -141,6 +142,26 @@ def test_explicit_prevalence_is_exact(tmp_path):
                            prevalence={"north": [1, 1, 0, 0], "south": [0, 0, 0, 1]})
     assert read_cohort(root)["patients"] == {"north": {"glioma": 4, "meningioma": 4, "notumor": 0, "pituitary": 0},
                                              "south": {"glioma": 0, "meningioma": 0, "notumor": 0, "pituitary": 8}}
+
+
+def test_site_profiles_replace_the_built_in_ones(tmp_path):
+    """Sites that record alike (a control): same look, and the profiles are part of the parameters."""
+    same = {"A": Site(), "B": Site()}
+    root = generate_cohort(tmp_path / "c", **SMALL, site_profiles=same, prevalence={"A": [1] * 4, "B": [1] * 4})
+    info = read_cohort(root)
+    assert info["params"]["site_profiles"]["B"]["zoom"] == 1.0 and info["params"]["site_profiles"]["B"]["shift"] == [0, 0]
+    means = {s: np.mean([np.asarray(Image.open(root / r["path"]), np.float64).mean() for r in _rows(root)
+                         if r["site"] == s]) for s in "AB"}
+    assert abs(means["A"] - means["B"]) < 0.05 * means["A"], means
+    default = read_cohort(generate_cohort(tmp_path / "d", **SMALL))["params"]["site_profiles"]
+    assert default["B"]["zoom"] == site_profile(1).zoom == 0.8 and default["B"]["bits_stored"] == 16
+    stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    generate_cohort(root, **SMALL, site_profiles=same, prevalence={"A": [1] * 4, "B": [1] * 4})  # reused
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == stamps
+    with pytest.raises(ValueError, match="site B: zoom must be > 0"):
+        generate_cohort(tmp_path / "e", **SMALL, site_profiles={"B": Site(zoom=0.0)})
+    with pytest.raises(ValueError, match=r"site_profiles names sites \['Z'\]"):
+        generate_cohort(tmp_path / "e", **SMALL, site_profiles={"Z": Site()})
 
 
 def test_dicom_rows_are_full_precision_12_and_16_bit(tmp_path):

@@ -553,15 +553,31 @@ def _pick(rng: np.random.Generator, n: int, fraction: float) -> set[int]:
     return {int(i) for i in rng.permutation(n)[: round(fraction * n)]}
 
 
+def _site_dict(name: str, site: Site) -> dict[str, Any]:
+    """A site profile as JSON-exact parameters (checked: a bad value is one error naming the site)."""
+    if not isinstance(site, Site):
+        raise TypeError(f"site_profiles[{name!r}] must be a phantoms.Site, got {type(site).__name__}")
+    d = asdict(site)
+    d["shift"] = [float(v) for v in d["shift"]]
+    for key in ("zoom", "gain", "gamma", "slope", "scale"):
+        if not float(d[key]) > 0:
+            raise ValueError(f"site {name}: {key} must be > 0, got {d[key]}")
+    if float(d["noise"]) < 0 or not 9 <= int(d["bits_stored"]) <= 16:
+        raise ValueError(f"site {name}: need noise >= 0 and bits_stored in [9, 16], got {d['noise']}, "
+                         f"{d['bits_stored']}")
+    return d
+
+
 def _cohort_params(sites, n_patients_per_site, slices_per_patient, prevalence, image_size, seed, test_fraction,
-                   dicom_fraction, monochrome1_fraction, multiframe) -> dict:
+                   dicom_fraction, monochrome1_fraction, multiframe, site_profiles) -> dict:
     sites = [str(s) for s in sites]
     if not sites or len(set(sites)) != len(sites) or not all(_SAFE_NAME.fullmatch(s) for s in sites):
         raise ValueError(f"sites must be distinct names of letters, digits, '_', '.', '-', got {sites}")
-    prevalence = dict(prevalence or {})
-    unknown = sorted(set(prevalence) - set(sites))
-    if unknown:
-        raise ValueError(f"prevalence names sites {unknown} that are not in sites {sites}")
+    prevalence, site_profiles = dict(prevalence or {}), dict(site_profiles or {})
+    for what, given in (("prevalence", prevalence), ("site_profiles", site_profiles)):
+        unknown = sorted(set(given) - set(sites))
+        if unknown:
+            raise ValueError(f"{what} names sites {unknown} that are not in sites {sites}")
     shares = {}
     for k, site in enumerate(sites):
         w = [float(x) for x in prevalence.get(site, default_prevalence(k))]
@@ -573,6 +589,8 @@ def _cohort_params(sites, n_patients_per_site, slices_per_patient, prevalence, i
               "slices_per_patient": int(slices_per_patient), "prevalence": shares, "image_size": int(image_size),
               "seed": int(seed), "test_fraction": float(test_fraction), "dicom_fraction": float(dicom_fraction),
               "monochrome1_fraction": float(monochrome1_fraction), "multiframe": int(multiframe),
+              "site_profiles": {site: _site_dict(site, site_profiles.get(site, site_profile(k)))
+                                for k, site in enumerate(sites)},
               "jpeg_quality": JPEG_QUALITY}
     if params["n_patients_per_site"] < 1 or params["slices_per_patient"] < 1:
         raise ValueError(f"need n_patients_per_site >= 1 and slices_per_patient >= 1, "
@@ -603,7 +621,8 @@ def _write_cohort(tmp: Path, params: dict) -> dict:
     rows: list[dict[str, Any]] = []
     patients: dict[str, dict[str, int]] = {}
     for site_idx, site_name in enumerate(params["sites"]):
-        site = site_profile(site_idx)
+        profile = params["site_profiles"][site_name]
+        site = Site(**{**profile, "shift": tuple(profile["shift"])})
         n = params["n_patients_per_site"]
         labels = [c for c, k in zip(CLASSES, _counts(params["prevalence"][site_name], n)) for _ in range(k)]
         # Labels, the test patients, DICOM and MONOCHROME1 patients: each an independent seeded draw per site.
@@ -655,8 +674,7 @@ def _write_cohort(tmp: Path, params: dict) -> dict:
         writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    return {"classes": list(CLASSES), "manifest": COHORT_MANIFEST, "rows": len(rows), "patients": patients,
-            "site_profiles": {name: asdict(site_profile(k)) for k, name in enumerate(params["sites"])}}
+    return {"classes": list(CLASSES), "manifest": COHORT_MANIFEST, "rows": len(rows), "patients": patients}
 
 
 def _uid(*parts: object) -> str:
@@ -669,18 +687,20 @@ def _uid(*parts: object) -> str:
 def generate_cohort(root: str | os.PathLike, *, sites: Sequence[str] = ("A", "B"), n_patients_per_site: int = 6,
                     slices_per_patient: int = 4, prevalence: Mapping[str, Sequence[float]] | None = None,
                     image_size: int = 64, seed: int = 0, test_fraction: float = 0.0, dicom_fraction: float = 0.0,
-                    monochrome1_fraction: float = 0.0, multiframe: int = 0, overwrite: bool = False) -> Path:
+                    monochrome1_fraction: float = 0.0, multiframe: int = 0,
+                    site_profiles: Mapping[str, Site] | None = None, overwrite: bool = False) -> Path:
     """Write a phantom cohort: patients with several slices each, recorded at sites that differ.
 
     Writes ``root/<site>/<patient>/<patient>-sNN.{jpg,dcm}``, ``root/manifest.csv`` (columns
     ``path,label,patient,site,split,slice,age``; paths relative to ``root``, ``split`` is ``train``/``test``
-    by patient, or empty when ``test_fraction`` is 0) and ``root/cohort.json`` (parameters, patients per
-    site and class, the site profiles). Built atomically and reused when the parameters match, as
+    by patient, or empty when ``test_fraction`` is 0) and ``root/cohort.json`` (the parameters, site
+    profiles included, and the patients per site and class). Built atomically and reused when the parameters match, as
     ``generate_phantoms``.
 
     A patient is one ``draw_anatomy``: all slices share pose, texture and lesion, and differ by slice
     position and noise, so slices of one patient are near-duplicates (a slice-level random split leaks).
-    Site ``k`` records with ``site_profile(k)`` (field of view, brightness, contrast, noise) and holds
+    Site ``k`` records with ``site_profile(k)`` (field of view, brightness, contrast, noise; or its entry
+    in ``site_profiles``) and holds
     the classes in its own shares (``default_prevalence(k)`` favours one class): a source shortcut.
 
     Args:
@@ -697,6 +717,8 @@ def generate_cohort(root: str | os.PathLike, *, sites: Sequence[str] = ("A", "B"
         monochrome1_fraction: share of the DICOM patients stored as MONOCHROME1 (inverted).
         multiframe: extra patients at the first site, each one multi-frame DICOM file (one row, empty
             ``slice``) that a reader of single slices has to refuse.
+        site_profiles: per site a ``Site`` replacing its built-in profile (e.g. all ``Site()``: sites that
+            record alike, a control for site effects).
         overwrite: regenerate even if ``cohort.json`` has the same parameters.
     Returns:
         ``Path(root)``.
@@ -709,7 +731,7 @@ def generate_cohort(root: str | os.PathLike, *, sites: Sequence[str] = ("A", "B"
         'path,label,patient,site,split,slice,age'
     """
     params = _cohort_params(sites, n_patients_per_site, slices_per_patient, prevalence, image_size, seed,
-                            test_fraction, dicom_fraction, monochrome1_fraction, multiframe)
+                            test_fraction, dicom_fraction, monochrome1_fraction, multiframe, site_profiles)
     return _build(Path(root), COHORT_MARKER, COHORT_FORMAT, COHORT_VERSION, params, overwrite,
                   lambda tmp: _write_cohort(tmp, params))
 
