@@ -2,6 +2,6 @@
 
 Floors, from the bottom: ``atomic`` (durable writes), ``version`` (the code version), ``models``,
 ``optim`` → ``rundir`` (the run directory), ``config`` (the one schema), ``data`` → ``results``,
-``sweep`` → ``train`` → ``use`` and the job side (``jobs/``, installed as ``brainmri.jobs``) → ``cli``. A module imports only from
-floors below its own; each package's docstring says what it owns.
+``sweep`` → ``train`` → ``use`` and the job side (``jobs/``, installed as ``brainmri.jobs``) → ``cli``.
+A module imports only from floors below its own; each package's docstring says what it owns.
 """

@@ -68,7 +68,8 @@ ALL_FLAGS = set().union(*TOOLS.values())
 
 
 API = {"wandb.plot.confusion_matrix"}  # W&B's API, not brainmri's wandb.* keys
-FILES = (".py", ".safetensors", ".onnx", ".ts", ".pt", ".json", ".yaml", ".csv", ".png", ".log", ".jsonl", ".html", ".md")
+FILES = (".py", ".safetensors", ".onnx", ".ts", ".pt", ".json", ".yaml", ".csv", ".png", ".log", ".jsonl", ".html",
+         ".md")
 
 
 def _keys() -> set[str]:

@@ -103,8 +103,8 @@ def test_collect_names_a_missing_path_and_makes_html(tmp_path):
 
 def test_collect_format_html(trained_run, tmp_path):
     out = tmp_path / "report.html"
-    proc = subprocess.run([sys.executable, "launch/collect.py", str(trained_run), "--format", "html", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    cmd = [sys.executable, "launch/collect.py", str(trained_run), "--format", "html", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     assert out.read_text().lstrip().lower().startswith("<!doctype html")
 
@@ -132,9 +132,8 @@ def test_sweep_status_usage_is_an_error_line():
 
 
 def test_the_cli_copies_of_choices_match_their_owners():
-    from brainmri.jobs.submit import CLUSTERS
-
     from brainmri.cli import collect, export, sweep
+    from brainmri.jobs.submit import CLUSTERS
     from brainmri.results.report import RENDERERS, TABLES
     from brainmri.use.export import FORMATS
 
@@ -184,7 +183,6 @@ def test_redirected_run_logs_progress_inside_the_epoch_and_stays_short(phantom_r
     """Away from a terminal (a SLURM log, a file): a line every train.log_interval_s inside the epoch with images/s
     and ETAs; W&B (offline) says one line; the status file holds the epoch, batch and ETA `sweep.py status` shows."""
     from brainmri.jobs.submit import print_status, where_it_is
-
     from brainmri.sweep.expand import Task
 
     run = tmp_path / "run"
@@ -219,7 +217,6 @@ def test_redirected_run_logs_progress_inside_the_epoch_and_stays_short(phantom_r
 
 def test_a_sweeps_status_shows_each_running_task_and_an_eta(tmp_path, capsys):
     from brainmri.jobs.submit import print_status
-
     from brainmri.rundir import RunDir
     from brainmri.sweep.expand import Task
 

@@ -2,7 +2,7 @@
 
     python launch/audit.py --data /data/brain-mri                 # Markdown summary + audit.json + two CSVs beside it
     python launch/audit.py --data /data/brain-mri --html audit/   # plus contact sheets (audit/index.html)
-    python launch/audit.py --data /data/brain-mri --shortcuts     # plus: how much of the label is readable without the brain
+    python launch/audit.py --data /data/brain-mri --shortcuts     # plus: the label read without the brain
 
 The data root may also be given as the first argument (python launch/audit.py /data/brain-mri).
 """
@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shortcuts", action="store_true",
                    help="also fit classifiers on background, head geometry and frame features of the Training "
                         "images (5-fold CV), as stored and with data.crop=head / data.background=zero")
-    p.add_argument("--margin", type=float, default=0.0, help="data.head_margin for the crop/background settings (default 0)")
+    p.add_argument("--margin", type=float, default=0.0,
+                   help="data.head_margin for the crop/background settings (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (there is none unless stderr "
                    "is a terminal)")
     args = p.parse_args(argv)

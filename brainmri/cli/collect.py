@@ -82,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     with saying(f"collecting runs from {', '.join(args.paths) or 'W&B'} ..."):
         runs = collect_runs(args.paths, args.wandb_project, args.wandb_entity, args.group, args.tag)
     if not runs:
-        where = ", ".join(args.paths) + (" and " if args.paths and args.wandb_project else "")
-        where += f"W&B project {args.wandb_project}" if args.wandb_project else ""
-        print(f"error: no runs found in {where} (a run directory holds config.yaml; W&B offline runs: "
+        sources = ", ".join(args.paths) + (" and " if args.paths and args.wandb_project else "")
+        sources += f"W&B project {args.wandb_project}" if args.wandb_project else ""
+        print(f"error: no runs found in {sources} (a run directory holds config.yaml; W&B offline runs: "
               "offline-run-*/)", file=sys.stderr)
         return 1
     search = next((t for t in map(read_trials, args.paths) if t), None)  # a search sweep's trial table

@@ -16,9 +16,11 @@ import dataclasses
 import inspect
 import io
 import json
+import re
 import sys
 import tokenize
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +31,21 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "config.md"
 
 
 def field_comments(cls: type) -> dict[str, str]:
-    """The ``# comment`` on the line of each field in ``cls``'s source."""
+    """The ``# comment`` beside each field of ``cls`` in its source, or the comment lines just above it."""
     comments: dict[str, str] = {}
-    source = inspect.getsource(cls)
-    current = None
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.NAME and tok.start[1] == 4 and current is None:
-            current = tok.string
-        elif tok.type == tokenize.COMMENT and current:
-            comments[current] = tok.string.lstrip("# ").strip()
-        elif tok.type == tokenize.NEWLINE:
-            current = None
+    above: list[str] = []
+    for line in inspect.getsource(cls).splitlines():
+        field_line = re.match(r"    (\w+): ", line)
+        if line.startswith("    #"):
+            above.append(line.strip().lstrip("# ").strip())
+            continue
+        if field_line:
+            trailing = [t.string for t in tokenize.generate_tokens(io.StringIO(line.strip() + "\n").readline)
+                        if t.type == tokenize.COMMENT]
+            note = trailing[0].lstrip("# ").strip() if trailing else " ".join(above)
+            if note:
+                comments[field_line.group(1)] = note
+        above = []
     return comments
 
 
@@ -51,7 +57,8 @@ def _type(tp: Any) -> str:
 def _default(f: dataclasses.Field) -> Any:
     if f.default is not dataclasses.MISSING:
         return f.default
-    return f.default_factory()  # type: ignore[misc]
+    factory: Callable[[], Any] = f.default_factory  # type: ignore[assignment]
+    return factory()
 
 
 def _show(value: Any) -> str:
@@ -62,7 +69,7 @@ def _show(value: Any) -> str:
     return "`" + json.dumps(value).replace("|", "\\|") + "`"
 
 
-def rows(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+def rows(cls: Any, prefix: str = "") -> list[tuple[str, str, str, str]]:
     """(dotted key, type, default, comment) for every leaf field of ``cls``, nested dataclasses expanded."""
     hints = typing.get_type_hints(cls)
     notes = field_comments(cls)

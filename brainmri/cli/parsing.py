@@ -47,7 +47,7 @@ def tool_parser(description: str | None) -> argparse.ArgumentParser:
 
 
 def add_data_arg(p: argparse.ArgumentParser, required: bool = False, help: str | None = None) -> None:
-    """``--data PATH``, the same on every tool: a data root folder (or a manifest file where the data layer reads one)."""
+    """``--data PATH``, the same on every tool: a data root folder (or a manifest file the data layer reads)."""
     p.add_argument("--data", metavar="PATH", required=required,
                    help=help or "data root: a folder holding Training/<class>/ (and optionally Testing/<class>/)")
 

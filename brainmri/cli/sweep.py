@@ -1,6 +1,6 @@
 """Run a sweep: expand a sweep YAML into tasks and submit them through submitit.
 
-    python launch/sweep.py --config seed_lr_grid --data /data/brain-mri [--dry-run]   # SLURM if sbatch answers, else here
+    python launch/sweep.py --config seed_lr_grid --data /data/brain-mri [--dry-run]   # SLURM if sbatch answers
     python launch/sweep.py --config configs/sweeps/seed_lr_grid.yaml --cluster slurm --only-failed  # resubmit failures
     python launch/sweep.py --config demo --cluster local slurm.array_parallelism=2 train.epochs=3
     python launch/sweep.py status sweeps/<name>                           # states, epoch/batch, ETA, errors

@@ -17,11 +17,12 @@ import signal
 import sys
 import time
 import traceback
+from typing import Any
 
 from brainmri.atomic import EX_TEMPFAIL, free_bytes, human_bytes, is_disk_full
 from brainmri.rundir import NO_SPACE, RunDir, acquire_lock
 from brainmri.train.resume import check_resumable, extends_finished
-from brainmri.train.signals import TrialPruned
+from brainmri.train.signals import TrainingInterrupted, TrialPruned
 from brainmri.train.tracking import WandbRun, log, setup_logging
 from brainmri.version import code_version
 
@@ -63,6 +64,13 @@ class RunRecord:
         self._progress_at, self._progress_epoch = time.perf_counter(), 0
         self._line_at = time.perf_counter()  # when the last progress line was logged
         self._space_checked = False
+
+    @property
+    def wandb(self) -> WandbRun:
+        """The run's W&B side (set by ``start``)."""
+        if self.wb is None:
+            raise RuntimeError("RunRecord.start() has not run")
+        return self.wb
 
     # ------------------------------------------------------------------ opening
     def acquire(self) -> None:
@@ -134,10 +142,12 @@ class RunRecord:
             if self._progress_epoch != epoch:
                 self._line_at = now
             self._progress_epoch, self._progress_at = epoch, now
-            eta = epoch_etas(self.cfg, epoch, batch, total, elapsed)
-            self.run.set_status("running", state.epoch, in_epoch=epoch, batch=batch, step=state.step,
-                                epochs=sum(p.epochs for p in self.cfg.phases),
-                                **({"batches": total} if total else {}), **eta)
+            where: dict[str, Any] = {"in_epoch": epoch, "batch": batch, "step": state.step,
+                                     "epochs": sum(p.epochs for p in self.cfg.phases)}
+            if total:
+                where["batches"] = total
+            where.update(epoch_etas(self.cfg, epoch, batch, total, elapsed))
+            self.run.set_status("running", state.epoch, **where)
         every = self.cfg.train.log_interval_s
         if every > 0 and sums is not None and not sys.stderr.isatty() and now - self._line_at >= every:
             self._line_at = now
@@ -146,7 +156,7 @@ class RunRecord:
     def epoch(self, row: dict) -> None:
         if self.is_main:
             self.run.append_metrics(row)
-        self.wb.log(row, step=row["epoch"])
+        self.wandb.log(row, step=row["epoch"])
 
     def prune_requested(self, epoch: int) -> bool:
         """Did a search driver ask this run to stop after ``epoch`` (rank 0 reads it; the ranks agree on
@@ -179,9 +189,9 @@ class RunRecord:
         if self.is_main:
             for split in ("val", "test"):
                 if f"{split}/acc" in summary:
-                    self.wb.log_image(f"{split}/confusion_matrix", self.run.confusion_png(split))
-            self.wb.log_results(self.run, summary)
-            self.wb.summary({k: v for k, v in summary.items() if k != "config"})
+                    self.wandb.log_image(f"{split}/confusion_matrix", self.run.confusion_png(split))
+            self.wandb.log_results(self.run, summary)
+            self.wandb.summary({k: v for k, v in summary.items() if k != "config"})
             self.run.append_metrics({"evaluation": "best_checkpoint", "best_epoch": state.best_epoch,
                                      "epochs_run": state.epoch,
                                      **{k: v for k, v in summary.items() if k.startswith(("val/", "test/"))}})
@@ -191,9 +201,9 @@ class RunRecord:
                      f" test/acc {summary['test/acc']:.4f}" if "test/acc" in summary else "")
 
     def close(self) -> None:
-        self.wb.finish()
+        self.wandb.finish()
 
-    def stopped(self, stop: Exception, state) -> None:
+    def stopped(self, stop: TrainingInterrupted | TrialPruned, state) -> None:
         """A clean stop: a stop signal (``TrainingInterrupted``) or a search driver's prune (``TrialPruned``)."""
         if isinstance(stop, TrialPruned):
             self.pruned(state)
@@ -226,7 +236,8 @@ class RunRecord:
                     self.run.set_status("failed", state.epoch, str(error), last_resort=True, cause=NO_SPACE,
                                         reason=reason)
                 except OSError as e:  # said with the run's one error line (brainmri.cli.train)
-                    error.status_note = f"{self.run.status_file.name} could not be written either ({e})"
+                    note = f"{self.run.status_file.name} could not be written either ({e})"
+                    error.status_note = note  # type: ignore[attr-defined]  # brainmri.cli.errors reads it
             self._finish_wandb(EX_TEMPFAIL, "a full disk")
             return
         if self.is_main:

@@ -11,7 +11,6 @@ from typing import Any
 
 from brainmri.rundir import RunDir
 
-
 log = logging.getLogger("brainmri")
 
 
@@ -101,11 +100,13 @@ class WandbRun:
 
     def where(self) -> str:
         """One line: the run id, the mode and where its data goes (``wandb.verbose: true`` for W&B's own output)."""
-        mode = os.environ.get("WANDB_MODE", "online")
+        mode, run = os.environ.get("WANDB_MODE", "online"), self.run
+        if run is None:
+            return f"W&B off (run {self.run_id})"
         if mode in ("offline", "dryrun"):
-            sync_dir = getattr(self.run.settings, "sync_dir", None) or self.run.dir
+            sync_dir = getattr(run.settings, "sync_dir", None) or run.dir
             return f"W&B run {self.run_id} (offline): wandb sync {sync_dir}"
-        return f"W&B run {self.run_id} ({mode}): {getattr(self.run, 'url', None) or self.run.dir}"
+        return f"W&B run {self.run_id} ({mode}): {getattr(run, 'url', None) or run.dir}"
 
     def log(self, row: dict[str, Any], step: int) -> None:
         """Log an epoch's row at ``step`` (its epoch) unless the run already holds that epoch.
