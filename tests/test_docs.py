@@ -20,6 +20,7 @@ from brainmri.cli import (
     train,
 )
 from brainmri.config import RENAMED
+from brainmri.data import phantoms
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "benchmarks" / "RESULTS.md"]
@@ -28,7 +29,7 @@ FLAG = re.compile(r"(?<![\w<>-])(--[a-z][a-z0-9_-]*)")
 KEY = re.compile(r"(?<![\w./<-])([a-z_]+(?:\.[a-z_0-9]+)+)=")
 NAMED = re.compile(r"`((?:data|model|optim|scheduler|train|eval|wandb|slurm)\.[a-z_][a-z_.0-9]*)`")
 TOOL = re.compile(r"(train\.py|launch/(?:sweep|collect|audit|predict|evaluate|export|setup)\.py|launch/setup\.sh"
-                  r"|brainmri\.cli\.config_doc)")
+                  r"|brainmri\.cli\.config_doc|brainmri\.data\.phantoms)")
 # flags of the programs brainmri's docs show beside its own (accelerate, sbatch/srun, git, pip)
 FOREIGN = {"--multi_gpu", "--num_processes", "--num_machines", "--main_process_port", "--cpu", "--requeue",
            "--open-mode", "--signal", "--kill-on-bad-exit", "--always", "--dirty", "--tags"}
@@ -63,7 +64,8 @@ TOOLS = {"train.py": _options(train.get_args_parser()), "launch/sweep.py": _opti
          "launch/predict.py": _options(_parser_of(predict.main)),
          "launch/evaluate.py": _options(_parser_of(evaluate.main)),
          "launch/export.py": _options(_parser_of(export.main)), "brainmri.cli.config_doc": {"--check"},
-         "launch/setup.sh": {"--slurm"}}  # setup.sh: its one option, read by the script itself
+         "launch/setup.sh": {"--slurm"},  # setup.sh: its one option, read by the script itself
+         "brainmri.data.phantoms": _options(_parser_of(phantoms.main))}
 ALL_FLAGS = set().union(*TOOLS.values())
 
 
