@@ -175,7 +175,7 @@ class SearchDriver:
             return optuna.pruners.SuccessiveHalvingPruner(min_resource=spec.min_epochs,
                                                           reduction_factor=spec.reduction_factor)
         if spec.pruner == "median":
-            return optuna.pruners.MedianPruner(n_startup_trials=spec.startup_trials, n_warmup_steps=spec.min_epochs - 1)
+            return optuna.pruners.MedianPruner(n_startup_trials=spec.pruner_startup, n_warmup_steps=spec.min_epochs - 1)
         return optuna.pruners.NopPruner()
 
     def open(self) -> None:

@@ -66,7 +66,16 @@ def test_bad_space_entry_is_named(spec, named):
     ({"search": {"space": {"optim.name": "choice(adam, lion)"}}}, "search.space.optim.name: choice(adam, lion) at 'lion'"),
     ({"search": {"space": {"seed": "int(0, 9)"}}}, "search.space.seed: not searchable"),
     ({"search": {"trials": 0}}, "search.trials must be an integer >= 1"),
-    ({"search": {"metric": "test/acc"}}, "search.metric must be a validation metric"),
+    ({"search": {"metric": "test/acc"}}, "search.metric: unknown metric 'test/acc'"),
+    # a misspelled metric would train every trial to its end and fail them all: refused, valid names listed
+    ({"search": {"metric": "val/accuracy"}},
+     "search.metric: unknown metric 'val/accuracy': every run logs val/acc, val/loss, val/macro_f1, val/auc, val/ece"),
+    ({"search": {"space": {"optim.lrr": "uniform(0, 1)"}}}, "valid keys under optim: betas,"),
+    ({"search": {"min_epochs": 11}}, "search.min_epochs=11 is more than the 10 epoch(s) a trial of baseline_cnn"),
+    ({"search": {"min_epochs": 3}, "overrides": {"train.epochs": 3}}, "search.pruner asha can never act"),
+    ({"search": {"space": {"train.epochs": "int(2, 6)"}, "min_epochs": 2}}, "search.pruner asha can never act"),
+    ({"search": {"pruner": "median", "trials": 4, "pruner_startup": 4}},
+     "search.pruner median can never prune: it waits for pruner_startup=4"),
     ({"search": {"colour": 1}}, "unknown key search.colour"),
     ({"overrides": {"optim.lr": 1e-3}}, "search.space.optim.lr: optim.lr is also fixed under overrides"),
 ])
@@ -78,6 +87,14 @@ def test_bad_search_is_one_line_exit_2_before_anything_is_written(tmp_path, caps
     err = capsys.readouterr().err
     assert code == 2 and named in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "sweeps").exists()
+
+
+@pytest.mark.parametrize("trials, startup", [(2, 1), (4, 2), (10, 5), (40, 5)])
+def test_the_median_pruner_starts_pruning_within_a_small_study(tmp_path, trials, startup):
+    """With <= 10 trials the median pruner must not wait for all of them (it would never prune)."""
+    path = write_search(tmp_path / "s.yaml", "med", {"pruner": "median", "trials": trials})
+    spec = load_sweep(path, sweeps_root=tmp_path).search
+    assert spec.pruner_startup == startup < trials
 
 
 def test_search_needs_a_cluster_beside_its_driver(tmp_path, capsys):

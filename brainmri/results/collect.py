@@ -26,6 +26,7 @@ from scipy import stats
 from brainmri.config import RUNTIME_KEYS
 from brainmri.config import flatten as flatten_config
 from brainmri.data.leakage import BANDS
+from brainmri.metric_names import lower_is_better
 from brainmri.results import metrics as M
 from brainmri.results.wandb_offline import read_offline_runs
 from brainmri.rundir import RunDir
@@ -251,10 +252,6 @@ def is_count(metric: str) -> bool:
 def metric_bounds(metric: str) -> tuple[float, float] | None:
     """Rates (accuracy, F1, AUC, ECE, recall …) live in [0, 1]; a loss or a count (``…/n``) does not."""
     return None if "loss" in metric or is_count(metric) else (0.0, 1.0)
-
-
-def lower_is_better(metric: str) -> bool:
-    return any(w in metric for w in ("loss", "ece", "error"))
 
 
 @dataclass

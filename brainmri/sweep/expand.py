@@ -49,7 +49,7 @@ from brainmri.config import (
     split_override,
 )
 from brainmri.sweep.resources import ResourceError, SlurmResources, merge_resources, parse_resources
-from brainmri.sweep.search import SearchError, SearchSpec, parse_search
+from brainmri.sweep.search import SearchError, SearchSpec, check_epochs, parse_search
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 SWEEP_KEYS = {"name", "recipe", "recipes", "seeds", "folds", "overrides", "grid", "lr_scale", "slurm", "per_recipe",
@@ -488,16 +488,26 @@ def expand_search(sweep: Sweep, path: str | Path, top: _Level, blocks: dict[str,
             base = load_config(config_path, _as_overrides(fixed))
         except ConfigError as e:
             raise SweepError(f"sweep {sweep.name}, recipe {recipe} (fixed overrides): {e}") from None
+        epochs = _epochs(base)
         for key, param in spec.space.items():
             for value in param.probes():
                 try:
-                    load_config(config_path, _as_overrides(fixed | {key: value}))
+                    epochs = min(epochs, _epochs(load_config(config_path, _as_overrides(fixed | {key: value}))))
                 except ConfigError as e:
                     raise SweepError(f"{path}: search.space.{key}: {param.text()} at {value!r}, recipe {recipe}: "
                                      f"{e}") from None
+        try:
+            check_epochs(spec, path, recipe, epochs)
+        except SearchError as e:
+            raise SweepError(str(e)) from None
         spec.fixed[recipe] = {**fixed, "seed": fixed.get("seed", base.seed)}
         spec.config_paths[recipe] = str(config_path)
         _settle_cpus(sweep, recipe, block, base.data.num_workers, path)
+
+
+def _epochs(cfg: Any) -> int:
+    """The epochs a run of ``cfg`` trains, over all its phases."""
+    return sum(p.epochs for p in cfg.phases)
 
 
 def trial_task(sweep: Sweep, recipe: str, values: dict[str, Any], number: int) -> tuple[Task, Any]:

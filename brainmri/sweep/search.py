@@ -13,7 +13,11 @@ A sweep is a grid (``grid``/``lr_scale``/``seeds``/``folds``) or a search, never
 Optional: ``direction`` (maximize | minimize; by default minimize for a loss, ECE or error metric),
 ``seed`` (the sampler's), ``startup_trials`` (TPE's random trials before it models the space),
 ``min_epochs`` (no trial is pruned before it trained this many epochs; ASHA's minimum resource,
-the median pruner's warm-up) and ``reduction_factor`` (ASHA keeps the best 1/rf at each rung).
+the median pruner's warm-up; it must be below every recipe's epochs, else no pruner can act),
+``pruner_startup`` (finished trials the median pruner waits for before it prunes; by default
+``min(5, trials // 2)``, at least 1, and below ``trials``) and ``reduction_factor`` (ASHA keeps
+the best 1/rf at each rung). ``metric`` is one of the metrics every run logs at each epoch end
+(``brainmri.metric_names``); a misspelled one is refused with the valid names.
 A space entry is ``loguniform(a, b)``, ``uniform(a, b)``, ``int(a, b)`` or ``choice(x, y, ...)``
 (also a YAML list); every key is checked against the config schema at its bounds and choices,
 like any override (``brainmri.sweep.expand``).
@@ -36,13 +40,14 @@ import yaml
 
 from brainmri.atomic import read_json, write_json
 from brainmri.config import check_mapping, flatten, parse_value
+from brainmri.metric_names import DEFAULT_METRIC, default_direction, unknown_epoch_metric
 from brainmri.rundir import hold_lock
 
 SAMPLERS = ("random", "tpe")
 PRUNERS = ("asha", "median", "none")
 KINDS = ("loguniform", "uniform", "int", "choice")
 SEARCH_KEYS = {"sampler", "trials", "parallel", "pruner", "metric", "direction", "seed", "startup_trials",
-               "min_epochs", "reduction_factor", "space"}
+               "pruner_startup", "min_epochs", "reduction_factor", "space"}
 STUDY, TRIALS, DRIVER_LOCK = "study.journal", "trials.json", ".driver.lock"
 ENDED = ("finished", "pruned", "failed")  # a trial's terminal states (trials.json)
 
@@ -81,6 +86,7 @@ class SearchSpec:
     direction: str = "maximize"
     seed: int = 0
     startup_trials: int = 10
+    pruner_startup: int = 1  # finished trials before the median pruner prunes
     min_epochs: int = 1
     reduction_factor: int = 3
     fixed: dict[str, dict[str, Any]] = field(default_factory=dict)  # per recipe: the trials' fixed overrides
@@ -90,13 +96,9 @@ class SearchSpec:
     def to_dict(self) -> dict[str, Any]:
         return {"sampler": self.sampler, "trials": self.trials, "parallel": self.parallel, "pruner": self.pruner,
                 "metric": self.metric, "direction": self.direction, "seed": self.seed,
-                "startup_trials": self.startup_trials, "min_epochs": self.min_epochs,
+                "startup_trials": self.startup_trials, "pruner_startup": self.pruner_startup,
+                "min_epochs": self.min_epochs,
                 "reduction_factor": self.reduction_factor, "space": {k: p.text() for k, p in self.space.items()}}
-
-
-def default_direction(metric: str) -> str:
-    """minimize a loss, an ECE or an error rate; maximize anything else (accuracy, F1, AUC)."""
-    return "minimize" if any(w in metric for w in ("loss", "ece", "error")) else "maximize"
 
 
 def _number(value: Any) -> bool:
@@ -144,6 +146,18 @@ def parse_param(where: str, key: str, spec: Any) -> Param:
     return Param(key, kind, low, high)
 
 
+def check_epochs(spec: SearchSpec, path: str | Path, recipe: str, epochs: int) -> None:
+    """``min_epochs`` against the fewest epochs a trial of ``recipe`` trains: a pruner that could never
+    act (it prunes only before a trial's last epoch) is an error, not a silently unpruned search."""
+    if spec.min_epochs > epochs:
+        raise SearchError(f"{path}: search.min_epochs={spec.min_epochs} is more than the {epochs} epoch(s) a "
+                          f"trial of {recipe} trains; lower it or raise train.epochs")
+    if spec.pruner != "none" and spec.min_epochs >= epochs:
+        raise SearchError(f"{path}: search.pruner {spec.pruner} can never act: it prunes after min_epochs="
+                          f"{spec.min_epochs} and before the last epoch, and a trial of {recipe} trains {epochs} "
+                          f"epoch(s); lower search.min_epochs, raise train.epochs or set pruner: none")
+
+
 def _integer(path, key: str, value: Any, minimum: int) -> int:
     value = parse_value(value) if isinstance(value, str) else value
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -183,15 +197,21 @@ def parse_search(path: str | Path, data: Any, fixed_keys: set[str] = frozenset()
         space[key] = parse_param(where, key, spec)
     if not space:
         raise SearchError(f"{path}: search.space: the command line fixes every key; nothing left to search")
-    metric = data.get("metric", "val/acc")
-    if not isinstance(metric, str) or not metric.startswith("val/"):
-        raise SearchError(f"{path}: search.metric must be a validation metric (val/...), got {metric!r}")
+    metric = data.get("metric", DEFAULT_METRIC)
+    if (why := unknown_epoch_metric(metric)) is not None:
+        raise SearchError(f"{path}: search.metric: {why}")
     trials = _integer(path, "trials", data["trials"], 1)
+    pruner = _choice(path, "pruner", str(data.get("pruner", "none")).lower(), PRUNERS, "pruner")
+    pruner_startup = _integer(path, "pruner_startup", data.get("pruner_startup", max(1, min(5, trials // 2))), 0)
+    if pruner == "median" and pruner_startup >= trials:
+        raise SearchError(f"{path}: search.pruner median can never prune: it waits for pruner_startup="
+                          f"{pruner_startup} finished trial(s) and the study has trials={trials} "
+                          f"(lower search.pruner_startup or raise search.trials)")
     return SearchSpec(
         sampler=_choice(path, "sampler", data.get("sampler", "tpe"), SAMPLERS, "sampler"),
         trials=trials,
         parallel=_integer(path, "parallel", data.get("parallel", 1), 1),
-        pruner=_choice(path, "pruner", str(data.get("pruner", "none")).lower(), PRUNERS, "pruner"),
+        pruner=pruner, pruner_startup=pruner_startup,
         space=space, metric=metric,
         direction=_choice(path, "direction", data.get("direction", default_direction(metric)),
                           ("maximize", "minimize"), "direction"),
