@@ -48,13 +48,26 @@ from brainmri.rundir import RunDir
 from brainmri.sweep.expand import Sweep, SweepError, Task, confirm_task, describe, format_params, save_sweep, save_table, trial_task
 from brainmri.sweep.search import ENDED, DriverLockedError, lock_driver, read_trials, study_file, write_trials
 from brainmri.jobs.submit import (
-    executor_parameters, make_executor, refresh, scheduler_states, submit, submit_one, task_state, wait,
+    executor_parameters, live_holder_job, make_executor, refresh, scheduler_states, submit, submit_one, task_state,
+    wait,
 )
 
 ACTIVE_ROWS = ("submitting", "running", "pruning")
+RECONCILES = "reconciles"  # user attribute of the completed copy of a failed trial whose run finished after all
 END_GRACE_S = 30  # a trial whose job ended while its run directory still says running: failed after this
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 DRIVER_SBATCH = "slurm/search_driver.sbatch"
+
+
+CRASH_AT = "BRAINMRI_SEARCH_CRASH_AT"  # tests: the driver dies (os._exit) at this named step
+
+
+def crash_point(step: str) -> None:
+    """Die here, as a kill -9 would, when ``$BRAINMRI_SEARCH_CRASH_AT`` names ``step`` (how the tests put
+    a real crash of the real driver between two of its writes, e.g. after a submission, before its job id)."""
+    if os.environ.get(CRASH_AT) == step:
+        sys.stdout.flush()
+        os._exit(137)
 
 
 def _optuna():
@@ -217,6 +230,10 @@ class SearchDriver:
             self.trial_objs[key] = optuna.trial.Trial(study, row["trial_id"])
         return self.trial_objs[key]
 
+    def asked(self, recipe: str) -> int:
+        """Trials asked of ``recipe``'s study (a reconciled trial's completed copy is none)."""
+        return sum(RECONCILES not in t.user_attrs for t in self.studies[recipe].get_trials(deepcopy=False))
+
     def _frozen(self, row: dict):
         return self.studies[row["recipe"]].get_trials(deepcopy=False)[row["number"]]
 
@@ -250,10 +267,14 @@ class SearchDriver:
                        submitted_at=time.time())
         elif RunDir(task.run_dir).state().status in ("finished", "pruned"):  # e.g. a confirmation run of these values
             row.update(state="running", submitted_at=time.time())
+        elif RunDir(task.run_dir).held_here():  # submitted by a driver that died before it wrote the job id
+            row.update(state="running", submitted_at=time.time())
+            self.say(f"trial {row['number']} ({row['recipe']}) is already running ({task.run_dir}): adopted")
         else:
             if task.recipe not in self.executors:
                 self.executors[task.recipe] = make_executor(self.sweep, self.sweep.resources(task.recipe), self.cluster)
             self.jobs[task.id] = submit_one(self.executors[task.recipe], task, self.cluster, self.job_name(task))
+            crash_point("submitted")
             row.update(job_id=task.job_id, cluster=self.cluster, state="running", submitted_at=time.time())
             self.say(f"trial {row['number']} ({row['recipe']}) submitted as job {task.job_id}: "
                      f"{format_params(row['params'])}")
@@ -263,7 +284,7 @@ class SearchDriver:
         """Ask for trials while fewer than ``parallel`` run; the recipe with the fewest trials first."""
         changed = False
         while self.counts()["running"] < self.spec.parallel and not self.stop_signal:
-            left = [(len(s.trials), r) for r, s in self.studies.items() if len(s.trials) < self.spec.trials]
+            left = [(self.asked(r), r) for r in self.studies if self.asked(r) < self.spec.trials]
             if not left:
                 break
             self.launch(self.ask(min(left)[1]))
@@ -295,6 +316,9 @@ class SearchDriver:
         value = (RunDir(row["run_dir"]).read_summary() or {}).get(self.spec.metric) if state == "finished" else None
         if state == "finished" and not _finite(value):
             state, error = "failed", f"the finished run's summary has no {self.spec.metric}"
+        if state == "finished" and frozen.state == optuna.trial.TrialState.FAIL:
+            self.reconcile(row, float(value))
+            return
         if not frozen.state.is_finished():
             if state == "finished":
                 study.tell(row["number"], float(value))
@@ -313,6 +337,35 @@ class SearchDriver:
         self.say(f"trial {row['number']} ({row['recipe']}) {state}{shown}")
         self.progress()
 
+    def reconcile(self, row: dict, value: float) -> None:
+        """A trial the study failed whose run finished after all (its job was thought lost): the study gets a
+        completed copy of it (Optuna never reopens an ended trial), and the row says finished with its value."""
+        optuna, frozen = _optuna(), self._frozen(row)
+        self.studies[row["recipe"]].add_trial(optuna.trial.create_trial(
+            params=frozen.params, distributions=frozen.distributions, value=value,
+            intermediate_values={int(k): v for k, v in row["intermediate"].items()},
+            user_attrs={RECONCILES: row["number"]}))
+        row.update(state="finished", value=value, error=None, ended_at=row.get("ended_at") or time.time(),
+                   reconciled=True)
+        self._task(row).state, self._task(row).error = "finished", None
+        self.say(f"trial {row['number']} ({row['recipe']}) was recorded failed, but its run finished: "
+                 f"{self.spec.metric} {value:.4g}; recorded finished")
+
+    def reconcile_ended(self) -> bool:
+        """Every failed trial whose run directory has finished since is recorded finished (the run is the truth)."""
+        changed = False
+        for row in self.rows:
+            if row["state"] != "failed" or not RunDir(row["run_dir"]).state().finished:
+                continue
+            for r in RunDir(row["run_dir"]).epoch_rows():  # the study's copy carries the epochs' values
+                if _finite(r.get(self.spec.metric)):
+                    row["intermediate"].setdefault(str(r["epoch"]), float(r[self.spec.metric]))
+            value = (RunDir(row["run_dir"]).read_summary() or {}).get(self.spec.metric)
+            if _finite(value):
+                self.reconcile(row, float(value))
+                changed = True
+        return changed
+
     def _gone(self, row: dict, state: str) -> bool:
         """A local trial whose process ended without a word (no exit record, nothing in its run directory)."""
         if self.cluster != "local" or state not in ("submitted", "new") or not row["job_id"]:
@@ -322,14 +375,20 @@ class SearchDriver:
 
     def poll(self) -> bool:
         """One look at every active trial: new epochs reported, ended runs told. True if anything changed."""
+        changed = self.reconcile_ended()
         active = [r for r in self.rows if r["state"] in ACTIVE_ROWS and r["state"] != "submitting"]
         if not active:
-            return False
+            return changed
         tasks = [self._task(r) for r in active]
         sched = scheduler_states(tasks) if self.cluster == "slurm" else {}
-        changed = False
         for row, task in zip(active, tasks):
             state, error = task_state(self.sweep.dir, task, sched.get(row["job_id"] or ""))
+            if state == "failed" and (holder := live_holder_job(task)):  # a copy met the original's lock
+                self.say(f"trial {row['number']} ({row['recipe']}) is already running as job {holder}: adopted")
+                row.update(job_id=holder, state="running")
+                task.job_id, task.state, task.error = holder, "running", None
+                changed = True
+                continue
             changed |= self.report_epochs(row, state in ENDED)
             if self._gone(row, state):
                 state, error = "failed", f"task process {row['job_id']} ended without a word"
@@ -387,13 +446,14 @@ class SearchDriver:
                 row["job_id"] = task.job_id = None  # stopped by the signal that stopped the driver: resume it
                 self.launch(row)
                 resumed += 1
+        self.reconcile_ended()
         if adopted:
             self.say(f"adopted {adopted} trial(s) of an earlier driver" + (f", {resumed} resumed" if resumed else ""))
         self.save()
 
     # ------------------------------------------------------------------ the run
     def complete(self) -> bool:
-        return all(len(s.trials) >= self.spec.trials for s in self.studies.values()) \
+        return all(self.asked(r) >= self.spec.trials for r in self.studies) \
             and not any(r["state"] in ACTIVE_ROWS for r in self.rows)
 
     def _on_signal(self, signum, _frame) -> None:

@@ -250,6 +250,16 @@ def scheduler_states(tasks: list[Task]) -> dict[str, str]:
     return {job_id: state for job_id, state in states.items() if state != "UNKNOWN"}
 
 
+def live_holder_job(task: Task) -> str | None:
+    """The SLURM job that holds ``task``'s run directory, when it is another job than the task's own and
+    the scheduler says it is queued or running (the original of a task submitted twice)."""
+    job = RunDir(task.run_dir).holder().get("slurm_job_id")
+    if not job or str(job) == str(task.job_id) or task.cluster != "slurm":
+        return None
+    other = Task(task.id, task.recipe, task.config_path, {}, [], task.run_dir, job_id=str(job), cluster="slurm")
+    return str(job) if scheduler_states([other]).get(str(job)) in ACTIVE else None
+
+
 def refresh(sweep_dir: Path, tasks: list[Task]) -> list[Task]:
     """Update every task's state (and error tail) from its run dir and the scheduler; the caller saves."""
     states = scheduler_states(tasks)
@@ -281,6 +291,8 @@ def task_state(sweep_dir: Path, task: Task, sched: str | None) -> tuple[str, str
         return "pruned", None
     if sched in ACTIVE:
         return sched.lower(), None  # a requeued job's run dir says "failed" until it restarts
+    if RunDir(task.run_dir).held_here():  # a live process trains it, whatever became of this job (a copy of
+        return "running", None           # the task that met the run directory's lock ends "already running")
     if task.cluster == "local" and task.job_id:
         ended = _local_exit(sweep_dir, task)
         if ended is not None:

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -249,3 +250,82 @@ def test_each_epoch_is_reported_once_even_when_a_requeued_trial_redoes_it(tmp_pa
     again.open()
     assert again.studies["baseline_cnn"].trials[0].intermediate_values == {1: 1.3, 2: 1.2, 3: 1.1, 4: 1.0}
     assert not again.report_epochs(again.rows[0], ended=False)
+
+
+def _tiny_search(tmp_path: Path, phantom_root: Path, name: str, epochs: int = 2, **search) -> tuple[Path, list[str]]:
+    overrides = {"data.root": str(phantom_root), **dict(t.split("=") for t in TINY), "train.epochs": epochs,
+                 "train.max_steps_per_epoch": 2, "wandb.enabled": False}
+    path = write_search(tmp_path / f"{name}.yaml", name, {"trials": 1, "parallel": 1, "metric": "val/loss",
+                                                          "pruner": "none", "sampler": "random",
+                                                          "space": {"optim.lr": "loguniform(1e-4, 3e-1)"}, **search},
+                        overrides)
+    return path, [sys.executable, str(ROOT / "launch" / "sweep.py"), "--config", str(path), "--cluster", "local",
+                  "--sweeps-root", str(tmp_path), "--poll", "0.3"]
+
+
+EPOCHS_OVER_GRACE = 40  # the trial still trains when the driver is run again
+
+
+@pytest.mark.slow
+def test_a_driver_killed_between_a_submission_and_its_job_id_adopts_the_running_trial(tmp_path, phantom_root):
+    """A real crash of the real driver right after it submitted a trial, before it wrote the job id: the
+    re-run finds the trial's run directory held by the live run (or its copy meets that lock and ends
+    "already running") and adopts it; the trial ends finished with its metric, trained once, never failed."""
+    from brainmri.jobs.search import CRASH_AT
+
+    _, cmd = _tiny_search(tmp_path, phantom_root, "crash", epochs=EPOCHS_OVER_GRACE)
+    with open(tmp_path / "first.log", "w") as log:  # not a pipe: the trial it leaves behind keeps its end open
+        first = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=600,
+                               env={**os.environ, CRASH_AT: "submitted"})
+    assert first.returncode == 137, (tmp_path / "first.log").read_text()
+    (row,) = read_trials(tmp_path / "crash")["trials"]
+    assert (row["state"], row["job_id"]) == ("submitting", None)  # the job id never reached trials.json
+    run = RunDir(row["run_dir"])
+    deadline = time.monotonic() + 300
+    while not run.held_here() and time.monotonic() < deadline:  # the trial it submitted trains on
+        time.sleep(0.2)
+    assert run.held_here() and not run.state().finished
+    second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "failed" not in second.stdout.replace("0 failed", ""), second.stdout
+    assert "is already running" in second.stdout and "submitted as job" not in second.stdout  # adopted, no copy
+    (row,) = read_trials(tmp_path / "crash")["trials"]
+    assert row["state"] == "finished" and row["value"] == run.read_summary()["val/loss"]
+    assert [r["epoch"] for r in run.epoch_rows()] == list(range(1, EPOCHS_OVER_GRACE + 1))  # once, by one process
+    assert [t.state for t in load_sweep(tmp_path / "crash.yaml", sweeps_root=tmp_path).tasks] == ["finished"]
+
+
+def test_a_trial_failed_by_mistake_whose_run_finishes_is_reconciled_everywhere(tmp_path):
+    """The run directory is the truth: a trial the study failed (its job thought lost) whose run then
+    finished is recorded finished with its metric, in the study, trials.json, the task table and the search view."""
+    from brainmri.jobs.search import SearchDriver
+    from brainmri.results.collect import Comparison
+    from brainmri.results.search import agreement, trials_frame
+
+    path = write_search(tmp_path / "s.yaml", "rec", {"pruner": "none", "metric": "val/loss", "trials": 1})
+    driver = SearchDriver(load_sweep(path, sweeps_root=tmp_path), "local")
+    driver.open()
+    row = driver.ask("baseline_cnn")
+    row.update(state="running", job_id="999999", cluster="local")
+    driver.end(row, "failed", "task process 999999 killed by SIGKILL")
+    driver.save()
+    assert driver.studies["baseline_cnn"].trials[0].state.name == "FAIL"
+    run = RunDir(row["run_dir"])  # ... but the run it started trains on to its end
+    run.path.mkdir(parents=True)
+    for epoch, loss in ((1, 1.3), (2, 0.9)):
+        run.append_metrics({"epoch": epoch, "val/loss": loss, "val/acc": 0.5})
+    run.write_summary({"status": "finished", "val/loss": 0.9, "val/acc": 0.5, "epochs_run": 2})
+
+    again = SearchDriver(load_sweep(path, sweeps_root=tmp_path), "local")  # a re-run of the same command
+    again.open()
+    again.adopt()
+    table = read_trials(tmp_path / "rec")
+    (row,) = table["trials"]
+    assert (row["state"], row["value"], row["intermediate"]) == ("finished", 0.9, {"1": 1.3, "2": 0.9})
+    study = again.studies["baseline_cnn"]
+    assert study.best_value == 0.9 and study.best_trial.user_attrs == {"reconciles": 0}
+    assert again.asked("baseline_cnn") == 1 and again.complete()  # the copy is no new trial
+    assert [t.state for t in load_sweep(path, sweeps_root=tmp_path).tasks] == ["finished"]
+    view = agreement(table, Comparison(metric="val/loss", recipes=[], incomplete=[]))
+    assert view[0].startswith("baseline_cnn: 1 trial(s) (1 finished); study's best trial 0 (val/loss 0.9"), view
+    assert list(trials_frame(table)["state"]) == ["finished"]

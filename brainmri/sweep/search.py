@@ -40,7 +40,11 @@ import yaml
 
 from brainmri.atomic import read_json, write_json
 from brainmri.config import check_mapping, flatten, parse_value
-from brainmri.metric_names import DEFAULT_METRIC, default_direction, unknown_epoch_metric
+from brainmri.metric_names import (
+    DEFAULT_METRIC,
+    default_direction,
+    unknown_epoch_metric,
+)
 from brainmri.rundir import hold_lock
 
 SAMPLERS = ("random", "tpe")
