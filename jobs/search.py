@@ -46,7 +46,9 @@ from typing import Any
 from brainmri.atomic import append_line
 from brainmri.rundir import RunDir
 from brainmri.sweep.expand import Sweep, SweepError, Task, confirm_task, describe, format_params, save_sweep, save_table, trial_task
-from brainmri.sweep.search import ENDED, DriverLockedError, lock_driver, read_trials, study_file, write_trials
+from brainmri.sweep.search import (
+    ENDED, DriverLockedError, identity_differences, lock_driver, read_trials, study_file, write_trials,
+)
 from brainmri.jobs.submit import (
     executor_parameters, live_holder_job, make_executor, refresh, scheduler_states, submit, submit_one, task_state,
     wait,
@@ -170,7 +172,7 @@ class SearchDriver:
 
     def progress(self) -> None:
         c = self.counts()
-        total = self.spec.trials * len(self.studies)
+        total = sum(max(self.spec.trials, self.asked(r)) for r in self.studies)  # trials lowered: what was asked
         self.say(f"trials: {c['finished']} finished, {c['pruned']} pruned, {c['failed']} failed, {c['running']} running "
                  f"of {total}; elapsed {_duration(time.monotonic() - self.started)}")
 
@@ -191,18 +193,23 @@ class SearchDriver:
             return optuna.pruners.MedianPruner(n_startup_trials=spec.pruner_startup, n_warmup_steps=spec.min_epochs - 1)
         return optuna.pruners.NopPruner()
 
-    def open(self) -> None:
-        """Open (or create) one study per recipe and the trial table; refuse a changed ``search:`` block."""
-        optuna = _optuna()
+    def check_identity(self) -> dict | None:
+        """The trial table of the study the sweep directory holds (None: none yet); a SweepError naming every
+        difference when this search is another study (nothing is written before this check)."""
         old = read_trials(self.sweep.dir)
-        mine = self.spec.to_dict()
-        if old is not None:
-            for key in ("metric", "direction", "sampler", "pruner", "space"):
-                if old["search"].get(key) != mine[key]:
-                    raise SweepError(f"{self.sweep.dir} holds a search with another search.{key} "
-                                     f"({old['search'].get(key)!r}, now {mine[key]!r}); give the sweep another name")
+        diffs = identity_differences(old, self.spec) if old is not None else []
+        if diffs:
+            raise SweepError(f"{self.sweep.dir} holds another study: {'; '.join(diffs)}; nothing was changed "
+                             "(run it with the study's settings, or give the sweep another name: name=...)")
+        return old
+
+    def open(self) -> None:
+        """Open (or create) one study per recipe and the trial table; refuse another study's settings."""
+        optuna = _optuna()
+        old = self.check_identity()
         self.data = old or {"sweep": self.sweep.name, "trials": []}
-        self.data["search"] = mine
+        self.data["search"] = self.spec.to_dict()
+        self.data["recipes"] = self.spec.resolved
         storage = open_storage(self.sweep.dir)
         self.studies = {}
         for i, recipe in enumerate(self.spec.fixed):
@@ -462,6 +469,7 @@ class SearchDriver:
     def run(self) -> int:
         """Drive the search to its end; 0 when every recipe has a finished trial (1 if one has none),
         128+signal when stopped by one (the trials go on; the same command continues)."""
+        self.check_identity()  # before anything is written: a refused re-run leaves every file as it was
         try:
             lock = lock_driver(self.sweep.dir)
         except DriverLockedError as e:
@@ -470,11 +478,11 @@ class SearchDriver:
         for key in [k for k in os.environ if k.startswith(("SLURM_", "SBATCH_", "SRUN_")) and k != "SLURM_CONF"]:
             os.environ.pop(key)  # the driver's own allocation must not leak into its trials' sbatch
         try:
-            save_sweep(self.sweep)
             self.say(f"search {self.sweep.name}: {self.spec.sampler} sampler, {self.spec.pruner} pruner on "
                      f"{self.spec.metric} ({self.spec.direction}), {self.spec.trials} trial(s) per recipe, "
                      f"{self.spec.parallel} at once; {self.sweep.dir}")
             self.open()
+            save_sweep(self.sweep)
             self.adopt()
             while not self.complete():
                 changed = self.poll()

@@ -329,3 +329,73 @@ def test_a_trial_failed_by_mistake_whose_run_finishes_is_reconciled_everywhere(t
     view = agreement(table, Comparison(metric="val/loss", recipes=[], incomplete=[]))
     assert view[0].startswith("baseline_cnn: 1 trial(s) (1 finished); study's best trial 0 (val/loss 0.9"), view
     assert list(trials_frame(table)["state"]) == ["finished"]
+
+
+def _sweep_files(sweep_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(sweep_dir)): p.read_bytes() for p in sorted(sweep_dir.rglob("*")) if p.is_file()}
+
+
+def _started_study(tmp_path: Path, name: str, **search) -> tuple[Path, list[str]]:
+    """A search sweep directory as a driver leaves it: sweep.yaml, the journal, trials.json (one trial asked)."""
+    from brainmri.jobs.search import SearchDriver
+    from brainmri.sweep.expand import save_sweep
+
+    path = write_search(tmp_path / f"{name}.yaml", name, {"pruner": "none", "metric": "val/loss", **search},
+                        {"data.num_workers": 0, "train.epochs": 3, "data.input_size": 32})
+    driver = SearchDriver(load_sweep(path, sweeps_root=tmp_path), "local")
+    driver.open()
+    save_sweep(driver.sweep)
+    driver.ask("baseline_cnn")
+    return path, ["--config", str(path), "--cluster", "local", "--sweeps-root", str(tmp_path)]
+
+
+@pytest.mark.parametrize("change, named", [
+    (["train.epochs=2", "data.input_size=48"],
+     ["baseline_cnn data.input_size 32 -> 48", "baseline_cnn train.epochs 3 -> 2"]),  # the fixed settings
+    (["data.root=/elsewhere"], ["baseline_cnn data.root"]),
+    (["optim.weight_decay=0.01"], ["baseline_cnn optim.weight_decay"]),
+])
+def test_a_rerun_that_would_mix_another_study_in_is_refused_and_writes_nothing(tmp_path, capsys, change, named):
+    _, args = _started_study(tmp_path, "mix")
+    before = _sweep_files(tmp_path / "mix")
+    assert sweep_cli.main([*args, *change]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds another study" in err and all(n in err for n in named), err
+    assert _sweep_files(tmp_path / "mix") == before  # sweep.yaml, trials.json, tasks, journal: byte-identical
+
+
+@pytest.mark.parametrize("search, named", [
+    ({"metric": "val/acc"}, "search.metric 'val/loss' -> 'val/acc'"),
+    ({"sampler": "random"}, "search.sampler 'tpe' -> 'random'"),
+    ({"pruner": "asha"}, "search.pruner 'none' -> 'asha'"),
+    ({"space": {"optim.lr": "loguniform(1e-5, 1e-1)"}}, "search.space"),
+])
+def test_a_rerun_with_another_search_block_is_refused_and_writes_nothing(tmp_path, capsys, search, named):
+    path, args = _started_study(tmp_path, "blk")
+    before = _sweep_files(tmp_path / "blk")
+    write_search(path, "blk", {"pruner": "none", "metric": "val/loss", **search},
+                 {"data.num_workers": 0, "train.epochs": 3, "data.input_size": 32})
+    assert sweep_cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and named in err, err
+    assert _sweep_files(tmp_path / "blk") == before
+
+
+def test_a_rerun_with_fewer_trials_counts_what_was_asked(tmp_path):
+    """Lowering trials is the same study: progress counts the trials asked, never '6 finished of 3'."""
+    import io
+
+    from brainmri.jobs.search import SearchDriver
+
+    path, _ = _started_study(tmp_path, "few", trials=4)
+    driver = SearchDriver(load_sweep(path, sweeps_root=tmp_path), "local")
+    driver.open()
+    for _ in range(3):
+        driver.ask("baseline_cnn")
+    write_search(path, "few", {"pruner": "none", "metric": "val/loss", "trials": 2},
+                 {"data.num_workers": 0, "train.epochs": 3, "data.input_size": 32})
+    out = io.StringIO()
+    again = SearchDriver(load_sweep(path, sweeps_root=tmp_path), "local", out=out)
+    again.open()
+    again.progress()
+    assert "running of 4;" in out.getvalue() and not again.fill(), out.getvalue()

@@ -49,7 +49,7 @@ from brainmri.config import (
     split_override,
 )
 from brainmri.sweep.resources import ResourceError, SlurmResources, merge_resources, parse_resources
-from brainmri.sweep.search import SearchError, SearchSpec, check_epochs, parse_search
+from brainmri.sweep.search import SearchError, SearchSpec, check_epochs, parse_search, shared_config
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 SWEEP_KEYS = {"name", "recipe", "recipes", "seeds", "folds", "overrides", "grid", "lr_scale", "slurm", "per_recipe",
@@ -501,6 +501,7 @@ def expand_search(sweep: Sweep, path: str | Path, top: _Level, blocks: dict[str,
         except SearchError as e:
             raise SweepError(str(e)) from None
         spec.fixed[recipe] = {**fixed, "seed": fixed.get("seed", base.seed)}
+        spec.resolved[recipe] = shared_config(flatten(base.to_dict()), set(spec.space))
         spec.config_paths[recipe] = str(config_path)
         _settle_cpus(sweep, recipe, block, base.data.num_workers, path)
 

@@ -30,6 +30,7 @@ the driver's lock. Knows nothing about Optuna's objects, submitit or training.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from typing import Any
 import yaml
 
 from brainmri.atomic import read_json, write_json
-from brainmri.config import check_mapping, flatten, parse_value
+from brainmri.config import check_mapping, flatten, is_runtime_key, parse_value
 from brainmri.metric_names import (
     DEFAULT_METRIC,
     default_direction,
@@ -94,6 +95,7 @@ class SearchSpec:
     min_epochs: int = 1
     reduction_factor: int = 3
     fixed: dict[str, dict[str, Any]] = field(default_factory=dict)  # per recipe: the trials' fixed overrides
+    resolved: dict[str, dict[str, Any]] = field(default_factory=dict)  # per recipe: what every trial shares
     config_paths: dict[str, str] = field(default_factory=dict)  # per recipe
     epochs: dict[str, int] = field(default_factory=dict)  # per recipe: epochs a trial trains unless pruned
 
@@ -223,6 +225,49 @@ def parse_search(path: str | Path, data: Any, fixed_keys: set[str] = frozenset()
         startup_trials=_integer(path, "startup_trials", data.get("startup_trials", min(10, trials)), 0),
         min_epochs=_integer(path, "min_epochs", data.get("min_epochs", 1), 1),
         reduction_factor=_integer(path, "reduction_factor", data.get("reduction_factor", 3), 2))
+
+
+# ------------------------------------------------------------------ one study, one identity
+# what makes two trials' values comparable (with each recipe's resolved config); a pruner's settings with a pruner
+IDENTITY_KEYS = ("metric", "direction", "sampler", "pruner", "space")
+PRUNER_KEYS = ("min_epochs", "reduction_factor")
+
+
+def shared_config(flat: dict[str, Any], searched: set[str]) -> dict[str, Any]:
+    """What every trial of a recipe shares: its resolved config (flattened) without the searched keys and
+    the keys that only change how a run runs; a data manifest is represented by its content's digest."""
+    out = {k: v for k, v in flat.items() if k not in searched and not is_runtime_key(k)}
+    manifest = out.get("data.manifest")
+    if isinstance(manifest, str) and Path(manifest).is_file():
+        out["data.manifest sha256"] = hashlib.sha256(Path(manifest).read_bytes()).hexdigest()
+    return out
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def identity_differences(old: dict, spec: SearchSpec) -> list[str]:
+    """Every difference between the study a sweep directory holds (its ``trials.json``) and ``spec``:
+    the search block's identity keys, then each recipe's shared config key by key (empty: the same study)."""
+    diffs = []
+    mine = spec.to_dict()
+    for key in IDENTITY_KEYS + (PRUNER_KEYS if mine["pruner"] != "none" else ()):
+        if key in old.get("search", {}) and old["search"][key] != mine[key]:
+            diffs.append(f"search.{key} {_short(old['search'][key])} -> {_short(mine[key])}")
+    recipes = old.get("recipes")
+    if recipes is None:  # written before the recipes' configs were kept
+        return diffs
+    for recipe in dict.fromkeys([*recipes, *spec.resolved]):
+        if recipe not in spec.resolved or recipe not in recipes:
+            diffs.append(f"recipe {recipe} {'dropped' if recipe not in spec.resolved else 'added'}")
+            continue
+        a, b = recipes[recipe], spec.resolved[recipe]
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                diffs.append(f"{recipe} {key} {_short(a.get(key))} -> {_short(b.get(key))}")
+    return diffs
 
 
 # ------------------------------------------------------------------ the driver's files
