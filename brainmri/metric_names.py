@@ -30,3 +30,17 @@ def unknown_epoch_metric(metric: object) -> str | None:
     if metric in EPOCH_METRICS:
         return None
     return f"unknown metric {metric!r}: every run logs {', '.join(EPOCH_METRICS)} at each epoch end"
+
+
+# ------------------------------------------------------------------ the one choice rule
+TIE_BREAK = "val/loss"  # the second criterion: a tie in the metric goes to the lower validation loss
+
+
+def choice_key(value: float, loss: float | None, order: tuple, direction: str) -> tuple:
+    """Sort key (smallest = best) of the one rule by which brainmri picks the best trial or configuration:
+    the better ``value`` of the metric, then the lower validation loss, then the earlier ``order``
+    (a search's trial number, else when it started); the search driver, ``--confirm-seeds``, the
+    collector, its search view and the reports all choose by it."""
+    sign = -1.0 if direction == "maximize" else 1.0
+    finite_loss = isinstance(loss, (int, float)) and loss == loss and abs(loss) != float("inf")
+    return (sign * value, loss if finite_loss else float("inf"), order)

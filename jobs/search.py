@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from brainmri.atomic import append_line
+from brainmri.metric_names import TIE_BREAK, choice_key
 from brainmri.rundir import RunDir
 from brainmri.sweep.expand import Sweep, SweepError, Task, confirm_task, describe, format_params, save_sweep, save_table, trial_task
 from brainmri.sweep.search import (
@@ -333,7 +334,7 @@ class SearchDriver:
                 study.tell(row["number"], state=optuna.trial.TrialState.PRUNED if state == "pruned"
                            else optuna.trial.TrialState.FAIL)
         row.update(state=state, value=float(value) if state == "finished" else None, ended_at=time.time(),
-                   error=error)
+                   error=error, loss=self._loss(row) if state == "finished" else None)
         if state == "pruned" and row["intermediate"]:
             row["value"] = row["intermediate"][max(row["intermediate"], key=int)]
         best = self.best(row["recipe"])
@@ -344,6 +345,12 @@ class SearchDriver:
         self.say(f"trial {row['number']} ({row['recipe']}) {state}{shown}")
         self.progress()
 
+    @staticmethod
+    def _loss(row: dict) -> float | None:
+        """The finished run's validation loss: the choice rule's tie-break."""
+        loss = (RunDir(row["run_dir"]).read_summary() or {}).get(TIE_BREAK)
+        return float(loss) if _finite(loss) else None
+
     def reconcile(self, row: dict, value: float) -> None:
         """A trial the study failed whose run finished after all (its job was thought lost): the study gets a
         completed copy of it (Optuna never reopens an ended trial), and the row says finished with its value."""
@@ -353,7 +360,7 @@ class SearchDriver:
             intermediate_values={int(k): v for k, v in row["intermediate"].items()},
             user_attrs={RECONCILES: row["number"]}))
         row.update(state="finished", value=value, error=None, ended_at=row.get("ended_at") or time.time(),
-                   reconciled=True)
+                   reconciled=True, loss=self._loss(row))
         self._task(row).state, self._task(row).error = "finished", None
         self.say(f"trial {row['number']} ({row['recipe']}) was recorded failed, but its run finished: "
                  f"{self.spec.metric} {value:.4g}; recorded finished")
@@ -410,12 +417,11 @@ class SearchDriver:
         return changed
 
     def best(self, recipe: str) -> dict | None:
-        """The study's best trial of ``recipe`` (a finished one; ties: the earliest)."""
+        """The study's best trial of ``recipe`` (a finished one), by the one choice rule
+        (``brainmri.metric_names.choice_key``: the metric, then the validation loss, then the earlier trial)."""
         rows = [r for r in self.rows if r["recipe"] == recipe and r["state"] == "finished"]
-        if not rows:
-            return None
-        sign = 1 if self.spec.direction == "maximize" else -1
-        return max(rows, key=lambda r: (sign * r["value"], -r["number"]))
+        return min(rows, key=lambda r: choice_key(r["value"], r.get("loss"), (r["number"],), self.spec.direction),
+                   default=None)
 
     # ------------------------------------------------------------------ restart
     def _find_job(self, row: dict) -> str | None:
@@ -520,7 +526,7 @@ class SearchDriver:
                 self.say(f"{recipe}: no trial finished")
                 code = 1
                 continue
-            self.data["best"][recipe] = {k: best[k] for k in ("number", "value", "task", "run_dir", "params")}
+            self.data["best"][recipe] = {k: best.get(k) for k in ("number", "value", "loss", "task", "run_dir", "params")}
             self.say(f"{recipe}: best trial {best['number']}, {self.spec.metric} {best['value']:.4g}: "
                      f"{format_params(best['params'])} ({best['run_dir']})")
         self.progress()

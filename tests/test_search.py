@@ -399,3 +399,34 @@ def test_a_rerun_with_fewer_trials_counts_what_was_asked(tmp_path):
     again.open()
     again.progress()
     assert "running of 4;" in out.getvalue() and not again.fill(), out.getvalue()
+
+
+def _trial_run(root: Path, number: int, lr: float, loss: float) -> dict:
+    """A finished run directory of search trial ``number`` (val/acc 0.8 for every trial: a tie)."""
+    from run_dirs import make_run
+
+    d = make_run(root, "baseline_cnn", 0, lr, 0.8, test_acc=0.7, extra={"val/loss": loss})
+    for name in ("config.yaml", "summary.json"):  # tagged as the driver tags a trial's run
+        text = (d / name).read_text()
+        (d / name).write_text(text.replace("tags: []", f"tags: [search, trial-{number}]")
+                              .replace('"tags": []', f'"tags": ["search", "trial-{number}"]'))
+    return {"recipe": "baseline_cnn", "number": number, "state": "finished", "value": 0.8, "loss": loss,
+            "run_dir": str(d), "params": {"optim.lr": lr}, "intermediate": {}}
+
+
+@pytest.mark.parametrize("losses, chosen", [
+    ((0.6, 0.6), 0),  # a tie in the metric and the loss: the earlier trial (sorted settings would say trial 4)
+    ((0.7, 0.5), 4),  # a tie in the metric: the lower validation loss
+])
+def test_the_driver_the_collector_and_the_search_view_choose_by_one_rule(tmp_path, losses, chosen):
+    from brainmri.jobs.search import SearchDriver
+    from brainmri.results.search import agreement, study_best
+
+    rows = [_trial_run(tmp_path / "runs", 0, 0.01, losses[0]), _trial_run(tmp_path / "runs", 4, 0.001, losses[1])]
+    driver = SearchDriver(load_sweep(write_search(tmp_path / "s.yaml", "tie"), sweeps_root=tmp_path), "local")
+    driver.data = {"trials": rows}
+    table = {"search": {"metric": "val/acc", "direction": "maximize"}, "trials": rows}
+    cmp = compare(collect_runs([tmp_path / "runs"]))
+    assert driver.best("baseline_cnn")["number"] == study_best(table, "baseline_cnn")["number"] == chosen
+    assert cmp.recipes[0].chosen == (rows[chosen == 4]["params"]["optim.lr"],)
+    assert agreement(table, cmp)[0].endswith("the comparison's choice")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from brainmri.metric_names import choice_key
 from brainmri.results.collect import Comparison, value_label
 from brainmri.results.report import markdown_table
 
@@ -57,8 +58,8 @@ def study_best(trials: dict, recipe: str) -> dict | None:
     if best is not None:
         return best
     done = [r for r in trials["trials"] if r["recipe"] == recipe and r["state"] == "finished"]
-    sign = 1 if trials.get("search", {}).get("direction") == "maximize" else -1
-    return max(done, key=lambda r: (sign * r["value"], -r["number"])) if done else None
+    direction = trials.get("search", {}).get("direction", "maximize")
+    return min(done, key=lambda r: choice_key(r["value"], r.get("loss"), (r["number"],), direction), default=None)
 
 
 def agreement(trials: dict, cmp: Comparison) -> list[str]:
