@@ -3,6 +3,7 @@ a pruned run, and a whole search with --cluster local (tests/test_search_slurm.p
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -430,3 +431,20 @@ def test_the_driver_the_collector_and_the_search_view_choose_by_one_rule(tmp_pat
     assert driver.best("baseline_cnn")["number"] == study_best(table, "baseline_cnn")["number"] == chosen
     assert cmp.recipes[0].chosen == (rows[chosen == 4]["params"]["optim.lr"],)
     assert agreement(table, cmp)[0].endswith("the comparison's choice")
+
+
+def test_a_study_with_no_finished_trial_reads_as_such_not_as_a_broken_table(tmp_path, capsys):
+    from brainmri.cli import collect as collect_cli
+    from run_dirs import make_run
+
+    sweep_dir = tmp_path / "none"
+    make_run(sweep_dir / "runs", "baseline_cnn", 0, 0.01, 0.8, status="failed")
+    (sweep_dir / "trials.json").write_text(json.dumps({
+        "search": {"metric": "val/acc", "direction": "maximize", "sampler": "tpe", "pruner": "none", "trials": 2,
+                   "parallel": 1},
+        "trials": [{"recipe": "baseline_cnn", "number": 0, "state": "failed", "value": None, "intermediate": {},
+                    "params": {"optim.lr": 0.01}, "run_dir": str(sweep_dir / "runs" / "x")}]}))
+    assert collect_cli.main([str(sweep_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "|  |" not in out and "\n|\n" not in out and "Nothing finished: no row to show." in out, out
+    assert "baseline_cnn: 1 trial(s) (1 failed); none finished" in out

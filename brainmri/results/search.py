@@ -92,7 +92,7 @@ def search_markdown(trials: dict, cmp: Comparison) -> str:
             f"{s.get('trials')} trial(s) per recipe, {s.get('parallel')} at once. Pruned trials stopped early and "
             "are never averaged (listed as incomplete runs).")
     return "\n\n".join(["## Search", head, "\n".join(f"- {line}" for line in agreement(trials, cmp)),
-                        markdown_table(trials_frame(trials))]) + "\n"
+                        markdown_table(trials_frame(trials), "No trial has been asked yet.")]) + "\n"
 
 
 # ---------------------------------------------------------------- figures
