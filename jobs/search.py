@@ -46,16 +46,20 @@ from typing import Any
 from brainmri.atomic import append_line
 from brainmri.metric_names import TIE_BREAK, choice_key
 from brainmri.rundir import RunDir
+from brainmri.sweepdir import (
+    TASK_ENDED, TASK_RESUBMITTABLE, TRIAL_ACTIVE, TRIAL_ENDED, TaskState, TrialState, trial_state_of_task,
+)
 from brainmri.sweep.expand import Sweep, SweepError, Task, confirm_task, describe, format_params, save_sweep, save_table, trial_task
 from brainmri.sweep.search import (
-    ENDED, DriverLockedError, identity_differences, lock_driver, read_trials, study_file, write_trials,
+    DriverLockedError, identity_differences, lock_driver, read_trials, study_file, write_trials,
 )
 from brainmri.jobs.submit import (
     executor_parameters, live_holder_job, make_executor, refresh, scheduler_states, submit, submit_one, task_state,
     wait,
 )
 
-ACTIVE_ROWS = ("submitting", "running", "pruning")
+ACTIVE_ROWS = TRIAL_ACTIVE
+ENDED = TRIAL_ENDED
 RECONCILES = "reconciles"  # user attribute of the completed copy of a failed trial whose run finished after all
 END_GRACE_S = 30  # a trial whose job ended while its run directory still says running: failed after this
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -168,8 +172,8 @@ class SearchDriver:
 
     def counts(self) -> dict[str, int]:
         states = [r["state"] for r in self.rows]
-        return {"finished": states.count("finished"), "pruned": states.count("pruned"),
-                "failed": states.count("failed"), "running": sum(s in ACTIVE_ROWS for s in states)}
+        return {"finished": states.count(TrialState.FINISHED), "pruned": states.count(TrialState.PRUNED),
+                "failed": states.count(TrialState.FAILED), "running": sum(s in ACTIVE_ROWS for s in states)}
 
     def progress(self) -> None:
         c = self.counts()
@@ -250,7 +254,7 @@ class SearchDriver:
         task, cfg = trial_task(self.sweep, recipe, dict(trial.params), trial.number)
         self.tasks.setdefault(task.id, task)
         row = {"recipe": recipe, "number": trial.number, "trial_id": trial._trial_id, "task": task.id,
-               "run_dir": task.run_dir, "params": dict(trial.params), "state": "submitting", "value": None,
+               "run_dir": task.run_dir, "params": dict(trial.params), "state": TrialState.SUBMITTING, "value": None,
                "intermediate": {}, "epochs": sum(p.epochs for p in cfg.phases), "job_id": None, "cluster": None,
                "asked_at": time.time(), "submitted_at": None, "ended_at": None, "pruned_at": None, "error": None}
         self.rows.append(row)
@@ -271,19 +275,19 @@ class SearchDriver:
         task = self._task(row)
         twin = next((r for r in self.rows if r is not row and r["task"] == row["task"] and r["job_id"]), None)
         if twin is not None:  # the same values as an earlier trial: the same run directory, trained once
-            row.update(job_id=twin["job_id"], cluster=twin["cluster"], state="running", twin_of=twin["number"],
+            row.update(job_id=twin["job_id"], cluster=twin["cluster"], state=TrialState.RUNNING, twin_of=twin["number"],
                        submitted_at=time.time())
         elif RunDir(task.run_dir).state().status in ("finished", "pruned"):  # e.g. a confirmation run of these values
-            row.update(state="running", submitted_at=time.time())
+            row.update(state=TrialState.RUNNING, submitted_at=time.time())
         elif RunDir(task.run_dir).held_here():  # submitted by a driver that died before it wrote the job id
-            row.update(state="running", submitted_at=time.time())
+            row.update(state=TrialState.RUNNING, submitted_at=time.time())
             self.say(f"trial {row['number']} ({row['recipe']}) is already running ({task.run_dir}): adopted")
         else:
             if task.recipe not in self.executors:
                 self.executors[task.recipe] = make_executor(self.sweep, self.sweep.resources(task.recipe), self.cluster)
             self.jobs[task.id] = submit_one(self.executors[task.recipe], task, self.cluster, self.job_name(task))
             crash_point("submitted")
-            row.update(job_id=task.job_id, cluster=self.cluster, state="running", submitted_at=time.time())
+            row.update(job_id=task.job_id, cluster=self.cluster, state=TrialState.RUNNING, submitted_at=time.time())
             self.say(f"trial {row['number']} ({row['recipe']}) submitted as job {task.job_id}: "
                      f"{format_params(row['params'])}")
         self.save()
@@ -304,7 +308,7 @@ class SearchDriver:
         metric, new = self.spec.metric, False
         for r in RunDir(row["run_dir"]).epoch_rows():
             epoch, value = r["epoch"], r.get(metric)
-            if row["state"] == "pruning" or str(epoch) in row["intermediate"] or not _finite(value):
+            if row["state"] == TrialState.PRUNING or str(epoch) in row["intermediate"] or not _finite(value):
                 continue
             trial = self._trial(row)
             trial.report(float(value), epoch)
@@ -313,7 +317,7 @@ class SearchDriver:
             if not ended and epoch < row["epochs"] and trial.should_prune():
                 reason = f"{self.spec.pruner} pruner at epoch {epoch}: {metric} {value:.4g}"
                 RunDir(row["run_dir"]).request_prune(trial=row["number"], epoch=epoch, reason=reason)
-                row.update(state="pruning", pruned_at=epoch)
+                row.update(state=TrialState.PRUNING, pruned_at=epoch)
                 self.say(f"trial {row['number']} ({row['recipe']}) pruned: {reason}")
         return new
 
@@ -321,27 +325,27 @@ class SearchDriver:
         """Tell the study how the trial's run ended (unless it already knows: a restarted driver)."""
         optuna = _optuna()
         study, frozen = self.studies[row["recipe"]], self._frozen(row)
-        value = (RunDir(row["run_dir"]).read_summary() or {}).get(self.spec.metric) if state == "finished" else None
-        if state == "finished" and not _finite(value):
-            state, error = "failed", f"the finished run's summary has no {self.spec.metric}"
-        if state == "finished" and frozen.state == optuna.trial.TrialState.FAIL:
+        value = (RunDir(row["run_dir"]).read_summary() or {}).get(self.spec.metric) if state == TrialState.FINISHED else None
+        if state == TrialState.FINISHED and not _finite(value):
+            state, error = TrialState.FAILED, f"the finished run's summary has no {self.spec.metric}"
+        if state == TrialState.FINISHED and frozen.state == optuna.trial.TrialState.FAIL:
             self.reconcile(row, float(value))
             return
         if not frozen.state.is_finished():
-            if state == "finished":
+            if state == TrialState.FINISHED:
                 study.tell(row["number"], float(value))
             else:
-                study.tell(row["number"], state=optuna.trial.TrialState.PRUNED if state == "pruned"
+                study.tell(row["number"], state=optuna.trial.TrialState.PRUNED if state == TrialState.PRUNED
                            else optuna.trial.TrialState.FAIL)
-        row.update(state=state, value=float(value) if state == "finished" else None, ended_at=time.time(),
-                   error=error, loss=self._loss(row) if state == "finished" else None)
-        if state == "pruned" and row["intermediate"]:
+        row.update(state=state, value=float(value) if state == TrialState.FINISHED else None, ended_at=time.time(),
+                   error=error, loss=self._loss(row) if state == TrialState.FINISHED else None)
+        if state == TrialState.PRUNED and row["intermediate"]:
             row["value"] = row["intermediate"][max(row["intermediate"], key=int)]
         best = self.best(row["recipe"])
         note = " (best so far)" if best is not None and best["number"] == row["number"] else ""
-        shown = f": {self.spec.metric} {value:.4g}{note}" if state == "finished" else (
-            f": {(error or '').strip().splitlines()[0][:200]}" if state == "failed" and error else
-            f" (stopped after epoch {RunDir(row['run_dir']).state().epoch})" if state == "pruned" else "")
+        shown = f": {self.spec.metric} {value:.4g}{note}" if state == TrialState.FINISHED else (
+            f": {(error or '').strip().splitlines()[0][:200]}" if state == TrialState.FAILED and error else
+            f" (stopped after epoch {RunDir(row['run_dir']).state().epoch})" if state == TrialState.PRUNED else "")
         self.say(f"trial {row['number']} ({row['recipe']}) {state}{shown}")
         self.progress()
 
@@ -359,9 +363,9 @@ class SearchDriver:
             params=frozen.params, distributions=frozen.distributions, value=value,
             intermediate_values={int(k): v for k, v in row["intermediate"].items()},
             user_attrs={RECONCILES: row["number"]}))
-        row.update(state="finished", value=value, error=None, ended_at=row.get("ended_at") or time.time(),
+        row.update(state=TrialState.FINISHED, value=value, error=None, ended_at=row.get("ended_at") or time.time(),
                    reconciled=True, loss=self._loss(row))
-        self._task(row).state, self._task(row).error = "finished", None
+        self._task(row).state, self._task(row).error = TaskState.FINISHED, None
         self.say(f"trial {row['number']} ({row['recipe']}) was recorded failed, but its run finished: "
                  f"{self.spec.metric} {value:.4g}; recorded finished")
 
@@ -369,7 +373,7 @@ class SearchDriver:
         """Every failed trial whose run directory has finished since is recorded finished (the run is the truth)."""
         changed = False
         for row in self.rows:
-            if row["state"] != "failed" or not RunDir(row["run_dir"]).state().finished:
+            if row["state"] != TrialState.FAILED or not RunDir(row["run_dir"]).state().finished:
                 continue
             for r in RunDir(row["run_dir"]).epoch_rows():  # the study's copy carries the epochs' values
                 if _finite(r.get(self.spec.metric)):
@@ -382,7 +386,7 @@ class SearchDriver:
 
     def _gone(self, row: dict, state: str) -> bool:
         """A local trial whose process ended without a word (no exit record, nothing in its run directory)."""
-        if self.cluster != "local" or state not in ("submitted", "new") or not row["job_id"]:
+        if self.cluster != "local" or state not in (TaskState.SUBMITTED, TaskState.NEW) or not row["job_id"]:
             return False
         job = self.jobs.get(row["task"])
         return job.done() if job is not None else not Path(f"/proc/{row['job_id']}").exists()
@@ -397,29 +401,29 @@ class SearchDriver:
         sched = scheduler_states(tasks) if self.cluster == "slurm" else {}
         for row, task in zip(active, tasks):
             state, error = task_state(self.sweep.dir, task, sched.get(row["job_id"] or ""))
-            if state == "failed" and (holder := live_holder_job(task)):  # a copy met the original's lock
+            if state == TaskState.FAILED and (holder := live_holder_job(task)):  # a copy met the original's lock
                 self.say(f"trial {row['number']} ({row['recipe']}) is already running as job {holder}: adopted")
-                row.update(job_id=holder, state="running")
-                task.job_id, task.state, task.error = holder, "running", None
+                row.update(job_id=holder, state=TrialState.RUNNING)
+                task.job_id, task.state, task.error = holder, TaskState.RUNNING, None
                 changed = True
                 continue
-            changed |= self.report_epochs(row, state in ENDED)
+            changed |= self.report_epochs(row, state in TASK_ENDED)
             if self._gone(row, state):
-                state, error = "failed", f"task process {row['job_id']} ended without a word"
-            if state == "failed" and RunDir(row["run_dir"]).state().status == "running":
+                state, error = TaskState.FAILED, f"task process {row['job_id']} ended without a word"
+            if state == TaskState.FAILED and RunDir(row["run_dir"]).state().status == "running":
                 # the job ended (scancel, time limit) but its process may still be writing (SLURM's KillWait)
                 if time.time() - row.setdefault("ending_since", time.time()) < END_GRACE_S:
                     continue
             task.state, task.error = state, error
-            if state in ENDED:
-                self.end(row, state, error)
+            if (ended := trial_state_of_task(state)) is not None:
+                self.end(row, ended, error)
                 changed = True
         return changed
 
     def best(self, recipe: str) -> dict | None:
         """The study's best trial of ``recipe`` (a finished one), by the one choice rule
         (``brainmri.metric_names.choice_key``: the metric, then the validation loss, then the earlier trial)."""
-        rows = [r for r in self.rows if r["recipe"] == recipe and r["state"] == "finished"]
+        rows = [r for r in self.rows if r["recipe"] == recipe and r["state"] == TrialState.FINISHED]
         return min(rows, key=lambda r: choice_key(r["value"], r.get("loss"), (r["number"],), self.spec.direction),
                    default=None)
 
@@ -448,13 +452,13 @@ class SearchDriver:
             row["intermediate"].update({str(k): v for k, v in frozen.intermediate_values.items()})
             task = self._task(row)
             if row["job_id"] is None and (job_id := self._find_job(row)):
-                row.update(job_id=job_id, cluster=self.cluster, state="running")
+                row.update(job_id=job_id, cluster=self.cluster, state=TrialState.RUNNING)
                 task.job_id, task.cluster = job_id, self.cluster
             if row["job_id"] is None:
                 self.launch(row)
                 continue
             adopted += 1
-            if self.cluster == "local" and task_state(self.sweep.dir, task, None)[0] == "failed" \
+            if self.cluster == "local" and task_state(self.sweep.dir, task, None)[0] == TaskState.FAILED \
                     and RunDir(task.run_dir).state().status == "interrupted":
                 row["job_id"] = task.job_id = None  # stopped by the signal that stopped the driver: resume it
                 self.launch(row)
@@ -549,7 +553,7 @@ class SearchDriver:
             self.data["confirm"][recipe] = {"trial": best["number"], "seeds": list(self.confirm_seeds), "tasks": ids}
         self.save()
         refresh(self.sweep.dir, chosen)
-        todo = [t for t in {t.id: t for t in chosen}.values() if t.state in ("new", "failed")]
+        todo = [t for t in {t.id: t for t in chosen}.values() if t.state in TASK_RESUBMITTABLE]
         self.say(f"confirming the best configuration over seeds {', '.join(map(str, self.confirm_seeds))}: "
                  f"{len(todo)} run(s) to train")
         jobs = submit(self.sweep, todo, self.cluster) if todo else []

@@ -48,6 +48,7 @@ from brainmri.config import (
     ConfigError, check_mapping, flatten, is_runtime_key, load_config, parse_value, read_yaml, recipe_name,
     split_override,
 )
+from brainmri.sweepdir import SweepDir, TaskState
 from brainmri.sweep.resources import ResourceError, SlurmResources, merge_resources, parse_resources
 from brainmri.sweep.search import SearchError, SearchSpec, check_epochs, parse_search, shared_config
 
@@ -76,7 +77,7 @@ class Task:
     run_dir: str
     job_id: str | None = None
     cluster: str | None = None  # slurm | local | debug, once submitted
-    state: str = "new"  # new | submitted | pending | running | finished | pruned | failed (brainmri/jobs/submit.py)
+    state: str = TaskState.NEW  # brainmri.sweepdir.TaskState
     error: str | None = None
 
     def command(self) -> str:
@@ -371,7 +372,7 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | tuple[str, ...] = ()
                   recipe_slurm=recipe_slurm, search=spec)
     if spec is not None:  # a search's tasks are its trials, made as the driver asks for them
         expand_search(sweep, path, top, blocks)
-        sweep.tasks = load_table(sweep.dir) if (sweep.dir / "tasks.json").is_file() else []
+        sweep.tasks = load_table(sweep.dir) if SweepDir.is_sweep_dir(sweep.dir) else []
         return sweep
     sweep.tasks = expand(sweep, path, top, blocks)
     merge_table(sweep)
@@ -450,7 +451,7 @@ def make_task(sweep: Sweep, recipe: str, config_path: str | Path, chosen: dict[s
     """The task that trains ``recipe`` with the overrides ``chosen`` (``params``: the values that vary
     between tasks), in ``<sweep dir>/runs/<task id>``, and its validated ``RunConfig``."""
     tid = task_id(recipe, chosen)
-    run_dir = sweep.dir / "runs" / tid
+    run_dir = SweepDir(sweep.dir).run_dir(tid).path
     derived = {"run_dir": str(run_dir), "wandb.group": sweep.name, "wandb.job_type": recipe,
                "wandb.name": f"{recipe}-{tid}", "wandb.tags": _tags(sweep.name, recipe, params) + list(tags)}
     overrides = _as_overrides(chosen | {k: v for k, v in derived.items() if k not in chosen})
@@ -571,7 +572,7 @@ def describe(res: SlurmResources) -> str:
 # ----------------------------------------------------------------- task table
 def merge_table(sweep: Sweep) -> None:
     """Carry job ids, states and errors over from an existing ``tasks.json``."""
-    table = sweep.dir / "tasks.json"
+    table = SweepDir(sweep.dir).tasks_json
     if not table.is_file():
         return
     old = {row["id"]: row for row in json.loads(table.read_text())}
@@ -585,7 +586,7 @@ def merge_table(sweep: Sweep) -> None:
 def save_sweep(sweep: Sweep) -> None:
     """Write ``sweep.yaml`` (resolved) and the task table (``tasks.json``, ``tasks.csv``)."""
     sweep.dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(sweep.dir / "sweep.yaml", yaml.safe_dump(sweep.to_dict(), sort_keys=False))
+    atomic_write(SweepDir(sweep.dir).sweep_yaml, yaml.safe_dump(sweep.to_dict(), sort_keys=False))
     save_table(sweep.dir, sweep.tasks)
 
 
@@ -597,18 +598,18 @@ def save_table(sweep_dir: Path, tasks: list[Task]) -> None:
     """Write ``tasks.json`` (everything) and ``tasks.csv`` (id, recipe, params, job id, state)."""
     sweep_dir = Path(sweep_dir)
     rows = [dataclasses.asdict(t) for t in tasks]
-    atomic_write(sweep_dir / "tasks.json", json.dumps(rows, indent=1, default=str) + "\n")
+    atomic_write(SweepDir(sweep_dir).tasks_json, json.dumps(rows, indent=1, default=str) + "\n")
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["id", "recipe", "params", "job_id", "state", "run_dir"])
     for t in tasks:
         writer.writerow([t.id, t.recipe, format_params(t.params), t.job_id or "", t.state, t.run_dir])
-    atomic_write(sweep_dir / "tasks.csv", buf.getvalue())
+    atomic_write(SweepDir(sweep_dir).tasks_csv, buf.getvalue())
 
 
 def load_table(sweep_dir: str | Path) -> list[Task]:
     """The tasks of an existing sweep directory, as last written."""
-    path = Path(sweep_dir) / "tasks.json"
+    path = SweepDir(sweep_dir).tasks_json
     if not path.is_file():
         raise SweepError(f"{sweep_dir}: no tasks.json (not a sweep directory?)")
     return [Task(**row) for row in json.loads(path.read_text())]

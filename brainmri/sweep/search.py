@@ -46,15 +46,13 @@ from brainmri.metric_names import (
     default_direction,
     unknown_epoch_metric,
 )
-from brainmri.rundir import hold_lock
+from brainmri.sweepdir import SweepDir
 
 SAMPLERS = ("random", "tpe")
 PRUNERS = ("asha", "median", "none")
 KINDS = ("loguniform", "uniform", "int", "choice")
 SEARCH_KEYS = {"sampler", "trials", "parallel", "pruner", "metric", "direction", "seed", "startup_trials",
                "pruner_startup", "min_epochs", "reduction_factor", "space"}
-STUDY, TRIALS, DRIVER_LOCK = "study.journal", "trials.json", ".driver.lock"
-ENDED = ("finished", "pruned", "failed")  # a trial's terminal states (trials.json)
 
 
 class SearchError(ValueError):
@@ -272,20 +270,20 @@ def identity_differences(old: dict, spec: SearchSpec) -> list[str]:
 
 # ------------------------------------------------------------------ the driver's files
 def study_file(sweep_dir: str | Path) -> Path:
-    return Path(sweep_dir) / STUDY
+    return SweepDir(sweep_dir).study_journal
 
 
 def read_trials(sweep_dir: str | Path) -> dict | None:
     """``trials.json`` of a search sweep directory (None when it is none)."""
     try:
-        data = read_json(Path(sweep_dir) / TRIALS)
+        data = read_json(SweepDir(sweep_dir).trials_json)
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) and "trials" in data else None
 
 
 def write_trials(sweep_dir: str | Path, data: dict) -> None:
-    write_json(Path(sweep_dir) / TRIALS, data)
+    write_json(SweepDir(sweep_dir).trials_json, data)
 
 
 class DriverLockedError(RuntimeError):
@@ -297,7 +295,5 @@ def lock_driver(sweep_dir: str | Path):
 
     Raises :class:`DriverLockedError` naming the holder's host, pid and SLURM job; returns the lock.
     """
-    sweep_dir = Path(sweep_dir)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    return hold_lock(sweep_dir / DRIVER_LOCK, lambda holder: DriverLockedError(
+    return SweepDir(sweep_dir).lock_driver(lambda holder: DriverLockedError(
         f"{sweep_dir}: a search driver is already running ({holder})"))
