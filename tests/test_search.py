@@ -448,3 +448,30 @@ def test_a_study_with_no_finished_trial_reads_as_such_not_as_a_broken_table(tmp_
     out = capsys.readouterr().out
     assert "|  |" not in out and "\n|\n" not in out and "Nothing finished: no row to show." in out, out
     assert "baseline_cnn: 1 trial(s) (1 failed); none finished" in out
+
+
+def test_a_copy_of_a_running_task_ends_already_running_and_the_task_reads_running(tmp_path, phantom_root):
+    """The copy of a trial submitted twice meets the run directory's lock held by the live run (here a process
+    that takes it as a run does, and keeps it): it ends
+    cleanly ("already running", nothing written), and the task's state is the live run's, not failed."""
+    from brainmri.config import load_config
+    from brainmri.jobs.train_job import ALREADY_RUNNING, TrainJob
+
+    run = RunDir(tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom brainmri.rundir import RunDir, "
+                               "acquire_lock\nrun = RunDir(sys.argv[1])\nrun.create()\nlock = acquire_lock(run)\nprint('held', flush=True)\n"
+                               "time.sleep(600)", str(run.path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = sorted(p.name for p in run.path.iterdir())
+        cfg = load_config("configs/baseline_cnn.yaml", [*TINY, f"data.root={phantom_root}", f"run_dir={run.path}",
+                                                        "wandb.enabled=false"])
+        result = TrainJob(cfg.to_dict())()
+        assert result["status"] == ALREADY_RUNNING and f"pid {holder.pid}" in result["holder"]
+        assert sorted(p.name for p in run.path.iterdir()) == before  # the copy wrote nothing
+        task = Task("t", "baseline_cnn", "", {}, [], str(run.path), job_id="4242", cluster="slurm")
+        assert task_state(tmp_path, task, "COMPLETED") == ("running", None)  # the copy's job ended: not failed
+    finally:
+        holder.kill()
+        holder.wait()
+    assert task_state(tmp_path, task, "COMPLETED")[0] == "failed"  # nobody holds it any more
