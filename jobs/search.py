@@ -28,6 +28,18 @@ id, by the job's name ``<sweep>.<task id>``) is adopted and polled as before; a 
 never submitted is submitted now; its samplers are reseeded past the trials already drawn. With
 ``--cluster local`` the trials' processes outlive the driver; one interrupted together with it
 (Ctrl-C reaches the whole process group) resumes from its checkpoint.
+
+The run directory is the truth. A trial whose run directory a live process holds (its lock) is
+running, whatever became of the job the driver knows: a driver that died between a submission
+and writing its job id adopts the run on re-run, and a copy submitted anyway meets the run
+directory's lock and ends "already running" (``brainmri.jobs.train_job``; on SLURM the lock's
+holder names the original job, which is adopted). On every reopen and poll a trial recorded
+failed whose run has finished since is recorded finished with its metric (the study gets a
+completed copy of it, marked ``reconciles``: Optuna never reopens an ended trial), so the study,
+``trials.json``, the task table and the collector's search view agree. A re-run that would be
+another study (``brainmri.sweep.search.identity_differences``) is refused before anything is
+written. ``$BRAINMRI_SEARCH_CRASH_AT=submitted`` kills the driver (``os._exit``) right after a
+submission, before its job id is written: how the tests put a real crash there.
 """
 
 from __future__ import annotations

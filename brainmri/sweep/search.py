@@ -22,6 +22,12 @@ A space entry is ``loguniform(a, b)``, ``uniform(a, b)``, ``int(a, b)`` or ``cho
 (also a YAML list); every key is checked against the config schema at its bounds and choices,
 like any override (``brainmri.sweep.expand``).
 
+One study, one identity: ``trials.json`` keeps each recipe's shared config (its resolved config
+without the searched keys and the keys that only change how a run runs; a data manifest by its
+digest) beside the search block, and a re-run that differs in any of them, or in metric,
+direction, sampler, pruner (and its settings) or space, is refused with every difference named
+(``identity_differences``); ``trials`` and ``parallel`` may change.
+
 The sweep directory of a search holds, besides the task table: ``study.journal`` (the Optuna
 study, written only by the driver, ``brainmri.jobs.search``), ``trials.json`` (trial ↔ task ↔ job
 id, state, value and intermediate values per epoch: what the collector's search view reads) and
