@@ -475,3 +475,14 @@ def test_a_copy_of_a_running_task_ends_already_running_and_the_task_reads_runnin
         holder.kill()
         holder.wait()
     assert task_state(tmp_path, task, "COMPLETED")[0] == "failed"  # nobody holds it any more
+
+
+def test_the_collector_refuses_a_misspelled_metric_with_the_registry_names(tmp_path, capsys):
+    from brainmri.cli import collect as collect_cli
+    from run_dirs import make_run
+
+    make_run(tmp_path / "runs", "baseline_cnn", 0, 0.01, 0.8)
+    assert collect_cli.main([str(tmp_path / "runs"), "--metric", "val/accuracy"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: --metric val/accuracy: no finished run's summary has it (every run logs val/acc, "
+                   "val/loss, val/macro_f1, val/auc, val/ece)"), err
