@@ -47,7 +47,8 @@ def trials_frame(trials: dict, recipe: str | None = None) -> pd.DataFrame:
                              r["number"]))
     out = []
     for r in rows:
-        state = f"pruned at epoch {r['pruned_at']}" if r["state"] == TrialState.PRUNED and r.get("pruned_at") else r["state"]
+        pruned = r["state"] == TrialState.PRUNED and r.get("pruned_at")
+        state = f"pruned at epoch {r['pruned_at']}" if pruned else r["state"]
         out.append({"recipe": r["recipe"], "trial": r["number"], "state": state,
                     search.get("metric", "value"): _fmt(r["value"]), "epochs reported": len(r["intermediate"]),
                     **{k: _fmt(v) for k, v in r["params"].items()}, "run": _run_id(r)})
