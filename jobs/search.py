@@ -53,21 +53,49 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from brainmri.atomic import append_line
+from brainmri.jobs.submit import (
+    executor_parameters,
+    live_holder_job,
+    make_executor,
+    refresh,
+    scheduler_states,
+    submit,
+    submit_one,
+    task_state,
+    wait,
+)
 from brainmri.metric_names import TIE_BREAK, choice_key
 from brainmri.rundir import RunDir
-from brainmri.sweepdir import (
-    TASK_ENDED, TASK_RESUBMITTABLE, TRIAL_ACTIVE, TRIAL_ENDED, TaskState, TrialState, trial_state_of_task,
+from brainmri.sweep.expand import (
+    Sweep,
+    SweepError,
+    Task,
+    confirm_task,
+    describe,
+    format_params,
+    save_sweep,
+    save_table,
+    trial_task,
 )
-from brainmri.sweep.expand import Sweep, SweepError, Task, confirm_task, describe, format_params, save_sweep, save_table, trial_task
 from brainmri.sweep.search import (
-    DriverLockedError, identity_differences, lock_driver, read_trials, study_file, write_trials,
+    DriverLockedError,
+    identity_differences,
+    lock_driver,
+    read_trials,
+    study_file,
+    write_trials,
 )
-from brainmri.jobs.submit import (
-    executor_parameters, live_holder_job, make_executor, refresh, scheduler_states, submit, submit_one, task_state,
-    wait,
+from brainmri.sweepdir import (
+    TASK_ENDED,
+    TASK_RESUBMITTABLE,
+    TRIAL_ACTIVE,
+    TRIAL_ENDED,
+    TaskState,
+    TrialState,
+    trial_state_of_task,
 )
 
 ACTIVE_ROWS = TRIAL_ACTIVE
@@ -140,7 +168,7 @@ def open_storage(sweep_dir: Path):
     return JournalStorage(_journal_backend()(study_file(sweep_dir)))
 
 
-def _finite(value: Any) -> bool:
+def _finite(value: Any) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -154,7 +182,7 @@ class SearchDriver:
 
     def __init__(self, sweep: Sweep, cluster: str, poll_s: float = 2.0, confirm_seeds: list | None = None,
                  out=None):
-        self.sweep, self.spec, self.cluster, self.poll_s = sweep, sweep.search, cluster, poll_s
+        self.sweep, self.spec, self.cluster, self.poll_s = sweep, sweep.search_spec, cluster, poll_s
         self.confirm_seeds = confirm_seeds or []
         self.out = out or sys.stdout
         self.tasks: dict[str, Task] = {t.id: t for t in sweep.tasks}
@@ -190,7 +218,8 @@ class SearchDriver:
     def progress(self) -> None:
         c = self.counts()
         total = sum(max(self.spec.trials, self.asked(r)) for r in self.studies)  # trials lowered: what was asked
-        self.say(f"trials: {c['finished']} finished, {c['pruned']} pruned, {c['failed']} failed, {c['running']} running "
+        self.say(f"trials: {c['finished']} finished, {c['pruned']} pruned, {c['failed']} failed, "
+                 f"{c['running']} running "
                  f"of {total}; elapsed {_duration(time.monotonic() - self.started)}")
 
     # ------------------------------------------------------------------ the study
@@ -337,20 +366,22 @@ class SearchDriver:
         """Tell the study how the trial's run ended (unless it already knows: a restarted driver)."""
         optuna = _optuna()
         study, frozen = self.studies[row["recipe"]], self._frozen(row)
-        value = (RunDir(row["run_dir"]).read_summary() or {}).get(self.spec.metric) if state == TrialState.FINISHED else None
+        value = (RunDir(row["run_dir"]).read_summary() or {}).get(self.spec.metric) \
+            if state == TrialState.FINISHED else None
         if state == TrialState.FINISHED and not _finite(value):
             state, error = TrialState.FAILED, f"the finished run's summary has no {self.spec.metric}"
-        if state == TrialState.FINISHED and frozen.state == optuna.trial.TrialState.FAIL:
-            self.reconcile(row, float(value))
+        result = float(value) if state == TrialState.FINISHED and _finite(value) else None
+        if result is not None and frozen.state == optuna.trial.TrialState.FAIL:
+            self.reconcile(row, result)
             return
         if not frozen.state.is_finished():
-            if state == TrialState.FINISHED:
-                study.tell(row["number"], float(value))
+            if result is not None:
+                study.tell(row["number"], result)
             else:
                 study.tell(row["number"], state=optuna.trial.TrialState.PRUNED if state == TrialState.PRUNED
                            else optuna.trial.TrialState.FAIL)
-        row.update(state=state, value=float(value) if state == TrialState.FINISHED else None, ended_at=time.time(),
-                   error=error, loss=self._loss(row) if state == TrialState.FINISHED else None)
+        row.update(state=state, value=result, ended_at=time.time(), error=error,
+                   loss=self._loss(row) if result is not None else None)
         if state == TrialState.PRUNED and row["intermediate"]:
             row["value"] = row["intermediate"][max(row["intermediate"], key=int)]
         best = self.best(row["recipe"])
@@ -411,7 +442,7 @@ class SearchDriver:
             return changed
         tasks = [self._task(r) for r in active]
         sched = scheduler_states(tasks) if self.cluster == "slurm" else {}
-        for row, task in zip(active, tasks):
+        for row, task in zip(active, tasks, strict=True):
             state, error = task_state(self.sweep.dir, task, sched.get(row["job_id"] or ""))
             if state == TaskState.FAILED and (holder := live_holder_job(task)):  # a copy met the original's lock
                 self.say(f"trial {row['number']} ({row['recipe']}) is already running as job {holder}: adopted")
@@ -542,7 +573,8 @@ class SearchDriver:
                 self.say(f"{recipe}: no trial finished")
                 code = 1
                 continue
-            self.data["best"][recipe] = {k: best.get(k) for k in ("number", "value", "loss", "task", "run_dir", "params")}
+            self.data["best"][recipe] = {k: best.get(k)
+                                         for k in ("number", "value", "loss", "task", "run_dir", "params")}
             self.say(f"{recipe}: best trial {best['number']}, {self.spec.metric} {best['value']:.4g}: "
                      f"{format_params(best['params'])} ({best['run_dir']})")
         self.progress()
@@ -575,7 +607,8 @@ class SearchDriver:
         self.save()
         code = 0
         for recipe, entry in self.data["confirm"].items():
-            values = [(RunDir(self.tasks[i].run_dir).read_summary() or {}).get(self.spec.metric) for i in entry["tasks"]]
+            values = [(RunDir(self.tasks[i].run_dir).read_summary() or {}).get(self.spec.metric)
+                      for i in entry["tasks"]]
             done = [v for v in values if _finite(v)]
             if len(done) < len(values):
                 code = 1
@@ -600,7 +633,7 @@ def run_search(sweep: Sweep, cluster: str, dry_run: bool = False, poll_s: float 
 def print_plan(sweep: Sweep, cluster: str, confirm_seeds: list | None = None) -> None:
     """``--dry-run``: the search, each recipe's trial resources and the worst-case bill (every trial
     to its time limit), and how to run the driver as a SLURM job."""
-    spec = sweep.search
+    spec = sweep.search_spec
     print(f"search {sweep.name}: {spec.sampler} sampler, {spec.pruner} pruner on {spec.metric} ({spec.direction}), "
           f"{spec.trials} trial(s) per recipe, {spec.parallel} at once; {sweep.dir}")
     for key, param in spec.space.items():

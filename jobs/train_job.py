@@ -59,11 +59,9 @@ class TrainJob(submitit.helpers.Checkpointable):
             return summary
         export_distributed_env()
         from brainmri.config import from_dict
-        from brainmri.train.engine import fit
-
-        from brainmri.train.signals import TrialPruned
-
         from brainmri.rundir import RunLockedError
+        from brainmri.train.engine import fit
+        from brainmri.train.signals import TrialPruned
 
         try:
             return fit(from_dict(self.config))

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import sys
 
-from brainmri.config import ConfigError
-from brainmri.models.weights import WeightsError
-from brainmri.use.predict import predict_files, write_csv
-from brainmri.use.ensemble import Ensemble
-from brainmri.use.trained import RunError
-from brainmri.rundir import CheckpointError
 from brainmri.cli.errors import one_line_errors
 from brainmri.cli.target import load_target, target_parser
+from brainmri.config import ConfigError
+from brainmri.models.weights import WeightsError
+from brainmri.rundir import CheckpointError
+from brainmri.use.ensemble import Ensemble
+from brainmri.use.predict import predict_files, write_csv
+from brainmri.use.trained import RunError
 
 
 @one_line_errors(RunError, CheckpointError, ConfigError, WeightsError)

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from brainmri.data.cachedir import cache_base, cache_unwritable
 from brainmri.atomic import atomic_path, write_json
+from brainmri.data.cachedir import cache_base, cache_unwritable
 
 FORMAT = 2
 
@@ -44,10 +44,10 @@ class DecodedCache:
         self.data_path = Path(data_path)
         self.shape = tuple(shape)  # what ``cache(i)`` returns, stacked: (N, C, H, W); one channel is stored
         self.built = built  # True when this call decoded the images (False: reused a store)
-        self._mm = None
+        self._mm: np.ndarray | None = None
 
     @classmethod
-    def build_or_none(cls, samples, decoder, cache_dir: str | Path | None = None) -> "DecodedCache | None":
+    def build_or_none(cls, samples, decoder, cache_dir: str | Path | None = None) -> DecodedCache | None:
         """:meth:`build`, or None (one warning) when the store cannot be written: images are then decoded as read."""
         try:
             return cls.build(samples, decoder, cache_dir)
@@ -56,7 +56,7 @@ class DecodedCache:
             return None
 
     @classmethod
-    def build(cls, samples, decoder, cache_dir: str | Path | None = None, workers: int | None = None) -> "DecodedCache":
+    def build(cls, samples, decoder, cache_dir: str | Path | None = None, workers: int | None = None) -> DecodedCache:
         """Open the store for ``samples`` decoded by ``decoder``, building it first if needed."""
         if not samples:
             raise ValueError("DecodedCache.build: no samples")
@@ -96,7 +96,7 @@ class DecodedCache:
         return cls(data_path, shape, built=True)
 
     @classmethod
-    def _open(cls, data_path: Path, meta_path: Path, n: int) -> "DecodedCache | None":
+    def _open(cls, data_path: Path, meta_path: Path, n: int) -> DecodedCache | None:
         try:
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError):

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,10 +22,9 @@ import torch
 from filelock import FileLock
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
-from brainmri.data.leakage import BANDS, fingerprints, group_keys, nearest
 from brainmri.data.files import DataError, Sample, file_index, resolve_splits_root, scan_folder
+from brainmri.data.leakage import BANDS, fingerprints, group_keys, nearest
 from brainmri.data.transforms import Decoder
-
 
 PARTS = ("train", "val", "test")
 
@@ -82,7 +82,7 @@ class Split:
         }
 
     @classmethod
-    def from_record(cls, record: dict, root: str | Path | None = None) -> "Split":
+    def from_record(cls, record: dict, root: str | Path | None = None) -> Split:
         """The split a split record describes, with paths under ``root`` (default: its own root)."""
         if "files" not in record:
             raise DataError("the run's split record lists no files (written by an older brainmri); retrain it")
@@ -171,7 +171,7 @@ def split_groups(samples: list[Sample], val_fraction: float, seed: int,
     if val_fraction <= 0:
         return list(samples), []
     groups: dict[str, list[Sample]] = {}
-    for s, k in zip(samples, keys or [s.sha1 for s in samples]):
+    for s, k in zip(samples, keys or [s.sha1 for s in samples], strict=True):
         groups.setdefault(k, []).append(s)
     keys = sorted(groups)
     labels = [int(np.bincount([s.label for s in groups[k]]).argmax()) for k in keys]
@@ -226,7 +226,7 @@ def build_split(data_cfg, root: str | Path) -> Split:
     fold_of: dict[str, int] = {}
     if folds:
         assigned = fold_numbers(samples, folds, data_cfg.split_seed, keys)
-        fold_of = {s.path: f for s, f in zip(samples, assigned)}
+        fold_of = {s.path: f for s, f in zip(samples, assigned, strict=True)}
         train = [s for s in samples if fold_of[s.path] != data_cfg.fold]
         val = [s for s in samples if fold_of[s.path] == data_cfg.fold]
     else:
@@ -235,7 +235,7 @@ def build_split(data_cfg, root: str | Path) -> Split:
     # does on images unlike anything it trained on (nothing is dropped).
     annotate_nearest(train, val + test, lambda part: fp[[row[s.path] for s in part]])
     numbers = {k: i for i, k in enumerate(sorted(set(keys)))}
-    group_of = {s.path: numbers[k] for s, k in zip(samples, keys)}
+    group_of = {s.path: numbers[k] for s, k in zip(samples, keys, strict=True)}
     return Split(classes, train, val, test, skipped, group_by, len(numbers), str(root), group_of,
                  folds or None, data_cfg.fold if folds else None, fold_of)
 
@@ -257,7 +257,7 @@ def nearest_training(train_paths: list[str], train_sha1: list[str], train_fp: np
     if not samples:
         return
     near = nearest(train_fp, train_sha1, sample_fp, [s.sha1 for s in samples])
-    for s, idx, sim, band in zip(samples, near.index, near.coarse, near.band):
+    for s, idx, sim, band in zip(samples, near.index, near.coarse, near.band, strict=True):
         s.nearest_train = train_paths[idx] if idx >= 0 else None
         s.similarity = round(float(sim), 4) if idx >= 0 else None
         s.band = BANDS[band]
@@ -368,10 +368,10 @@ class TrainingData:
     root: Path
     split: Split
     datasets: dict[str, ImageDataset]
-    sampler: "EpochSampler"
-    train_seeded: "EpochSeeded"  # augmentation seeded per (seed, epoch, image)
+    sampler: EpochSampler
+    train_seeded: EpochSeeded  # augmentation seeded per (seed, epoch, image)
     loaders: dict[str, torch.utils.data.DataLoader]  # train, val and (with a test split) test
-    normalize: object  # uint8 batch → model input
+    normalize: Callable[[torch.Tensor], torch.Tensor]  # uint8 batch → model input
 
     @property
     def classes(self) -> list[str]:

@@ -16,6 +16,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -82,7 +83,7 @@ def _index_path(root: Path) -> Path:
 def _check_file(path: Path) -> dict:
     """Hash the bytes and fully decode the image; return its index entry."""
     stat = path.stat()
-    entry = {"size": stat.st_size, "mtime": stat.st_mtime_ns}
+    entry: dict[str, Any] = {"size": stat.st_size, "mtime": stat.st_mtime_ns}
     entry["sha1"] = hashlib.sha1(path.read_bytes()).hexdigest()
     try:
         with Image.open(path) as img:
@@ -140,7 +141,7 @@ def scan_folder(split_dir: str | Path, classes: list[str] | None = None,
             todo.append(path)
     if todo:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for path, entry in zip(todo, pool.map(_check_file, todo)):
+            for path, entry in zip(todo, pool.map(_check_file, todo), strict=True):
                 index[str(path)] = entry
         try:
             index_file.parent.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,7 @@ class Decoder:
         self.resize = v2.Resize((image_size, image_size), antialias=True)
 
     @classmethod
-    def from_config(cls, data_cfg) -> "Decoder":
+    def from_config(cls, data_cfg) -> Decoder:
         """The decoder of a config's ``data`` section (size, channels, crop, background, margin)."""
         return cls(data_cfg.input_size, data_cfg.input_channels, data_cfg.crop, data_cfg.background,
                    data_cfg.head_margin)

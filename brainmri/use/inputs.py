@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from brainmri.data.files import IMAGE_EXTENSIONS
-from brainmri.data.files import load_pil
+from brainmri.data.files import IMAGE_EXTENSIONS, load_pil
 
 DICOM_EXTENSIONS = {".dcm", ".dicom", ".dic", ".ima"}
 
