@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from brainmri.config import DataConfig
 from brainmri.data.datasets import build_split
+from conftest import TINY, run_train
 
 FIXTURE = Path(__file__).parent / "fixtures" / "folder_split_main.json"
 REFERENCE_CONFIGS = {"split": DataConfig(val_fraction=0.25), "exact": DataConfig(group_by="exact", split_seed=3),
@@ -29,3 +33,122 @@ def test_a_folder_root_gives_the_split_it_gave_before_manifests(phantom_root, na
     for part in ("train", "val", "test"):
         assert got[part] == want[part], part
     assert record["manifest"] == want["manifest"]
+
+
+# ------------------------------------------------------------------------------------ helpers
+def write_dicom12(path: Path, grey: np.ndarray, window: bool = True, monochrome1: bool = False,
+                  frames: int = 1) -> np.ndarray:
+    """A real 12-bit MR DICOM slice (pydicom) whose stored values spread ``grey`` (0-255) over 0..4080
+    plus a fine 0..15 ramp, so that the slice holds far more than 256 levels; returns the stored values."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = MRImageStorage, meta.MediaStorageSOPInstanceUID, "MR"
+    h, w = grey.shape
+    ramp = (np.arange(h * w).reshape(h, w) % 16)
+    stored = (grey.astype(np.int64) * 16 + ramp).clip(0, 4095).astype(np.uint16)
+    if monochrome1:
+        stored = (4095 - stored).astype(np.uint16)
+    ds.Rows, ds.Columns = h, w
+    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 16, 12, 11, 0
+    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.RescaleSlope, ds.RescaleIntercept = 2, -100  # modality values 2·stored − 100
+    if window:
+        ds.WindowCenter, ds.WindowWidth = 2 * 2048 - 100, 2 * 4096  # the whole 12-bit range
+    if frames > 1:
+        ds.NumberOfFrames = frames
+        ds.PixelData = np.concatenate([stored] * frames).tobytes()
+    else:
+        ds.PixelData = stored.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return stored
+
+
+def write_csv(path: Path, header: list[str], rows: list[list], sep: str = ",") -> Path:
+    path.write_text("\n".join(sep.join(str(v) for v in row) for row in [header, *rows]) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def scans(phantom_root, tmp_path_factory) -> dict:
+    """A lab export made from the phantoms: JPEG and 12-bit DICOM rows, three slices per patient, two
+    sites, the Testing images as the split column's test rows, a metadata column, and five bad rows."""
+    base = tmp_path_factory.mktemp("export")
+    (base / "dicom").mkdir()
+    rows, patients = [], {}
+    for part, folder in (("", "Training"), ("test", "Testing")):
+        for cls_dir in sorted((phantom_root / folder).iterdir()):
+            for k, src in enumerate(sorted(cls_dir.glob("*.jpg"))):
+                patient = f"{folder[:2]}-{cls_dir.name}-{k // 3}"
+                site = "north" if (k // 3) % 2 == 0 else "south"
+                path: str = str(src)  # absolute
+                if k % 2 == 0 and folder == "Training" or k == 1:
+                    dcm = base / "dicom" / f"{folder}-{cls_dir.name}-{k}.dcm"
+                    write_dicom12(dcm, np.asarray(Image.open(src).convert("L")))
+                    path = f"dicom/{dcm.name}"  # relative to the manifest's folder
+                rows.append([path, cls_dir.name, patient, site, part, f"scanner-{site}-{k % 2}"])
+                patients[patient] = part
+    good = len(rows)
+    first_train = rows[0]
+    shutil.copy(sorted((phantom_root / "Training" / "glioma").glob("*.jpg"))[1], base / "extra.jpg")
+    bad = [
+        ["dicom/missing.dcm", "glioma", "Tr-x-0", "north", "", "s"],  # missing file
+        [rows[3][0].replace(".jpg", ".jpg"), "", "Tr-x-1", "north", "", "s"],  # empty label
+        [str(sorted((phantom_root / "Testing" / "glioma").glob("*.jpg"))[0]), "astrocytoma", "Te-x", "south", "test",
+         "s"],  # unknown label (data.classes is fixed)
+        list(first_train),  # duplicate path
+        ["extra.jpg", "glioma", first_train[2], "north", "test", "s"],  # a training-pool patient as test
+    ]
+    header = ["path", "label", "patient", "site", "split", "scanner"]
+    manifest = write_csv(base / "scans.csv", header, rows + bad)
+    return {"manifest": manifest, "good": good, "bad_rows": list(range(good + 2, good + 2 + len(bad))),
+            "patients": patients}
+
+
+def test_a_manifest_of_jpeg_and_12bit_dicom_rows_trains_with_patients_sites_and_bad_rows(scans, tmp_path):
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    classes = "[glioma,meningioma,notumor,pituitary]"
+    run_train("--config", "configs/baseline_cnn.yaml", *TINY, f"data.manifest={scans['manifest']}",
+              f"data.classes={classes}", "data.group_by=patient", "data.max_skipped_fraction=0.1",
+              "data.cache=decoded", f"data.cache_dir={cache}", f"run_dir={run}", "train.epochs=1",
+              "train.max_steps_per_epoch=2", "wandb.enabled=false")
+    record = json.loads((run / "split.json").read_text())
+    assert record["source"] == str(scans["manifest"]) and record["sites"] == ["north", "south"]
+    part_of: dict[str, set] = {}
+    for part in ("train", "val", "test"):
+        for r in record["files"][part]:
+            part_of.setdefault(r["patient"], set()).add(part)
+    assert all(len(p) == 1 for p in part_of.values()), "a patient in two parts"
+    # the split column's test rows are the test part, and nothing else is
+    assert {p for p, parts in part_of.items() if parts == {"test"}} == {p for p, s in scans["patients"].items()
+                                                                        if s == "test"}
+    assert record["train"] + record["val"] + record["test"] == scans["good"]
+    # bad rows: listed with row number, path and reason; also at the end of the log
+    skipped = json.loads((run / "skipped_files.json").read_text())["files"]
+    reasons = {s["row"]: s["error"] for s in skipped}
+    rows = scans["bad_rows"]
+    assert "file not found" in reasons[rows[0]] and "empty label" in reasons[rows[1]]
+    assert "unknown label 'astrocytoma'" in reasons[rows[2]] and "duplicate path (also row 2)" in reasons[rows[3]]
+    assert "is in split (empty)" in reasons[rows[4]] and "and 'test'" in reasons[rows[4]]
+    assert len(skipped) == 5
+    log = (run / "train.log").read_text().splitlines()
+    assert f"row {rows[-1]} " in log[-2] or any(f"row {rows[-1]} " in line for line in log[-8:])
+    # DICOM rows at full precision: the decoded cache is 16-bit and holds more than 8 bits of levels
+    stores = [np.load(p, mmap_mode="r") for p in (cache / "decoded").glob("*.npy")]
+    assert stores and all(s.dtype == np.uint16 for s in stores)
+    assert any((np.asarray(s) % 257 != 0).any() for s in stores)
+    # per-site test metrics in the summary; the manifest's columns in the predictions file
+    summary = json.loads((run / "summary.json").read_text())
+    for site in ("north", "south"):
+        assert 0.0 <= summary[f"test/site/{site}/acc"] <= 1.0 and summary[f"test/site/{site}/n"] > 0
+    assert summary["test/site/north/n"] + summary["test/site/south/n"] == summary["test/n"]
+    import csv
+
+    with open(run / "predictions_test.csv") as f:
+        preds = list(csv.DictReader(f))
+    assert {"row", "patient", "site", "scanner"} <= set(preds[0]) and preds[0]["scanner"].startswith("scanner-")

@@ -23,7 +23,7 @@ from filelock import FileLock
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from brainmri.config import group_by_parts
-from brainmri.data.files import DataError, Sample, file_index
+from brainmri.data.files import DataError, Sample, file_index, is_dicom_file
 from brainmri.data.leakage import BANDS, fingerprints, group_keys, nearest
 from brainmri.data.manifest import Source, open_data
 from brainmri.data.transforms import Decoder
@@ -476,7 +476,12 @@ def build_training_data(cfg, first=contextlib.nullcontext) -> TrainingData:
         split = build_split(cfg.data, root)
     if not split.val:
         raise ValueError("data.val_fraction=0 leaves no validation split; the engine needs one")
-    decoder = Decoder.from_config(cfg.data)  # size, channels, head crop and background
+    deep = any(is_dicom_file(s.path) for part in PARTS for s in getattr(split, part))
+    if deep and {"trivialaugment", "randaugment"} & set(cfg.data.augment):
+        raise DataError(f"data.augment={list(cfg.data.augment)}: trivialaugment and randaugment work on 8-bit images; "
+                        "the data holds DICOM slices decoded at full precision: choose other augmentations")
+    # size, channels, head crop, background, DICOM window; with DICOM every image decodes to uint16
+    decoder = Decoder.from_config(cfg.data, deep)
     sources = {}
     if cfg.data.cache == "decoded":
         from brainmri.data.cache import DecodedCache
