@@ -152,3 +152,56 @@ def test_a_manifest_of_jpeg_and_12bit_dicom_rows_trains_with_patients_sites_and_
     with open(run / "predictions_test.csv") as f:
         preds = list(csv.DictReader(f))
     assert {"row", "patient", "site", "scanner"} <= set(preds[0]) and preds[0]["scanner"].startswith("scanner-")
+
+
+@pytest.fixture(scope="module")
+def three_sites(phantom_root, tmp_path_factory) -> Path:
+    """Every phantom (training and test images) as one manifest row: two slices per patient, three sites."""
+    base = tmp_path_factory.mktemp("sites")
+    rows = []
+    for folder in ("Training", "Testing"):
+        for cls_dir in sorted((phantom_root / folder).iterdir()):
+            for k, src in enumerate(sorted(cls_dir.glob("*.jpg"))):
+                patient = f"{folder}-{cls_dir.name}-{k // 2}"
+                rows.append([str(src), cls_dir.name, patient, "abc"[(k // 2) % 3]])
+    return write_csv(base / "scans.tsv", ["path", "label", "patient", "site"], rows, sep="\t")
+
+
+def test_test_site_holds_a_whole_site_out(three_sites, tmp_path):
+    split = build_split(DataConfig(test_site="b", group_by="patient+near", cache_dir=str(tmp_path)), three_sites)
+    assert {s.site for s in split.test} == {"b"} and not {s.site for s in split.train + split.val} & {"b"}
+    held = {s.patient for s in split.test}
+    assert not held & {s.patient for s in split.train + split.val}
+    assert len(split.train) + len(split.val) + len(split.test) == 64 and split.record()["test_site"] == "b"
+    from brainmri.data.files import DataError
+
+    with pytest.raises(DataError, match=r"data.test_site=z: no such site .* \(sites: a, b, c\)"):
+        build_split(DataConfig(test_site="z", cache_dir=str(tmp_path)), three_sites)
+
+
+def test_folds_sites_makes_one_task_per_site_and_the_collector_a_leave_one_site_out_table(three_sites, tmp_path):
+    from brainmri.results.collect import collect_runs, compare
+    from brainmri.results.report import to_markdown
+    from brainmri.sweep.expand import SweepError, load_sweep
+
+    spec = tmp_path / "loso.yaml"
+    spec.write_text(f"name: loso\nrecipe: baseline_cnn\nfolds: sites\nseeds: [0]\n"
+                    f"overrides:\n  data.manifest: {three_sites}\n  data.group_by: patient\n")
+    sweep = load_sweep(spec, [], tmp_path / "sweeps")
+    assert [t.params["data.test_site"] for t in sweep.tasks] == ["a", "b", "c"]
+    for task in sweep.tasks:  # each task trained for real, as the sweep's job would
+        run_train("--config", task.config_path, *task.overrides, *TINY, "train.epochs=1",
+                  "train.max_steps_per_epoch=1", "wandb.enabled=false", f"data.cache_dir={tmp_path / 'cache'}")
+    cmp = compare(collect_runs([sweep.dir]))
+    assert len(cmp.recipes) == 1 and len(cmp.recipes[0].runs) == 3  # the sites are replicates, not configurations
+    rows = {r["held_out_site"]: r for r in cmp.loso}
+    assert list(rows) == ["a", "b", "c", "mean"]
+    for site in "abc":
+        summary = json.loads((Path(sweep.tasks["abc".index(site)].run_dir) / "summary.json").read_text())
+        assert rows[site]["acc"] == summary["test/acc"] and summary[f"test/site/{site}/n"] == summary["test/n"]
+    assert rows["mean"]["acc"] == pytest.approx(np.mean([rows[s]["acc"] for s in "abc"]))
+    text = to_markdown(cmp)
+    assert "## Leave one site out" in text and "| mean " in text
+    spec.write_text(spec.read_text() + "  data.test_site: a\n")
+    with pytest.raises(SweepError, match="folds: sites holds every site out in turn"):
+        load_sweep(spec, [], tmp_path / "sweeps")

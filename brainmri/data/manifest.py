@@ -246,3 +246,12 @@ def read_manifest(path: str | Path, classes: list[str] | tuple[str, ...] | None 
 
 def _shown(part: str) -> str:
     return "(empty)" if part == "pool" else repr(part)
+
+
+def manifest_sites(path: str | Path) -> list[str]:
+    """The sites a manifest names (its ``site`` column, sorted), read without touching its files."""
+    header, rows = read_rows(Path(path))
+    if "site" not in header:
+        raise DataError(f"manifest {path} has no site column (header: {', '.join(header)})")
+    i = header.index("site")
+    return sorted({r[i].strip() for r in rows if i < len(r) and r[i].strip()})
