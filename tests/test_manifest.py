@@ -205,3 +205,42 @@ def test_folds_sites_makes_one_task_per_site_and_the_collector_a_leave_one_site_
     spec.write_text(spec.read_text() + "  data.test_site: a\n")
     with pytest.raises(SweepError, match="folds: sites holds every site out in turn"):
         load_sweep(spec, [], tmp_path / "sweeps")
+
+
+def test_a_manifest_that_cannot_be_used_is_one_line_exit_2_before_training(phantom_root, tmp_path):
+    from brainmri.data.files import DataError
+    from brainmri.data.manifest import read_manifest
+
+    images = sorted(str(p) for p in (phantom_root / "Training").rglob("*.jpg"))
+    no_label = write_csv(tmp_path / "no_label.csv", ["path", "patient"], [[p, "x"] for p in images])
+    with pytest.raises(DataError, match=r"no_label.csv has no label column \(header: path, patient\)"):
+        read_manifest(no_label)
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(DataError, match="empty.csv is empty"):
+        read_manifest(tmp_path / "empty.csv")
+    header_only = write_csv(tmp_path / "header.csv", ["path", "label"], [])
+    with pytest.raises(DataError, match="header.csv has a header but no rows"):
+        read_manifest(header_only)
+    # 3 of 48 rows missing: 6.25 % > the default 5 %; allowed with a larger data.max_skipped_fraction
+    rows = [[p, Path(p).parent.name] for p in images[:45]] + [[f"gone{i}.jpg", "glioma"] for i in range(3)]
+    many = write_csv(tmp_path / "many.csv", ["path", "label"], rows)
+    with pytest.raises(DataError, match=r"many.csv: 3 of 48 rows cannot be used \(6.2%.*first: row 47 gone0.jpg: "
+                                         "file not found"):
+        read_manifest(many)
+    assert len(read_manifest(many, max_skipped_fraction=0.1).samples) == 45
+    proc = run_train("--config", "configs/baseline_cnn.yaml", *TINY, f"data.manifest={many}",
+                     f"run_dir={tmp_path / 'run'}", "wandb.enabled=false", check=False, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert proc.stderr.startswith("error: manifest ") and "many.csv" in proc.stderr
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+def test_a_multi_frame_dicom_row_is_skipped_with_one_line(phantom_root, tmp_path):
+    from brainmri.data.manifest import read_manifest
+
+    images = sorted(str(p) for p in (phantom_root / "Training").rglob("*.jpg"))
+    write_dicom12(tmp_path / "cine.dcm", np.zeros((16, 16), np.uint8), frames=3)
+    rows = [[p, Path(p).parent.name] for p in images] + [["cine.dcm", "glioma"]]
+    source = read_manifest(write_csv(tmp_path / "m.csv", ["path", "label"], rows))
+    assert source.skipped == [{"row": 50, "path": "cine.dcm",
+                               "error": "unreadable: multi-frame DICOM (3 frames): give single slices, one per file"}]

@@ -21,7 +21,7 @@ from PIL import Image
 
 from brainmri.atomic import atomic_write
 from brainmri.data.cachedir import cache_base, cache_unwritable
-from brainmri.data.dicom import DICOM_EXTENSIONS, dicom_values, is_dicom, read_dicom
+from brainmri.data.dicom import DICOM_EXTENSIONS, DicomError, dicom_values, is_dicom, read_dicom
 from brainmri.data.preprocess import load_grey
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -105,6 +105,8 @@ def _check_file(path: Path) -> dict:
             entry["dims"], entry["mode"] = list(img.size), img.mode
         load_pil(path, 1)
         entry["error"] = None
+    except DicomError as e:  # its message says what is wrong in one line
+        entry["error"] = str(e)
     except Exception as e:  # PIL raises many types for broken files
         entry["error"] = f"{type(e).__name__}: {e}"
     return entry
