@@ -13,6 +13,7 @@ import base64
 import hashlib
 import io
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,7 +156,7 @@ def scan_folder(split_dir: str | Path, classes: list[str] | None = None,
     return classes, samples, skipped
 
 
-def index_files(paths: list[Path], index_file: Path, workers: int = 4,
+def index_files(paths: list[Path] | list[str], index_file: Path, workers: int = 4,
                 stats: list | None = None) -> dict[str, dict]:
     """Index entries (size, mtime, sha1, dims, mode, error) of ``paths``, kept in ``index_file``: a file
     whose size and mtime are unchanged is not read again. ``stats`` (``os.stat`` results, row-aligned)
@@ -166,14 +167,14 @@ def index_files(paths: list[Path], index_file: Path, workers: int = 4,
         index = {}
     todo = []
     for k, path in enumerate(paths):
-        entry = index.get(str(path))
-        stat = stats[k] if stats is not None else path.stat()
+        entry = index.get(path if isinstance(path, str) else str(path))
+        stat = stats[k] if stats is not None else os.stat(path)
         if (not entry or entry["size"] != stat.st_size or entry["mtime"] != stat.st_mtime_ns
                 or ("mode" not in entry and not entry["error"])):
             todo.append(path)
     if todo:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for path, entry in zip(todo, pool.map(_check_file, todo)):
+            for path, entry in zip(todo, pool.map(_check_file, [Path(p) for p in todo])):
                 index[str(path)] = entry
         try:
             index_file.parent.mkdir(parents=True, exist_ok=True)

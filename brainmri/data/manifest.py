@@ -153,35 +153,38 @@ def read_manifest(path: str | Path, classes: list[str] | tuple[str, ...] | None 
     def skip(row: int, p: str, reason: str) -> None:
         skipped.append({"row": row, "path": p, "error": reason})
 
-    def cell(values: list[str], name: str) -> str:
-        i = col.get(name)
-        return values[i].strip() if i is not None and i < len(values) else ""
+    width = len(header)
+    at = {name: col.get(name, width) for name in KNOWN_COLUMNS}  # a missing column reads as the empty padding
+    i_path, i_label, i_patient, i_site, i_split = (at[c] for c in KNOWN_COLUMNS)
+    meta_at = [(c, col[c]) for c in meta_cols]
 
     kept: list[dict] = []  # row dicts that pass the checks that need no file access
     first_of: dict[str, dict] = {}  # resolved path → its first row
     for n, values in enumerate(rows, start=2):  # line 1 is the header
+        if len(values) <= width:
+            values = values + [""] * (width + 1 - len(values))
         if not any(v.strip() for v in values):
             continue  # a blank line
-        raw = cell(values, "path")
+        raw = values[i_path].strip()
         if not raw:
             skip(n, "", "empty path")
             continue
         full = os.path.normpath(raw if os.path.isabs(raw) else os.path.join(base, raw))
-        label = cell(values, "label")
+        label = values[i_label].strip()
         if labels and not label:
             skip(n, raw, "empty label")
             continue
         if labels and fixed is not None and label not in fixed:
             skip(n, raw, f"unknown label {label!r} (data.classes: {', '.join(fixed)})")
             continue
-        split_value = cell(values, "split")
+        split_value = values[i_split].strip()
         part = SPLIT_VALUES.get(split_value.lower())
         if part is None:
             skip(n, raw, f"unknown split value {split_value!r} (train, val, test, Training, Testing or empty)")
             continue
         row = {"row": n, "raw": raw, "path": full, "label": label, "part": part,
-               "patient": cell(values, "patient") or None, "site": cell(values, "site") or None,
-               "meta": {c: cell(values, c) for c in meta_cols}}
+               "patient": values[i_patient].strip() or None, "site": values[i_site].strip() or None,
+               "meta": {c: values[i].strip() for c, i in meta_at}}
         first = first_of.get(full)
         if first is None:
             first_of[full] = row
@@ -215,10 +218,10 @@ def read_manifest(path: str | Path, classes: list[str] | tuple[str, ...] | None 
             present.append(row)
         except OSError:
             skip(row["row"], row["raw"], "file not found" if not os.path.lexists(row["path"]) else "file unreadable")
-    index = index_files([Path(r["path"]) for r in present], _index_path(path), workers, stats)
+    index = index_files([r["path"] for r in present], _index_path(path), workers, stats)
     usable = []
     for row in present:
-        entry = index[str(Path(row["path"]))]
+        entry = index[row["path"]]
         if entry["error"]:
             skip(row["row"], row["raw"], f"unreadable: {entry['error']}")
         else:
