@@ -244,3 +244,19 @@ def test_a_multi_frame_dicom_row_is_skipped_with_one_line(phantom_root, tmp_path
     source = read_manifest(write_csv(tmp_path / "m.csv", ["path", "label"], rows))
     assert source.skipped == [{"row": 50, "path": "cine.dcm",
                                "error": "unreadable: multi-frame DICOM (3 frames): give single slices, one per file"}]
+
+
+def test_the_audit_reads_a_manifest_classes_per_site_and_the_site_from_the_image(three_sites, tmp_path):
+    from brainmri.data.audit import audit, markdown
+
+    report, details = audit(three_sites, tmp_path, progress=False, shortcuts=True)
+    assert report["images"] == {"Training": 64, "Testing": 0} and len(details["paths"]) == 64  # no split column
+    sites = report["sites"]
+    assert list(sites) == ["a", "b", "c"] and sum(e["images"] for e in sites.values()) == 64
+    assert all(sum(e["classes"].values()) == e["images"] for e in sites.values())
+    probes = report["site_shortcuts"]
+    assert probes["classes"] == ["a", "b", "c"] and probes["images"] == 64
+    assert 0.0 <= probes["settings"]["as stored"]["results"]["all"]["acc"] <= 1.0
+    assert "near_pairs_across_patients" in report
+    text = markdown(report)
+    assert "## Sites" in text and "the site from the image" in text

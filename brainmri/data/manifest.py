@@ -53,6 +53,7 @@ class Source:
     manifest: Path | None = None
     columns: list[str] = field(default_factory=list)  # the manifest's header (None for a folder)
     rows: int = 0
+    index_keys: list[Path] = field(default_factory=list)  # what its file index is kept under (files.file_index)
 
     def has(self, column: str) -> bool:
         return column in self.columns
@@ -101,7 +102,8 @@ def read_folder(root: str | Path, classes: list[str] | tuple[str, ...] | None = 
     if test_dir is not None:
         _, test, test_skipped = scan_folder(test_dir, found)
         samples, parts, skipped = samples + test, parts + ["test"] * len(test), skipped + test_skipped
-    return Source(Path(root), found, samples, parts, skipped)
+    return Source(Path(root), found, samples, parts, skipped,
+                  index_keys=[d for d in (train_dir, test_dir) if d is not None])
 
 
 def _dialect(path: Path, first: str) -> str:
@@ -244,7 +246,7 @@ def read_manifest(path: str | Path, classes: list[str] | tuple[str, ...] | None 
     index_of = {c: i for i, c in enumerate(names)}
     samples = [Sample(r["path"], index_of.get(r["label"], -1), r["sha1"], row=r["row"], patient=r["patient"],
                       site=r["site"], meta=r["meta"] or None) for r in usable]
-    return Source(base, names, samples, [r["part"] for r in usable], skipped, path, header, total)
+    return Source(base, names, samples, [r["part"] for r in usable], skipped, path, header, total, [path])
 
 
 def _shown(part: str) -> str:
