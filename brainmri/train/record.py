@@ -80,7 +80,8 @@ class RunRecord:
         self.run.write_skipped(split.skipped)
         self.run.write_split(split.record())
         if split.skipped:
-            log.warning("skipped %d unusable file(s) or row(s); see %s: %s", len(split.skipped), self.run.skipped_file,
+            what = "manifest row(s)" if split.source else "unreadable image(s)"
+            log.warning("skipped %d %s; see %s: %s", len(split.skipped), what, self.run.skipped_file,
                         ", ".join(s["path"] for s in split.skipped[:5]))
 
     def skipped_at_end(self, split) -> None:
