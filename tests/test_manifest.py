@@ -260,3 +260,30 @@ def test_the_audit_reads_a_manifest_classes_per_site_and_the_site_from_the_image
     assert "near_pairs_across_patients" in report
     text = markdown(report)
     assert "## Sites" in text and "the site from the image" in text
+
+
+def test_evaluate_and_predict_take_a_manifest(trained_run, three_sites, tmp_path):
+    import csv
+
+    from brainmri.use.external import evaluate_run
+    from brainmri.use.predict import predict_files, write_csv as write_predictions
+    from brainmri.use.trained import TrainedRun
+
+    trained = TrainedRun.load(trained_run)
+    summary = evaluate_run(trained_run, three_sites, out=tmp_path / "eval", trained=trained)
+    assert summary["test/n"] == 64 and summary["evaluated"] == str(three_sites)
+    assert sum(summary[f"test/site/{s}/n"] for s in "abc") == 64 and 0 <= summary["test/site/a/acc"] <= 1
+    with open(tmp_path / "eval" / "predictions_test.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {"patient", "site", "row"} <= set(rows[0])
+    # a manifest without labels: predictions carry its other columns
+    lines = three_sites.read_text().splitlines()
+    unlabelled = tmp_path / "new.csv"
+    unlabelled.write_text("path,scanner,accession\n" + "\n".join(f"{line.split(chr(9))[0]},skyra,A{k}"
+                                                                 for k, line in enumerate(lines[1:6])) + "\n,x,y\n")
+    pred = predict_files(trained, [str(unlabelled)], similarity=False, progress=False)
+    out, skipped = write_predictions(pred, tmp_path / "p.csv")
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["accession"] for r in rows] == [f"A{k}" for k in range(5)] and rows[0]["scanner"] == "skyra"
+    assert pred.skipped == [{"row": 7, "path": "", "error": "empty path"}]  # the header is row 1

@@ -260,3 +260,30 @@ def manifest_sites(path: str | Path) -> list[str]:
         raise DataError(f"manifest {path} has no site column (header: {', '.join(header)})")
     i = header.index("site")
     return sorted({r[i].strip() for r in rows if i < len(r) and r[i].strip()})
+
+
+def manifest_inputs(path: str | Path) -> tuple[list[tuple[str, dict[str, str]]], list[dict]]:
+    """(files with their row's other columns, skipped rows) of a manifest read for prediction: labels
+    are optional and the files are not opened here (the predictor decodes and reports them)."""
+    path = Path(path)
+    header, rows = read_rows(path)
+    if "path" not in header:
+        raise DataError(f"manifest {path} has no path column (header: {', '.join(header)})")
+    i = header.index("path")
+    files, skipped, seen = [], [], set()
+    for n, values in enumerate(rows, start=2):
+        values = values + [""] * (len(header) - len(values))
+        raw = values[i].strip()
+        if not raw:
+            if any(v.strip() for v in values):
+                skipped.append({"row": n, "path": "", "error": "empty path"})
+            continue
+        full = os.path.normpath(raw if os.path.isabs(raw) else os.path.join(path.parent, raw))
+        if full in seen:
+            skipped.append({"row": n, "path": raw, "error": "duplicate path"})
+            continue
+        seen.add(full)
+        files.append((full, {"row": str(n), **{c: values[k].strip() for k, c in enumerate(header) if k != i}}))
+    if not files:
+        raise DataError(f"manifest {path} lists no files")
+    return files, skipped
