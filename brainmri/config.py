@@ -13,12 +13,12 @@ Example:
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 import hashlib
 import json
 import math
 import re
-import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,7 +83,7 @@ def identity(tree: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in flatten(_plain(tree)).items() if not is_runtime_key(k) and not _absent(k, v)}
 
 
-def run_hash(cfg: "RunConfig") -> str:
+def run_hash(cfg: RunConfig) -> str:
     """8 hex digits naming the run ``cfg`` computes (the same whatever its runtime keys)."""
     return hashlib.sha1(json.dumps(identity(cfg.to_dict()), sort_keys=True).encode()).hexdigest()[:8]
 
@@ -148,7 +148,7 @@ class DataConfig:
     head_margin: float = 0.0  # crop box and background mask widened by this × the head box's longer side
     val_fraction: float = 0.2
     split_seed: int = 0
-    group_by: str = "near"  # exact | near | scan | <manifest column> | <column>+<exact|near|scan>: kept whole in one part
+    group_by: str = "near"  # exact | near | scan | <manifest column> | <column>+<band>: kept whole in one part
     folds: int | None = None  # K >= 2: grouped stratified K-fold over Training (val_fraction unused); None: one split
     fold: int | None = None  # with folds: which fold (0..K-1) is the validation part
     batch_size: int = 32
@@ -228,20 +228,23 @@ class TrainConfig:
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     max_steps_per_epoch: int | None = None
     deterministic: bool = False
-    checkpoint_every_min: float = 10.0  # also write the last checkpoint inside an epoch this often (minutes; 0: epochs only)
+    # also write the last checkpoint inside an epoch this often (minutes; 0: epochs only)
+    checkpoint_every_min: float = 10.0
     fail_at_epoch: int | None = None  # test hook: raise at the start of this epoch
     mixup: float = 0.0  # MixUp Beta(alpha, alpha); 0: off (brainmri.train.regularise.BatchMixer)
     cutmix: float = 0.0  # CutMix Beta(alpha, alpha); 0: off
     mixup_prob: float = 1.0  # share of batches mixed when mixup or cutmix is on
     mixup_switch_prob: float = 0.5  # with both on: share of mixed batches that use CutMix
-    label_smoothing: float = 0.0  # soft-target cross-entropy smoothing (brainmri.train.regularise.SoftTargetCrossEntropy)
+    # soft-target cross-entropy smoothing (brainmri.train.regularise.SoftTargetCrossEntropy)
+    label_smoothing: float = 0.0
     ema: float | None = None  # EMA decay of the weights (e.g. 0.999); None: off (brainmri.train.regularise.WeightEMA)
     ema_warmup: bool = False  # EMA decay min(ema, (1 + n) / (10 + n)) after n updates, so short runs move
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    tta: tuple[str, ...] = ()  # test-time views averaged with the identity: hflip, vflip (brainmri.train.regularise.TTA)
+    # test-time views averaged with the identity: hflip, vflip (brainmri.train.regularise.TTA)
+    tta: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -308,7 +311,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
@@ -560,8 +563,8 @@ def validate(cfg: RunConfig) -> None:
     if sum(phase.epochs for phase in cfg.phases) < 1:
         key = "train.phases[*].epochs" if cfg.train.phases else "train.epochs"
         raise ConfigError(f"{key}: nothing to train (0 epochs in total); give at least 1 epoch")
-    from brainmri.models import registry as models  # the registries own the architectures, optimizers and schedulers
     from brainmri import optim
+    from brainmri.models import registry as models  # the registries own the architectures, optimizers and schedulers
 
     for key, registry in (("optim.name", optim.OPTIMIZERS), ("scheduler.name", optim.SCHEDULERS)):
         if _get(cfg, key) not in registry:

@@ -32,12 +32,20 @@ from pathlib import Path
 from typing import Any
 
 from brainmri.atomic import (
-    DiskFullError, append_line, atomic_path, atomic_write, encode, jsonable, read_json, write_json,
+    DiskFullError,
+    append_line,
+    atomic_path,
+    atomic_write,
+    encode,
+    jsonable,
+    read_json,
+    write_json,
 )
 
 log = logging.getLogger("brainmri")
 
-CONFIG, STATUS, METRICS, SUMMARY, PREV_SUMMARY = "config.yaml", "status.json", "metrics.jsonl", "summary.json", "summary.prev.json"
+CONFIG, STATUS, METRICS = "config.yaml", "status.json", "metrics.jsonl"
+SUMMARY, PREV_SUMMARY = "summary.json", "summary.prev.json"
 SPLIT, SKIPPED, LOG = "split.json", "skipped_files.json", "train.log"
 PRUNE = "prune.json"  # a search driver's request that the run stop at its next epoch end (brainmri.jobs.search)
 # a run directory: status or metrics, a summary that is no evaluation, or a config with a recipe (RunDir.is_run_dir)
@@ -200,7 +208,7 @@ class RunDir:
     def confusion_png(self, split: str) -> Path:
         return self.path / f"confusion_{split}.png"
 
-    def eval_dir(self, name: str) -> "RunDir":
+    def eval_dir(self, name: str) -> RunDir:
         """Where an evaluation on another data root (``name``) writes its files, as a RunDir of its own."""
         return RunDir(self.path / "eval" / name)
 
@@ -297,7 +305,7 @@ class RunDir:
     def read_metrics(self) -> list[dict]:
         """Every row: one per epoch (``epoch``), then, once finished, the closing evaluation row
         (``"evaluation": "best_checkpoint"``: val and test metrics of the best checkpoint, per band too)."""
-        rows = []
+        rows: list[dict] = []
         try:
             text = self.metrics_file.read_text()
         except OSError:
@@ -356,7 +364,7 @@ class RunDir:
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(["index", "path", "sha1", "label", "pred", *[f"prob_{c}" for c in classes], *extra])
-        for i, (s, y, p) in enumerate(zip(samples, labels, probs)):
+        for i, (s, y, p) in enumerate(zip(samples, labels, probs, strict=True)):
             w.writerow([i, s.path, s.sha1, classes[int(y)], classes[int(p.argmax())],
                         *[f"{float(v):.6f}" for v in p], *[col[i] for col in extra.values()]])
         path = self.predictions_file(split)

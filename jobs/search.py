@@ -41,15 +41,32 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from brainmri.atomic import append_line
-from brainmri.rundir import RunDir
-from brainmri.sweep.expand import Sweep, SweepError, Task, confirm_task, describe, format_params, save_sweep, save_table, trial_task
-from brainmri.sweep.search import ENDED, DriverLockedError, lock_driver, read_trials, study_file, write_trials
 from brainmri.jobs.submit import (
-    executor_parameters, make_executor, refresh, scheduler_states, submit, submit_one, task_state, wait,
+    executor_parameters,
+    make_executor,
+    refresh,
+    scheduler_states,
+    submit,
+    submit_one,
+    task_state,
+    wait,
 )
+from brainmri.rundir import RunDir
+from brainmri.sweep.expand import (
+    Sweep,
+    SweepError,
+    Task,
+    confirm_task,
+    describe,
+    format_params,
+    save_sweep,
+    save_table,
+    trial_task,
+)
+from brainmri.sweep.search import ENDED, DriverLockedError, lock_driver, read_trials, study_file, write_trials
 
 ACTIVE_ROWS = ("submitting", "running", "pruning")
 END_GRACE_S = 30  # a trial whose job ended while its run directory still says running: failed after this
@@ -108,7 +125,7 @@ def open_storage(sweep_dir: Path):
     return JournalStorage(_journal_backend()(study_file(sweep_dir)))
 
 
-def _finite(value: Any) -> bool:
+def _finite(value: Any) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -122,7 +139,7 @@ class SearchDriver:
 
     def __init__(self, sweep: Sweep, cluster: str, poll_s: float = 2.0, confirm_seeds: list | None = None,
                  out=None):
-        self.sweep, self.spec, self.cluster, self.poll_s = sweep, sweep.search, cluster, poll_s
+        self.sweep, self.spec, self.cluster, self.poll_s = sweep, sweep.search_spec, cluster, poll_s
         self.confirm_seeds = confirm_seeds or []
         self.out = out or sys.stdout
         self.tasks: dict[str, Task] = {t.id: t for t in sweep.tasks}
@@ -158,7 +175,8 @@ class SearchDriver:
     def progress(self) -> None:
         c = self.counts()
         total = self.spec.trials * len(self.studies)
-        self.say(f"trials: {c['finished']} finished, {c['pruned']} pruned, {c['failed']} failed, {c['running']} running "
+        self.say(f"trials: {c['finished']} finished, {c['pruned']} pruned, {c['failed']} failed, "
+                 f"{c['running']} running "
                  f"of {total}; elapsed {_duration(time.monotonic() - self.started)}")
 
     # ------------------------------------------------------------------ the study
@@ -295,13 +313,14 @@ class SearchDriver:
         value = (RunDir(row["run_dir"]).read_summary() or {}).get(self.spec.metric) if state == "finished" else None
         if state == "finished" and not _finite(value):
             state, error = "failed", f"the finished run's summary has no {self.spec.metric}"
+        result = float(value) if state == "finished" and _finite(value) else None
         if not frozen.state.is_finished():
-            if state == "finished":
-                study.tell(row["number"], float(value))
+            if result is not None:
+                study.tell(row["number"], result)
             else:
                 study.tell(row["number"], state=optuna.trial.TrialState.PRUNED if state == "pruned"
                            else optuna.trial.TrialState.FAIL)
-        row.update(state=state, value=float(value) if state == "finished" else None, ended_at=time.time(),
+        row.update(state=state, value=result, ended_at=time.time(),
                    error=error)
         if state == "pruned" and row["intermediate"]:
             row["value"] = row["intermediate"][max(row["intermediate"], key=int)]
@@ -328,7 +347,7 @@ class SearchDriver:
         tasks = [self._task(r) for r in active]
         sched = scheduler_states(tasks) if self.cluster == "slurm" else {}
         changed = False
-        for row, task in zip(active, tasks):
+        for row, task in zip(active, tasks, strict=True):
             state, error = task_state(self.sweep.dir, task, sched.get(row["job_id"] or ""))
             changed |= self.report_epochs(row, state in ENDED)
             if self._gone(row, state):
@@ -485,7 +504,8 @@ class SearchDriver:
         self.save()
         code = 0
         for recipe, entry in self.data["confirm"].items():
-            values = [(RunDir(self.tasks[i].run_dir).read_summary() or {}).get(self.spec.metric) for i in entry["tasks"]]
+            values = [(RunDir(self.tasks[i].run_dir).read_summary() or {}).get(self.spec.metric)
+                      for i in entry["tasks"]]
             done = [v for v in values if _finite(v)]
             if len(done) < len(values):
                 code = 1
@@ -510,7 +530,7 @@ def run_search(sweep: Sweep, cluster: str, dry_run: bool = False, poll_s: float 
 def print_plan(sweep: Sweep, cluster: str, confirm_seeds: list | None = None) -> None:
     """``--dry-run``: the search, each recipe's trial resources and the worst-case bill (every trial
     to its time limit), and how to run the driver as a SLURM job."""
-    spec = sweep.search
+    spec = sweep.search_spec
     print(f"search {sweep.name}: {spec.sampler} sampler, {spec.pruner} pruner on {spec.metric} ({spec.direction}), "
           f"{spec.trials} trial(s) per recipe, {spec.parallel} at once; {sweep.dir}")
     for key, param in spec.space.items():

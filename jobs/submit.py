@@ -18,18 +18,30 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 import submitit
 from submitit.core.utils import FailedJobError, JobPaths
 from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE
 
-from brainmri.sweep.resources import SlurmResources
-from brainmri.rundir import RunDir
 from brainmri.config import load_config
-from brainmri.models.registry import ensure_weights
-from brainmri.sweep.expand import Sweep, SweepError, Task, arrays, bill, describe, format_params, load_table, save_sweep, save_table
 from brainmri.jobs.local_task import exit_record
 from brainmri.jobs.train_job import TrainJob
+from brainmri.models.registry import ensure_weights
+from brainmri.rundir import RunDir
+from brainmri.sweep.expand import (
+    Sweep,
+    SweepError,
+    Task,
+    arrays,
+    bill,
+    describe,
+    format_params,
+    load_table,
+    save_sweep,
+    save_table,
+)
+from brainmri.sweep.resources import SlurmResources
 
 CLUSTERS = ("slurm", "local", "debug")
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "PREEMPTED", "CONFIGURING", "COMPLETING", "RESIZING",
@@ -48,7 +60,7 @@ def executor_parameters(res: SlurmResources, name: str, cluster: str) -> dict:
     requeues itself and resumes from its last epoch checkpoint), ``--requeue`` and
     ``--open-mode=append``; every value is shell-quoted by submitit.
     """
-    params = {"name": name, "timeout_min": res.time_min, "tasks_per_node": res.ntasks_per_node,
+    params: dict[str, Any] = {"name": name, "timeout_min": res.time_min, "tasks_per_node": res.ntasks_per_node,
               "cpus_per_task": res.cpus_per_task or 1, "mem_gb": res.mem_gb}
     if res.gpus_per_node:
         params["gpus_per_node"] = res.gpus_per_node
@@ -71,7 +83,7 @@ def executor_parameters(res: SlurmResources, name: str, cluster: str) -> dict:
 
 
 def make_executor(sweep: Sweep, res: SlurmResources, cluster: str) -> submitit.AutoExecutor:
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if cluster == "slurm":
         kwargs["slurm_max_num_timeout"] = res.max_requeues
     elif cluster == "local":  # each task runs under jobs.local_task, which records how it ended
@@ -150,7 +162,7 @@ def submit_one(executor: submitit.AutoExecutor, task: Task, cluster: str, name: 
 
 
 def _record(sweep: Sweep, tasks: list[Task], jobs: list[submitit.Job], cluster: str) -> None:
-    for task, job in zip(tasks, jobs):
+    for task, job in zip(tasks, jobs, strict=True):
         task.job_id, task.cluster, task.state, task.error = str(job.job_id), cluster, "submitted", None
     save_table(sweep.dir, sweep.tasks)
 
@@ -188,6 +200,7 @@ def wait(jobs: list[submitit.Job], poll_s: float = 2.0, stream=None) -> None:
     On a terminal: a live tqdm bar on stderr. Otherwise (logs, CI): one line per change of the counts.
     """
     import sys
+
     from tqdm import tqdm
 
     stream = stream or sys.stderr
@@ -290,7 +303,7 @@ def task_state(sweep_dir: Path, task: Task, sched: str | None) -> tuple[str, str
         # any ended SLURM state without a summary (FAILED, CANCELLED, TIMEOUT, ...) is a failure
         reason = "" if sched in (None, "FAILED", "COMPLETED") else f"job {sched.lower()}\n"
         if run.record.get("status") == "running":  # it said running, but its process is gone
-            reason += run.error.splitlines()[0] + "\n"
+            reason += (run.error or "").partition("\n")[0] + "\n"
         return "failed", reason + (error_tail(sweep_dir, task) or "")
     if task.cluster == "debug":
         return task.state, task.error

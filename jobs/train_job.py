@@ -57,7 +57,6 @@ class TrainJob(submitit.helpers.Checkpointable):
         export_distributed_env()
         from brainmri.config import from_dict
         from brainmri.train.engine import fit
-
         from brainmri.train.signals import TrialPruned
 
         try:

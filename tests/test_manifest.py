@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY, run_train
 from PIL import Image
 
 from brainmri.config import DataConfig
 from brainmri.data.datasets import build_split
-from conftest import TINY, run_train
 
 FIXTURE = Path(__file__).parent / "fixtures" / "folder_split_main.json"
 REFERENCE_CONFIGS = {"split": DataConfig(val_fraction=0.25), "exact": DataConfig(group_by="exact", split_seed=3),
@@ -266,7 +266,8 @@ def test_evaluate_and_predict_take_a_manifest(trained_run, three_sites, tmp_path
     import csv
 
     from brainmri.use.external import evaluate_run
-    from brainmri.use.predict import predict_files, write_csv as write_predictions
+    from brainmri.use.predict import predict_files
+    from brainmri.use.predict import write_csv as write_predictions
     from brainmri.use.trained import TrainedRun
 
     trained = TrainedRun.load(trained_run)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from brainmri.data.audit import audit, markdown, write_csvs, write_html
-from brainmri.data.files import DataError
 from brainmri.atomic import write_json
 from brainmri.cli.errors import one_line_errors
+from brainmri.data.audit import audit, markdown, write_csvs, write_html
+from brainmri.data.files import DataError
 
 
 @one_line_errors(DataError)
@@ -29,7 +29,8 @@ def main(argv=None) -> int:
     p.add_argument("--shortcuts", action="store_true",
                    help="also fit classifiers on background, head geometry and frame features of the Training "
                         "images (5-fold CV), as stored and with data.crop=head / data.background=zero")
-    p.add_argument("--margin", type=float, default=0.0, help="data.head_margin for the crop/background settings (default 0)")
+    p.add_argument("--margin", type=float, default=0.0,
+                   help="data.head_margin for the crop/background settings (default 0)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if not 0.0 <= args.margin <= 1.0:

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import sys
 
-from brainmri.config import ConfigError
-from brainmri.data.files import DataError
-from brainmri.use.external import evaluate_run
-from brainmri.models.weights import WeightsError
-from brainmri.use.trained import RunError
-from brainmri.rundir import CheckpointError, RunDir
 from brainmri.cli.errors import one_line_errors
 from brainmri.cli.target import load_target, target_parser
+from brainmri.config import ConfigError
+from brainmri.data.files import DataError
+from brainmri.models.weights import WeightsError
+from brainmri.rundir import CheckpointError, RunDir
+from brainmri.use.external import evaluate_run
+from brainmri.use.trained import RunError
 
 
 @one_line_errors(RunError, CheckpointError, ConfigError, WeightsError, DataError)

@@ -11,14 +11,13 @@ An ensemble is one graph averaging its members' softmax; its card lists every me
 
 from __future__ import annotations
 
-
-from brainmri.config import ConfigError
-from brainmri.use.export import FORMATS, ExportError, export
-from brainmri.models.weights import WeightsError
-from brainmri.use.trained import RunError
-from brainmri.rundir import CheckpointError
 from brainmri.cli.errors import one_line_errors
 from brainmri.cli.target import load_target, target_parser
+from brainmri.config import ConfigError
+from brainmri.models.weights import WeightsError
+from brainmri.rundir import CheckpointError
+from brainmri.use.export import FORMATS, ExportError, export
+from brainmri.use.trained import RunError
 
 
 @one_line_errors(RunError, CheckpointError, ConfigError, WeightsError, ExportError)

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import sys
 
+from brainmri.cli.errors import one_line_errors
+from brainmri.cli.target import load_target, target_parser
 from brainmri.config import ConfigError
 from brainmri.data.files import DataError
 from brainmri.models.weights import WeightsError
-from brainmri.use.predict import predict_files, write_csv
-from brainmri.use.ensemble import Ensemble
-from brainmri.use.trained import RunError
 from brainmri.rundir import CheckpointError
-from brainmri.cli.errors import one_line_errors
-from brainmri.cli.target import load_target, target_parser
+from brainmri.use.ensemble import Ensemble
+from brainmri.use.predict import predict_files, write_csv
+from brainmri.use.trained import RunError
 
 
 @one_line_errors(RunError, CheckpointError, ConfigError, WeightsError, DataError)

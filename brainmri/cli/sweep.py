@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from brainmri.cli.errors import full_disk_is_one_line
 from brainmri.jobs.search import run_search
 from brainmri.jobs.submit import CLUSTERS, run_sweep, status
 from brainmri.models.weights import WeightsError
 from brainmri.sweep.expand import SweepError, load_sweep
-from brainmri.cli.errors import full_disk_is_one_line
 
 
 def get_args_parser() -> argparse.ArgumentParser:

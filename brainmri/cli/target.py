@@ -44,7 +44,8 @@ def load_target(path: str | Path, recipe: str | None = None) -> TrainedRun | Ens
     try:
         tasks = load_table(path)
     except (SweepError, ValueError, TypeError) as e:
-        raise RunError(f"{Path(path) / 'tasks.json'} cannot be read: {str(e).splitlines()[0] if str(e) else e}") from None
+        raise RunError(f"{Path(path) / 'tasks.json'} cannot be read: "
+                       f"{str(e).splitlines()[0] if str(e) else e}") from None
     recipes = sorted({t.recipe for t in tasks})
     if not recipe:
         raise RunError(f"{path} is a sweep directory: give --recipe NAME (recipes: {', '.join(recipes) or 'none'})")

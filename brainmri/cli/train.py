@@ -15,14 +15,14 @@ import argparse
 import os
 import sys
 
-from brainmri.config import ConfigError, apply_overrides, from_dict, load_config
-from brainmri.data.files import DataError
-from brainmri.train.engine import fit
-from brainmri.train.resume import load_run_config
-from brainmri.models.weights import WeightsError
 from brainmri.atomic import DiskFullError
 from brainmri.cli.errors import full_disk_is_one_line
+from brainmri.config import ConfigError, apply_overrides, from_dict, load_config
+from brainmri.data.files import DataError
+from brainmri.models.weights import WeightsError
 from brainmri.rundir import CheckpointError, RunDirError, RunLockedError
+from brainmri.train.engine import fit
+from brainmri.train.resume import load_run_config
 from brainmri.train.signals import TrainingInterrupted, TrialPruned
 
 

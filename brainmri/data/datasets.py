@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,6 @@ from brainmri.data.files import DataError, Sample, file_index, is_dicom_file
 from brainmri.data.leakage import BANDS, fingerprints, group_keys, nearest
 from brainmri.data.manifest import Source, open_data
 from brainmri.data.transforms import Decoder
-
 
 PARTS = ("train", "val", "test")
 
@@ -95,7 +95,7 @@ class Split:
         }
 
     @classmethod
-    def from_record(cls, record: dict, root: str | Path | None = None) -> "Split":
+    def from_record(cls, record: dict, root: str | Path | None = None) -> Split:
         """The split a split record describes, with paths under ``root`` (default: its own root)."""
         if "files" not in record:
             raise DataError("the run's split record lists no files (written by an older brainmri); retrain it")
@@ -186,7 +186,7 @@ def split_groups(samples: list[Sample], val_fraction: float, seed: int,
     if val_fraction <= 0:
         return list(samples), []
     groups: dict[str, list[Sample]] = {}
-    for s, k in zip(samples, keys or [s.sha1 for s in samples]):
+    for s, k in zip(samples, keys or [s.sha1 for s in samples], strict=True):
         groups.setdefault(k, []).append(s)
     keys = sorted(groups)
     labels = [int(np.bincount([s.label for s in groups[k]]).argmax()) for k in keys]
@@ -225,7 +225,7 @@ def open_source(data_cfg, root: str | Path, labels: bool = True) -> Source:
 
 def column_keys(source: Source, picked: list[int], column: str) -> list[str]:
     """Group keys from a manifest column (a row with it empty is a group of its own, by content hash)."""
-    if column not in ("patient", "site", "label") and not source.has(column):
+    if column != "label" and not source.has(column):
         where = f"manifest {source.manifest}" if source.manifest else f"the folder {source.root} (no manifest)"
         raise DataError(f"data.group_by={column}: {where} has no column {column!r}"
                         + (f" (columns: {', '.join(source.columns)})" if source.columns else ""))
@@ -270,9 +270,11 @@ def build_split(data_cfg, root: str | Path) -> Split:
         if not sites:
             raise DataError(f"data.test_site={test_site}: {source.manifest or source.root} has no site column")
         if test_site not in sites:
-            raise DataError(f"data.test_site={test_site}: no such site in {source.manifest} (sites: {', '.join(sites)})")
-        parts = ["test" if s.site == test_site else ("val" if p == "val" else "pool") for s, p in zip(samples, parts)]
-        held = {s.patient for s, p in zip(samples, parts) if p == "test" and s.patient}
+            raise DataError(f"data.test_site={test_site}: no such site in {source.manifest} "
+                            f"(sites: {', '.join(sites)})")
+        parts = ["test" if s.site == test_site else ("val" if p == "val" else "pool")
+                 for s, p in zip(samples, parts, strict=True)]
+        held = {s.patient for s, p in zip(samples, parts, strict=True) if p == "test" and s.patient}
         for i, s in enumerate(samples):  # a patient of the held-out site is never trained on
             if parts[i] != "test" and s.patient in held:
                 skipped.append({"row": s.row, "path": s.path, "error": f"patient {s.patient!r} is also at the "
@@ -302,7 +304,7 @@ def build_split(data_cfg, root: str | Path) -> Split:
     fold_of: dict[str, int] = {}
     if folds:
         assigned = fold_numbers(pool, folds, data_cfg.split_seed, keys)
-        fold_of = {s.path: f for s, f in zip(pool, assigned)}
+        fold_of = {s.path: f for s, f in zip(pool, assigned, strict=True)}
         train = [s for s in pool if fold_of[s.path] != data_cfg.fold]
         val = [s for s in pool if fold_of[s.path] == data_cfg.fold]
     elif val_at:
@@ -313,7 +315,7 @@ def build_split(data_cfg, root: str | Path) -> Split:
     # does on images unlike anything it trained on (nothing is dropped).
     annotate_nearest(train, val + test, lambda part: fp[[row[s.path] for s in part]])
     numbers = {k: i for i, k in enumerate(sorted(set(keys)))}
-    group_of = {s.path: numbers[k] for s, k in zip(pool, keys)}
+    group_of = {s.path: numbers[k] for s, k in zip(pool, keys, strict=True)}
     split = Split(classes, train, val, test, skipped, group_by, len(numbers), str(source.root), group_of,
                   folds or None, data_cfg.fold if folds else None, fold_of)
     split.source = str(source.manifest) if source.manifest else None
@@ -338,7 +340,7 @@ def nearest_training(train_paths: list[str], train_sha1: list[str], train_fp: np
     if not samples:
         return
     near = nearest(train_fp, train_sha1, sample_fp, [s.sha1 for s in samples])
-    for s, idx, sim, band in zip(samples, near.index, near.coarse, near.band):
+    for s, idx, sim, band in zip(samples, near.index, near.coarse, near.band, strict=True):
         s.nearest_train = train_paths[idx] if idx >= 0 else None
         s.similarity = round(float(sim), 4) if idx >= 0 else None
         s.band = BANDS[band]
@@ -449,10 +451,10 @@ class TrainingData:
     root: Path
     split: Split
     datasets: dict[str, ImageDataset]
-    sampler: "EpochSampler"
-    train_seeded: "EpochSeeded"  # augmentation seeded per (seed, epoch, image)
+    sampler: EpochSampler
+    train_seeded: EpochSeeded  # augmentation seeded per (seed, epoch, image)
     loaders: dict[str, torch.utils.data.DataLoader]  # train, val and (with a test split) test
-    normalize: object  # uint8 batch → model input
+    normalize: Callable[[torch.Tensor], torch.Tensor]  # uint8 batch → model input
 
     @property
     def classes(self) -> list[str]:

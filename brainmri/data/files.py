@@ -14,9 +14,11 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -95,7 +97,7 @@ def _index_path(root: Path) -> Path:
 def _check_file(path: Path) -> dict:
     """Hash the bytes and fully decode the image; return its index entry."""
     stat = path.stat()
-    entry = {"size": stat.st_size, "mtime": stat.st_mtime_ns}
+    entry: dict[str, Any] = {"size": stat.st_size, "mtime": stat.st_mtime_ns}
     entry["sha1"] = hashlib.sha1(path.read_bytes()).hexdigest()
     try:
         if is_dicom_file(path):
@@ -156,7 +158,7 @@ def scan_folder(split_dir: str | Path, classes: list[str] | None = None,
     return classes, samples, skipped
 
 
-def index_files(paths: list[Path] | list[str], index_file: Path, workers: int = 4,
+def index_files(paths: Sequence[Path | str], index_file: Path, workers: int = 4,
                 stats: list | None = None) -> dict[str, dict]:
     """Index entries (size, mtime, sha1, dims, mode, error) of ``paths``, kept in ``index_file``: a file
     whose size and mtime are unchanged is not read again. ``stats`` (``os.stat`` results, row-aligned)
@@ -165,7 +167,7 @@ def index_files(paths: list[Path] | list[str], index_file: Path, workers: int = 
         index = json.loads(index_file.read_text())
     except (OSError, ValueError):
         index = {}
-    todo = []
+    todo: list[Path | str] = []
     for k, path in enumerate(paths):
         entry = index.get(path if isinstance(path, str) else str(path))
         stat = stats[k] if stats is not None else os.stat(path)
@@ -174,7 +176,7 @@ def index_files(paths: list[Path] | list[str], index_file: Path, workers: int = 
             todo.append(path)
     if todo:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for path, entry in zip(todo, pool.map(_check_file, [Path(p) for p in todo])):
+            for path, entry in zip(todo, pool.map(_check_file, [Path(p) for p in todo]), strict=True):
                 index[str(path)] = entry
         try:
             index_file.parent.mkdir(parents=True, exist_ok=True)

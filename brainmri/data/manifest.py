@@ -26,6 +26,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from brainmri.data.files import DataError, Sample, _index_path, index_files, resolve_splits_root, scan_folder
 
@@ -160,8 +161,8 @@ def read_manifest(path: str | Path, classes: list[str] | tuple[str, ...] | None 
     i_path, i_label, i_patient, i_site, i_split = (at[c] for c in KNOWN_COLUMNS)
     meta_at = [(c, col[c]) for c in meta_cols]
 
-    kept: list[dict] = []  # row dicts that pass the checks that need no file access
-    first_of: dict[str, dict] = {}  # resolved path → its first row
+    kept: list[dict[str, Any]] = []  # row dicts that pass the checks that need no file access
+    first_of: dict[str, dict[str, Any]] = {}  # resolved path → its first row
     for n, values in enumerate(rows, start=2):  # line 1 is the header
         if len(values) <= width:
             values = values + [""] * (width + 1 - len(values))
@@ -184,7 +185,7 @@ def read_manifest(path: str | Path, classes: list[str] | tuple[str, ...] | None 
         if part is None:
             skip(n, raw, f"unknown split value {split_value!r} (train, val, test, Training, Testing or empty)")
             continue
-        row = {"row": n, "raw": raw, "path": full, "label": label, "part": part,
+        row: dict[str, Any] = {"row": n, "raw": raw, "path": full, "label": label, "part": part,
                "patient": values[i_patient].strip() or None, "site": values[i_site].strip() or None,
                "meta": {c: values[i].strip() for c, i in meta_at}}
         first = first_of.get(full)
@@ -202,8 +203,8 @@ def read_manifest(path: str | Path, classes: list[str] | tuple[str, ...] | None 
                  "which is right cannot be told")
     kept = [r for r in kept if not r.get("conflict")]
     # one patient in one part: rows in a split value other than the patient's first are skipped
-    part_of: dict[str, dict] = {}
-    consistent = []
+    part_of: dict[str, dict[str, Any]] = {}
+    consistent: list[dict[str, Any]] = []
     for row in kept:
         if row["patient"] is not None:
             first = part_of.setdefault(row["patient"], row)
@@ -213,7 +214,8 @@ def read_manifest(path: str | Path, classes: list[str] | tuple[str, ...] | None 
                 continue
         consistent.append(row)
     # the files: present, readable (hashed and decoded once, kept in the file index)
-    present, stats = [], []
+    present: list[dict[str, Any]] = []
+    stats: list[os.stat_result] = []
     for row in consistent:
         try:
             stats.append(os.stat(row["path"]))
@@ -221,7 +223,7 @@ def read_manifest(path: str | Path, classes: list[str] | tuple[str, ...] | None 
         except OSError:
             skip(row["row"], row["raw"], "file not found" if not os.path.lexists(row["path"]) else "file unreadable")
     index = index_files([r["path"] for r in present], _index_path(path), workers, stats)
-    usable = []
+    usable: list[dict[str, Any]] = []
     for row in present:
         entry = index[row["path"]]
         if entry["error"]:

@@ -57,7 +57,7 @@ class Decoder:
         self.resize = v2.Resize((image_size, image_size), antialias=True)
 
     @classmethod
-    def from_config(cls, data_cfg, deep: bool = False) -> "Decoder":
+    def from_config(cls, data_cfg, deep: bool = False) -> Decoder:
         """The decoder of a config's ``data`` section (size, channels, crop, background, margin, DICOM window)."""
         dicom = getattr(data_cfg, "dicom", None)
         return cls(data_cfg.input_size, data_cfg.input_channels, data_cfg.crop, data_cfg.background,
@@ -84,8 +84,9 @@ class Decoder:
             if mask.any():
                 if self.background == "zero":
                     values = np.where(mask, values, 0.0)
-                if self.crop == "head":
-                    x0, y0, x1, y1 = preprocess.head_box(mask)
+                box = preprocess.head_box(mask) if self.crop == "head" else None
+                if box is not None:
+                    x0, y0, x1, y1 = box
                     values = values[y0:y1, x0:x1]
         x = self.resize(torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))[None])
         img = (x.clamp(0.0, 1.0) * DEEP_MAX).round().to(torch.uint16)

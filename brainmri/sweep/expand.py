@@ -45,7 +45,14 @@ import yaml
 
 from brainmri.atomic import atomic_write
 from brainmri.config import (
-    ConfigError, check_mapping, flatten, is_runtime_key, load_config, parse_value, read_yaml, recipe_name,
+    ConfigError,
+    check_mapping,
+    flatten,
+    is_runtime_key,
+    load_config,
+    parse_value,
+    read_yaml,
+    recipe_name,
     split_override,
 )
 from brainmri.sweep.resources import ResourceError, SlurmResources, merge_resources, parse_resources
@@ -97,12 +104,19 @@ class Sweep:
     slurm: SlurmResources  # the sweep-wide resources
     dir: Path
     seeds: list[Any] | None = None
-    folds: int | str | None = None  # K: every recipe x configuration x seed on folds 0..K-1; "sites": leave one site out
+    folds: int | str | None = None  # K: each recipe x configuration x seed on folds 0..K-1; "sites": one per site
     lr_scale: list[float] | None = None
     per_recipe: dict[str, dict[str, Any]] = field(default_factory=dict)  # the blocks as given (checked)
     recipe_slurm: dict[str, SlurmResources] = field(default_factory=dict)  # merged, per recipe
     tasks: list[Task] = field(default_factory=list)
     search: SearchSpec | None = None  # a search sweep: its trials become tasks as the driver asks for them
+
+    @property
+    def search_spec(self) -> SearchSpec:
+        """The search of a search sweep (a grid sweep has none: SweepError)."""
+        if self.search is None:
+            raise SweepError(f"{self.dir}: not a search sweep (its sweep.yaml has no search:)")
+        return self.search
 
     def resources(self, recipe: str) -> SlurmResources:
         """What each task of ``recipe`` asks the scheduler for."""
@@ -304,7 +318,8 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | tuple[str, ...] = ()
             for k in ("grid", "lr_scale") if k in b]
         if both:
             raise SweepError(f"{path}: {both[0]} and search: both given; a sweep is a grid or a search (a search "
-                             "trains one seed per trial: fix it under overrides:, re-run the best with --confirm-seeds)")
+                             "trains one seed per trial: fix it under overrides:, re-run the best with "
+                             "--confirm-seeds)")
     seeds = _nonempty_list(path, "seeds", data["seeds"]) if "seeds" in data else None
     folds = _folds(path, data["folds"]) if "folds" in data else None
 
@@ -321,7 +336,7 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | tuple[str, ...] = ()
             raise SweepError(f"{path}: per_recipe.{recipe}: not one of recipes ({', '.join(recipes)})")
         keys = ", ".join(sorted(BLOCK_KEYS))
         check_mapping(block, BLOCK_KEYS, SweepError, f"{path}: {where[:-1]} must be a non-empty mapping of {keys}",
-                      lambda k: f"{path}: {where}{k}: a recipe block holds only {keys} "
+                      lambda k, where=where, keys=keys: f"{path}: {where}{k}: a recipe block holds only {keys} "
                                 "(config keys go under overrides: or grid:)")
         level = _parse_level(path, block, where)
         for key in ("seed",):
@@ -393,7 +408,7 @@ def _recipe_axes(seeds: list[Any] | None, top: _Level, block: _Level | None,
     grid = {"seed": seeds} if seeds is not None else {}
     if folds == "sites":
         pass  # the held-out sites come from the recipe's manifest (expand)
-    elif folds is not None:
+    elif isinstance(folds, int):
         overrides["data.folds"] = folds
         if "data.fold" not in overrides:  # the command line's data.fold=i trains that fold only
             grid["data.fold"] = list(range(folds))
@@ -442,7 +457,7 @@ def expand(sweep: Sweep, path: str | Path = "", top: _Level | None = None,
         keys = list(grid)
         workers = 0
         for values in itertools.product(*(grid[k] for k in keys)):
-            params = {k: _normalize(v) for k, v in zip(keys, values)}
+            params = {k: _normalize(v) for k, v in zip(keys, values, strict=True)}
             config_params = {k: v for k, v in params.items() if k != "lr_scale"}
             if "lr_scale" in params:
                 config_params["optim.lr"] = params["optim.lr"] = float(f"{base_lr * params['lr_scale']:.12g}")
@@ -513,7 +528,7 @@ def expand_search(sweep: Sweep, path: str | Path, top: _Level, blocks: dict[str,
     """Check a search before anything runs: every recipe's fixed overrides, and every space key at its
     bounds and at each choice, build a ``RunConfig`` (errors name the key). Settles each recipe's fixed
     overrides (its seed explicit, so ``--confirm-seeds`` of that seed is the trial's own task) and CPUs."""
-    spec = sweep.search
+    spec = sweep.search_spec
     for entry in sweep.recipes:
         config_path, recipe = _recipe_of(entry)
         block = blocks.get(entry, blocks.get(recipe))
@@ -537,15 +552,16 @@ def expand_search(sweep: Sweep, path: str | Path, top: _Level, blocks: dict[str,
 def trial_task(sweep: Sweep, recipe: str, values: dict[str, Any], number: int) -> tuple[Task, Any]:
     """Trial ``number`` of ``recipe`` with the sampled ``values``: an ordinary task (same id rules, same
     run directory for the same values), tagged ``trial-<number>`` in W&B."""
-    params = {**values, "seed": sweep.search.fixed[recipe]["seed"]}
-    return make_task(sweep, recipe, sweep.search.config_paths[recipe], sweep.search.fixed[recipe] | params, params,
+    spec = sweep.search_spec
+    params = {**values, "seed": spec.fixed[recipe]["seed"]}
+    return make_task(sweep, recipe, spec.config_paths[recipe], spec.fixed[recipe] | params, params,
                      ["search", f"trial-{number}"])
 
 
 def confirm_task(sweep: Sweep, recipe: str, values: dict[str, Any], seed: Any) -> tuple[Task, Any]:
     """The best configuration's ``values`` trained with ``seed`` (the trial itself for the trial's seed)."""
-    params = {**values, "seed": seed}
-    return make_task(sweep, recipe, sweep.search.config_paths[recipe], sweep.search.fixed[recipe] | params, params,
+    spec, params = sweep.search_spec, {**values, "seed": seed}
+    return make_task(sweep, recipe, spec.config_paths[recipe], spec.fixed[recipe] | params, params,
                      ["search", "confirm"])
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,8 @@ def parse_param(where: str, key: str, spec: Any) -> Param:
     args = [parse_value(a, key) if isinstance(a, str) else a for a in args]
     if kind == "choice":
         if len(args) < 2:
-            raise SearchError(f"{where}: choice needs at least two values, got {spec!r} (a fixed value goes under overrides:)")
+            raise SearchError(f"{where}: choice needs at least two values, got {spec!r} "
+                              "(a fixed value goes under overrides:)")
         if not all(a is None or isinstance(a, (bool, int, float, str)) for a in args):
             raise SearchError(f"{where}: choice values must be numbers, strings, booleans or null, got {spec!r}")
         if len(set(map(repr, args))) != len(args):
@@ -157,8 +159,8 @@ def _choice(path, key: str, value: Any, valid: tuple[str, ...], what: str) -> st
     return value
 
 
-def parse_search(path: str | Path, data: Any, fixed_keys: set[str] = frozenset(),
-                 cli_keys: set[str] = frozenset()) -> SearchSpec:
+def parse_search(path: str | Path, data: Any, fixed_keys: AbstractSet[str] = frozenset(),
+                 cli_keys: AbstractSet[str] = frozenset()) -> SearchSpec:
     """Check a ``search:`` mapping. ``fixed_keys``: keys a level of the file fixes (a key is fixed or
     searched, never both); ``cli_keys``: keys the command line fixes (they leave the space)."""
     check_mapping(data, SEARCH_KEYS, SearchError,

@@ -18,8 +18,12 @@ from __future__ import annotations
 import itertools
 import sys
 import time
+from collections.abc import Callable
+from typing import Any, cast
 
+import torch
 from accelerate.utils import gather_object, set_seed
+from torch import nn
 from tqdm.auto import tqdm
 
 from brainmri.config import RunConfig
@@ -30,7 +34,12 @@ from brainmri.rundir import RunDir
 from brainmri.train import policy
 from brainmri.train.accel import make_accelerator, reset_accelerator
 from brainmri.train.checkpoint import (
-    capture_position, make_checkpoint, restore_optimization, resume_inside_epoch, resume_position, seed_epoch,
+    capture_position,
+    make_checkpoint,
+    restore_optimization,
+    resume_inside_epoch,
+    resume_position,
+    seed_epoch,
     set_rng_state,
 )
 from brainmri.train.evaluate import evaluate_split
@@ -45,6 +54,8 @@ from brainmri.train.tracking import log
 
 class Engine:
     """Holds what one ``fit`` needs; ``fit(cfg)`` below is the public entry point."""
+
+    to_input: Callable[[torch.Tensor], torch.Tensor]  # loader batch → the trained module's input
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
@@ -170,7 +181,7 @@ class Engine:
             # the backbone is frozen for the whole phase: train and validate the head on its features
             from brainmri.train.features import feature_loaders
 
-            net, self.to_input = self.model.fc, (lambda x: x)
+            net, self.to_input = cast(nn.Module, self.model.fc), (lambda x: x)
             self.feature_train, train_loader, val_loader = feature_loaders(
                 self.model, self.data, self.cfg, self.acc.device, self.acc.main_process_first)
         self.ddp_model, optimizer, self.train_loader_p, self.val_loader_p = self.acc.prepare(
@@ -201,7 +212,8 @@ class Engine:
         self.record.epoch(row)
         if improved:
             st.best_weights = weights["name"]
-            self._save_checkpoint(self.run.best_checkpoint, weights=self.ema.module if weights["name"] == "ema" else None)
+            self._save_checkpoint(self.run.best_checkpoint,
+                                  weights=self.ema.module if weights["name"] == "ema" and self.ema else None)
         # the last checkpoint is written after the metrics row, so a resume never loses a logged epoch
         self._save_checkpoint(self.run.last_checkpoint, optimizer, scheduler)
         log.info("epoch %d %s: train/loss %.4f train/acc %.4f val/loss %.4f val/acc %.4f%s", epoch, phase.name,
@@ -285,7 +297,7 @@ class Engine:
             loader = self.data.loaders.get(split)
             if loader is not None:
                 summary.update(evaluate_split(split, self.ddp_model, loader, acc, self.classes,
-                                              loader.dataset.samples, run, self.normalize,
+                                              cast(Any, loader.dataset).samples, run, self.normalize,
                                               f"{cfg.recipe} seed {cfg.seed}: {split} (best epoch {st.best_epoch})",
                                               cfg.eval.tta))
         summary["config"] = cfg.to_dict()

@@ -21,13 +21,14 @@ Example:
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from brainmri.results import metrics as M
 from brainmri.data.leakage import BANDS, band_columns
+from brainmri.results import metrics as M
 from brainmri.rundir import RunDir
 from brainmri.train.regularise import TTA
 
@@ -35,7 +36,7 @@ from brainmri.train.regularise import TTA
 class Predictions(NamedTuple):
     """One row per sample of the loader's dataset, in gathered order."""
 
-    index: np.ndarray  # dataset index of each row (int, N)
+    index: np.ndarray  # type: ignore[assignment]  # dataset index of each row (int, N); shadows tuple.index
     labels: np.ndarray  # true label (int, N)
     probs: np.ndarray  # softmax probabilities (float32, N × classes)
 

@@ -20,7 +20,7 @@ import traceback
 from brainmri.atomic import EX_TEMPFAIL, free_bytes, human_bytes, is_disk_full
 from brainmri.rundir import NO_SPACE, RunDir, acquire_lock
 from brainmri.train.resume import check_resumable, extends_finished
-from brainmri.train.signals import TrialPruned
+from brainmri.train.signals import TrainingInterrupted, TrialPruned
 from brainmri.train.tracking import WandbRun, log, setup_logging
 
 OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "ranger": 3, "sgd": 1}  # state tensors per trained parameter
@@ -34,6 +34,13 @@ class RunRecord:
         self.wb: WandbRun | None = None
         self._progress_at, self._progress_epoch = time.perf_counter(), 0
         self._space_checked = False
+
+    @property
+    def wandb(self) -> WandbRun:
+        """The run's W&B side (set by ``start``)."""
+        if self.wb is None:
+            raise RuntimeError("RunRecord.start() has not run")
+        return self.wb
 
     # ------------------------------------------------------------------ opening
     def acquire(self) -> None:
@@ -114,7 +121,7 @@ class RunRecord:
     def epoch(self, row: dict) -> None:
         if self.is_main:
             self.run.append_metrics(row)
-        self.wb.log(row, step=row["epoch"])
+        self.wandb.log(row, step=row["epoch"])
 
     def prune_requested(self, epoch: int) -> bool:
         """Did a search driver ask this run to stop after ``epoch`` (rank 0 reads it; the ranks agree on
@@ -147,9 +154,9 @@ class RunRecord:
         if self.is_main:
             for split in ("val", "test"):
                 if f"{split}/acc" in summary:
-                    self.wb.log_image(f"{split}/confusion_matrix", self.run.confusion_png(split))
-            self.wb.log_results(self.run, summary)
-            self.wb.summary({k: v for k, v in summary.items() if k != "config"})
+                    self.wandb.log_image(f"{split}/confusion_matrix", self.run.confusion_png(split))
+            self.wandb.log_results(self.run, summary)
+            self.wandb.summary({k: v for k, v in summary.items() if k != "config"})
             self.run.append_metrics({"evaluation": "best_checkpoint", "best_epoch": state.best_epoch,
                                      "epochs_run": state.epoch,
                                      **{k: v for k, v in summary.items() if k.startswith(("val/", "test/"))}})
@@ -159,9 +166,9 @@ class RunRecord:
                      f" test/acc {summary['test/acc']:.4f}" if "test/acc" in summary else "")
 
     def close(self) -> None:
-        self.wb.finish()
+        self.wandb.finish()
 
-    def stopped(self, stop: Exception, state) -> None:
+    def stopped(self, stop: TrainingInterrupted | TrialPruned, state) -> None:
         """A clean stop: a stop signal (``TrainingInterrupted``) or a search driver's prune (``TrialPruned``)."""
         if isinstance(stop, TrialPruned):
             self.pruned(state)
@@ -194,7 +201,8 @@ class RunRecord:
                     self.run.set_status("failed", state.epoch, str(error), last_resort=True, cause=NO_SPACE,
                                         reason=reason)
                 except OSError as e:  # said with the run's one error line (brainmri.cli.train)
-                    error.status_note = f"{self.run.status_file.name} could not be written either ({e})"
+                    note = f"{self.run.status_file.name} could not be written either ({e})"
+                    error.status_note = note  # type: ignore[attr-defined]  # brainmri.cli.errors reads it
             self._finish_wandb(EX_TEMPFAIL, "a full disk")
             return
         if self.is_main:

@@ -11,7 +11,6 @@ from typing import Any
 
 from brainmri.rundir import RunDir
 
-
 log = logging.getLogger("brainmri")
 
 

@@ -17,6 +17,7 @@ training images (for K-fold members: the whole training pool).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,6 +99,8 @@ def check_members(members: list[Member]) -> None:
 class Ensemble(Inferable):
     """A recipe's chosen configuration over all its (fold, seed) replicates, used as one model."""
 
+    model: EnsembleModel
+
     def __init__(self, members: list[Member], recipe: str, config: str, home: Path, result=None):
         check_members(members)
         self.members, self.recipe, self.config = members, recipe, config
@@ -110,7 +113,7 @@ class Ensemble(Inferable):
 
     # where an evaluation of the ensemble goes by default: <sweep>/ensembles/<recipe>/eval/<root>
     @property
-    def run(self) -> RunDir:
+    def run(self) -> RunDir:  # type: ignore[override]  # a TrainedRun's run is a field
         return RunDir(self.home / "ensembles" / self.recipe)
 
     @property
@@ -118,7 +121,8 @@ class Ensemble(Inferable):
         return f"{self.recipe} ensemble of {len(self.members)} ({self.home.name})"
 
     @classmethod
-    def from_runs(cls, run_dirs: list[str | Path], recipe: str, home: str | Path, metric: str = "val/acc") -> Ensemble:
+    def from_runs(cls, run_dirs: Sequence[str | Path], recipe: str, home: str | Path,
+                  metric: str = "val/acc") -> Ensemble:
         """The ensemble of ``recipe``'s configuration chosen on ``metric`` among ``run_dirs`` (a sweep's runs)."""
         runs = [read_run_dir(d) for d in run_dirs if RunDir.is_run_dir(d)]
         try:
@@ -129,7 +133,10 @@ class Ensemble(Inferable):
         if rr is None:
             raise EnsembleError(f"recipe {recipe} has no finished configuration with a complete set of folds in "
                                 f"{home} (launch/sweep.py status {home})")
-        members = [Member(TrainedRun.load(r.run_dir), r.fold, r.seed, r.summary) for r in rr.runs]
+        if any(r.run_dir is None for r in rr.runs):
+            raise EnsembleError(f"recipe {recipe} in {home}: a replicate has no run directory")
+        members = [Member(TrainedRun.load(r.run_dir), r.fold, r.seed, r.summary) for r in rr.runs
+                   if r.run_dir is not None]
         return cls(members, recipe, value_label(rr.keys, rr.chosen), Path(home), rr)
 
     # ------------------------------------------------------------------ the members' data

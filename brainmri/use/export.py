@@ -226,7 +226,8 @@ def _io(trained: Ensemble) -> dict:
                       "channels": c, "height": size, "width": size},
             "output": {"name": OUTPUT_NAME, "shape": ["batch", len(trained.classes)],
                        "meaning": f"the mean of {len(trained.members)} members' softmax probabilities, in the order "
-                                  "of 'classes'" + (f", each the mean over the image and its views {tta}" if tta else "")},
+                                  "of 'classes'"
+                                  + (f", each the mean over the image and its views {tta}" if tta else "")},
             "tta": tta}
 
 
@@ -249,6 +250,7 @@ def export(trained: TrainedRun | Ensemble, out_dir: str | Path, formats: list[st
                                         dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
         import onnx
 
+        assert program is not None  # the dynamo exporter returns its program
         with atomic_path(path) as tmp:
             program.save(str(tmp), external_data=False)
             onnx.checker.check_model(str(tmp))
@@ -258,7 +260,8 @@ def export(trained: TrainedRun | Ensemble, out_dir: str | Path, formats: list[st
 
         path = out / "model.ts"
         with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated but still the self-contained format
+            # torch.jit is deprecated but still the self-contained format
+            warnings.simplefilter("ignore", FutureWarning)
             traced = torch.jit.trace(net, example)
         with atomic_path(path) as tmp:
             traced.save(str(tmp))

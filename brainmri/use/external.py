@@ -60,7 +60,7 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path, out: str | Path | N
     if is_manifest(data_root):  # its test rows if it has any, else every row; labels must be the run's classes
         folder = Path(data_root)
         source = open_data(data_root, trained.classes, trained.cfg.data.max_skipped_fraction)
-        tested = [s for s, part in zip(source.samples, source.parts) if part == "test"]
+        tested = [s for s, part in zip(source.samples, source.parts, strict=True) if part == "test"]
         listed = (tested or source.samples, source.skipped)
     else:
         folder = evaluation_folder(data_root)
@@ -82,7 +82,7 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path, out: str | Path | N
     loader = make_loader(dataset, batch_size or cfg.data.eval_batch_size or cfg.data.batch_size, num_workers)
     out_dir.mkdir(parents=True, exist_ok=True)
     ensemble = isinstance(trained, Ensemble)
-    who = trained.name if ensemble else f"{cfg.recipe} seed {cfg.seed}"
+    who = trained.name if isinstance(trained, Ensemble) else f"{cfg.recipe} seed {cfg.seed}"
     with trained.inference() as (acc, model):
         values = evaluate_split(SPLIT, model, loader, acc, trained.classes, samples, out_run,
                                 trained.normalize, f"{who} on {folder}", cfg.eval.tta)
@@ -90,10 +90,10 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path, out: str | Path | N
         values = {k: v for k, v in values.items() if not k.startswith(f"{SPLIT}/band/")}
     summary = {"run_dir": str(trained.run_dir), "data_root": str(data_root), "evaluated": str(folder),
                "classes": trained.classes, "recipe": cfg.recipe,
-               "seed": [m.seed for m in trained.members] if ensemble else cfg.seed,
+               "seed": [m.seed for m in trained.members] if isinstance(trained, Ensemble) else cfg.seed,
                "best_epoch": trained.best_epoch, "skipped_files": len(skipped),
                **({"ensemble": {"sweep": str(trained.home), "config": trained.config,
-                                "members": trained.describe_members()}} if ensemble else {}),
+                                "members": trained.describe_members()}} if isinstance(trained, Ensemble) else {}),
                "bands": (("nearest image among the members' training images (their union)" if ensemble
                           else "nearest training image per image") if reference is not None
                          else f"not computed: {note}"),

@@ -21,8 +21,7 @@ from PIL import Image
 
 from brainmri.data import dicom
 from brainmri.data.dicom import DICOM_EXTENSIONS  # noqa: F401  (where prediction's readers look it up)
-from brainmri.data.files import IMAGE_EXTENSIONS
-from brainmri.data.files import load_pil
+from brainmri.data.files import IMAGE_EXTENSIONS, load_pil
 
 
 class InputError(ValueError):
