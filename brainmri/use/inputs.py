@@ -80,19 +80,21 @@ def collect_inputs(paths: list[str | Path]) -> Collected:
 # ------------------------------------------------------------------------------------------- DICOM
 
 
-def read_dicom(path: str | Path) -> Image.Image:
-    """One DICOM slice as a grey-scale PIL image (``brainmri.data.dicom``: the decoder training uses)."""
+def read_dicom(path: str | Path, window: str = "file") -> Image.Image:
+    """One DICOM slice as a grey-scale PIL image (``brainmri.data.dicom``: the decoder training uses;
+    ``window``: the run's ``data.dicom.window``)."""
     try:
-        return dicom.read_dicom(path)
+        return dicom.read_dicom(path, window)
     except dicom.DicomError as e:
         raise InputError(str(e).replace("no image", "nothing to predict")) from None
 
 
-def decode_input(path: str | Path) -> Image.Image:
-    """Any prediction input as a grey-scale PIL image; :class:`InputError` (one line) when unusable."""
+def decode_input(path: str | Path, window: str = "file") -> Image.Image:
+    """Any prediction input as a grey-scale PIL image; :class:`InputError` (one line) when unusable.
+    ``window``: how DICOM slices are windowed (the run's ``data.dicom.window``)."""
     path = Path(path)
     if _is_dicom(path):
-        return read_dicom(path)
+        return read_dicom(path, window)
     try:
         return load_pil(path, 1)
     except Exception as e:  # PIL raises many types for broken files

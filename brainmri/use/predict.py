@@ -45,7 +45,7 @@ class InputDataset(torch.utils.data.Dataset):
         fp = torch.zeros((3, 32 * 32)) if self.with_fingerprint else torch.zeros(0)
         try:
             sha1 = hashlib.sha1(path.read_bytes()).hexdigest()
-            grey = decode_input(path)
+            grey = decode_input(path, self.decoder.window)
             x = self.decoder.from_grey(grey)
             if self.with_fingerprint:
                 fp = torch.from_numpy(fingerprint_image(grey))
