@@ -152,6 +152,12 @@ def test_a_manifest_of_jpeg_and_12bit_dicom_rows_trains_with_patients_sites_and_
     with open(run / "predictions_test.csv") as f:
         preds = list(csv.DictReader(f))
     assert {"row", "patient", "site", "scanner"} <= set(preds[0]) and preds[0]["scanner"].startswith("scanner-")
+    from brainmri.data.datasets import Split
+
+    again = Split.from_record(record)  # the record rebuilds the split, paths relative to the manifest's folder
+    assert again.source == str(scans["manifest"]) and {s.patient for s in again.test} == {
+        p for p, s in scans["patients"].items() if s == "test"}
+    again.check_unchanged()
 
 
 @pytest.fixture(scope="module")
