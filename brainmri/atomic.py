@@ -21,8 +21,9 @@ import io
 import json
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 EX_TEMPFAIL = 75  # sysexits.h: a temporary failure; a tool stopped by a full disk exits with it

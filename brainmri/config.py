@@ -13,12 +13,13 @@ Example:
 from __future__ import annotations
 
 import ast
+import copy
+import dataclasses
 import functools
 import hashlib
 import json
 import math
 import re
-import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,9 +48,10 @@ class FrozenDict(dict):
 # writes, what it reports to, how it feeds the data, test hooks). The run-directory hash, the
 # check that a run directory holds the same run, sweep task ids and the collector's compared keys
 # all ignore them (dotted prefixes, as in ``flatten``).
-RUNTIME_KEYS = ("run_dir", "wandb.", "train.fail_at_epoch", "train.checkpoint_every_min", "data.num_workers",
-                "data.eval_batch_size", "data.cache", "data.cache_dir", "data.synthetic_dir", "train.compile",
-                "train.channels_last")
+RUNTIME_KEYS = ("run_dir", "wandb.", "train.fail_at_epoch", "train.checkpoint_every_min", "train.log_interval_s",
+                "data.num_workers",
+                "data.eval_batch_size", "data.cache", "data.cache_dir", "data.synthetic_dir",
+                "data.max_skipped_fraction", "train.compile", "train.channels_last")
 # What a resume may change besides: how long it trains.
 EXTENDABLE_KEYS = ("train.epochs", "train.phases", "train.max_steps_per_epoch")
 
@@ -60,10 +62,11 @@ def is_runtime_key(key: str) -> bool:
 
 
 # Keys added after runs were named by their hash: unset, they leave a run's identity (and directory) as it was.
-UNSET_IS_ABSENT = ("data.folds", "data.fold")
+UNSET_IS_ABSENT = ("data.folds", "data.fold", "data.manifest", "data.test_site")
 # The same for keys (dotted prefixes) added with a default that is not None: at their default they are left out.
 DEFAULT_IS_ABSENT = ("data.aug.", "data.crop", "data.background", "data.head_margin", "scheduler.warmup_epochs",
-                     "train.mixup", "train.cutmix", "train.label_smoothing", "train.ema", "eval.")
+                     "train.mixup", "train.cutmix", "train.label_smoothing", "train.ema", "eval.",
+                     "data.classes", "data.dicom.")
 
 
 @functools.lru_cache(maxsize=1)
@@ -82,7 +85,7 @@ def identity(tree: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in flatten(_plain(tree)).items() if not is_runtime_key(k) and not _absent(k, v)}
 
 
-def run_hash(cfg: "RunConfig") -> str:
+def run_hash(cfg: RunConfig) -> str:
     """8 hex digits naming the run ``cfg`` computes (the same whatever its runtime keys)."""
     return hashlib.sha1(json.dumps(identity(cfg.to_dict()), sort_keys=True).encode()).hexdigest()[:8]
 
@@ -121,8 +124,19 @@ class AugConfig:
 
 
 @dataclass(frozen=True)
+class DicomConfig:
+    """How DICOM slices are turned into intensities (``brainmri.data.dicom``)."""
+    window: str = "file"  # file (the file's window, else min-max) | auto (min-max) | "<center>,<width>"
+
+
+@dataclass(frozen=True)
 class DataConfig:
-    root: str | None = None  # ImageFolder root with Training/ (and optional Testing/); None → phantoms
+    root: str | None = None  # a folder (Training/ and optional Testing/) or a manifest file; None → phantoms
+    manifest: str | None = None  # a manifest (CSV/TSV: path, label, [patient, site, split, ...]); docs/manifest.md
+    classes: tuple[str, ...] = ()  # the class list and its order (default: sorted labels / class folders)
+    test_site: str | None = None  # a manifest's site held out as the test part (its patients never in train/val)
+    max_skipped_fraction: float = 0.05  # more manifest rows than this failing is an error
+    dicom: DicomConfig = field(default_factory=DicomConfig)
     synthetic_dir: str = "data/phantoms"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     input_size: int = 224  # images are resized to input_size × input_size for the model
@@ -136,7 +150,7 @@ class DataConfig:
     head_margin: float = 0.0  # crop box and background mask widened by this × the head box's longer side
     val_fraction: float = 0.2
     split_seed: int = 0
-    group_by: str = "near"  # exact | near | scan: which duplicates never straddle train/val (brainmri.data.leakage)
+    group_by: str = "near"  # exact | near | scan | <manifest column> | <column>+<band>: kept whole in one part
     folds: int | None = None  # K >= 2: grouped stratified K-fold over Training (val_fraction unused); None: one split
     fold: int | None = None  # with folds: which fold (0..K-1) is the validation part
     batch_size: int = 32
@@ -216,13 +230,17 @@ class TrainConfig:
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     max_steps_per_epoch: int | None = None
     deterministic: bool = False
-    checkpoint_every_min: float = 10.0  # also write the last checkpoint inside an epoch this often (minutes; 0: epochs only)
+    # also write the last checkpoint inside an epoch this often (minutes; 0: epochs only)
+    checkpoint_every_min: float = 10.0
     fail_at_epoch: int | None = None  # test hook: raise at the start of this epoch
+    # away from a terminal: a progress line this often inside an epoch (seconds; 0: off)
+    log_interval_s: float = 30.0
     mixup: float = 0.0  # MixUp Beta(alpha, alpha); 0: off (brainmri.train.regularise.BatchMixer)
     cutmix: float = 0.0  # CutMix Beta(alpha, alpha); 0: off
     mixup_prob: float = 1.0  # share of batches mixed when mixup or cutmix is on
     mixup_switch_prob: float = 0.5  # with both on: share of mixed batches that use CutMix
-    label_smoothing: float = 0.0  # soft-target cross-entropy smoothing (brainmri.train.regularise.SoftTargetCrossEntropy)
+    # soft-target cross-entropy smoothing (brainmri.train.regularise.SoftTargetCrossEntropy)
+    label_smoothing: float = 0.0
     ema: float | None = None  # EMA decay of the weights (e.g. 0.999); None: off (brainmri.train.regularise.WeightEMA)
     ema_warmup: bool = False  # EMA decay min(ema, (1 + n) / (10 + n)) after n updates, so short runs move
     compile: bool = False  # torch.compile the training forward (eager, with one warning, where it cannot compile)
@@ -231,7 +249,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    tta: tuple[str, ...] = ()  # test-time views averaged with the identity: hflip, vflip (brainmri.train.regularise.TTA)
+    # test-time views averaged with the identity: hflip, vflip (brainmri.train.regularise.TTA)
+    tta: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -243,6 +262,7 @@ class WandbConfig:
     job_type: str | None = None
     name: str | None = None
     tags: tuple[str, ...] = ()
+    verbose: bool = False  # W&B's own console output; off: one line (run id, mode, where to sync)
 
 
 @dataclass(frozen=True)
@@ -298,7 +318,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
@@ -375,7 +395,7 @@ def parse_value(text: str, key: str | None = None) -> Any:
     A word that is one of ``key``'s choices stays that word (``data.cache=none`` is the choice
     "none", not null).
     """
-    if key is not None and text.strip() in _CHOICES.get(key, ()):
+    if key is not None and (text.strip() in _CHOICES.get(key, ()) or key in TEXT_KEYS):
         return text.strip()
     try:
         return ast.literal_eval(text)
@@ -485,13 +505,29 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     data = read_yaml(path) if path is not None else {}
     if path is not None:
         data.setdefault("recipe", recipe_name(path, data))
-    apply_overrides(data, overrides)
+    file_only = copy.deepcopy(data)
+    try:
+        apply_overrides(data, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"command line: {e}") from None
     try:
         return from_dict(data)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+        raise ConfigError(f"{_blame(file_only, path, bool(overrides))}: {e}") from None
 
 
+def _blame(file_only: dict[str, Any], path: str | Path | None, overridden: bool) -> str:
+    """Where a bad value came from: the file when the file alone is already wrong, else the command line."""
+    if not overridden:
+        return str(path) if path else "config"
+    try:
+        from_dict(file_only)
+    except ConfigError:
+        return str(path) if path else "config"
+    return f"command line (with {path})" if path else "command line"
+
+
+TEXT_KEYS = ("data.dicom.window", "data.test_site", "data.manifest")  # an override's text is the value as typed
 _CHOICES = {
     "model.head": ("linear", "mlp"),
     "scheduler.mode": ("min", "max"),
@@ -500,7 +536,6 @@ _CHOICES = {
     "train.mixed_precision": ("no", "bf16", "fp16"),
     "data.normalize": ("imagenet", "none"),
     "data.cache": ("none", "decoded"),
-    "data.group_by": ("exact", "near", "scan"),
     "data.crop": ("none", "head"),
     "data.background": ("keep", "zero"),
     "data.input_channels": (1, 3),
@@ -532,12 +567,16 @@ def validate(cfg: RunConfig) -> None:
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")
     _validate_folds(cfg.data.folds, cfg.data.fold)
+    _validate_data_source(cfg)
     if not 0.0 < cfg.data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be in (0, 1): the engine selects on a validation split, "
                           f"got {cfg.data.val_fraction}")
     for key in ("train.monitor", "scheduler.monitor", "train.early_stop.monitor"):
         if _get(cfg, key) not in MONITORS:
             raise ConfigError(f"invalid value for {key}: {_get(cfg, key)!r} (choose from {', '.join(MONITORS)})")
+    if not cfg.train.log_interval_s >= 0:
+        raise ConfigError(f"train.log_interval_s must be >= 0 seconds (0: no progress lines), "
+                          f"got {cfg.train.log_interval_s}")
     if not cfg.train.checkpoint_every_min >= 0:
         raise ConfigError(f"train.checkpoint_every_min must be >= 0 minutes (0 disables mid-epoch checkpoints), "
                           f"got {cfg.train.checkpoint_every_min}")
@@ -549,8 +588,8 @@ def validate(cfg: RunConfig) -> None:
     if sum(phase.epochs for phase in cfg.phases) < 1:
         key = "train.phases[*].epochs" if cfg.train.phases else "train.epochs"
         raise ConfigError(f"{key}: nothing to train (0 epochs in total); give at least 1 epoch")
-    from brainmri.models import registry as models  # the registries own the architectures, optimizers and schedulers
     from brainmri import optim
+    from brainmri.models import registry as models  # the registries own the architectures, optimizers and schedulers
 
     for key, registry in (("optim.name", optim.OPTIMIZERS), ("scheduler.name", optim.SCHEDULERS)):
         if _get(cfg, key) not in registry:
@@ -642,6 +681,40 @@ def _validate_regularisers(cfg: RunConfig) -> None:
     if cfg.scheduler.warmup_epochs and cfg.scheduler.name not in ("cosine", "none"):
         raise ConfigError(f"scheduler.warmup_epochs={cfg.scheduler.warmup_epochs} needs scheduler.name cosine or none "
                           f"(got {cfg.scheduler.name})")
+
+
+GROUP_BANDS = ("exact", "near", "scan")
+GROUP_BY = re.compile(r"(?:(?P<column>[A-Za-z_][A-Za-z0-9_.-]*?)(?:\+(?P<band>exact|near|scan))?)")
+WINDOW = re.compile(r"file|auto|-?[0-9.]+(?:e-?[0-9]+)?,[0-9.]+(?:e-?[0-9]+)?")
+
+
+def _validate_data_source(cfg: RunConfig) -> None:
+    """data.root / data.manifest, data.group_by, data.dicom.window, data.max_skipped_fraction."""
+    data = cfg.data
+    if data.root and data.manifest:
+        raise ConfigError(f"data.root={data.root} and data.manifest={data.manifest}: give one (data.root may also "
+                          "name a manifest file)")
+    match = GROUP_BY.fullmatch(data.group_by)
+    if not match:
+        raise ConfigError(f"invalid value for data.group_by: {data.group_by!r} (choose from exact, near, scan, a "
+                          "manifest column such as patient, or <column>+near)")
+    if not WINDOW.fullmatch(data.dicom.window) or (data.dicom.window not in ("file", "auto")
+                                                   and float(data.dicom.window.split(",")[1]) <= 0):
+        raise ConfigError(f"invalid value for data.dicom.window: {data.dicom.window!r} (file, auto or "
+                          "<center>,<width> with width > 0, e.g. 600,1200)")
+    if not 0.0 <= data.max_skipped_fraction <= 1.0:
+        raise ConfigError(f"data.max_skipped_fraction must be in [0, 1], got {data.max_skipped_fraction}")
+    if len(set(data.classes)) != len(data.classes) or (data.classes and len(data.classes) < 2):
+        raise ConfigError(f"data.classes must name at least two different classes, got {list(data.classes)}")
+
+
+def group_by_parts(group_by: str) -> tuple[str | None, str | None]:
+    """``data.group_by`` → (manifest column or None, near-duplicate band or None): ``near`` → (None, near),
+    ``patient`` → (patient, None), ``patient+near`` → (patient, near)."""
+    if group_by in GROUP_BANDS:
+        return None, group_by
+    match = GROUP_BY.fullmatch(group_by)
+    return (match["column"], match["band"]) if match else (None, None)
 
 
 def _validate_folds(folds: int | None, fold: int | None) -> None:

@@ -8,9 +8,9 @@ engine calls with named parameter groups and the config's ``optim`` / ``schedule
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
-
 import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch.optim import Optimizer
@@ -74,7 +74,8 @@ class Lookahead(Optimizer):
         """Hook for subclasses to transform gradients before the base step."""
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        # (torch declares Optimizer.step as two overloads on ``closure``; this one signature covers both)
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -183,8 +184,8 @@ class WarmupCosine(LRScheduler):
         span = max(self.epochs - w, 1)
         return self.min_lr + (base - self.min_lr) * (1 + math.cos(math.pi * min(epoch - w, span) / span)) / 2
 
-    def get_lr(self) -> list[float]:
-        return [self.factor_lr(base, self.last_epoch) for base in self.base_lrs]
+    def get_lr(self) -> list[float | torch.Tensor]:
+        return [self.factor_lr(float(base), self.last_epoch) for base in self.base_lrs]
 
 
 def _warmup_or(plain):
@@ -240,12 +241,12 @@ def replan_cosine(scheduler, optimizer, epochs: int) -> None:
     followed the shorter one). A ``WarmupCosine`` is re-planned the same way."""
     if isinstance(scheduler, WarmupCosine) and scheduler.epochs != max(epochs, 1):
         scheduler.epochs = max(epochs, 1)
-        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
-            group["lr"] = scheduler.factor_lr(base, scheduler.last_epoch)
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+            group["lr"] = scheduler.factor_lr(float(base), scheduler.last_epoch)
         return
     if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) or scheduler.T_max == max(epochs, 1):
         return
     scheduler.T_max = max(epochs, 1)
-    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
         group["lr"] = scheduler.eta_min + (base - scheduler.eta_min) * (
             1 + math.cos(math.pi * scheduler.last_epoch / scheduler.T_max)) / 2

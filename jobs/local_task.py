@@ -4,7 +4,8 @@ submitit's local executor starts each task as ``python -m brainmri.jobs.local_ta
 submitit.core._submit <folder>``. Stop signals (TERM, INT, USR2, CONT) are passed on to the task;
 when the task ends, its exit code, and the signal if one killed it (SIGKILL from outside, the OOM
 killer), go to ``<folder>/<job id>_<task>_exit.json`` with the task's CPU time, which
-``brainmri.jobs.submit`` reads for the task's state. The task dies with this process (PR_SET_PDEATHSIG), so none outlives a killed sweep.
+``brainmri.jobs.submit`` reads for the task's state. The task dies with this process (PR_SET_PDEATHSIG), so none
+outlives a killed sweep.
 """
 
 from __future__ import annotations

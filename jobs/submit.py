@@ -14,31 +14,44 @@ import io
 import json
 import logging
 import shlex
+import shutil
 import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 import submitit
 from submitit.core.utils import FailedJobError, JobPaths
 from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE
 
-from brainmri.sweep.resources import SlurmResources
-from brainmri.rundir import RunDir
 from brainmri.config import load_config
-from brainmri.models.registry import ensure_weights
-from brainmri.sweep.expand import Sweep, SweepError, Task, arrays, bill, describe, format_params, load_table, save_sweep, save_table
 from brainmri.jobs.local_task import exit_record
 from brainmri.jobs.train_job import TrainJob
+from brainmri.models.registry import ensure_weights
+from brainmri.rundir import RunDir
+from brainmri.sweep.expand import (
+    Sweep,
+    SweepError,
+    Task,
+    arrays,
+    bill,
+    describe,
+    format_params,
+    load_table,
+    save_sweep,
+    save_table,
+)
+from brainmri.sweep.resources import SlurmResources
+from brainmri.sweepdir import SLURM_ACTIVE, TASK_RESUBMITTABLE, SweepDir, TaskState, task_state_of_job
 
 CLUSTERS = ("slurm", "local", "debug")
-ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "PREEMPTED", "CONFIGURING", "COMPLETING", "RESIZING",
-          "SUSPENDED", "READY"}
+ACTIVE = set(SLURM_ACTIVE)  # SLURM states of a job that is not over
 ERROR_TAIL_LINES = 20
 
 
 def submitit_folder(sweep_dir: Path) -> Path:
-    return Path(sweep_dir) / "submitit"
+    return SweepDir(sweep_dir).submitit
 
 
 def executor_parameters(res: SlurmResources, name: str, cluster: str) -> dict:
@@ -48,7 +61,7 @@ def executor_parameters(res: SlurmResources, name: str, cluster: str) -> dict:
     requeues itself and resumes from its last epoch checkpoint), ``--requeue`` and
     ``--open-mode=append``; every value is shell-quoted by submitit.
     """
-    params = {"name": name, "timeout_min": res.time_min, "tasks_per_node": res.ntasks_per_node,
+    params: dict[str, Any] = {"name": name, "timeout_min": res.time_min, "tasks_per_node": res.ntasks_per_node,
               "cpus_per_task": res.cpus_per_task or 1, "mem_gb": res.mem_gb}
     if res.gpus_per_node:
         params["gpus_per_node"] = res.gpus_per_node
@@ -71,7 +84,7 @@ def executor_parameters(res: SlurmResources, name: str, cluster: str) -> dict:
 
 
 def make_executor(sweep: Sweep, res: SlurmResources, cluster: str) -> submitit.AutoExecutor:
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if cluster == "slurm":
         kwargs["slurm_max_num_timeout"] = res.max_requeues
     elif cluster == "local":  # each task runs under jobs.local_task, which records how it ended
@@ -112,8 +125,12 @@ def submit(sweep: Sweep, tasks: list[Task], cluster: str) -> list[submitit.Job]:
         return []
     groups = arrays(sweep, tasks)
     jobs: list[submitit.Job] = []
+    t0 = time.monotonic()
     for i, (res, group) in enumerate(groups, 1):
-        executor = make_executor(sweep, res, cluster)
+        try:
+            executor = make_executor(sweep, res, cluster)
+        except RuntimeError as e:  # submitit cannot reach the scheduler (no srun, say)
+            raise SweepError(f"--cluster {cluster}: cannot submit: {e}") from None
         if cluster == "slurm":
             try:
                 with _quiet_submitit(), executor.batch():
@@ -130,7 +147,9 @@ def submit(sweep: Sweep, tasks: list[Task], cluster: str) -> list[submitit.Job]:
             chunk = group[start:start + wave]
             chunk_jobs = [executor.submit(TrainJob(t.resolved_config())) for t in chunk]
             _record(sweep, chunk, chunk_jobs, cluster)
-            wait(chunk_jobs)
+            # the whole sweep's counts and ETA, not this wave's
+            earlier = job_counts(jobs)
+            wait(chunk_jobs, earlier=(earlier["finished"], earlier["failed"]), total=len(tasks), start=t0)
             save_table(sweep.dir, refresh(sweep.dir, sweep.tasks))
             jobs += chunk_jobs
     return jobs
@@ -145,25 +164,25 @@ def submit_one(executor: submitit.AutoExecutor, task: Task, cluster: str, name: 
             job = executor.submit(TrainJob(task.resolved_config()))
     except (FailedJobError, OSError) as e:
         raise SweepError(f"SLURM refused task {task.id} ({task.recipe}): {_refusal(e)}") from None
-    task.job_id, task.cluster, task.state, task.error = str(job.job_id), cluster, "submitted", None
+    task.job_id, task.cluster, task.state, task.error = str(job.job_id), cluster, TaskState.SUBMITTED, None
     return job
 
 
 def _record(sweep: Sweep, tasks: list[Task], jobs: list[submitit.Job], cluster: str) -> None:
-    for task, job in zip(tasks, jobs):
-        task.job_id, task.cluster, task.state, task.error = str(job.job_id), cluster, "submitted", None
+    for task, job in zip(tasks, jobs, strict=True):
+        task.job_id, task.cluster, task.state, task.error = str(job.job_id), cluster, TaskState.SUBMITTED, None
     save_table(sweep.dir, sweep.tasks)
 
 
 def run_in_process(sweep: Sweep, tasks: list[Task]) -> None:
     for task in tasks:
-        task.cluster, task.job_id, task.state, task.error = "debug", None, "running", None
+        task.cluster, task.job_id, task.state, task.error = "debug", None, TaskState.RUNNING, None
         save_table(sweep.dir, sweep.tasks)
         try:
             TrainJob(task.resolved_config())()
-            task.state = "finished"
+            task.state = TaskState.FINISHED
         except Exception:  # a crashing task must not stop the others
-            task.state, task.error = "failed", _tail(traceback.format_exc())
+            task.state, task.error = TaskState.FAILED, _tail(traceback.format_exc())
         save_table(sweep.dir, sweep.tasks)
 
 
@@ -182,22 +201,33 @@ def job_counts(jobs: list[submitit.Job]) -> dict[str, int]:
     return counts
 
 
-def wait(jobs: list[submitit.Job], poll_s: float = 2.0, stream=None) -> None:
+def wait(jobs: list[submitit.Job], poll_s: float = 2.0, stream=None, earlier: tuple[int, int] = (0, 0),
+         total: int | None = None, start: float | None = None) -> None:
     """Block until every job ended, showing pending/running/finished/failed, elapsed time and ETA.
 
+    ``earlier`` (finished, failed), ``total`` and ``start`` (``time.monotonic()``) count jobs of the same
+    sweep that ran before these (earlier waves of a local sweep): the counts and the ETA are the sweep's.
     On a terminal: a live tqdm bar on stderr. Otherwise (logs, CI): one line per change of the counts.
     """
     import sys
+
     from tqdm import tqdm
 
     stream = stream or sys.stderr
-    start, last = time.monotonic(), None
+    start, last = (time.monotonic() if start is None else start), None
+    before = sum(earlier)
+    total = max(total or 0, before + len(jobs))
     live = stream.isatty()
-    bar = tqdm(total=len(jobs), desc="tasks", unit="task", file=stream, dynamic_ncols=True) if live else None
+    bar = tqdm(total=total, initial=before, desc="tasks", unit="task", file=stream, dynamic_ncols=True) \
+        if live else None
     try:
         while True:
             counts = job_counts(jobs)
-            done = counts["finished"] + counts["failed"]
+            ended = counts["finished"] + counts["failed"]
+            counts["finished"] += earlier[0]
+            counts["failed"] += earlier[1]
+            counts["pending"] += total - before - len(jobs)  # later waves
+            done = ended + before
             text = ", ".join(f"{n} {state}" for state, n in counts.items())
             if bar is not None:
                 bar.set_postfix_str(text, refresh=False)
@@ -207,11 +237,11 @@ def wait(jobs: list[submitit.Job], poll_s: float = 2.0, stream=None) -> None:
                     bar.refresh()  # elapsed time keeps moving while nothing ends
             elif counts != last:
                 elapsed = time.monotonic() - start
-                eta = elapsed / done * (len(jobs) - done) if 0 < done < len(jobs) else None
-                print(f"tasks: {text} of {len(jobs)}; elapsed {_duration(elapsed)}"
+                eta = elapsed / done * (total - done) if 0 < done < total else None
+                print(f"tasks: {text} of {total}; elapsed {_duration(elapsed)}"
                       + (f", ETA {_duration(eta)}" if eta is not None else ""), file=stream, flush=True)
             last = counts
-            if done == len(jobs):
+            if ended == len(jobs):
                 return
             time.sleep(poll_s)
     finally:
@@ -250,6 +280,16 @@ def scheduler_states(tasks: list[Task]) -> dict[str, str]:
     return {job_id: state for job_id, state in states.items() if state != "UNKNOWN"}
 
 
+def live_holder_job(task: Task) -> str | None:
+    """The SLURM job that holds ``task``'s run directory, when it is another job than the task's own and
+    the scheduler says it is queued or running (the original of a task submitted twice)."""
+    job = RunDir(task.run_dir).holder().get("slurm_job_id")
+    if not job or str(job) == str(task.job_id) or task.cluster != "slurm":
+        return None
+    other = Task(task.id, task.recipe, task.config_path, {}, [], task.run_dir, job_id=str(job), cluster="slurm")
+    return str(job) if scheduler_states([other]).get(str(job)) in ACTIVE else None
+
+
 def refresh(sweep_dir: Path, tasks: list[Task]) -> list[Task]:
     """Update every task's state (and error tail) from its run dir and the scheduler; the caller saves."""
     states = scheduler_states(tasks)
@@ -276,47 +316,82 @@ def task_state(sweep_dir: Path, task: Task, sched: str | None) -> tuple[str, str
     """
     run = RunDir(task.run_dir).state()
     if run.finished:
-        return "finished", None
+        return TaskState.FINISHED, None
     if run.status == "pruned":  # a search driver stopped it (brainmri.jobs.search): ended, never failed
-        return "pruned", None
-    if sched in ACTIVE:
-        return sched.lower(), None  # a requeued job's run dir says "failed" until it restarts
+        return TaskState.PRUNED, None
+    if (active := task_state_of_job(sched)) is not None:
+        return active, None  # a requeued job's run dir says "failed" until it restarts
+    if RunDir(task.run_dir).held_here():  # a live process trains it, whatever became of this job (a copy of
+        return TaskState.RUNNING, None   # the task that met the run directory's lock ends "already running")
     if task.cluster == "local" and task.job_id:
         ended = _local_exit(sweep_dir, task)
         if ended is not None:
             how = f"killed by {ended['signal']}" if ended.get("signal") else f"exited {ended.get('returncode')}"
-            return "failed", f"task process {ended.get('pid')} {how}\n" + (error_tail(sweep_dir, task) or "")
+            return TaskState.FAILED, f"task process {ended.get('pid')} {how}\n" + (error_tail(sweep_dir, task) or "")
     if run.status in ("failed", "interrupted", "preempted") or sched is not None:
         # any ended SLURM state without a summary (FAILED, CANCELLED, TIMEOUT, ...) is a failure
         reason = "" if sched in (None, "FAILED", "COMPLETED") else f"job {sched.lower()}\n"
         if run.record.get("status") == "running":  # it said running, but its process is gone
-            reason += run.error.splitlines()[0] + "\n"
-        return "failed", reason + (error_tail(sweep_dir, task) or "")
+            reason += (run.error or "").partition("\n")[0] + "\n"
+        return TaskState.FAILED, reason + (error_tail(sweep_dir, task) or "")
     if task.cluster == "debug":
         return task.state, task.error
-    return ("submitted" if task.job_id else "new"), None
+    return (TaskState.SUBMITTED if task.job_id else TaskState.NEW), None
 
 
 # ------------------------------------------------------------------ the sweep command
-RESUBMITTABLE = {"new", "failed"}
+RESUBMITTABLE = set(TASK_RESUBMITTABLE)
 
 
 def state_label(task: Task) -> str:
     """The task's state as shown: ``failed: no space`` when a full disk stopped its run."""
-    return RunDir(task.run_dir).state().label if task.state == "failed" else task.state
+    return RunDir(task.run_dir).state().label if task.state == TaskState.FAILED else task.state
+
+
+def where_it_is(task: Task) -> tuple[str, float | None]:
+    """A running task's place (``epoch 2/10 batch 120/400``) and the seconds its run still needs, from its status."""
+    if task.state not in ("running", "submitted", "requeued"):
+        return "", None
+    st = RunDir(task.run_dir).read_status()
+    if st.get("status") != "running" or "in_epoch" not in st:
+        return "", None
+    place = f"epoch {st['in_epoch']}/{st.get('epochs', '?')} batch {st.get('batch', '?')}/{st.get('batches', '?')}"
+    return place, st.get("run_eta_s")
+
+
+def sweep_eta(tasks: list[Task], etas: dict[str, float | None]) -> str | None:
+    """The sweep's ETA: the longest running task, plus the waiting tasks at the finished runs' mean wall time
+    (as many at once as run now)."""
+    running = [e for t, e in ((t, etas.get(t.id)) for t in tasks) if e is not None]
+    waiting = sum(1 for t in tasks if t.state in ("pending", "new", "submitted") and etas.get(t.id) is None)
+    found = [(RunDir(t.run_dir).read_summary() or {}).get("wall_time_s") for t in tasks if t.state == "finished"]
+    walls = [float(w) for w in found if isinstance(w, (int, float))]
+    if not running and not (waiting and walls):
+        return None
+    eta = max(running, default=0.0)
+    if waiting:
+        if not walls:
+            return f">= {_duration(eta)} (+ {waiting} waiting task(s))"
+        eta += -(-waiting // max(len(running), 1)) * sum(walls) / len(walls)
+    return _duration(eta)
 
 
 def print_status(tasks: list[Task]) -> int:
     labels = {t.id: state_label(t) for t in tasks}
+    places = {t.id: where_it_is(t) for t in tasks}
     for t in tasks:
-        print(f"{t.id}  {labels[t.id]:<16} {t.job_id or '-':<12} {t.recipe}  {format_params(t.params)}")
+        place = places[t.id][0]
+        print(f"{t.id}  {labels[t.id]:<16} {t.job_id or '-':<12} {t.recipe}  {format_params(t.params)}"
+              + (f"  [{place}]" if place else ""))
     for t in tasks:
-        if t.state == "failed":
+        if t.state == TaskState.FAILED:
             print(f"\n--- {t.id} {labels[t.id]} (job {t.job_id}):")
             print("\n".join(f"    {line}" for line in (t.error or "").splitlines()))
     counts = {s: sum(labels[t.id] == s for t in tasks) for s in dict.fromkeys(labels.values())}
-    print("\n" + ", ".join(f"{n} {s}" for s, n in counts.items()))
-    return 1 if any(t.state == "failed" for t in tasks) else 0
+    eta = sweep_eta(tasks, {k: v[1] for k, v in places.items()})
+    print("\n" + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" of {len(tasks)}"
+          + (f"; sweep ETA {eta}" if eta else ""))
+    return 1 if any(t.state == TaskState.FAILED for t in tasks) else 0
 
 
 def status(sweep_dir: str | Path) -> int:
@@ -344,7 +419,7 @@ def run_sweep(sweep: Sweep, cluster: str, only_failed: bool = False, dry_run: bo
     code: 0, or 1 when a task failed.
     """
     refresh(sweep.dir, sweep.tasks)
-    wanted = {"failed"} if only_failed else RESUBMITTABLE
+    wanted = {TaskState.FAILED} if only_failed else RESUBMITTABLE
     chosen = [t for t in sweep.tasks if t.state in wanted]
     print(f"sweep {sweep.name}: {len(sweep.tasks)} task(s) in {sweep.dir}; {len(chosen)} to submit "
           f"({sum(t.state == 'finished' for t in sweep.tasks)} finished, "
@@ -365,8 +440,14 @@ def run_sweep(sweep: Sweep, cluster: str, only_failed: bool = False, dry_run: bo
         return 0
     for t in chosen:  # pretrained weights: downloaded once here, read from the cache by every task
         ensure_weights(load_config(t.config_path, t.overrides))
+    fresh = not sweep.dir.exists()
     save_sweep(sweep)
-    jobs = submit(sweep, chosen, cluster)
+    try:
+        jobs = submit(sweep, chosen, cluster)
+    except SweepError:
+        if fresh and not any(t.job_id for t in sweep.tasks):  # refused before any task was accepted: leave nothing
+            shutil.rmtree(sweep.dir, ignore_errors=True)
+        raise
     if cluster == "slurm":
         ids = list(dict.fromkeys(j.job_id.split("_")[0] for j in jobs))
         print(f"submitted {len(ids)} array(s) {' '.join(ids)} ({len(jobs)} task(s)); "

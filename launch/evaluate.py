@@ -1,4 +1,5 @@
-"""`python launch/evaluate.py`: the same as `brainmri-evaluate` (brainmri/cli/evaluate.py; `--help` lists its options)."""
+"""`python launch/evaluate.py`: the same as `brainmri-evaluate` (brainmri/cli/evaluate.py; `--help` lists its
+options)."""
 
 import sys
 

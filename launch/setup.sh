@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # torch and torchvision are pinned as a matching pair: an unpinned torchvision pulls in another torch.
 .venv/bin/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-.venv/bin/python -m pip install --quiet -e ".[test]"
+.venv/bin/python -m pip install --quiet -e ".[test,dev]"
 .venv/bin/python -c "import torch, torchvision, accelerate, wandb, submitit; print('torch', torch.__version__, '| torchvision', torchvision.__version__, '| accelerate', accelerate.__version__, '| wandb', wandb.__version__, '| submitit', submitit.__version__)"
 if [ "${1:-}" = "--slurm" ]; then
     bash slurm/install_local_cluster.sh

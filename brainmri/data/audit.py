@@ -29,13 +29,15 @@ import os
 import random
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from brainmri.atomic import atomic_write
 from brainmri.data import leakage as L
 from brainmri.data import preprocess as P
-from brainmri.data.files import DataError, file_index, resolve_splits_root, scan_folder, thumbnail_uri
+from brainmri.data.files import DataError, file_index, thumbnail_uri
+from brainmri.data.manifest import open_data
 
 
 def _image_info(paths: list[str], split_dirs) -> dict:
@@ -43,7 +45,8 @@ def _image_info(paths: list[str], split_dirs) -> dict:
     index = {}
     for d in split_dirs:
         index.update(file_index(d))
-    sizes, modes = Counter(), Counter()
+    sizes: Counter[str] = Counter()
+    modes: Counter[str] = Counter()
     for p in paths:
         e = index[p]
         sizes[f"{e['dims'][0]}x{e['dims'][1]}"] += 1
@@ -55,12 +58,10 @@ def audit(root: str | Path, cache_dir=None, progress: bool = True, shortcuts: bo
           margin: float = 0.0) -> tuple[dict, dict]:
     """Return (report, details): the JSON-able report, and the pairs/paths the HTML sheets need.
     ``shortcuts``: add ``report["shortcuts"]`` (``shortcut_report``; ``margin`` = ``data.head_margin``)."""
-    train_dir, test_dir = resolve_splits_root(root)
-    classes, train, skipped = scan_folder(train_dir, None)  # refuses fewer than two class folders
-    test = []
-    if test_dir is not None:
-        _, test, test_skipped = scan_folder(test_dir, classes)
-        skipped += test_skipped
+    source = open_data(root)  # a folder (refuses fewer than two class folders) or a manifest
+    classes, skipped = source.classes, source.skipped
+    train = [s for s, part in zip(source.samples, source.parts, strict=True) if part != "test"]
+    test = [s for s, part in zip(source.samples, source.parts, strict=True) if part == "test"]
     samples = train + test
     if not samples:
         raise DataError(f"no readable images under {root}")
@@ -82,14 +83,14 @@ def audit(root: str | Path, cache_dir=None, progress: bool = True, shortcuts: bo
         "images": {"Training": len(train), "Testing": len(test)},
         "class_counts": {name: {sp: int(((labels == c) & (split == sp)).sum()) for sp in ("Training", "Testing")}
                          for c, name in enumerate(classes)},
-        "image_info": _image_info(paths, [d for d in (train_dir, test_dir) if d is not None]),
+        "image_info": _image_info(paths, source.index_keys),
         "unreadable": skipped,
         "pairs": {"within_training": pair_counts((si == "Training") & (sj == "Training")),
                   "within_testing": pair_counts((si == "Testing") & (sj == "Testing")),
                   "across": pair_counts(si != sj)},
     }
     group_report = {}
-    near_groups = None
+    near_groups: np.ndarray | None = None
     for group_by, bands in L.GROUP_BANDS.items():
         g = L.groups(len(samples), pairs, bands)
         if group_by == "near":
@@ -117,11 +118,45 @@ def audit(root: str | Path, cache_dir=None, progress: bool = True, shortcuts: bo
         near = L.nearest(fp[:len(train)], sha1[:len(train)], fp[len(train):], sha1[len(train):])
         report["testing_nearest_training"] = {b: int((near.band == k).sum()) for k, b in enumerate(L.BANDS)}
     if shortcuts:
+        assert near_groups is not None  # GROUP_BANDS has "near"
         report["shortcuts"] = shortcut_report(paths[:len(train)], labels[:len(train)], classes,
                                               near_groups[:len(train)], margin=margin)
+    report.update(site_report(samples, classes, split, pairs, near_groups, shortcuts, margin))
     details = {"root": str(root), "paths": paths, "labels": [classes[v] for v in labels], "split": split.tolist(),
                "pairs": pairs, "n_train": len(train), "nearest": near}
     return report, details
+
+
+def site_report(samples, classes: list[str], split: np.ndarray, pairs, near_groups, shortcuts: bool,
+                margin: float) -> dict:
+    """What a manifest's ``patient`` and ``site`` columns add: classes per site, near-duplicate pairs
+    across two patients (``data.group_by=patient+near`` joins them), and with ``shortcuts`` how well the
+    site can be read from the image (the shortcut probes with the site as the target)."""
+    out: dict = {}
+    patients = [s.patient for s in samples]
+    if any(patients):
+        close = [(int(i), int(j), L.BANDS[b]) for i, j, b in zip(pairs.i, pairs.j, pairs.band, strict=True)
+                 if b <= 1 and patients[i] and patients[j] and patients[i] != patients[j]]
+        out["near_pairs_across_patients"] = {
+            "count": len(close), "note": "data.group_by=patient+near puts each such pair's patients in one group",
+            "pairs": [{"a": samples[i].path, "patient_a": patients[i], "b": samples[j].path,
+                       "patient_b": patients[j], "band": band} for i, j, band in close[:100]]}
+    sites = sorted({s.site for s in samples if s.site})
+    if not sites:
+        return out
+    out["sites"] = {site: {"images": sum(s.site == site for s in samples),
+                           "patients": len({s.patient for s in samples if s.site == site and s.patient}),
+                           "classes": {c: sum(s.site == site and s.label == k for s in samples)
+                                       for k, c in enumerate(classes)},
+                           "Testing": int(sum(s.site == site for s, sp in zip(samples, split, strict=True)
+                                              if sp == "Testing"))}
+                    for site in sites}
+    if shortcuts and len(sites) > 1:
+        at = [i for i, s in enumerate(samples) if s.site]
+        index = {site: k for k, site in enumerate(sites)}
+        out["site_shortcuts"] = shortcut_report([samples[i].path for i in at], [index[samples[i].site] for i in at],
+                                                sites, near_groups[at], margin=margin)
+    return out
 
 
 TESTING_NEAREST = ("testing_path", "testing_label", "nearest_training", "training_label", "similarity",
@@ -145,14 +180,15 @@ def leak_tables(details: dict) -> tuple[list[dict], list[dict]]:
     for q in range(len(paths) - n_train):
         t, b = n_train + q, int(near.index[q]) if near is not None else -1
         nearest_rows.append({"testing_path": rel(t), "testing_label": labels[t],
-                             "nearest_training": rel(b) if b >= 0 else "", "training_label": labels[b] if b >= 0 else "",
+                             "nearest_training": rel(b) if b >= 0 else "",
+                             "training_label": labels[b] if b >= 0 else "",
                              "similarity": score(near.coarse[q]) if b >= 0 else "",
                              "fine_similarity": score(near.fine[q]) if b >= 0 else "",
                              "band": L.BANDS[int(near.band[q])] if near is not None else "novel"})
     rank = {b: k for k, b in enumerate(L.BANDS)}
     nearest_rows.sort(key=lambda r: (rank[r["band"]], -(r["similarity"] or 0), r["testing_path"]))
     pairs, cross_rows = details["pairs"], []
-    for i, j, coarse, fine, band in zip(pairs.i, pairs.j, pairs.coarse, pairs.fine, pairs.band):
+    for i, j, coarse, fine, band in zip(pairs.i, pairs.j, pairs.coarse, pairs.fine, pairs.band, strict=True):
         if (i < n_train) == (j < n_train):
             continue
         tr, te = (int(i), int(j)) if i < n_train else (int(j), int(i))
@@ -168,7 +204,7 @@ def write_csvs(details: dict, json_path: str | Path) -> tuple[Path, Path]:
     json_path = Path(json_path)
     out = []
     for suffix, columns, rows in zip(("testing_nearest", "cross_pairs"), (TESTING_NEAREST, CROSS_PAIRS),
-                                     leak_tables(details)):
+                                     leak_tables(details), strict=True):
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
@@ -191,7 +227,8 @@ FRAME_SIDE, FRAME_RING = 64, 4
 FEATURES = {
     "background": ["mean", "std", "median", "p5", "p95", "zero_share", "noise_mad"],
     "geometry": ["area", "x0", "y0", "x1", "y1", "centre_x", "centre_y"],
-    "frame": [f"{side}_{stat}" for side in ("top", "bottom", "left", "right") for stat in ("mean", "std", "min", "max")],
+    "frame": [f"{side}_{stat}" for side in ("top", "bottom", "left", "right")
+              for stat in ("mean", "std", "min", "max")],
 }
 
 
@@ -218,7 +255,8 @@ def _geometry(head: np.ndarray) -> list[float]:
 def _frame(image: np.ndarray) -> list[float]:
     from PIL import Image
 
-    small = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((FRAME_SIDE, FRAME_SIDE), Image.BILINEAR),
+    small = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((FRAME_SIDE, FRAME_SIDE),
+                                                                           Image.Resampling.BILINEAR),
                        dtype=np.float64)
     r = FRAME_RING
     out = []
@@ -244,10 +282,9 @@ def shortcut_features(path: str, margin: float = 0.0, settings=tuple(SHORTCUT_SE
 
 
 def _cv_predict(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None, folds: int, seed: int) -> np.ndarray:
+    from sklearn.dummy import DummyClassifier
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
-
-    from sklearn.dummy import DummyClassifier
 
     varying = [j for j in range(x.shape[1]) if len(np.unique(x[~np.isnan(x[:, j]), j])) > 1]
     x = x[:, varying]
@@ -280,7 +317,7 @@ def shortcut_report(paths: list[str], labels, classes: list[str], groups=None, m
     with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:  # PIL and numpy release the GIL
         feats = list(pool.map(lambda p: shortcut_features(p, margin, settings), paths))
     chance = float(counts.max() / counts.sum())
-    report = {"images": len(paths), "classes": classes, "chance": round(chance, 4), "margin": margin,
+    report: dict[str, Any] = {"images": len(paths), "classes": classes, "chance": round(chance, 4), "margin": margin,
               "method": f"HistGradientBoostingClassifier, {folds}-fold cross-validation stratified by class"
                         + (" and grouped by near-duplicates" if groups is not None else ""),
               "features": {**FEATURES, "all": "background + geometry + frame"},
@@ -328,8 +365,10 @@ def markdown(report: dict) -> str:
                + ", ".join(f"{k} ({v})" for k, v in list(info["sizes"].items())[:3]) + ".")
     out += ["", "| pairs | exact | near-identical | same scan |", "|---|---:|---:|---:|"]
     for where, counts in report["pairs"].items():
-        out.append(f"| {where.replace('_', ' ')} | {counts['exact']} | {counts['near_identical']} | {counts['same_scan']} |")
-    out += ["", "| grouped by | groups | groups with copies | images in them | largest | span Training+Testing | cross-label |",
+        out.append(f"| {where.replace('_', ' ')} | {counts['exact']} | {counts['near_identical']} "
+                   f"| {counts['same_scan']} |")
+    out += ["", "| grouped by | groups | groups with copies | images in them | largest | span Training+Testing "
+                "| cross-label |",
             "|---|---:|---:|---:|---:|---:|---:|"]
     for name, g in report["groups"].items():
         out.append(f"| {name} | {g['groups']} | {g['groups_with_copies']} | {g['images_in_groups_with_copies']} | "
@@ -344,6 +383,18 @@ def markdown(report: dict) -> str:
         out += ["", f"**{n_cross} near-duplicate group(s) carry more than one label** (label noise); see audit.json."]
     if "shortcuts" in report:
         out += shortcut_markdown(report["shortcuts"])
+    if "sites" in report:
+        out += ["", "## Sites", "", "| site | images | patients | Testing | " + " | ".join(report["classes"]) + " |",
+                "|---|---:|---:|---:|" + "---:|" * len(report["classes"])]
+        for site, entry in report["sites"].items():
+            out.append(f"| {site} | {entry['images']} | {entry['patients']} | {entry['Testing']} | "
+                       + " | ".join(str(entry["classes"][c]) for c in report["classes"]) + " |")
+    if "site_shortcuts" in report:
+        lines = shortcut_markdown(report["site_shortcuts"])
+        out += [line.replace("the label without the brain", "the site from the image") for line in lines]
+    if report.get("near_pairs_across_patients", {}).get("count"):
+        out += ["", f"**{report['near_pairs_across_patients']['count']} near-duplicate pair(s) join two patients**; "
+                "data.group_by=patient+near keeps them in one part (see audit.json)."]
     return "\n".join(out) + "\n"
 
 
@@ -361,10 +412,12 @@ def write_html(report: dict, details: dict, out_dir: str | Path, per_band: int =
         for t in chosen:
             i, j = int(pairs.i[t]), int(pairs.j[t])
             figs = "".join(
-                f'<figure><img src="{thumbnail_uri(paths[x], 128, "JPEG")}" alt=""><figcaption>{html.escape(Path(paths[x]).name)}'
+                f'<figure><img src="{thumbnail_uri(paths[x], 128, "JPEG")}" alt="">'
+                f'<figcaption>{html.escape(Path(paths[x]).name)}'
                 f'<br>{html.escape(details["split"][x])}/{html.escape(details["labels"][x])}</figcaption></figure>'
                 for x in (i, j))
-            cells.append(f'<div class="pair">{figs}<p>coarse {pairs.coarse[t]:.3f} · fine {pairs.fine[t]:.3f}</p></div>')
+            cells.append(f'<div class="pair">{figs}<p>coarse {pairs.coarse[t]:.3f} · '
+                         f'fine {pairs.fine[t]:.3f}</p></div>')
         sections.append(f'<h2 id="{band}">{band.replace("_", " ")}: {len(idx)} pairs '
                         f'({len(chosen)} shown at random)</h2><div class="sheet">{"".join(cells)}</div>')
     summary = html.escape(markdown(report))

@@ -1,7 +1,8 @@
-"""Decoded-image cache: decode every image once into a memory-mapped uint8 store on disk.
+"""Decoded-image cache: decode every image once into a memory-mapped store on disk.
 
 One store per (ordered sample content hashes, decoder key): ``<key>.npy`` holds an (N, 1, H, W)
-uint8 array and ``<key>.json`` its metadata. MRI slices reach the model as grey-scale (replicated
+uint8 array (uint16 for a deep decoder: DICOM at full precision) and ``<key>.json`` its metadata.
+MRI slices reach the model as grey-scale (replicated
 to 3 channels for ImageNet backbones), so one channel is stored and expanded on read: a third of
 the bytes. The json is written last (atomically), so its
 presence marks a complete store. A file lock makes concurrent builders (DDP ranks, parallel sweep
@@ -20,8 +21,8 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from brainmri.data.cachedir import cache_base, cache_unwritable
 from brainmri.atomic import atomic_path, write_json
+from brainmri.data.cachedir import cache_base, cache_unwritable
 
 FORMAT = 2
 
@@ -38,16 +39,17 @@ def _cache_key(samples, decoder) -> str:
 
 
 class DecodedCache:
-    """``cache(i)`` → the decoded uint8 tensor (C, H, W) of ``samples[i]``; picklable for DataLoader workers."""
+    """``cache(i)`` → the decoded tensor (C, H, W; uint8, or uint16 from a deep decoder) of ``samples[i]``;
+    picklable for DataLoader workers."""
 
     def __init__(self, data_path: Path, shape: tuple[int, ...], built: bool = False):
         self.data_path = Path(data_path)
         self.shape = tuple(shape)  # what ``cache(i)`` returns, stacked: (N, C, H, W); one channel is stored
         self.built = built  # True when this call decoded the images (False: reused a store)
-        self._mm = None
+        self._mm: np.ndarray | None = None
 
     @classmethod
-    def build_or_none(cls, samples, decoder, cache_dir: str | Path | None = None) -> "DecodedCache | None":
+    def build_or_none(cls, samples, decoder, cache_dir: str | Path | None = None) -> DecodedCache | None:
         """:meth:`build`, or None (one warning) when the store cannot be written: images are then decoded as read."""
         try:
             return cls.build(samples, decoder, cache_dir)
@@ -56,7 +58,7 @@ class DecodedCache:
             return None
 
     @classmethod
-    def build(cls, samples, decoder, cache_dir: str | Path | None = None, workers: int | None = None) -> "DecodedCache":
+    def build(cls, samples, decoder, cache_dir: str | Path | None = None, workers: int | None = None) -> DecodedCache:
         """Open the store for ``samples`` decoded by ``decoder``, building it first if needed."""
         if not samples:
             raise ValueError("DecodedCache.build: no samples")
@@ -73,15 +75,16 @@ class DecodedCache:
                 return cache
             first = decoder(samples[0].path)
             shape = (len(samples), *first.shape)
-            needed = shape[0] * int(np.prod(shape[2:]))
+            dtype = first.numpy().dtype  # uint8, or uint16 from a deep (DICOM) decoder
+            needed = shape[0] * int(np.prod(shape[2:])) * dtype.itemsize
             with atomic_path(data_path, needed=needed) as tmp:
-                store = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(shape[0], 1, *shape[2:]))
+                store = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(shape[0], 1, *shape[2:]))
 
                 def put(i: int) -> None:
                     img = first if i == 0 else decoder(samples[i].path)
-                    if tuple(img.shape) != shape[1:] or img.dtype != torch.uint8:
+                    if tuple(img.shape) != shape[1:] or img.dtype != first.dtype:
                         raise ValueError(f"{samples[i].path}: decoded to {tuple(img.shape)} {img.dtype}, "
-                                         f"expected {shape[1:]} uint8")
+                                         f"expected {shape[1:]} {first.dtype}")
                     if not torch.equal(img[0], img[-1]):
                         raise ValueError(f"{samples[i].path}: decoded to a colour image; the cache stores grey-scale")
                     store[i] = img[:1].numpy()  # noqa: F821  (deleted only after every put)
@@ -96,7 +99,7 @@ class DecodedCache:
         return cls(data_path, shape, built=True)
 
     @classmethod
-    def _open(cls, data_path: Path, meta_path: Path, n: int) -> "DecodedCache | None":
+    def _open(cls, data_path: Path, meta_path: Path, n: int) -> DecodedCache | None:
         try:
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError):

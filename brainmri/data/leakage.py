@@ -44,8 +44,8 @@ import numpy as np
 from filelock import FileLock
 from PIL import Image
 
-from brainmri.data.cachedir import cache_base, cache_unwritable
 from brainmri.atomic import atomic_path
+from brainmri.data.cachedir import cache_base, cache_unwritable
 from brainmri.data.files import load_pil
 
 BANDS = ("exact", "near_identical", "same_scan", "novel")
@@ -85,7 +85,7 @@ def _otsu(a: np.ndarray) -> float:
 
 
 def _reduce(a: np.ndarray) -> np.ndarray:
-    return np.asarray(Image.fromarray(a).resize((SIZE, SIZE), Image.BILINEAR), dtype=np.float32)
+    return np.asarray(Image.fromarray(a).resize((SIZE, SIZE), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
 def _detail(a: np.ndarray) -> np.ndarray:
@@ -98,7 +98,7 @@ def fingerprint_image(img: Image.Image) -> np.ndarray:
     """(3, SIZE²) float32: coarse, fine as is, fine with the head centred — each unit-norm."""
     from scipy import ndimage
 
-    grey = np.asarray(img.convert("L").resize((_WORK, _WORK), Image.BILINEAR), dtype=np.float32)
+    grey = np.asarray(img.convert("L").resize((_WORK, _WORK), Image.Resampling.BILINEAR), dtype=np.float32)
     mask = grey > _otsu(grey)
     centred = grey
     if mask.any():
@@ -135,14 +135,15 @@ def fingerprints(paths: list[str], cache_dir=None, workers: int | None = None, p
         try:
             with np.load(cache, allow_pickle=False) as z:
                 stored = z["fp"]
-                for i, (p, s, m) in enumerate(zip(z["paths"].tolist(), z["sizes"].tolist(), z["mtimes"].tolist())):
+                columns = (z["paths"].tolist(), z["sizes"].tolist(), z["mtimes"].tolist())
+                for i, (p, s, m) in enumerate(zip(*columns, strict=True)):
                     known[p] = (s, m, i)
         except (OSError, ValueError, KeyError):
             known, stored = {}, np.zeros((0, 3, SIZE * SIZE), np.float16)
     stats = [os.stat(p) for p in paths]
     rows = np.empty(len(paths), np.int64)
     todo = []
-    for j, (p, st) in enumerate(zip(paths, stats)):
+    for j, (p, st) in enumerate(zip(paths, stats, strict=True)):
         hit = known.get(p)
         if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
             rows[j] = hit[2]
@@ -152,7 +153,7 @@ def fingerprints(paths: list[str], cache_dir=None, workers: int | None = None, p
     out = np.empty((len(paths), 3, SIZE * SIZE), np.float32)
     have = rows >= 0
     out[have] = stored[rows[have]]
-    if todo:
+    if todo and cache is not None:  # todo is empty without paths, so without a cache file
         def one(j):
             try:
                 return fingerprint_file(paths[j])
@@ -165,7 +166,7 @@ def fingerprints(paths: list[str], cache_dir=None, workers: int | None = None, p
                 from tqdm.auto import tqdm
 
                 it = tqdm(it, total=len(todo), desc="fingerprints", unit="img")
-            for j, fp in zip(todo, it):
+            for j, fp in zip(todo, it, strict=True):
                 out[j] = fp
         try:
             _save_cache(cache, known, stored, paths, stats, out, todo)
@@ -204,9 +205,9 @@ def _hnsw(vectors: np.ndarray):
     import faiss
 
     if len(vectors) <= EXACT_SEARCH_MAX:
-        index = faiss.IndexFlatIP(vectors.shape[1])
-        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-        return index
+        flat = faiss.IndexFlatIP(vectors.shape[1])
+        flat.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        return flat
     index = faiss.IndexHNSWFlat(vectors.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = 80
     index.hnsw.efSearch = 128
@@ -360,8 +361,8 @@ def near_pairs(fp: np.ndarray, sha1: list[str], k: int = 8) -> Pairs:
     i, j = np.minimum(a, b)[keep], np.maximum(a, b)[keep]
     uniq = np.unique(i.astype(np.int64) * n + j)
     i, j = uniq // n, uniq % n
-    h = np.array(sha1)
-    exact = h[i] == h[j]
+    hashes = np.array(sha1)
+    exact = hashes[i] == hashes[j]
     keep = exact | _may_be_close(proj, i, j)
     i, j, exact = i[keep], j[keep], exact[keep]
     coarse, fine = pair_scores(fp, i, fp, j)

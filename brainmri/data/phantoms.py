@@ -1,8 +1,12 @@
-"""Synthetic MRI-like brain phantoms in the Kaggle "Brain Tumor MRI" folder layout.
+"""Synthetic MRI-like brain phantoms: a set in the Kaggle layout, or a cohort of patients at sites.
 
-Owns: drawing one axial-slice phantom (``render_phantom``) and writing a whole data set
-(``generate_phantoms``) as ``<root>/{Training,Testing}/<class>/*.jpg`` plus ``<root>/manifest.json``,
-so a fresh clone can train and test with no download. Knows nothing about models, loaders or runs.
+Owns: drawing one head (``draw_anatomy``) and rendering slices of it (``render_slice``;
+``render_phantom`` is both at once), writing a whole data set in the Kaggle "Brain Tumor MRI" folder
+layout (``generate_phantoms``: ``<root>/{Training,Testing}/<class>/*.jpg`` plus ``<root>/manifest.json``)
+so a fresh clone can train and test with no download, writing a cohort (``generate_cohort``:
+several correlated slices per patient, sites that differ in field of view, intensity, noise and
+class shares, JPEG and 12/16-bit DICOM, listed in ``<root>/manifest.csv``), and writing real MR
+DICOM files (``write_dicom``). Knows nothing about models, loaders or runs.
 
 The lesion alone decides the class:
   glioma      irregular intra-axial mass in one hemisphere, bright enhancing rim, dark necrotic core
@@ -12,24 +16,30 @@ The lesion alone decides the class:
 Every image also gets head pose jitter, tissue texture with sulci, ventricles, a few tiny bright
 vessel dots (so "a bright spot" alone is not the answer), contrast/gamma jitter and Rician noise.
 
-Output is a pure function of the parameters: each image draws from its own
-``numpy.random.default_rng([seed, split, class, index])`` and is saved as baseline JPEG at a fixed
-quality, so the same seed gives byte-identical files.
+Output is a pure function of the parameters: each image (cohort: each patient, and each slice's
+noise) draws from its own ``numpy.random.default_rng([seed, ...])``, JPEGs are saved at a fixed
+quality and DICOM UIDs derive from the seed, so the same seed gives byte-identical files.
 
 Example:
     python -m brainmri.data.phantoms data/phantoms --n-per-class 40 --n-test-per-class 10 --size 224
+    python -m brainmri.data.phantoms data/cohort --cohort --sites A,B,C --patients-per-site 20 --size 128
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import io
 import json
 import math
 import os
+import re
 import shutil
 import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -50,7 +60,53 @@ _CLASS_PREFIX = {"glioma": "gl", "meningioma": "me", "notumor": "no", "pituitary
 _BRAIN, _SKULL_IN, _SKULL_OUT = 0.84, 0.87, 0.93
 
 
-def _inside(x: np.ndarray, x0: float, width: float) -> np.ndarray:
+@dataclass(frozen=True)
+class Site:
+    """How one scanner / site records a head: field of view, intensity, noise, and its DICOM encoding.
+
+    Attributes:
+        zoom: field of view; above 1 the head fills more of the image (and is cut by its edge), below 1 less.
+        shift: head centre offset (x, y) in image units (the image spans [-1, 1]).
+        gain, gamma, noise: multiply each patient's own gain, gamma and Rician noise sigma.
+        bias: a linear intensity ramp from left to right (coil inhomogeneity): ``1 + bias * x``.
+        bits_stored, slope, intercept: the DICOM encoding; stored = (value - intercept) / slope.
+        scale: the DICOM (rescaled) value of phantom signal 1.0; the window spans 0 .. scale.
+    """
+
+    zoom: float = 1.0
+    shift: tuple[float, float] = (0.0, 0.0)
+    gain: float = 1.0
+    gamma: float = 1.0
+    noise: float = 1.0
+    bias: float = 0.0
+    bits_stored: int = 12
+    slope: float = 1.0
+    intercept: float = 0.0
+    scale: float = 3000.0
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """One head with its lesion: every random draw of a slice except the noise (see ``draw_anatomy``).
+
+    Drawn once per patient and rendered per slice by ``render_slice``, so the slices of one patient
+    share pose, tissue texture, ventricles, lesion position and size, and differ only by the slice
+    position and the noise, as neighbouring slices of an MRI volume do.
+    """
+
+    label: str
+    pose: tuple[float, float, float, float, float]  # cx, cy, a (half-width), b (half-height), theta (rad)
+    levels: tuple[float, float, float, float]  # scalp, bone, tissue, ventricle signal
+    texture: np.ndarray  # 12 × 12 coarse grid of the tissue texture
+    folds: np.ndarray  # 14 × 14 coarse grid bending the sulci
+    n_sulci: int
+    ventricles: tuple[tuple[float, float, float, float, float], ...]  # per side: du, dv, tilt, ru, rv draws
+    dots: tuple[tuple[float, float, float, float], ...]  # vessel dots: angle, radius², size, signal
+    scanner: tuple[float, float, float]  # gamma, gain, Rician sigma
+    lesion: tuple[float, ...]  # the lesion's draws, in the order its painter reads them (empty: notumor)
+
+
+def _inside(x: np.ndarray, x0: float | np.ndarray, width: float) -> np.ndarray:
     """1 where x < x0 - 2·width, 0 where x > x0 + 2·width, a linear ramp between (anti-aliasing)."""
     return np.clip((x0 - x) * (0.25 / width) + 0.5, 0.0, 1.0)
 
@@ -60,14 +116,171 @@ def _uniform(rng: np.random.Generator, low: float, high: float) -> float:
     return float(rng.uniform(low, high))
 
 
-def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
-    """Smooth random field with unit-ish amplitude: a cells × cells grid upsampled bicubically."""
-    coarse = rng.standard_normal((cells, cells)).astype(np.float32)
-    return np.asarray(Image.fromarray(coarse, mode="F").resize((size, size), Image.BICUBIC), dtype=np.float32)
+def _coarse(rng: np.random.Generator, cells: int) -> np.ndarray:
+    return rng.standard_normal((cells, cells)).astype(np.float32)
+
+
+def _upsample(coarse: np.ndarray, size: int) -> np.ndarray:
+    """Smooth random field with unit-ish amplitude: a coarse grid upsampled bicubically."""
+    field = Image.fromarray(coarse, mode="F").resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(field, dtype=np.float32)
+
+
+def _drift(coarse: np.ndarray, z: float) -> np.ndarray:
+    """The coarse grid of slice ``z``: turns smoothly into an independent-looking grid (its mirror image)."""
+    if z == 0.0:
+        return coarse
+    t = 0.35 * z
+    return (math.cos(t) * coarse + math.sin(t) * coarse[::-1, ::-1].T).astype(np.float32)
+
+
+def draw_anatomy(label: str, rng: np.random.Generator) -> Anatomy:
+    """Draw one head and its ``label`` lesion from ``rng``.
+
+    The draws come in a fixed order (pose, tissue, ventricles, dots, scanner, lesion), so one
+    generator state gives the same head in every class; ``render_phantom`` is this followed by
+    ``render_slice`` with the same generator.
+    """
+    if label not in CLASSES:
+        raise ValueError(f"unknown class {label!r}; expected one of {CLASSES}")
+    cx, cy = _uniform(rng, -0.05, 0.05), _uniform(rng, -0.05, 0.05)
+    a = 0.70 * _uniform(rng, 0.92, 1.06)
+    b = a * _uniform(rng, 1.16, 1.28)
+    theta = math.radians(_uniform(rng, -12.0, 12.0))
+    scalp, bone = _uniform(rng, 0.62, 0.82), _uniform(rng, 0.06, 0.12)
+    texture, folds = _coarse(rng, 12), _coarse(rng, 14)
+    n_sulci = int(rng.integers(14, 20))
+    tissue = _uniform(rng, 0.44, 0.52)
+    ventricles = tuple(tuple(_uniform(rng, lo, hi) for lo, hi in ((0.10, 0.15), (0.04, 0.12), (8.0, 20.0),
+                                                                  (0.04, 0.07), (0.16, 0.23)))
+                       for _side in (-1.0, 1.0))
+    ventricle = _uniform(rng, 0.10, 0.18)
+    dots = tuple(tuple(_uniform(rng, lo, hi) for lo, hi in ((0, 2 * math.pi), (0.0, 0.55), (0.012, 0.022),
+                                                            (0.65, 0.85)))
+                 for _ in range(rng.integers(1, 4)))
+    scanner = _uniform(rng, 0.85, 1.15), _uniform(rng, 0.85, 1.08), _uniform(rng, 0.01, 0.035)
+    lesion: tuple[float, ...] = ()
+    if label == "glioma":
+        side = float(rng.choice((-1.0, 1.0)))
+        lesion = (side, *(_uniform(rng, lo, hi) for lo, hi in ((0.30, 0.52), (-0.45, 0.30), (0.12, 0.20))),
+                  *(_uniform(rng, lo, hi) for _ in range(2, 6) for lo, hi in ((0.03, 0.12), (0, 2 * math.pi))),
+                  *(_uniform(rng, lo, hi) for lo, hi in ((0.5, 0.66), (1.35, 1.6), (0.04, 0.09), (0.78, 0.95),
+                                                         (0.12, 0.24))))
+    elif label == "meningioma":
+        lesion = tuple(_uniform(rng, lo, hi) for lo, hi in ((-math.pi - 0.5, 0.5), (0.10, 0.16), (0.35, 0.65),
+                                                            (0.80, 0.97)))
+    elif label == "pituitary":
+        lesion = tuple(_uniform(rng, lo, hi) for lo, hi in ((-0.03, 0.03), (0.46, 0.58), (0.055, 0.085),
+                                                            (0.9, 1.15), (0.78, 0.96)))
+    return Anatomy(label, (cx, cy, a, b, theta), (scalp, bone, tissue, ventricle), texture, folds, n_sulci,
+                   ventricles, dots, scanner, lesion)  # type: ignore[arg-type]
+
+
+# How far apart neighbouring slices are, in image units: it sets how fast a lesion shrinks off its centre.
+SLICE_SPACING = 0.03
+
+
+def render_slice(anatomy: Anatomy, rng: np.random.Generator, image_size: int = 224, *, z: float = 0.0,
+                 site: Site | None = None) -> np.ndarray:
+    """Render one slice of ``anatomy``: the scanner's signal as float32, before any quantisation.
+
+    Args:
+        anatomy: from ``draw_anatomy``.
+        rng: draws the Rician noise (only that).
+        image_size: output height and width in pixels.
+        z: slice position in slices from the patient's central slice: the head narrows and the lesion
+            shrinks as a sphere's cross-section, ventricles, texture and sulci drift slowly.
+        site: field of view, intensity and noise of the recording site (None: a neutral one).
+    Returns:
+        float32 array ``(image_size, image_size)``, signal mostly in [0, 1] (8-bit pixels are ``value·255``).
+    """
+    s = image_size
+    zoom = 1.0 if site is None else site.zoom
+    px = 2.0 / s  # one pixel in image units (the image spans [-1, 1])
+    if zoom != 1.0:
+        px_head = px / zoom  # one pixel in head units
+    else:
+        px_head = px
+    edge = 1.2 * px_head
+    cx, cy, a, b, theta = anatomy.pose
+    if site is not None:
+        cx, cy = cx + site.shift[0], cy + site.shift[1]
+    if z != 0.0:  # an ellipsoidal head: narrower away from the central slice
+        narrow = math.sqrt(max(0.5, 1.0 - (z * SLICE_SPACING / b) ** 2))
+        a, b = a * narrow, b * narrow
+    grid = image_grid = (np.arange(s, dtype=np.float32) + 0.5) * px - 1.0
+    if zoom != 1.0:
+        grid = image_grid / np.float32(zoom)
+    x, y = grid[None, :] - cx, grid[:, None] - cy
+    cos, sin = math.cos(theta), math.sin(theta)
+    u, v = cos * x + sin * y, -sin * x + cos * y
+    rr = np.sqrt((u / a) ** 2 + (v / b) ** 2)
+    scalp, bone_level, tissue_level, ventricle_level = anatomy.levels
+
+    # Layers from outside in: scalp fat (bright on T1), bone (dark), a thin CSF rim, brain.
+    head = _inside(rr, 1.0, edge / a)
+    bone = _inside(rr, _SKULL_OUT, edge / a)
+    intracranial = _inside(rr, _SKULL_IN, edge / a)
+    brain = _inside(rr, _BRAIN, edge / a)
+    img = 0.01 + head * (scalp - 0.01)
+    img = img + bone * (bone_level - img)
+    img = img + intracranial * (0.18 - img)
+
+    # Brain: white matter inside, a darker cortical ribbon folded by sulci, smooth texture.
+    texture = _upsample(_drift(anatomy.texture, z), s)
+    # Sulci: thin dark lines running roughly radially in from the surface, bent by a smooth field.
+    folds = _upsample(_drift(anatomy.folds, z), s)
+    phi = np.arctan2(v / b, u / a)
+    sulci = np.exp(-(np.sin(anatomy.n_sulci * phi + 1.8 * folds + 6.0 * rr) ** 2) / 0.06)
+    ribbon = 1.0 - _inside(rr, 0.62 + 0.05 * texture, 0.04)
+    tissue = tissue_level - 0.08 * ribbon - 0.13 * sulci * ribbon + 0.02 * texture
+    img = img + brain * (tissue - img)
+
+    # Midline falx, two lateral ventricles (a slightly asymmetric butterfly) and the third ventricle.
+    falx = np.exp(-(u / (1.5 * px_head)) ** 2) * (np.abs(v) < 0.62 * b) * (np.abs(v + 0.1 * b) > 0.28 * b)
+    img = img - 0.12 * falx * brain
+    vent = _inside((u / (0.02 * a)) ** 2 + ((v - 0.16 * b) / (0.06 * b)) ** 2, 1.0, 0.2)
+    grow = 1.0 if z == 0.0 else max(0.6, 1.0 - 0.06 * z)  # the ventricles narrow towards the vertex
+    for side, (fu, fv, tilt_deg, fr, fl) in zip((-1.0, 1.0), anatomy.ventricles, strict=True):
+        du, dv = u - side * a * fu, v + b * fv
+        tilt = -side * math.radians(tilt_deg)  # frontal horns close, occipital horns apart
+        pu, pv = math.cos(tilt) * du + math.sin(tilt) * dv, -math.sin(tilt) * du + math.cos(tilt) * dv
+        ru, rv = a * fr, b * fl
+        if grow != 1.0:
+            ru, rv = ru * grow, rv * grow
+        vent = np.maximum(vent, _inside((pu / ru) ** 2 + (pv / rv) ** 2, 1.0, 0.15))
+    img = img + vent * brain * (ventricle_level - img)
+
+    # Distractors in every class: a few tiny bright vessel / choroid dots.
+    for ang, rad2, size, level in anatomy.dots:
+        rad = math.sqrt(rad2)
+        dist = np.hypot(u - rad * a * math.cos(ang), v - rad * b * math.sin(ang))
+        img = img + _inside(dist, size, edge) * brain * (level - img)
+
+    gamma, gain, sigma = anatomy.scanner
+    if anatomy.label == "glioma":
+        img = _paint_glioma(img, anatomy.lesion, z, u, v, a, b, brain, edge)
+    elif anatomy.label == "meningioma":
+        img = _paint_meningioma(img, anatomy.lesion, z, u, v, rr, a, b, intracranial, edge)
+    elif anatomy.label == "pituitary":
+        img = _paint_pituitary(img, anatomy.lesion, z, u, v, b, edge, texture)
+
+    # Scanner: gamma + gain, then Rician noise (the magnitude of a complex Gaussian signal).
+    if site is not None:
+        gamma, gain, sigma = gamma * site.gamma, gain * site.gain, sigma * site.noise
+    img = np.clip(img, 0.0, 1.0) ** gamma * gain
+    if site is not None and site.bias:
+        img = img * (1.0 + site.bias * image_grid[None, :])
+    noise = rng.standard_normal((2, s, s), dtype=np.float32) * sigma
+    return np.sqrt((img + noise[0]) ** 2 + noise[1] ** 2).astype(np.float32, copy=False)
+
+
+def _to_uint8(signal: np.ndarray) -> np.ndarray:
+    return np.clip(signal * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
 def render_phantom(label: str, rng: np.random.Generator, image_size: int = 224) -> np.ndarray:
-    """Draw one synthetic axial brain slice.
+    """Draw one synthetic axial brain slice (one head, its central slice, a neutral site).
 
     Args:
         label: one of ``CLASSES``; decides the lesion.
@@ -80,116 +293,58 @@ def render_phantom(label: str, rng: np.random.Generator, image_size: int = 224) 
         >>> render_phantom("glioma", np.random.default_rng(0), 64).shape
         (64, 64)
     """
-    if label not in CLASSES:
-        raise ValueError(f"unknown class {label!r}; expected one of {CLASSES}")
-    s = image_size
-    px = 2.0 / s  # one pixel in image units (the image spans [-1, 1])
-    edge = 1.2 * px
-
-    # Head pose: small shift, scale and in-plane rotation; (u, v) is the head frame, v pointing down.
-    cx, cy = _uniform(rng, -0.05, 0.05), _uniform(rng, -0.05, 0.05)
-    a = 0.70 * _uniform(rng, 0.92, 1.06)  # half-width of the head
-    b = a * _uniform(rng, 1.16, 1.28)  # half-height
-    theta = math.radians(_uniform(rng, -12.0, 12.0))
-    grid = (np.arange(s, dtype=np.float32) + 0.5) * px - 1.0
-    x, y = grid[None, :] - cx, grid[:, None] - cy
-    cos, sin = math.cos(theta), math.sin(theta)
-    u, v = cos * x + sin * y, -sin * x + cos * y
-    rr = np.sqrt((u / a) ** 2 + (v / b) ** 2)
-
-    # Layers from outside in: scalp fat (bright on T1), bone (dark), a thin CSF rim, brain.
-    head = _inside(rr, 1.0, edge / a)
-    bone = _inside(rr, _SKULL_OUT, edge / a)
-    intracranial = _inside(rr, _SKULL_IN, edge / a)
-    brain = _inside(rr, _BRAIN, edge / a)
-    img = 0.01 + head * (_uniform(rng, 0.62, 0.82) - 0.01)
-    img = img + bone * (_uniform(rng, 0.06, 0.12) - img)
-    img = img + intracranial * (0.18 - img)
-
-    # Brain: white matter inside, a darker cortical ribbon folded by sulci, smooth texture.
-    texture = _smooth_noise(rng, s, 12)
-    # Sulci: thin dark lines running roughly radially in from the surface, bent by a smooth field.
-    folds = _smooth_noise(rng, s, 14)
-    phi = np.arctan2(v / b, u / a)
-    sulci = np.exp(-(np.sin(int(rng.integers(14, 20)) * phi + 1.8 * folds + 6.0 * rr) ** 2) / 0.06)
-    ribbon = 1.0 - _inside(rr, 0.62 + 0.05 * texture, 0.04)
-    tissue = _uniform(rng, 0.44, 0.52) - 0.08 * ribbon - 0.13 * sulci * ribbon + 0.02 * texture
-    img = img + brain * (tissue - img)
-
-    # Midline falx, two lateral ventricles (a slightly asymmetric butterfly) and the third ventricle.
-    falx = np.exp(-(u / (1.5 * px)) ** 2) * (np.abs(v) < 0.62 * b) * (np.abs(v + 0.1 * b) > 0.28 * b)
-    img = img - 0.12 * falx * brain
-    vent = _inside((u / (0.02 * a)) ** 2 + ((v - 0.16 * b) / (0.06 * b)) ** 2, 1.0, 0.2)
-    for side in (-1.0, 1.0):
-        du, dv = u - side * a * _uniform(rng, 0.10, 0.15), v + b * _uniform(rng, 0.04, 0.12)
-        tilt = -side * math.radians(_uniform(rng, 8.0, 20.0))  # frontal horns close, occipital horns apart
-        pu, pv = math.cos(tilt) * du + math.sin(tilt) * dv, -math.sin(tilt) * du + math.cos(tilt) * dv
-        ru, rv = a * _uniform(rng, 0.04, 0.07), b * _uniform(rng, 0.16, 0.23)
-        vent = np.maximum(vent, _inside((pu / ru) ** 2 + (pv / rv) ** 2, 1.0, 0.15))
-    img = img + vent * brain * (_uniform(rng, 0.10, 0.18) - img)
-
-    # Distractors in every class: a few tiny bright vessel / choroid dots.
-    for _ in range(rng.integers(1, 4)):
-        ang, rad = _uniform(rng, 0, 2 * math.pi), math.sqrt(_uniform(rng, 0.0, 0.55))
-        dist = np.hypot(u - rad * a * math.cos(ang), v - rad * b * math.sin(ang))
-        img = img + _inside(dist, _uniform(rng, 0.012, 0.022), edge) * brain * (_uniform(rng, 0.65, 0.85) - img)
-
-    # Scanner settings are drawn before the lesion, so one rng state gives the same head in every class.
-    gamma, gain, sigma = _uniform(rng, 0.85, 1.15), _uniform(rng, 0.85, 1.08), _uniform(rng, 0.01, 0.035)
-    if label == "glioma":
-        img = _draw_glioma(img, rng, u, v, a, b, brain, edge)
-    elif label == "meningioma":
-        img = _draw_meningioma(img, rng, u, v, rr, a, b, intracranial, edge)
-    elif label == "pituitary":
-        img = _draw_pituitary(img, rng, u, v, b, edge, texture)
-
-    # Scanner: gamma + gain, then Rician noise (the magnitude of a complex Gaussian signal).
-    img = np.clip(img, 0.0, 1.0) ** gamma * gain
-    noise = rng.standard_normal((2, s, s), dtype=np.float32) * sigma
-    img = np.sqrt((img + noise[0]) ** 2 + noise[1] ** 2)
-    return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return _to_uint8(render_slice(draw_anatomy(label, rng), rng, image_size))
 
 
-def _draw_glioma(img, rng, u, v, a, b, brain, edge):
+def _shrink(radius: float, z: float) -> float:
+    """The radius of a sphere's cross-section ``z`` slices off its centre (never below 60 %: still visible)."""
+    if z == 0.0:
+        return radius
+    return radius * math.sqrt(max(0.36, 1.0 - (z * SLICE_SPACING / radius) ** 2))
+
+
+def _paint_glioma(img, lesion, z, u, v, a, b, brain, edge):
     """Irregular ring-enhancing mass with a necrotic core and a faint oedema halo, in one hemisphere."""
-    side = float(rng.choice((-1.0, 1.0)))
-    u0, v0 = side * a * _uniform(rng, 0.30, 0.52), b * _uniform(rng, -0.45, 0.30)
-    radius = _uniform(rng, 0.12, 0.20)
+    side, fu, fv, radius = lesion[:4]
+    wobbles, (core_r, halo_r, halo_dark, mass_level, core_level) = lesion[4:12], lesion[12:]
+    u0, v0 = side * a * fu, b * fv
+    radius = _shrink(radius, z)
     du, dv = u - u0, v - v0
     phi = np.arctan2(dv, du)
     wobble = np.ones_like(phi)
     for k in range(2, 6):
-        wobble += _uniform(rng, 0.03, 0.12) * np.cos(k * phi + _uniform(rng, 0, 2 * math.pi))
+        amp, phase = wobbles[2 * (k - 2): 2 * (k - 2) + 2]
+        wobble += amp * np.cos(k * phi + phase)
     d = np.sqrt(du * du + dv * dv) / (radius * wobble)
     mass = _inside(d, 1.0, edge / radius)
-    core = _inside(d, _uniform(rng, 0.5, 0.66), 2 * edge / radius)
-    halo = _inside(d, _uniform(rng, 1.35, 1.6), 0.1) - mass
-    img = img - _uniform(rng, 0.04, 0.09) * halo * brain
-    img = img + mass * brain * (_uniform(rng, 0.78, 0.95) - img)
-    return img + core * brain * (_uniform(rng, 0.12, 0.24) - img)
+    core = _inside(d, core_r, 2 * edge / radius)
+    halo = _inside(d, halo_r, 0.1) - mass
+    img = img - halo_dark * halo * brain
+    img = img + mass * brain * (mass_level - img)
+    return img + core * brain * (core_level - img)
 
 
-def _draw_meningioma(img, rng, u, v, rr, a, b, intracranial, edge):
+def _paint_meningioma(img, lesion, z, u, v, rr, a, b, intracranial, edge):
     """Bright homogeneous extra-axial mass, flattened against the inner skull, with a short dural tail."""
-    alpha = _uniform(rng, -math.pi - 0.5, 0.5)  # anywhere but the skull base (v > 0 is down)
-    radius = _uniform(rng, 0.10, 0.16)
+    alpha, radius, push, level = lesion  # alpha: anywhere but the skull base (v > 0 is down)
+    radius = _shrink(radius, z)
     eu, ev = _SKULL_IN * a * math.cos(alpha), _SKULL_IN * b * math.sin(alpha)  # attachment point on the dura
     norm = math.hypot(eu / a**2, ev / b**2)
     nu, nv = eu / a**2 / norm, ev / b**2 / norm  # outward normal of the skull ellipse there
-    push = _uniform(rng, 0.35, 0.65) * radius
+    push = push * radius
     mass = _inside(np.hypot(u - (eu - push * nu), v - (ev - push * nv)), radius, edge) * intracranial
-    level = _uniform(rng, 0.80, 0.97)
     tail = np.exp(-((rr - 0.855) / 0.012) ** 2) * _inside(np.hypot(u - eu, v - ev), 2.2 * radius, 0.03)
     img = img + 0.6 * tail * intracranial * (level - img)
     return img + mass * (level - img)
 
 
-def _draw_pituitary(img, rng, u, v, b, edge, texture):
+def _paint_pituitary(img, lesion, z, u, v, b, edge, texture):
     """Small bright round mass on the midline, just above the skull base."""
-    u0, v0 = _uniform(rng, -0.03, 0.03), b * _uniform(rng, 0.46, 0.58)
-    radius = _uniform(rng, 0.055, 0.085)
-    mass = _inside(np.hypot((u - u0) / _uniform(rng, 0.9, 1.15), v - v0), radius, edge)
-    return img + mass * (_uniform(rng, 0.78, 0.96) + 0.02 * texture - img)
+    u0, fv, radius, stretch, level = lesion
+    v0 = b * fv
+    radius = _shrink(radius, z)
+    mass = _inside(np.hypot((u - u0) / stretch, v - v0), radius, edge)
+    return img + mass * (level + 0.02 * texture - img)
 
 
 def _params(n_per_class, n_test_per_class, image_size, seed, grayscale_fraction) -> dict:
@@ -208,13 +363,48 @@ def _params(n_per_class, n_test_per_class, image_size, seed, grayscale_fraction)
     return params
 
 
-def read_manifest(root: str | os.PathLike) -> dict | None:
-    """The phantom manifest in ``root``, or None when there is none (or it is not ours)."""
+def _read_marker(root: str | os.PathLike, name: str, fmt: str) -> dict | None:
     try:
-        manifest = json.loads((Path(root) / MANIFEST).read_text())
+        marker = json.loads((Path(root) / name).read_text())
     except (OSError, ValueError):
         return None
-    return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
+    return marker if isinstance(marker, dict) and marker.get("format") == fmt else None
+
+
+def read_manifest(root: str | os.PathLike) -> dict | None:
+    """The phantom manifest in ``root``, or None when there is none (or it is not ours)."""
+    return _read_marker(root, MANIFEST, FORMAT)
+
+
+def _build(root: Path, marker: str, fmt: str, version: int, params: dict, overwrite: bool,
+           write: Callable[[Path], dict]) -> Path:
+    """Write a generated set to ``root`` with ``write(folder) -> extra marker keys``, or reuse the same one.
+
+    The set is built in a sibling temporary folder (``marker`` file last) and renamed into place, so a
+    crash never leaves a partial ``root`` or a marker claiming a complete set. An existing ``root`` is
+    replaced only if it is empty or an earlier set of the same format.
+    """
+    current = _read_marker(root, marker, fmt)
+    if not overwrite and current and current.get("version") == version and current.get("params") == params:
+        return root
+    if root.exists() and current is None and (not root.is_dir() or any(root.iterdir())):
+        what = "a phantom set" if marker == MANIFEST else "a phantom cohort"
+        raise FileExistsError(f"{root} exists and is not {what} (no {marker}); refusing to replace it")
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_path(root) as tmp:  # the whole set appears at once, or not at all
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            new = {"format": fmt, "version": version, "params": params, **write(tmp)}
+            (tmp / marker).write_text(json.dumps(new, indent=2) + "\n")
+            if root.exists():
+                shutil.rmtree(root)
+    except OSError:
+        # Another process put the same set in place between our rmtree and rename: theirs is as good.
+        if (_read_marker(root, marker, fmt) or {}).get("params") != params:
+            raise
+    return root
 
 
 def _write_split(folder: Path, params: dict, split_idx: int, n: int) -> dict[str, int]:
@@ -225,7 +415,7 @@ def _write_split(folder: Path, params: dict, split_idx: int, n: int) -> dict[str
         # Exactly round(fraction * n) greyscale files per folder, at seeded positions.
         gray = np.zeros(n, dtype=bool)
         order = np.random.default_rng([params["seed"], split_idx, class_idx, 1 << 30]).permutation(n)
-        gray[order[: int(round(params["grayscale_fraction"] * n))]] = True
+        gray[order[: round(params["grayscale_fraction"] * n)]] = True
         for i in range(n):
             pixels = render_phantom(name, np.random.default_rng([params["seed"], split_idx, class_idx, i]),
                                     params["image_size"])
@@ -268,32 +458,18 @@ def generate_phantoms(root: str | os.PathLike, n_per_class: int = 40, n_test_per
         >>> sorted(p.name for p in (root / "Training").iterdir())
         ['glioma', 'meningioma', 'notumor', 'pituitary']
     """
-    root = Path(root)
     params = _params(n_per_class, n_test_per_class, image_size, seed, grayscale_fraction)
-    manifest = read_manifest(root)
-    if not overwrite and manifest and manifest.get("version") == VERSION and manifest.get("params") == params:
-        return root
-    if root.exists() and manifest is None and (not root.is_dir() or any(root.iterdir())):
-        raise FileExistsError(f"{root} exists and is not a phantom set (no {MANIFEST}); refusing to replace it")
 
-    root.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with atomic_path(root) as tmp:  # the whole set appears at once, or not at all
-            shutil.rmtree(tmp, ignore_errors=True)
-            counts = {}
-            for split_idx, (split, n) in enumerate(zip(SPLITS, (params["n_per_class"], params["n_test_per_class"]))):
-                if n:
-                    counts[split] = _write_split(tmp / split, params, split_idx, n)
-            new = {"format": FORMAT, "version": VERSION, "params": params, "classes": list(CLASSES),
-                   "counts": counts, "total": sum(sum(c.values()) for c in counts.values())}
-            (tmp / MANIFEST).write_text(json.dumps(new, indent=2) + "\n")
-            if root.exists():
-                shutil.rmtree(root)
-    except OSError:
-        # Another process put the same set in place between our rmtree and rename: theirs is as good.
-        if (read_manifest(root) or {}).get("params") != params:
-            raise
-    return root
+    def write(tmp: Path) -> dict:
+        counts = {}
+        per_split = (params["n_per_class"], params["n_test_per_class"])
+        for split_idx, (split, n) in enumerate(zip(SPLITS, per_split, strict=True)):
+            if n:
+                counts[split] = _write_split(tmp / split, params, split_idx, n)
+        return {"classes": list(CLASSES), "counts": counts,
+                "total": sum(sum(c.values()) for c in counts.values())}
+
+    return _build(Path(root), MANIFEST, FORMAT, VERSION, params, overwrite, write)
 
 
 def lesion_mask(path: str | os.PathLike, threshold: float = 24.0) -> np.ndarray:
@@ -328,25 +504,386 @@ def lesion_mask(path: str | os.PathLike, threshold: float = 24.0) -> np.ndarray:
     return mask
 
 
+# ------------------------------------------------------------------------------------------- cohorts
+
+COHORT_MARKER = "cohort.json"
+COHORT_FORMAT = "brainmri-phantom-cohort"
+COHORT_VERSION = 1
+COHORT_MANIFEST = "manifest.csv"
+MANIFEST_COLUMNS = ("path", "label", "patient", "site", "split", "slice", "age")
+
+# The built-in sites, by position in ``sites``: each records heads differently (field of view,
+# brightness, contrast, noise, a coil ramp) and stores DICOM differently (12 or 16 bits, rescale).
+SITE_PROFILES = (
+    Site(),
+    Site(zoom=0.8, shift=(0.05, -0.04), gain=0.75, gamma=1.2, noise=2.2, bias=0.15,
+         bits_stored=16, slope=0.5, intercept=-100.0, scale=12000.0),
+    Site(zoom=1.14, shift=(-0.03, 0.05), gain=1.2, gamma=0.85, noise=0.5, bias=-0.12,
+         bits_stored=12, slope=2.0, intercept=-50.0, scale=5000.0),
+)
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def site_profile(index: int) -> Site:
+    """The built-in site at position ``index``: the three above, then seeded variations of them."""
+    if index < len(SITE_PROFILES):
+        return SITE_PROFILES[index]
+    rng = np.random.default_rng([0x517E, index])
+    return Site(zoom=_uniform(rng, 0.8, 1.15), shift=(_uniform(rng, -0.05, 0.05), _uniform(rng, -0.05, 0.05)),
+                gain=_uniform(rng, 0.75, 1.2), gamma=_uniform(rng, 0.85, 1.2), noise=_uniform(rng, 0.5, 2.2),
+                bias=_uniform(rng, -0.15, 0.15), bits_stored=(12, 16)[index % 2],
+                slope=(1.0, 0.5)[index % 2], intercept=0.0, scale=(3000.0, 12000.0)[index % 2])
+
+
+def default_prevalence(index: int) -> tuple[float, ...]:
+    """Class shares of the site at ``index``: it favours one class (55 %), a source shortcut."""
+    return tuple(0.55 if k == index % len(CLASSES) else 0.15 for k in range(len(CLASSES)))
+
+
+def _counts(weights: Sequence[float], n: int) -> list[int]:
+    """``n`` split by ``weights`` exactly (largest remainder; ties to the earlier class)."""
+    total = float(sum(weights))
+    share = [w * n / total for w in weights]
+    counts = [math.floor(s) for s in share]
+    order = sorted(range(len(weights)), key=lambda k: (counts[k] - share[k], k))
+    for k in order[: n - sum(counts)]:
+        counts[k] += 1
+    return counts
+
+
+def _pick(rng: np.random.Generator, n: int, fraction: float) -> set[int]:
+    return {int(i) for i in rng.permutation(n)[: round(fraction * n)]}
+
+
+def _site_dict(name: str, site: Site) -> dict[str, Any]:
+    """A site profile as JSON-exact parameters (checked: a bad value is one error naming the site)."""
+    if not isinstance(site, Site):
+        raise TypeError(f"site_profiles[{name!r}] must be a phantoms.Site, got {type(site).__name__}")
+    d = asdict(site)
+    d["shift"] = [float(v) for v in d["shift"]]
+    for key in ("zoom", "gain", "gamma", "slope", "scale"):
+        if not float(d[key]) > 0:
+            raise ValueError(f"site {name}: {key} must be > 0, got {d[key]}")
+    if float(d["noise"]) < 0 or not 9 <= int(d["bits_stored"]) <= 16:
+        raise ValueError(f"site {name}: need noise >= 0 and bits_stored in [9, 16], got {d['noise']}, "
+                         f"{d['bits_stored']}")
+    return d
+
+
+def _cohort_params(sites, n_patients_per_site, slices_per_patient, prevalence, image_size, seed, test_fraction,
+                   dicom_fraction, monochrome1_fraction, multiframe, site_profiles) -> dict:
+    sites = [str(s) for s in sites]
+    if not sites or len(set(sites)) != len(sites) or not all(_SAFE_NAME.fullmatch(s) for s in sites):
+        raise ValueError(f"sites must be distinct names of letters, digits, '_', '.', '-', got {sites}")
+    prevalence, site_profiles = dict(prevalence or {}), dict(site_profiles or {})
+    for what, given in (("prevalence", prevalence), ("site_profiles", site_profiles)):
+        unknown = sorted(set(given) - set(sites))
+        if unknown:
+            raise ValueError(f"{what} names sites {unknown} that are not in sites {sites}")
+    shares = {}
+    for k, site in enumerate(sites):
+        w = [float(x) for x in prevalence.get(site, default_prevalence(k))]
+        if len(w) != len(CLASSES) or min(w) < 0 or sum(w) <= 0:
+            raise ValueError(f"prevalence of site {site} must be {len(CLASSES)} weights >= 0 with a positive sum "
+                             f"(one per class, {', '.join(CLASSES)}), got {w}")
+        shares[site] = w
+    params = {"sites": sites, "n_patients_per_site": int(n_patients_per_site),
+              "slices_per_patient": int(slices_per_patient), "prevalence": shares, "image_size": int(image_size),
+              "seed": int(seed), "test_fraction": float(test_fraction), "dicom_fraction": float(dicom_fraction),
+              "monochrome1_fraction": float(monochrome1_fraction), "multiframe": int(multiframe),
+              "site_profiles": {site: _site_dict(site, site_profiles.get(site, site_profile(k)))
+                                for k, site in enumerate(sites)},
+              "jpeg_quality": JPEG_QUALITY}
+    if params["n_patients_per_site"] < 1 or params["slices_per_patient"] < 1:
+        raise ValueError(f"need n_patients_per_site >= 1 and slices_per_patient >= 1, "
+                         f"got {n_patients_per_site}, {slices_per_patient}")
+    if not 32 <= params["image_size"] <= 4096:
+        raise ValueError(f"image_size must be in [32, 4096], got {image_size}")
+    if params["seed"] < 0 or params["multiframe"] < 0:
+        raise ValueError(f"seed and multiframe must be >= 0, got {seed}, {multiframe}")
+    for key in ("test_fraction", "dicom_fraction", "monochrome1_fraction"):
+        if not 0.0 <= params[key] <= 1.0:
+            raise ValueError(f"{key} must be in [0, 1], got {params[key]}")
+    return params
+
+
+def read_cohort(root: str | os.PathLike) -> dict | None:
+    """The ``cohort.json`` of a generated cohort in ``root``, or None when there is none."""
+    return _read_marker(root, COHORT_MARKER, COHORT_FORMAT)
+
+
+def _dicom_values(signal: np.ndarray, site: Site) -> np.ndarray:
+    """Phantom signal → stored DICOM values at the site's encoding (full precision, clipped to its bits)."""
+    stored = np.rint((signal.astype(np.float64) * site.scale - site.intercept) / site.slope)
+    return np.clip(stored, 0, 2**site.bits_stored - 1).astype(np.uint16)
+
+
+def _write_cohort(tmp: Path, params: dict) -> dict:
+    seed, size, n_slices = params["seed"], params["image_size"], params["slices_per_patient"]
+    rows: list[dict[str, Any]] = []
+    patients: dict[str, dict[str, int]] = {}
+    for site_idx, site_name in enumerate(params["sites"]):
+        profile = params["site_profiles"][site_name]
+        site = Site(**{**profile, "shift": tuple(profile["shift"])})
+        n = params["n_patients_per_site"]
+        shares = _counts(params["prevalence"][site_name], n)
+        labels = [c for c, k in zip(CLASSES, shares, strict=True) for _ in range(k)]
+        # Labels, the test patients, DICOM and MONOCHROME1 patients: each an independent seeded draw per site.
+        labels = [labels[i] for i in np.random.default_rng([seed, 2, site_idx]).permutation(n)]
+        test = _pick(np.random.default_rng([seed, 3, site_idx]), n, params["test_fraction"])
+        dicom = sorted(_pick(np.random.default_rng([seed, 4, site_idx]), n, params["dicom_fraction"]))
+        mono1 = {dicom[i] for i in _pick(np.random.default_rng([seed, 5, site_idx]), len(dicom),
+                                         params["monochrome1_fraction"])}
+        extra = params["multiframe"] if site_idx == 0 else 0
+        patients[site_name] = dict.fromkeys(CLASSES, 0)
+        for p in range(n + extra):
+            multi = p >= n
+            rng = np.random.default_rng([seed, 1, site_idx, p])
+            label = labels[p] if not multi else CLASSES[p % len(CLASSES)]
+            patient = f"{site_name}-P{p + 1:03d}" if not multi else f"{site_name}-MF{p - n + 1:02d}"
+            anatomy = draw_anatomy(label, rng)
+            age = int(rng.integers(20, 81))
+            split = "" if not params["test_fraction"] else ("test" if p in test else "train")
+            folder = tmp / site_name / patient
+            folder.mkdir(parents=True)
+            signals = [render_slice(anatomy, np.random.default_rng([seed, 6, site_idx, p, k]), size,
+                                    z=k - (n_slices - 1) / 2, site=site) for k in range(n_slices)]
+            base = {"label": label, "patient": patient, "site": site_name, "split": split, "age": age}
+            tags = {"PatientID": patient, "PatientAge": f"{age:03d}Y", "InstitutionName": site_name,
+                    "StudyInstanceUID": _uid(seed, site_name, patient, "study"),
+                    "SeriesInstanceUID": _uid(seed, site_name, patient, "series")}
+            window = (site.scale / 2, site.scale)
+            if multi:  # one file holding all slices: a reader must refuse it, with a reason
+                path = folder / f"{patient}.dcm"
+                write_dicom(path, np.stack([_dicom_values(sig, site) for sig in signals]),
+                            bits_stored=site.bits_stored, slope=site.slope, intercept=site.intercept, window=window,
+                            tags={**tags, "SOPInstanceUID": _uid(seed, site_name, patient, "all")})
+                rows.append({"path": path.relative_to(tmp).as_posix(), **base, "slice": ""})
+                continue
+            patients[site_name][label] += 1
+            for k, signal in enumerate(signals):
+                stem = folder / f"{patient}-s{k + 1:02d}"
+                if p in dicom:
+                    path = stem.with_suffix(".dcm")
+                    write_dicom(path, _dicom_values(signal, site), bits_stored=site.bits_stored, slope=site.slope,
+                                intercept=site.intercept, window=window, monochrome1=p in mono1,
+                                tags={**tags, "InstanceNumber": k + 1,
+                                      "SOPInstanceUID": _uid(seed, site_name, patient, str(k))})
+                else:
+                    path = stem.with_suffix(".jpg")
+                    Image.fromarray(_to_uint8(signal), mode="L").save(path, format="JPEG", quality=JPEG_QUALITY)
+                rows.append({"path": path.relative_to(tmp).as_posix(), **base, "slice": k + 1})
+    with open(tmp / COHORT_MANIFEST, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return {"classes": list(CLASSES), "manifest": COHORT_MANIFEST, "rows": len(rows), "patients": patients}
+
+
+def _uid(*parts: object) -> str:
+    """A DICOM UID that is a pure function of ``parts`` (so a seed gives byte-identical files)."""
+    from pydicom.uid import generate_uid
+
+    return generate_uid(entropy_srcs=[str(p) for p in parts])
+
+
+def generate_cohort(root: str | os.PathLike, *, sites: Sequence[str] = ("A", "B"), n_patients_per_site: int = 6,
+                    slices_per_patient: int = 4, prevalence: Mapping[str, Sequence[float]] | None = None,
+                    image_size: int = 64, seed: int = 0, test_fraction: float = 0.0, dicom_fraction: float = 0.0,
+                    monochrome1_fraction: float = 0.0, multiframe: int = 0,
+                    site_profiles: Mapping[str, Site] | None = None, overwrite: bool = False) -> Path:
+    """Write a phantom cohort: patients with several slices each, recorded at sites that differ.
+
+    Writes ``root/<site>/<patient>/<patient>-sNN.{jpg,dcm}``, ``root/manifest.csv`` (columns
+    ``path,label,patient,site,split,slice,age``; paths relative to ``root``, ``split`` is ``train``/``test``
+    by patient, or empty when ``test_fraction`` is 0) and ``root/cohort.json`` (the parameters, site
+    profiles included, and the patients per site and class). Built atomically and reused when the parameters match, as
+    ``generate_phantoms``.
+
+    A patient is one ``draw_anatomy``: all slices share pose, texture and lesion, and differ by slice
+    position and noise, so slices of one patient are near-duplicates (a slice-level random split leaks).
+    Site ``k`` records with ``site_profile(k)`` (field of view, brightness, contrast, noise; or its entry
+    in ``site_profiles``) and holds
+    the classes in its own shares (``default_prevalence(k)`` favours one class): a source shortcut.
+
+    Args:
+        root: output folder; replaced only if it is empty or an earlier cohort.
+        sites: site names (folder-safe); their order picks the built-in site profiles.
+        n_patients_per_site: patients per site, split among the classes by the site's prevalence exactly.
+        slices_per_patient: slices per patient, centred on the lesion.
+        prevalence: per site, one weight per class in ``CLASSES`` order (default ``default_prevalence``).
+        image_size: square image side in pixels.
+        seed: makes the cohort reproducible, byte for byte.
+        test_fraction: share of each site's patients marked ``split=test`` (all their slices).
+        dicom_fraction: share of each site's patients stored as single-frame MR DICOM at the site's
+            bit depth (12 or 16 bits, full precision), the rest as 8-bit JPEG.
+        monochrome1_fraction: share of the DICOM patients stored as MONOCHROME1 (inverted).
+        multiframe: extra patients at the first site, each one multi-frame DICOM file (one row, empty
+            ``slice``) that a reader of single slices has to refuse.
+        site_profiles: per site a ``Site`` replacing its built-in profile (e.g. all ``Site()``: sites that
+            record alike, a control for site effects).
+        overwrite: regenerate even if ``cohort.json`` has the same parameters.
+    Returns:
+        ``Path(root)``.
+    Raises:
+        ValueError: a parameter is out of range. FileExistsError: ``root`` holds something else.
+
+    Example:
+        >>> root = generate_cohort("/tmp/cohort", sites=("A", "B"), n_patients_per_site=4, test_fraction=0.25)
+        >>> (root / "manifest.csv").read_text().splitlines()[0]
+        'path,label,patient,site,split,slice,age'
+    """
+    params = _cohort_params(sites, n_patients_per_site, slices_per_patient, prevalence, image_size, seed,
+                            test_fraction, dicom_fraction, monochrome1_fraction, multiframe, site_profiles)
+    return _build(Path(root), COHORT_MARKER, COHORT_FORMAT, COHORT_VERSION, params, overwrite,
+                  lambda tmp: _write_cohort(tmp, params))
+
+
+# --------------------------------------------------------------------------------------------- DICOM
+
+
+def write_dicom(path: str | os.PathLike, pixels: np.ndarray, *, bits_stored: int = 12, slope: float = 1.0,
+                intercept: float = 0.0, window: tuple[float, float] | None = None, monochrome1: bool = False,
+                tags: Mapping[str, Any] | None = None) -> Path:
+    """Write a real, uncompressed MR DICOM file of unsigned stored values.
+
+    Args:
+        path: the file to write.
+        pixels: integer stored values in ``[0, 2**bits_stored)``; ``(rows, cols)`` gives a single-frame
+            MR Image Storage slice, ``(frames, rows, cols)`` a multi-frame Enhanced MR Image Storage file.
+            High values are bright.
+        bits_stored: 9 to 16 (BitsAllocated is 16, HighBit bits_stored - 1).
+        slope, intercept: RescaleSlope / RescaleIntercept: value = stored · slope + intercept.
+        window: (WindowCenter, WindowWidth) in rescaled values, or None to write no window.
+        monochrome1: write PhotometricInterpretation MONOCHROME1: the stored values are inverted
+            (``2**bits_stored - 1 - pixels``) and the window mirrored, so a reader that applies the
+            rescale, the window and then the MONOCHROME1 inversion sees the same picture as without.
+        tags: more data elements by keyword (PatientID, SOPInstanceUID, InstanceNumber, ...).
+    Returns:
+        ``Path(path)``.
+
+    Example:
+        >>> write_dicom("/tmp/s.dcm", np.arange(4096, dtype=np.uint16).reshape(64, 64), window=(2048, 4096))
+        PosixPath('/tmp/s.dcm')
+    """
+    import hashlib
+
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import (
+        UID,
+        EnhancedMRImageStorage,
+        ExplicitVRLittleEndian,
+        MRImageStorage,
+        generate_uid,
+    )
+
+    path = Path(path)
+    pixels = np.asarray(pixels)
+    if not 9 <= bits_stored <= 16:
+        raise ValueError(f"bits_stored must be in [9, 16], got {bits_stored}")
+    top = 2**bits_stored - 1
+    if pixels.ndim not in (2, 3) or pixels.dtype.kind not in "ui" or pixels.size == 0:
+        raise ValueError(f"pixels must be a non-empty 2-D or 3-D integer array, got {pixels.dtype} {pixels.shape}")
+    if pixels.min() < 0 or pixels.max() > top:
+        raise ValueError(f"pixels must lie in [0, {top}] for bits_stored={bits_stored}, "
+                         f"got [{pixels.min()}, {pixels.max()}]")
+    stored = pixels.astype(np.uint16)
+    if monochrome1:
+        stored = (top - stored).astype(np.uint16)
+        if window is not None:  # value' = K - value with K = top·slope + 2·intercept: mirror the centre
+            window = (top * slope + 2 * intercept - window[0], window[1])
+    sop_class = MRImageStorage if pixels.ndim == 2 else EnhancedMRImageStorage
+    extra = dict(tags or {})
+    instance = UID(str(extra.pop("SOPInstanceUID", "")) or generate_uid(
+        entropy_srcs=[hashlib.sha256(stored.tobytes()).hexdigest(), path.name]))
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = instance
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = sop_class, instance, "MR"
+    ds.Rows, ds.Columns = stored.shape[-2:]
+    if stored.ndim == 3:
+        ds.NumberOfFrames = stored.shape[0]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
+    ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = _ds(slope), _ds(intercept), "US"
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = _ds(window[0]), _ds(window[1])
+    for keyword, value in extra.items():
+        setattr(ds, keyword, value)
+    ds.PixelData = stored.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _ds(value: float) -> str:
+    """A number as a DICOM decimal string (at most 16 characters)."""
+    text = f"{float(value):.10g}"
+    return text if len(text) <= 16 else f"{float(value):.8e}"
+
+
+def _prevalence_arg(text: str) -> tuple[str, list[float]]:
+    site, _, weights = text.partition("=")
+    try:
+        values = [float(w) for w in weights.split(",")]
+    except ValueError:
+        values = []
+    if not site or len(values) != len(CLASSES):
+        raise argparse.ArgumentTypeError(f"expected SITE={','.join(['W'] * len(CLASSES))} (one weight per class, "
+                                         f"{', '.join(CLASSES)}), got {text!r}")
+    return site, values
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m brainmri.data.phantoms",
-                                     description="Write synthetic MRI-like brain phantoms in the Kaggle layout.")
-    parser.add_argument("out_dir", type=Path, help="output folder (Training/, Testing/, manifest.json)")
+                                     description="Write synthetic MRI-like brain phantoms: a set in the Kaggle "
+                                                 "layout, or with --cohort a manifest cohort of patients and sites.")
+    parser.add_argument("out_dir", type=Path, help="output folder (Training/, Testing/, manifest.json; "
+                                                   "with --cohort <site>/<patient>/..., manifest.csv, cohort.json)")
     parser.add_argument("--n-per-class", type=int, default=40, help="Training images per class")
     parser.add_argument("--n-test-per-class", type=int, default=10, help="Testing images per class (0: none)")
     parser.add_argument("--size", type=int, default=224, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--grayscale-fraction", type=float, default=0.5, help='share of mode "L" files')
     parser.add_argument("--overwrite", action="store_true", help="regenerate even if the manifest matches")
+    cohort = parser.add_argument_group("cohort", "patients with several slices, at sites that differ")
+    cohort.add_argument("--cohort", action="store_true", help="write a cohort with manifest.csv instead")
+    cohort.add_argument("--sites", default="A,B,C", help="comma-separated site names (default A,B,C)")
+    cohort.add_argument("--patients-per-site", type=int, default=20)
+    cohort.add_argument("--slices-per-patient", type=int, default=6)
+    cohort.add_argument("--prevalence", type=_prevalence_arg, action="append", metavar="SITE=W,W,W,W",
+                        help=f"class weights of one site ({', '.join(CLASSES)}); repeat per site")
+    cohort.add_argument("--test-fraction", type=float, default=0.2, help="share of patients with split=test")
+    cohort.add_argument("--dicom-fraction", type=float, default=0.5, help="share of patients stored as DICOM")
+    cohort.add_argument("--monochrome1-fraction", type=float, default=0.0, help="share of DICOM patients "
+                        "stored MONOCHROME1")
+    cohort.add_argument("--multiframe", type=int, default=0, help="extra patients as one multi-frame DICOM each")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
-        root = generate_phantoms(args.out_dir, n_per_class=args.n_per_class, n_test_per_class=args.n_test_per_class,
-                                 image_size=args.size, seed=args.seed, grayscale_fraction=args.grayscale_fraction,
-                                 overwrite=args.overwrite)
+        if args.cohort:
+            root = generate_cohort(args.out_dir, sites=[s for s in args.sites.split(",") if s],
+                                   n_patients_per_site=args.patients_per_site,
+                                   slices_per_patient=args.slices_per_patient, prevalence=dict(args.prevalence or []),
+                                   image_size=args.size, seed=args.seed, test_fraction=args.test_fraction,
+                                   dicom_fraction=args.dicom_fraction, monochrome1_fraction=args.monochrome1_fraction,
+                                   multiframe=args.multiframe, overwrite=args.overwrite)
+        else:
+            root = generate_phantoms(args.out_dir, n_per_class=args.n_per_class,
+                                     n_test_per_class=args.n_test_per_class, image_size=args.size, seed=args.seed,
+                                     grayscale_fraction=args.grayscale_fraction, overwrite=args.overwrite)
     except (ValueError, FileExistsError) as err:
         parser.error(str(err))
-    print(f"{read_manifest(root)['total']} phantom images in {root} ({time.perf_counter() - start:.2f} s)")
+    took = time.perf_counter() - start
+    if args.cohort:
+        info = read_cohort(root) or {}
+        n_patients = sum(sum(c.values()) for c in info.get("patients", {}).values())
+        print(f"{info.get('rows')} phantom slices of {n_patients} patients at {len(info.get('patients', {}))} sites "
+              f"in {root}, listed in {root / COHORT_MANIFEST} ({took:.2f} s)")
+    else:
+        print(f"{(read_manifest(root) or {}).get('total')} phantom images in {root} ({took:.2f} s)")
 
 
 if __name__ == "__main__":

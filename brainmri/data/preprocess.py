@@ -11,7 +11,8 @@ input the model was trained on::
 The head mask (``head_mask``): the image is reduced to at most ``WORK_SIDE`` pixels a side and
 blurred, thresholded at half its Otsu threshold, closed, its largest 8-connected component kept
 and the holes in it filled (ventricles, CSF and the dark skull stay inside), opened (thin lines
-and text touching the head drop off), then scaled back to the image's size. ``prepare`` uses it for ``crop="head"`` (crop to the head's bounding box
+and text touching the head drop off), then scaled back to the image's size. ``prepare`` uses it for
+``crop="head"`` (crop to the head's bounding box
 widened by ``margin`` × its longer side) and ``background="zero"`` (every pixel outside the head
 mask dilated by ``margin`` × the box's longer side set to 0), then resizes with PIL's bilinear
 filter. ``brainmri.data.transforms.Decoder`` calls ``prepare`` for both settings.
@@ -33,6 +34,7 @@ BACKGROUNDS = ("keep", "zero")
 def load_grey(path: str | Path) -> Image.Image:
     """Any PIL-readable image as grey-scale (mode ``L``): transparency composited on black, 16-bit
     images divided by 256, colour reduced to luminance (ITU-R 601-2). Decodes the whole file."""
+    img: Image.Image
     with Image.open(path) as img:
         img.load()  # force a full decode here, so truncated files fail now
         if img.mode in ("RGBA", "LA", "P", "PA"):
@@ -111,7 +113,7 @@ def label_components(mask: np.ndarray, connectivity: int = 8) -> tuple[np.ndarra
         starts, ends = np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()
         cur = []
         j = 0
-        for s, e in zip(starts, ends):
+        for s, e in zip(starts, ends, strict=True):
             rid = len(parent)
             parent.append(rid)
             while j < len(prev) and prev[j][1] + reach <= s:  # previous-row runs entirely left of this one
@@ -158,7 +160,7 @@ def _work_image(grey: Image.Image) -> Image.Image:
     w, h = grey.size
     scale = min(1.0, WORK_SIDE / max(w, h))
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    small = grey.resize(size, Image.BILINEAR) if size != grey.size else grey
+    small = grey.resize(size, Image.Resampling.BILINEAR) if size != grey.size else grey
     return small.filter(ImageFilter.GaussianBlur(1))
 
 
@@ -179,7 +181,7 @@ def _to_size(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A working-resolution mask scaled back to ``size`` (w, h): bilinear, then halfway threshold."""
     if (mask.shape[1], mask.shape[0]) == tuple(size):
         return mask
-    img = Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.BILINEAR)
+    img = Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.BILINEAR)
     return np.asarray(img) >= 128
 
 
@@ -243,7 +245,7 @@ def apply_settings(image: np.ndarray, widened: np.ndarray, crop: str = "none",
     if background == "zero":
         image = np.where(widened, image, 0).astype(np.uint8)
     if crop == "head":
-        box = head_box(widened)
+        box = head_box(widened) or box  # never None: widened has a pixel
         image = image[box[1]:box[3], box[0]:box[2]]
     return image, box
 
@@ -257,7 +259,7 @@ def prepare(grey: Image.Image, size: int | None = None, crop: str = "none", back
         image, _ = apply_settings(np.asarray(grey), head_mask(grey, margin), crop, background)
         grey = Image.fromarray(np.ascontiguousarray(image))
     if size is not None and grey.size != (size, size):
-        grey = grey.resize((size, size), Image.BILINEAR)
+        grey = grey.resize((size, size), Image.Resampling.BILINEAR)
     return grey
 
 

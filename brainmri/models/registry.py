@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import functools
 import types
+from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
 from torchvision import models as tvm
 
 from brainmri.models.weights import WeightsError, fetch_weights, load_state_dict
+
 
 class BaselineCNN(nn.Module):
     """3 × (Conv3×3 → ReLU → MaxPool2) → Flatten → Linear(hidden) → ReLU → Dropout → Linear."""
@@ -94,7 +97,8 @@ def check_arch(arch: str) -> None:
         raise ValueError(f"unknown model.arch {arch!r}: timm has no model {name.split('.')[0]!r} "
                          f"(timm.list_models() lists them, e.g. resnet10t, resnet18, convnext_atto, efficientnet_b0)")
     raise ValueError(f"unknown model.arch {arch!r} (choose from {', '.join(BUILTIN + tuple(ALIASES))}, "
-                     f"timm:<any timm model> or torchvision:<name> with <name> one of {', '.join(torchvision_models())})")
+                     f"timm:<any timm model> or torchvision:<name> with <name> one of "
+                     f"{', '.join(torchvision_models())})")
 
 
 def min_image_size(model_cfg) -> tuple[int, bool]:
@@ -118,7 +122,7 @@ def torchvision_weights(name: str):
     return tvm.get_model_weights(name).DEFAULT
 
 
-def timm_weights_source(name: str) -> tuple[str, str] | None:
+def timm_weights_source(name: str) -> tuple[str, str | None] | None:
     """(URL, cache file name) of timm model ``name``'s pretrained weights, as timm itself prefers them:
     the Hugging Face hub file when its config names a hub id, else its ``url``; None when it has none."""
     cfg = timm_pretrained_cfg(name)
@@ -194,8 +198,9 @@ def _new_head(model_cfg, old: nn.Module, num_classes: int) -> nn.Module:
         if model_cfg.head != "linear":
             raise ValueError(f"model.head={model_cfg.head} needs a Linear classifier; "
                              f"model.arch={model_cfg.arch} has a convolutional one (use model.head=linear)")
-        return nn.Conv2d(old.in_channels, num_classes, old.kernel_size, old.stride)
-    features = old.in_features
+        # torch types a Conv2d's kernel_size and stride as tuple[int, ...]; they are pairs
+        return nn.Conv2d(old.in_channels, num_classes, old.kernel_size, old.stride)  # type: ignore[arg-type]
+    features = cast(int, old.in_features)
     if model_cfg.head == "mlp":
         return nn.Sequential(
             nn.Linear(features, model_cfg.head_hidden), nn.ReLU(inplace=True),
@@ -208,11 +213,11 @@ def _grey_first_conv(model: nn.Module) -> None:
     """Replace the first 3-channel convolution by a 1-channel one with the RGB filters summed."""
     for path, m in model.named_modules():
         if isinstance(m, nn.Conv2d) and m.in_channels == 3:
-            conv = nn.Conv2d(1, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
-                             m.bias is not None, m.padding_mode)
+            conv = nn.Conv2d(1, m.out_channels, m.kernel_size, m.stride, m.padding,  # type: ignore[arg-type]
+                             m.dilation, m.groups, m.bias is not None, m.padding_mode)  # type: ignore[arg-type]
             with torch.no_grad():
                 conv.weight.copy_(m.weight.sum(dim=1, keepdim=True))
-                if m.bias is not None:
+                if m.bias is not None and conv.bias is not None:
                     conv.bias.copy_(m.bias)
             _set_module(model, path, conv)
             return
@@ -240,6 +245,8 @@ def _load_backbone(model: nn.Module, state: dict[str, torch.Tensor], source: str
 
 def _torchvision(model_cfg, num_classes: int, in_channels: int) -> nn.Module:
     name = torchvision_name(model_cfg.arch)
+    if name is None:
+        raise ValueError(f"model.arch={model_cfg.arch} is not a torchvision architecture")
     scratch = {"aux_logits": False} if name in ("googlenet", "inception_v3") else {}
     if model_cfg.weights:
         model = tvm.get_model(name, weights=None, **scratch)
@@ -254,8 +261,8 @@ def _torchvision(model_cfg, num_classes: int, in_channels: int) -> nn.Module:
         model = tvm.get_model(name, weights=weights)  # torchvision's own key fix-ups and settings apply
     else:
         model = tvm.get_model(name, weights=None, **scratch)
-    path = _head_path(model)
-    _set_module(model, path, _new_head(model_cfg, model.get_submodule(path), num_classes))
+    head = _head_path(model)
+    _set_module(model, head, _new_head(model_cfg, model.get_submodule(head), num_classes))
     if in_channels == 1:
         _grey_first_conv(model)
     return model
@@ -269,6 +276,8 @@ def _timm(model_cfg, num_classes: int, in_channels: int) -> nn.Module:
     from timm.models import adapt_input_conv
 
     name = timm_name(model_cfg.arch)
+    if name is None:
+        raise ValueError(f"model.arch={model_cfg.arch} is not a timm architecture")
     state, source = None, ""
     if model_cfg.weights:
         state, source = load_state_dict(model_cfg.weights), f"model.weights={model_cfg.weights}"
@@ -278,7 +287,7 @@ def _timm(model_cfg, num_classes: int, in_channels: int) -> nn.Module:
         state, source = load_state_dict(path, key), f"{key} ({path.name})"
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
     if state is not None:
-        first = model.pretrained_cfg.get("first_conv")
+        first = cast(dict, model.pretrained_cfg).get("first_conv")
         for conv in [first] if isinstance(first, str) else list(first or ()):
             weight = state.get(f"{conv}.weight")
             if weight is not None and weight.dim() == 4 and weight.shape[1] != in_channels:
@@ -363,7 +372,7 @@ def _specificity(group: str) -> int:
     return 0 if group == "backbone" else 1 if group == "head" else group.count(".") + 1
 
 
-def assign_groups(model: nn.Module, names: list[str]) -> dict[str, list[nn.Parameter]]:
+def assign_groups(model: nn.Module, names: Sequence[str]) -> dict[str, list[nn.Parameter]]:
     """Split the parameters of ``names`` (``all`` = backbone + head) into disjoint groups, in the
     order given: a parameter goes to the most specific named group holding it, so
     ``[backbone, layer4, head]`` gives layer4 its own LR and the rest of the backbone another.
@@ -416,7 +425,7 @@ def cam_target_layer(model: nn.Module) -> nn.Module:
     if isinstance(model, BaselineCNN):
         return model.features[-1]  # Conv → ReLU → MaxPool of the last block
     if hasattr(model, "layer4"):
-        return model.layer4[-1]
+        return cast(nn.Sequential, model.layer4)[-1]
     info = getattr(model, "feature_info", None)  # timm: the last feature stage
     if info:
         return model.get_submodule(info[-1]["module"])

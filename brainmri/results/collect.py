@@ -15,9 +15,10 @@ import functools
 import json
 import math
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,7 @@ from scipy import stats
 from brainmri.config import RUNTIME_KEYS
 from brainmri.config import flatten as flatten_config
 from brainmri.data.leakage import BANDS
+from brainmri.metric_names import TIE_BREAK, choice_key, lower_is_better
 from brainmri.results import metrics as M
 from brainmri.results.wandb_offline import read_offline_runs
 from brainmri.rundir import RunDir
@@ -33,7 +35,7 @@ from brainmri.rundir import RunDir
 # Config keys that differ between runs without defining a different model: the seed (the replicate
 # axis) and every key that only changes how a run runs (brainmri.config.RUNTIME_KEYS).
 NOT_SWEPT = ("seed", "run_id", *RUNTIME_KEYS)
-REPLICATE_KEYS = ("seed", "data.fold")  # a replicate of a configuration is a (fold, seed) pair
+REPLICATE_KEYS = ("seed", "data.fold", "data.test_site")  # a replicate: a (fold or held-out site, seed) pair
 METRICS = ("acc", "macro_f1", "auc", "ece")
 SOURCE_RANK = {"rundir": 0, "wandb-offline": 1, "wandb-api": 2}
 EXACT_MCNEMAR_BELOW = 25  # discordant pairs; below this the chi-square approximation is poor
@@ -72,9 +74,14 @@ class Run:
         return (self.config.get("data") or {}).get("folds")
 
     @property
+    def test_site(self) -> str | None:
+        """The site held out as the test part (config ``data.test_site``; a leave-one-site-out run)."""
+        return (self.config.get("data") or {}).get("test_site")
+
+    @property
     def replicate(self) -> tuple:
-        """(fold, seed): which replicate of its configuration the run is."""
-        return (self.fold, self.seed)
+        """(fold, seed): which replicate of its configuration the run is (a held-out site counts as its fold)."""
+        return (self.fold if self.test_site is None else f"site {self.test_site}", self.seed)
 
     @property
     def finished(self) -> bool:
@@ -124,14 +131,22 @@ def runs_from_offline(*roots: str | Path) -> list[Run]:
         history = r["history"]
         runs.append(Run(id=r["run_id"], status=r["state"], config=r["config"], summary=r["summary"],
                         sources=[f"wandb-offline:{f}" for f in r["files"]],
-                        history_fn=lambda h=history: h, start_time=r["start_time"],
+                        history_fn=_rows(history), start_time=r["start_time"],
                         error="; ".join(r["errors"]) or None))
     return runs
 
 
+def _rows(history: list[dict]) -> Callable[[], list[dict]]:
+    return lambda: history
+
+
+def _scanned(run: Any) -> Callable[[], list[dict]]:
+    return lambda: list(run.scan_history())
+
+
 def api_filters(group: str | None = None, tags: Iterable[str] = ()) -> dict:
     """MongoDB-style filters for ``wandb.Api().runs``: the group, and every tag."""
-    clauses = [{"group": group}] if group else []
+    clauses: list[dict[str, Any]] = [{"group": group}] if group else []
     clauses += [{"tags": {"$in": [t]}} for t in tags]
     return {"$and": clauses} if len(clauses) > 1 else (clauses[0] if clauses else {})
 
@@ -154,7 +169,7 @@ def runs_from_api(project: str, entity: str | None = None, group: str | None = N
         runs.append(Run(id=r.id, status=r.state, config=config,
                         summary={k: v for k, v in summary.items() if k != "_wandb"},
                         sources=[f"wandb-api:{path}/{r.id}"],
-                        history_fn=lambda r=r: list(r.scan_history())))
+                        history_fn=_scanned(r)))
     return runs
 
 
@@ -216,7 +231,7 @@ def swept_keys(runs: list[Run]) -> list[str]:
             and len({repr(f.get(k)) for f in flat}) > 1]
 
 
-def mean_ci(values: Iterable[float], level: float = 0.95, bounds: tuple[float, float] | None = None,
+def mean_ci(values: Iterable[float | None], level: float = 0.95, bounds: tuple[float, float] | None = None,
             rho: float = 0.0) -> dict:
     """Mean, sample std (ddof=1) and the t-distribution CI of the mean over replicates.
 
@@ -253,10 +268,6 @@ def metric_bounds(metric: str) -> tuple[float, float] | None:
     return None if "loss" in metric or is_count(metric) else (0.0, 1.0)
 
 
-def lower_is_better(metric: str) -> bool:
-    return any(w in metric for w in ("loss", "ece", "error"))
-
-
 @dataclass
 class RecipeResult:
     recipe: str
@@ -284,10 +295,11 @@ class Comparison:
     notes: list[str] = field(default_factory=list)
     paired: list[dict] = field(default_factory=list)  # every other recipe vs the best: corrected t, McNemar
     incomplete_folds: list[dict] = field(default_factory=list)  # configurations x seeds missing folds
+    loso: list[dict] = field(default_factory=list)  # leave-one-site-out: per recipe, each held-out site and the mean
 
 
 def value_label(keys: list[str], value: tuple) -> str:
-    return ", ".join(f"{k}={v}" for k, v in zip(keys, value)) or "-"
+    return ", ".join(f"{k}={v}" for k, v in zip(keys, value, strict=True)) or "-"
 
 
 def _metric_names(runs: list[Run], split: str) -> list[str]:
@@ -316,7 +328,8 @@ def _latest_per_replicate(runs: list[Run], notes: list[str]) -> list[Run]:
     by_rep: dict = {}
     for r in sorted(runs, key=lambda r: r.start_time or 0):
         if r.replicate in by_rep:
-            notes.append(f"{r.recipe} {_replicate_label(*r.replicate)}: run {by_rep[r.replicate].id} superseded by {r.id}")
+            notes.append(f"{r.recipe} {_replicate_label(*r.replicate)}: run {by_rep[r.replicate].id} "
+                         f"superseded by {r.id}")
         by_rep[r.replicate] = r
     return sorted(by_rep.values(), key=lambda r: (repr(r.seed), repr(r.fold)))
 
@@ -348,16 +361,17 @@ def fold_overlap(runs: list[Run]) -> float:
     folds of one seed partition the training pool, so its size is the sum of their ``val/n``;
     without ``val/n`` in the summaries, 1/(K-1). 0 for runs without folds (one split, seeds only)."""
     ks = {r.folds for r in runs}
-    if len(ks) != 1 or not next(iter(ks)):
-        return 0.0
     k = next(iter(ks))
-    ns = [r.summary.get("val/n") for r in runs]
-    if not all(isinstance(n, (int, float)) and n > 0 for n in ns):
+    if len(ks) != 1 or not k:
+        return 0.0
+    sizes = [r.summary.get("val/n") for r in runs]
+    if not all(isinstance(n, (int, float)) and n > 0 for n in sizes):
         return 1.0 / (k - 1)
+    ns = cast(list[float], sizes)
     pool: dict[str, float] = {}
-    for r, n in zip(runs, ns):
+    for r, n in zip(runs, ns, strict=True):
         pool[repr(r.seed)] = pool.get(repr(r.seed), 0) + n
-    return float(np.mean([n / (pool[repr(r.seed)] - n) for r, n in zip(runs, ns)]))
+    return float(np.mean([n / (pool[repr(r.seed)] - n) for r, n in zip(runs, ns, strict=True)]))
 
 
 class MixedDataError(ValueError):
@@ -403,7 +417,7 @@ def check_data(runs: list[Run], allow_mixed: bool = False, notes: list[str] | No
     what, a, b = clash
     n = len({digests[r] for r in known})
     msg = (f"{what} were trained on different data: runs {_run_name(a)} and {_run_name(b)} "
-           f"(data manifests {digests[a][:12]} vs {digests[b][:12]}; {n} different over {len(known)} runs); "
+           f"(data manifests {str(digests[a])[:12]} vs {str(digests[b])[:12]}; {n} different over {len(known)} runs); "
            "collect them separately or pass --allow-mixed-data")
     if not allow_mixed:
         raise MixedDataError(msg)
@@ -422,7 +436,9 @@ def compare(runs: list[Run], metric: str = "val/acc", by: list[str] | None = Non
     different data are refused (``MixedDataError``) unless ``allow_mixed_data``. With ``min_seeds``
     only configurations run over that many seeds are chosen (a search's ``--confirm-seeds``: the verdict
     does not rest on one lucky trial), unless a recipe has none (a note says so). Ties in the
-    selection metric go to the first value in sorted order. Recipes are ranked by the validation
+    selection metric are broken by the one choice rule (``brainmri.metric_names.choice_key``: the
+    lower validation loss, then the earlier search trial or start, then the first value in sorted
+    order). Recipes are ranked by the validation
     metric of their chosen configuration, never by test; every other recipe is compared with the
     best by the corrected resampled t-test over common (fold, seed) pairs and McNemar per pair.
 
@@ -446,7 +462,7 @@ def compare(runs: list[Run], metric: str = "val/acc", by: list[str] | None = Non
             flat = flatten(r.config)
             groups.setdefault(tuple(flat.get(k) for k in keys), []).append(r)
         split = "test" if all("test/acc" in r.summary for r in mine) else "val"
-        per_value = []
+        per_value: list[dict[str, Any]] = []
         for value in sorted(groups, key=repr):
             reps, missing = complete_folds(_latest_per_replicate(groups[value], cmp.notes))
             cmp.incomplete_folds += [{"recipe": recipe, "config": value_label(keys, value), **m} for m in missing]
@@ -466,12 +482,15 @@ def compare(runs: list[Run], metric: str = "val/acc", by: list[str] | None = Non
         if min_seeds > 1:
             cmp.notes.append(f"{recipe}: chosen among configurations run over >= {min_seeds} seeds" if eligible else
                              f"{recipe}: no configuration was run over {min_seeds} seeds; chosen among all")
-        best = max(eligible or per_value, key=lambda v: sign * v["selection"]["mean"])
+        best = min(eligible or per_value, key=lambda v: choice_key(
+            v["selection"]["mean"], _mean(r.summary.get(TIE_BREAK) for r in v["runs"]),
+            _earliest(v["runs"]), "maximize" if sign > 0 else "minimize"))
         cmp.recipes.append(RecipeResult(recipe, keys, best["value"], split, best["runs"],
                                         best["stats"], per_value, best["folds"], best["rho"],
                                         ensemble_result(best["runs"]) if split == "test" else None))
-        if (cmp.recipes[-1].ensemble or {}).get("reason"):
-            cmp.notes.append(f"{recipe}: no ensemble row ({cmp.recipes[-1].ensemble['reason']})")
+        ensemble = cmp.recipes[-1].ensemble or {}
+        if ensemble.get("reason"):
+            cmp.notes.append(f"{recipe}: no ensemble row ({ensemble['reason']})")
         if split == "val":
             cmp.notes.append(f"{recipe}: no test split; VALIDATION metrics reported (optimistic: "
                              f"the same split chose {value_label(keys, best['value'])})")
@@ -482,7 +501,52 @@ def compare(runs: list[Run], metric: str = "val/acc", by: list[str] | None = Non
                            "mcnemar": compare_predictions(cmp.recipes[0], other)})
     if cmp.paired:
         cmp.mcnemar = cmp.paired[0]["mcnemar"]
+    cmp.loso = leave_one_site_out(cmp.recipes)
     return cmp
+
+
+LOSO_METRICS = ("acc", "macro_f1", "auc", "n")
+
+
+def leave_one_site_out(recipes: list[RecipeResult]) -> list[dict]:
+    """Per recipe whose chosen configuration held sites out (``data.test_site``, a sweep's ``folds: sites``):
+    one row per held-out site (its test metrics, averaged over seeds) and a ``mean`` row over the sites."""
+    rows = []
+    for rr in recipes:
+        by_site: dict[str, list[Run]] = {}
+        for r in rr.runs:
+            if r.test_site is not None and "test/acc" in r.summary:
+                by_site.setdefault(str(r.test_site), []).append(r)
+        if not by_site:
+            continue
+        site_rows: list[dict[str, Any]] = []
+        for site in sorted(by_site):
+            runs = by_site[site]
+            row: dict[str, Any] = {"recipe": rr.recipe, "held_out_site": site, "runs": len(runs)}
+            for m in LOSO_METRICS:
+                values = [r.summary[f"test/{m}"] for r in runs if f"test/{m}" in r.summary]
+                row[m] = float(np.mean(values)) if values else None
+            site_rows.append(row)
+        mean: dict[str, Any] = {"recipe": rr.recipe, "held_out_site": "mean", "runs": sum(r["runs"] for r in site_rows)}
+        for m in LOSO_METRICS:
+            values = [r[m] for r in site_rows if r[m] is not None]
+            mean[m] = float(np.mean(values)) if values else None
+        rows += site_rows + [mean]
+    return rows
+
+
+def _mean(values: Iterable) -> float | None:
+    finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None
+
+
+def _earliest(runs: list[Run]) -> tuple:
+    """A configuration's place in time for the choice rule's last criterion: its earliest search trial
+    (W&B tag ``trial-<n>``), else its earliest start."""
+    trials = [int(t[6:]) for r in runs for t in (r.config.get("wandb") or {}).get("tags") or []
+              if isinstance(t, str) and t.startswith("trial-") and t[6:].isdigit()]
+    starts = [r.start_time for r in runs if r.start_time]
+    return (min(trials, default=math.inf), min(starts, default=math.inf))
 
 
 def _selection(rr: RecipeResult) -> dict:
@@ -596,7 +660,7 @@ def compare_predictions(first: RecipeResult, second: RecipeResult) -> dict:
     shared test set, matched image by image on ``path`` (``index`` when paths are missing). The
     report lists all per-replicate p-values (``seeds``: one entry per replicate, with its fold).
     """
-    out = {"a": first.recipe, "b": second.recipe, "seeds": [], "reason": None}
+    out: dict[str, Any] = {"a": first.recipe, "b": second.recipe, "seeds": [], "reason": None}
     if first.split != "test" or second.split != "test":
         out["reason"] = "no test split"
         return out
@@ -647,7 +711,7 @@ def ensemble_predictions(runs: list[Run]) -> tuple[pd.DataFrame | None, str | No
     if not cols:
         return None, "the members' test predictions carry no probabilities"
     first = frames[0]
-    for r, f in zip(runs, frames):
+    for r, f in zip(runs, frames, strict=True):
         if [c for c in f.columns if c.startswith("prob_")] != cols:
             return None, f"run {_run_name(r)} predicts other classes than run {_run_name(runs[0])}"
         if "path" not in f or f["path"].isna().any() or f["path"].duplicated().any() \
@@ -679,10 +743,10 @@ def ensemble_result(runs: list[Run]) -> dict | None:
     none: then ``metrics`` is empty). None for a single run."""
     if len(runs) < 2:
         return None
-    out = {"members": len(runs), "runs": [_run_name(r) for r in runs],
+    out: dict[str, Any] = {"members": len(runs), "runs": [_run_name(r) for r in runs],
            "replicates": [list(r.replicate) for r in runs], "metrics": {}, "stats": {}, "reason": None}
     frame, reason = ensemble_predictions(runs)
-    if reason:
+    if reason or frame is None:
         out["reason"] = reason
         return out
     classes = [c.removeprefix("prob_") for c in frame.columns if c.startswith("prob_")]

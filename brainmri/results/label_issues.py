@@ -58,7 +58,8 @@ def out_of_fold(runs: list) -> OutOfFold:
     if not runs or any(r.folds is None or r.run_dir is None for r in runs):
         raise CoverageError("not K-fold runs in run directories (data.folds)")
     pool: dict[str, tuple] | None = None
-    classes = root = None
+    classes: list[str] | None = None
+    root: str | None = None
     per_seed: dict[str, dict[str, list[np.ndarray]]] = {}
     for r in sorted(runs, key=lambda r: (repr(r.seed), repr(r.fold))):
         rd = RunDir(r.run_dir)
@@ -77,8 +78,9 @@ def out_of_fold(runs: list) -> OutOfFold:
         if not set(cols) <= set(frame.columns):
             raise CoverageError(f"{rd.predictions_file('val')} has no probability per class")
         seen = per_seed.setdefault(repr(r.seed), {})
-        for path, p in zip(frame["path"], frame[cols].to_numpy(dtype=np.float64)):
+        for path, p in zip(frame["path"], frame[cols].to_numpy(dtype=np.float64), strict=True):
             seen.setdefault(os.path.relpath(path, record["data_root"]), []).append(p)
+    assert pool is not None  # runs is not empty
     for seed, seen in per_seed.items():
         missing = [p for p in pool if p not in seen]
         twice = [p for p, v in seen.items() if len(v) != 1]
@@ -88,6 +90,7 @@ def out_of_fold(runs: list) -> OutOfFold:
             raise CoverageError(f"seed {seed}: the folds do not predict every training image exactly once "
                                 f"({len(missing)} never, {len(twice)} more than once, {len(foreign)} not in the pool; "
                                 f"e.g. {example})")
+    assert pool is not None and classes is not None and root is not None  # runs is not empty
     paths = sorted(pool)
     index = {c: i for i, c in enumerate(classes)}
     probs = np.mean([[seen[p][0] for p in paths] for seen in per_seed.values()], axis=0)

@@ -107,7 +107,7 @@ def ensemble_of(rr: RecipeResult) -> dict | None:
 
 
 def ensemble_label(rr: RecipeResult) -> str:
-    return f"{rr.recipe} (ensemble of {rr.ensemble['members']})"
+    return f"{rr.recipe} (ensemble of {(rr.ensemble or {})['members']})"
 
 
 def _mcnemar_ps(mc: dict | None) -> list[float]:
@@ -192,7 +192,7 @@ def bands_frame(cmp: Comparison, numeric: bool = False, pm: str = "±", cell=Non
             else:
                 records.append({"Recipe": rr.recipe, "Band": band.replace("_", "-"), "n": fmt_count(n),
                                 "Acc": cell(acc, "acc"), "Macro-F1": cell(f1, "macro_f1")})
-        ens = ensemble_of(rr)
+        ens = ensemble_of(rr) or {}
         for band in (["all", *[b for b in BANDS if ens["stats"].get(f"band/{b}/n", {}).get("mean")]] if ens else []):
             pre = "" if band == "all" else f"band/{band}/"
             n, acc, f1 = (ens["stats"].get(f"{pre}{m}", {}) for m in ("n", "acc", "macro_f1"))
@@ -203,7 +203,8 @@ def bands_frame(cmp: Comparison, numeric: bool = False, pm: str = "±", cell=Non
                                 "macro_f1_std": None, "n_replicates": ens["members"]})
             else:
                 records.append({"Recipe": ensemble_label(rr), "Band": band.replace("_", "-"),
-                                "n": fmt_count([n.get("mean")]), "Acc": cell(acc, "acc"), "Macro-F1": cell(f1, "macro_f1")})
+                                "n": fmt_count([n.get("mean")]), "Acc": cell(acc, "acc"),
+                                "Macro-F1": cell(f1, "macro_f1")})
     df = pd.DataFrame.from_records(records)
     if numeric and len(df):
         df.insert(df.columns.get_loc("band"), "model", df.pop("model").fillna("replicates")
@@ -228,7 +229,8 @@ def classes_frame(cmp: Comparison, numeric: bool = False, pm: str = "±", cell=N
                     rec.update({f"{k}_mean": v.get("mean"), f"{k}_std": v.get("std")})
                 records.append({**rec, "n_replicates": s["recall"].get("n", 0)})
             else:
-                records.append({"Recipe": rr.recipe, "Class": c, "n": fmt_count(n), "Recall": cell(s["recall"], "recall"),
+                records.append({"Recipe": rr.recipe, "Class": c, "n": fmt_count(n),
+                                "Recall": cell(s["recall"], "recall"),
                                 "Precision": cell(s["precision"], "precision"), "F1": cell(s["f1"], "f1")})
     return pd.DataFrame.from_records(records)
 
@@ -275,9 +277,19 @@ def paired_frame(cmp: Comparison, pm: str = "±") -> pd.DataFrame:
     """Every other recipe against the best (by validation): the corrected resampled t-test over common
     (fold, seed) pairs, and McNemar's p on the shared test images (range over the pairs)."""
     cols = ["Recipe", "vs", "Pairs", "Δ acc (vs − recipe)", "t", "p (corrected t)", "McNemar p"]
-    records = [{**dict(zip(cols, _paired_cells(p, lambda t: f"{t['diff']:.3f} {pm} {t['std']:.3f}", "–"))),
+    records = [{**dict(zip(cols, _paired_cells(p, lambda t: f"{t['diff']:.3f} {pm} {t['std']:.3f}", "–"), strict=True)),
                 "Note": p["ttest"].get("reason") or p["mcnemar"].get("reason") or ""} for p in cmp.paired]
     return pd.DataFrame.from_records(records)
+
+
+def loso_frame(cmp: Comparison) -> pd.DataFrame:
+    """The leave-one-site-out table: recipe, held-out site, test accuracy, macro-F1, AUC, test images, runs."""
+    def num(v, digits: int = 3):
+        return "" if v is None else (f"{v:.0f}" if float(v).is_integer() and v > 1 else f"{v:.{digits}f}")
+
+    return pd.DataFrame([{"recipe": r["recipe"], "held-out site": r["held_out_site"], "test acc": num(r["acc"]),
+                          "test macro-F1": num(r["macro_f1"]), "test AUC": num(r["auc"]), "test n": num(r["n"]),
+                          "runs": r["runs"]} for r in cmp.loso])
 
 
 def incomplete_folds_frame(cmp: Comparison) -> pd.DataFrame:
@@ -299,8 +311,11 @@ NUMERIC = {"main": lambda cmp, per_value: results_frame(cmp, per_value),
 
 # ---------------------------------------------------------------- text around the tables
 
-def markdown_table(df: pd.DataFrame) -> str:
-    cells = [[str(c) for c in df.columns]] + [[" ".join(str(x).split()).replace("|", "\\|") for x in row] for row in df.values]
+def markdown_table(df: pd.DataFrame, empty: str = "Nothing finished: no row to show.") -> str:
+    if df.empty:
+        return empty
+    cells = [[str(c) for c in df.columns]] + [[" ".join(str(x).split()).replace("|", "\\|") for x in row]
+                                              for row in df.values]
     lines = ["| " + " | ".join(r) + " |" for r in cells]
     lines.insert(1, "|" + "---|" * len(df.columns))
     return "\n".join(lines)
@@ -343,7 +358,8 @@ def ttest_lines(cmp: Comparison) -> list[str]:
 
 
 def incomplete_frame(cmp: Comparison, full_error: bool = False) -> pd.DataFrame:
-    """One row per incomplete run (a fold column when any has one); ``error`` is its first line unless ``full_error``."""
+    """One row per incomplete run (a fold column when any has one); ``error`` is its first line unless
+    ``full_error``."""
     def err(e):
         e = e or ""
         return e if full_error else (e.strip().splitlines() or [""])[0][:120]
@@ -384,6 +400,10 @@ def to_markdown(cmp: Comparison, per_value: bool = False, table: str = "main") -
                   "(fold, seed) pairs (Nadeau & Bengio, 2003) and McNemar on the shared test images.",
                   markdown_table(paired_frame(cmp)), "\n".join(ttest_lines(cmp))]
     parts += ["\n".join(mcnemar_lines(cmp))]
+    if cmp.loso:
+        parts += ["## Leave one site out", "Each site held out as the test part in turn (``data.test_site``); "
+                  "test metrics of the chosen configuration, averaged over seeds, and their mean over the sites.",
+                  markdown_table(loso_frame(cmp))]
     if cmp.incomplete_folds:
         parts += ["## Incomplete fold sets (not averaged)", markdown_table(incomplete_folds_frame(cmp))]
     parts += ["## Incomplete runs (not averaged)",
@@ -480,7 +500,8 @@ def _numeric(x) -> bool:
 
 def _latex_main(cmp: Comparison, per_value: bool) -> str:
     headers, mixed = _main_headers(cmp), _mixed_split(cmp)
-    head = ["Recipe", "Configuration"] + (["Split"] if mixed else []) + ["Folds", "Seeds", _tex(metric_label(cmp.metric))]
+    head = (["Recipe", "Configuration"] + (["Split"] if mixed else [])
+            + ["Folds", "Seeds", _tex(metric_label(cmp.metric))])
     head += [_tex(h) for h in headers.values()]
     rows = []
     for rr, v, chosen in _rows(cmp, per_value):
@@ -507,7 +528,8 @@ def _latex_paired(cmp: Comparison) -> str:
         rows.append([_tex(b), _tex(a), str(pairs), diff, t, _tex(pt), _tex(mc)])
     head = ["Recipe", "vs", "Pairs", r"$\Delta$ acc (\%)", "$t$", "$p$ (corrected $t$)", "McNemar $p$"]
     caption = (r"Paired comparisons with the best recipe by validation: corrected resampled $t$-test over common "
-               r"(fold, seed) pairs (Nadeau \& Bengio, 2003), and McNemar on the shared test images (range over pairs).")
+               r"(fold, seed) pairs (Nadeau \& Bengio, 2003), and McNemar on the shared test images "
+               r"(range over pairs).")
     return latex_table(head, rows, caption, "tab:paired", "llrrrrr")
 
 
@@ -516,10 +538,12 @@ def _latex_intervals(cmp: Comparison) -> pd.DataFrame:
     rows = []
     for r in num.to_dict("records"):
         lo, hi = (_pct({"mean": r[k], "n": 1}, r["metric"]) for k in ("ci_low", "ci_high"))
-        rows.append({"Recipe": r["recipe"], "Metric": r["metric"], "Mean": _pct({"mean": r["mean"], "n": 1}, r["metric"]),
+        rows.append({"Recipe": r["recipe"], "Metric": r["metric"],
+                     "Mean": _pct({"mean": r["mean"], "n": 1}, r["metric"]),
                      "95 % interval": Tex(f"[{lo}, {hi}]") if r["n_replicates"] > 1 else "–",
                      "Replicates": r["n_replicates"],
-                     "Interval": f"corrected t, ρ = {r['rho']:.3f}" if pd.notna(r["folds"]) and r["folds"] else "t over seeds"})
+                     "Interval": (f"corrected t, ρ = {r['rho']:.3f}" if pd.notna(r["folds"]) and r["folds"]
+                                  else "t over seeds")})
     return pd.DataFrame(rows)
 
 
@@ -559,7 +583,8 @@ def _plt():
 
 
 def plot_accuracy(cmp: Comparison, path: str | Path) -> Path:
-    """Bar per recipe: mean accuracy of the selected config, 95% CI error bars, replicates ((fold, seed) pairs) as dots."""
+    """Bar per recipe: mean accuracy of the selected config, 95% CI error bars, replicates ((fold, seed) pairs) as
+    dots."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(4.5, 1.5 + 1.2 * len(cmp.recipes)), 4))
     for i, rr in enumerate(cmp.recipes):

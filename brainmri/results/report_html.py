@@ -7,11 +7,11 @@ brainmri.results.collect's statistics (McNemar). Plotly's offline bundle is inli
 from __future__ import annotations
 
 import base64
-import json
 import functools
 import gzip
 import html
 import itertools
+import json
 import math
 from pathlib import Path
 
@@ -21,10 +21,24 @@ from plotly.utils import PlotlyJSONEncoder
 
 from brainmri.atomic import atomic_write
 from brainmri.results.collect import (
-    Comparison, Run, load_predictions, corrected_ttest, flatten, mcnemar, not_swept, value_label,
+    Comparison,
+    Run,
+    corrected_ttest,
+    flatten,
+    load_predictions,
+    mcnemar,
+    not_swept,
+    value_label,
 )
 from brainmri.results.report import (
-    bands_frame, classes_frame, display_frame, fmt, incomplete_folds_frame, incomplete_frame, intervals_frame, intro_text,
+    bands_frame,
+    classes_frame,
+    display_frame,
+    fmt,
+    incomplete_folds_frame,
+    incomplete_frame,
+    intervals_frame,
+    intro_text,
     paired_frame,
 )
 
@@ -65,7 +79,8 @@ def _fig(fig) -> str:
 # with one shared template. Works from file:// with no network.
 PLOTLY_LOADER = """
 (function () {
-  var bytes = Uint8Array.from(atob(document.getElementById('plotly-gz').textContent), function (c) { return c.charCodeAt(0); });
+  var bytes = Uint8Array.from(atob(document.getElementById('plotly-gz').textContent),
+                              function (c) { return c.charCodeAt(0); });
   var template = JSON.parse(document.getElementById('plotly-template').textContent);
   new Response(new Blob([bytes]).stream().pipeThrough(new DecompressionStream('gzip'))).text().then(function (src) {
     var s = document.createElement('script'); s.text = src; document.head.appendChild(s);
@@ -230,7 +245,7 @@ def render_html(cmp: Comparison, title: str = "brainmri recipe comparison", sear
                             fill="toself", opacity=0.2, line={"width": 0}, fillcolor=color, showlegend=False,
                             hoverinfo="skip")
             fig.add_scatter(x=x, y=list(g["mean"]), mode="lines+markers", name=rr.recipe, line={"color": color})
-            phases = {}
+            phases: dict = {}
             for h in hist:
                 phases.setdefault(h.get("phase"), h.get("epoch"))
             for ph, e in list(phases.items())[1:]:
@@ -265,7 +280,8 @@ def render_html(cmp: Comparison, title: str = "brainmri recipe comparison", sear
                 for b in range(10):
                     m = bins == b
                     if m.any():
-                        xs.append(float(conf[m].mean())); ys.append(float(correct[m].mean()))
+                        xs.append(float(conf[m].mean()))
+                        ys.append(float(correct[m].mean()))
                         ece += m.mean() * abs(xs[-1] - ys[-1])
                 fig = go.Figure([go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect"),
                                  go.Scatter(x=xs, y=ys, mode="lines+markers", name=rr.recipe)])
@@ -297,7 +313,8 @@ def render_html(cmp: Comparison, title: str = "brainmri recipe comparison", sear
         f"{html.escape(', '.join(map(str, pruned['id'])))}.</p>" if len(pruned) else ""
     failed += "".join(
         f"<h3>{html.escape(str(r['id']))} ({html.escape(str(r['recipe']))}, {_replicate(r)}): "
-        f"{html.escape(str(r['status']))}</h3><pre>{html.escape(str(r['error']))}</pre>" for r in inc.to_dict("records"))
+        f"{html.escape(str(r['status']))}</h3><pre>{html.escape(str(r['error']))}</pre>"
+        for r in inc.to_dict("records"))
     sec.append(("9. Failed or unfinished runs, incomplete fold sets",
                 ("<h3>Incomplete fold sets (not averaged)</h3>" + _table(folds) if len(folds) else "")
                 + (failed or "<p>No failed or unfinished runs.</p>")))

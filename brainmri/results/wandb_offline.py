@@ -14,10 +14,12 @@ import json
 import re
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
-from wandb.proto.wandb_internal_pb2 import Record
+# the generated protobuf module has no type stub that names its messages
+from wandb.proto.wandb_internal_pb2 import Record  # type: ignore[attr-defined]
 
 BLOCK = 32768
 HEADER = b":W&B\xe1\xbe"
@@ -101,14 +103,14 @@ def read_wandb_file(path: str | Path) -> dict:
     Returns a dict with run_id, project, entity, name, group, job_type, tags, config (nested,
     without ``_wandb``), history (row dicts in logged order, with ``_step``/``_runtime``/``_timestamp``),
     summary (folded, without ``_wandb``), artifacts (name, type and ``files``: path in the
-    artifact -> local file, e.g. the images of a logged table), state ("finished" | "failed" | "running": no exit record,
-    i.e. still running or killed), exit_code, start_time (epoch seconds), files, errors.
+    artifact -> local file, e.g. the images of a logged table), state ("finished" | "failed" |
+    "running": no exit record, i.e. still running or killed), exit_code, start_time (epoch seconds), files, errors.
 
     Example: ``read_wandb_file(".../offline-run-20260101_000000-abc/run-abc.wandb")["summary"]``
     """
     path = Path(path)
     errors: list[str] = []
-    run = {"run_id": path.stem.removeprefix("run-"), "project": "", "entity": "", "name": "",
+    run: dict[str, Any] = {"run_id": path.stem.removeprefix("run-"), "project": "", "entity": "", "name": "",
            "group": "", "job_type": "", "tags": [], "config": {}, "history": [], "summary": {},
            "artifacts": [], "state": "running", "exit_code": None, "start_time": None, "files": [str(path)]}
     for rec in iter_records(path, errors):

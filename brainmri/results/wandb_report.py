@@ -41,7 +41,7 @@ def _runset(wr, name: str, filters: list, project: str | None, entity: str | Non
     return wr.Runset(name=name, groupby=["config.recipe"], filters=filters or "", **where)
 
 
-def build_wandb_report(cmp: Comparison, project: str, entity: str, group: str | None = None,
+def build_wandb_report(cmp: Comparison, project: str, entity: str | None, group: str | None = None,
                        title: str = "brainmri recipe comparison", runset_project: bool = True):
     """The report object (``wandb_workspaces.reports.v2.Report``), built without any network access.
 
@@ -73,7 +73,7 @@ def build_wandb_report(cmp: Comparison, project: str, entity: str, group: str | 
     blocks = [wr.H1(text=title), wr.MarkdownBlock(text=to_markdown(cmp)), wr.H2(text="Curves and swept values"),
               overview, wr.H2(text="Confusion matrices (test, chosen configuration per recipe)")]
     for rr in cmp.recipes:
-        chosen = [expr.Config(k) == v for k, v in zip(rr.keys, rr.chosen)]
+        chosen = [expr.Config(k) == v for k, v in zip(rr.keys, rr.chosen, strict=True)]
         blocks.append(wr.PanelGrid(
             runsets=[_runset(wr, rr.recipe, base + [expr.Config("recipe") == rr.recipe] + chosen, *where)],
             panels=[wr.CustomChart(query={"summaryTable": {"tableKey": "test/confusion_table"}},

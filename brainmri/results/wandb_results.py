@@ -11,7 +11,6 @@ Knows nothing about training; brainmri.train.tracking logs what this builds, on 
 
 from __future__ import annotations
 
-
 import pandas as pd
 
 from brainmri.data.files import thumbnail
@@ -35,7 +34,7 @@ def predictions_table(df: pd.DataFrame, classes: list[str], max_thumbs: int = MA
 
     probs = [f"prob_{c}" for c in classes]
     extra = [c for c in ("band", "similarity", "nearest_train") if c in df.columns]
-    columns = ["path", "label", "prediction", *probs, *extra, "correct", "image"]
+    columns: list[str | int] = ["path", "label", "prediction", *probs, *extra, "correct", "image"]
     rows, shown = [], 0
     for r in df.to_dict("records"):
         correct = r["label"] == r["pred"]

@@ -45,17 +45,26 @@ import yaml
 
 from brainmri.atomic import atomic_write
 from brainmri.config import (
-    ConfigError, check_mapping, flatten, is_runtime_key, load_config, parse_value, read_yaml, recipe_name,
+    ConfigError,
+    check_mapping,
+    flatten,
+    is_runtime_key,
+    load_config,
+    parse_value,
+    read_yaml,
+    recipe_name,
     split_override,
 )
 from brainmri.sweep.resources import ResourceError, SlurmResources, merge_resources, parse_resources
-from brainmri.sweep.search import SearchError, SearchSpec, parse_search
+from brainmri.sweep.search import SearchError, SearchSpec, check_epochs, parse_search, shared_config
+from brainmri.sweepdir import SweepDir, TaskState
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 SWEEP_KEYS = {"name", "recipe", "recipes", "seeds", "folds", "overrides", "grid", "lr_scale", "slurm", "per_recipe",
               "search"}
 GRID_KEYS = ("grid", "lr_scale", "seeds", "folds")  # a sweep is a grid or a search (brainmri.sweep.search)
 FOLD_KEYS = ("data.folds", "data.fold")  # set by folds: (an axis); never by a level of the file when it is given
+SITE_KEYS = ("data.test_site",)  # set by folds: sites (leave one site out)
 BLOCK_KEYS = {"overrides", "grid", "lr_scale", "slurm"}  # what a per_recipe block may set
 WANDB_TAG_MAX = 64
 
@@ -76,7 +85,7 @@ class Task:
     run_dir: str
     job_id: str | None = None
     cluster: str | None = None  # slurm | local | debug, once submitted
-    state: str = "new"  # new | submitted | pending | running | finished | pruned | failed (brainmri/jobs/submit.py)
+    state: str = TaskState.NEW  # brainmri.sweepdir.TaskState
     error: str | None = None
 
     def command(self) -> str:
@@ -96,12 +105,19 @@ class Sweep:
     slurm: SlurmResources  # the sweep-wide resources
     dir: Path
     seeds: list[Any] | None = None
-    folds: int | None = None  # K: every recipe x configuration x seed trained on folds 0..K-1
+    folds: int | str | None = None  # K: each recipe x configuration x seed on folds 0..K-1; "sites": one per site
     lr_scale: list[float] | None = None
     per_recipe: dict[str, dict[str, Any]] = field(default_factory=dict)  # the blocks as given (checked)
     recipe_slurm: dict[str, SlurmResources] = field(default_factory=dict)  # merged, per recipe
     tasks: list[Task] = field(default_factory=list)
     search: SearchSpec | None = None  # a search sweep: its trials become tasks as the driver asks for them
+
+    @property
+    def search_spec(self) -> SearchSpec:
+        """The search of a search sweep (a grid sweep has none: SweepError)."""
+        if self.search is None:
+            raise SweepError(f"{self.dir}: not a search sweep (its sweep.yaml has no search:)")
+        return self.search
 
     def resources(self, recipe: str) -> SlurmResources:
         """What each task of ``recipe`` asks the scheduler for."""
@@ -217,18 +233,24 @@ def _check_level(path: str | Path, level: _Level) -> None:
             raise SweepError(f"{path}: {level.where}{key} is both in grid and in overrides; give one")
 
 
-def _folds(path: str | Path, value: Any, key: str = "folds") -> int:
+def _folds(path: str | Path, value: Any, key: str = "folds") -> int | str:
     value = _normalize(value)
+    if key == "folds" and value == "sites":
+        return value
     if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-        raise SweepError(f"{path}: {key} must be an integer >= 2 (the number of folds), got {value!r}")
+        raise SweepError(f"{path}: {key} must be an integer >= 2 (the number of folds)"
+                         f"{' or sites (leave one site out)' if key == 'folds' else ''}, got {value!r}")
     return value
 
 
-def _check_no_fold_keys(path: str | Path, levels: list[_Level]) -> None:
+def _check_no_fold_keys(path: str | Path, levels: list[_Level], sites: bool = False) -> None:
     """With ``folds:`` the fold keys belong to that axis, never to a level's overrides or grid."""
     for level in levels:
         for part, keys in (("overrides", level.overrides), ("grid", level.grid)):
-            for key in FOLD_KEYS:
+            for key in FOLD_KEYS + (SITE_KEYS if sites else ()):
+                if sites and key in keys:
+                    raise SweepError(f"{path}: {level.where}{part}.{key}: folds: sites holds every site out in "
+                                     f"turn (data.test_site=<site>); drop {key}")
                 if key in keys:
                     raise SweepError(f"{path}: {level.where}{part}.{key}: folds: is the fold axis of every "
                                      f"recipe (data.folds=K, data.fold=0..K-1); drop {key}")
@@ -297,7 +319,8 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | tuple[str, ...] = ()
             for k in ("grid", "lr_scale") if k in b]
         if both:
             raise SweepError(f"{path}: {both[0]} and search: both given; a sweep is a grid or a search (a search "
-                             "trains one seed per trial: fix it under overrides:, re-run the best with --confirm-seeds)")
+                             "trains one seed per trial: fix it under overrides:, re-run the best with "
+                             "--confirm-seeds)")
     seeds = _nonempty_list(path, "seeds", data["seeds"]) if "seeds" in data else None
     folds = _folds(path, data["folds"]) if "folds" in data else None
 
@@ -314,7 +337,7 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | tuple[str, ...] = ()
             raise SweepError(f"{path}: per_recipe.{recipe}: not one of recipes ({', '.join(recipes)})")
         keys = ", ".join(sorted(BLOCK_KEYS))
         check_mapping(block, BLOCK_KEYS, SweepError, f"{path}: {where[:-1]} must be a non-empty mapping of {keys}",
-                      lambda k: f"{path}: {where}{k}: a recipe block holds only {keys} "
+                      lambda k, where=where, keys=keys: f"{path}: {where}{k}: a recipe block holds only {keys} "
                                 "(config keys go under overrides: or grid:)")
         level = _parse_level(path, block, where)
         for key in ("seed",):
@@ -323,7 +346,7 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | tuple[str, ...] = ()
                                  "seeds are shared by every recipe; set seeds: at the top")
         blocks[recipe] = level
     if folds is not None:
-        _check_no_fold_keys(path, [top, *blocks.values()])
+        _check_no_fold_keys(path, [top, *blocks.values()], folds == "sites")
     file_fixed = set(top.overrides).union(*(b.overrides for b in blocks.values()))
 
     # the command line beats every level of the file
@@ -371,7 +394,7 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | tuple[str, ...] = ()
                   recipe_slurm=recipe_slurm, search=spec)
     if spec is not None:  # a search's tasks are its trials, made as the driver asks for them
         expand_search(sweep, path, top, blocks)
-        sweep.tasks = load_table(sweep.dir) if (sweep.dir / "tasks.json").is_file() else []
+        sweep.tasks = load_table(sweep.dir) if SweepDir.is_sweep_dir(sweep.dir) else []
         return sweep
     sweep.tasks = expand(sweep, path, top, blocks)
     merge_table(sweep)
@@ -379,12 +402,14 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | tuple[str, ...] = ()
 
 
 def _recipe_axes(seeds: list[Any] | None, top: _Level, block: _Level | None,
-                 folds: int | None = None) -> tuple[dict, dict, list | None]:
+                 folds: int | str | None = None) -> tuple[dict, dict, list | None]:
     """(fixed overrides, grid axes, lr_scale) of one recipe after the merge rules (module docstring)."""
     block = block or _Level("")
     overrides = {k: v for k, v in top.overrides.items() if k not in block.grid} | block.overrides
     grid = {"seed": seeds} if seeds is not None else {}
-    if folds is not None:
+    if folds == "sites":
+        pass  # the held-out sites come from the recipe's manifest (expand)
+    elif isinstance(folds, int):
         overrides["data.folds"] = folds
         if "data.fold" not in overrides:  # the command line's data.fold=i trains that fold only
             grid["data.fold"] = list(range(folds))
@@ -420,6 +445,9 @@ def expand(sweep: Sweep, path: str | Path = "", top: _Level | None = None,
         fixed, grid, lr_scale = _recipe_axes(sweep.seeds, top, block, sweep.folds)
         fixed = {k: _normalize(v) for k, v in fixed.items()}
         where = f"sweep {sweep.name}, recipe {recipe}"
+        if sweep.folds == "sites" and "data.test_site" not in fixed:  # the command line's data.test_site: that site
+            grid = {**({"seed": grid.pop("seed")} if "seed" in grid else {}),
+                    "data.test_site": _sites(config_path, fixed, where), **grid}
         base_lr = None
         if lr_scale is not None:
             try:
@@ -430,7 +458,7 @@ def expand(sweep: Sweep, path: str | Path = "", top: _Level | None = None,
         keys = list(grid)
         workers = 0
         for values in itertools.product(*(grid[k] for k in keys)):
-            params = {k: _normalize(v) for k, v in zip(keys, values)}
+            params = {k: _normalize(v) for k, v in zip(keys, values, strict=True)}
             config_params = {k: v for k, v in params.items() if k != "lr_scale"}
             if "lr_scale" in params:
                 config_params["optim.lr"] = params["optim.lr"] = float(f"{base_lr * params['lr_scale']:.12g}")
@@ -445,12 +473,34 @@ def expand(sweep: Sweep, path: str | Path = "", top: _Level | None = None,
     return tasks
 
 
+def _sites(config_path: Path, fixed: dict[str, Any], where: str) -> list[str]:
+    """The sites of the recipe's manifest (``folds: sites``: one task per site held out)."""
+    from brainmri.data.files import DataError
+    from brainmri.data.manifest import is_manifest, manifest_sites
+
+    try:
+        data = load_config(config_path, _as_overrides({k: v for k, v in fixed.items() if k not in SITE_KEYS})).data
+    except ConfigError as e:
+        raise SweepError(f"{where} (fixed overrides): {e}") from None
+    source = data.manifest or data.root
+    if not source or not is_manifest(source):
+        raise SweepError(f"{where}: folds: sites holds each site of a manifest out in turn; give data.manifest "
+                         f"(a CSV/TSV with a site column), not {source or 'the built-in phantoms'}")
+    try:
+        sites = manifest_sites(source)
+    except DataError as e:
+        raise SweepError(f"{where}: folds: sites: {e}") from None
+    if len(sites) < 2:
+        raise SweepError(f"{where}: folds: sites needs at least two sites in {source}, found {sites or 'none'}")
+    return sites
+
+
 def make_task(sweep: Sweep, recipe: str, config_path: str | Path, chosen: dict[str, Any], params: dict[str, Any],
               tags: list[str] | tuple[str, ...] = ()) -> tuple[Task, Any]:
     """The task that trains ``recipe`` with the overrides ``chosen`` (``params``: the values that vary
     between tasks), in ``<sweep dir>/runs/<task id>``, and its validated ``RunConfig``."""
     tid = task_id(recipe, chosen)
-    run_dir = sweep.dir / "runs" / tid
+    run_dir = SweepDir(sweep.dir).run_dir(tid).path
     derived = {"run_dir": str(run_dir), "wandb.group": sweep.name, "wandb.job_type": recipe,
                "wandb.name": f"{recipe}-{tid}", "wandb.tags": _tags(sweep.name, recipe, params) + list(tags)}
     overrides = _as_overrides(chosen | {k: v for k, v in derived.items() if k not in chosen})
@@ -479,7 +529,7 @@ def expand_search(sweep: Sweep, path: str | Path, top: _Level, blocks: dict[str,
     """Check a search before anything runs: every recipe's fixed overrides, and every space key at its
     bounds and at each choice, build a ``RunConfig`` (errors name the key). Settles each recipe's fixed
     overrides (its seed explicit, so ``--confirm-seeds`` of that seed is the trial's own task) and CPUs."""
-    spec = sweep.search
+    spec = sweep.search_spec
     for entry in sweep.recipes:
         config_path, recipe = _recipe_of(entry)
         block = blocks.get(entry, blocks.get(recipe))
@@ -488,30 +538,42 @@ def expand_search(sweep: Sweep, path: str | Path, top: _Level, blocks: dict[str,
             base = load_config(config_path, _as_overrides(fixed))
         except ConfigError as e:
             raise SweepError(f"sweep {sweep.name}, recipe {recipe} (fixed overrides): {e}") from None
+        epochs = _epochs(base)
         for key, param in spec.space.items():
             for value in param.probes():
                 try:
-                    load_config(config_path, _as_overrides(fixed | {key: value}))
+                    epochs = min(epochs, _epochs(load_config(config_path, _as_overrides(fixed | {key: value}))))
                 except ConfigError as e:
                     raise SweepError(f"{path}: search.space.{key}: {param.text()} at {value!r}, recipe {recipe}: "
                                      f"{e}") from None
+        try:
+            check_epochs(spec, path, recipe, epochs)
+        except SearchError as e:
+            raise SweepError(str(e)) from None
         spec.fixed[recipe] = {**fixed, "seed": fixed.get("seed", base.seed)}
+        spec.resolved[recipe] = shared_config(flatten(base.to_dict()), set(spec.space))
         spec.config_paths[recipe] = str(config_path)
         _settle_cpus(sweep, recipe, block, base.data.num_workers, path)
+
+
+def _epochs(cfg: Any) -> int:
+    """The epochs a run of ``cfg`` trains, over all its phases."""
+    return sum(p.epochs for p in cfg.phases)
 
 
 def trial_task(sweep: Sweep, recipe: str, values: dict[str, Any], number: int) -> tuple[Task, Any]:
     """Trial ``number`` of ``recipe`` with the sampled ``values``: an ordinary task (same id rules, same
     run directory for the same values), tagged ``trial-<number>`` in W&B."""
-    params = {**values, "seed": sweep.search.fixed[recipe]["seed"]}
-    return make_task(sweep, recipe, sweep.search.config_paths[recipe], sweep.search.fixed[recipe] | params, params,
+    spec = sweep.search_spec
+    params = {**values, "seed": spec.fixed[recipe]["seed"]}
+    return make_task(sweep, recipe, spec.config_paths[recipe], spec.fixed[recipe] | params, params,
                      ["search", f"trial-{number}"])
 
 
 def confirm_task(sweep: Sweep, recipe: str, values: dict[str, Any], seed: Any) -> tuple[Task, Any]:
     """The best configuration's ``values`` trained with ``seed`` (the trial itself for the trial's seed)."""
-    params = {**values, "seed": seed}
-    return make_task(sweep, recipe, sweep.search.config_paths[recipe], sweep.search.fixed[recipe] | params, params,
+    spec, params = sweep.search_spec, {**values, "seed": seed}
+    return make_task(sweep, recipe, spec.config_paths[recipe], spec.fixed[recipe] | params, params,
                      ["search", "confirm"])
 
 
@@ -560,7 +622,7 @@ def describe(res: SlurmResources) -> str:
 # ----------------------------------------------------------------- task table
 def merge_table(sweep: Sweep) -> None:
     """Carry job ids, states and errors over from an existing ``tasks.json``."""
-    table = sweep.dir / "tasks.json"
+    table = SweepDir(sweep.dir).tasks_json
     if not table.is_file():
         return
     old = {row["id"]: row for row in json.loads(table.read_text())}
@@ -574,7 +636,7 @@ def merge_table(sweep: Sweep) -> None:
 def save_sweep(sweep: Sweep) -> None:
     """Write ``sweep.yaml`` (resolved) and the task table (``tasks.json``, ``tasks.csv``)."""
     sweep.dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(sweep.dir / "sweep.yaml", yaml.safe_dump(sweep.to_dict(), sort_keys=False))
+    atomic_write(SweepDir(sweep.dir).sweep_yaml, yaml.safe_dump(sweep.to_dict(), sort_keys=False))
     save_table(sweep.dir, sweep.tasks)
 
 
@@ -586,18 +648,18 @@ def save_table(sweep_dir: Path, tasks: list[Task]) -> None:
     """Write ``tasks.json`` (everything) and ``tasks.csv`` (id, recipe, params, job id, state)."""
     sweep_dir = Path(sweep_dir)
     rows = [dataclasses.asdict(t) for t in tasks]
-    atomic_write(sweep_dir / "tasks.json", json.dumps(rows, indent=1, default=str) + "\n")
+    atomic_write(SweepDir(sweep_dir).tasks_json, json.dumps(rows, indent=1, default=str) + "\n")
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["id", "recipe", "params", "job_id", "state", "run_dir"])
     for t in tasks:
         writer.writerow([t.id, t.recipe, format_params(t.params), t.job_id or "", t.state, t.run_dir])
-    atomic_write(sweep_dir / "tasks.csv", buf.getvalue())
+    atomic_write(SweepDir(sweep_dir).tasks_csv, buf.getvalue())
 
 
 def load_table(sweep_dir: str | Path) -> list[Task]:
     """The tasks of an existing sweep directory, as last written."""
-    path = Path(sweep_dir) / "tasks.json"
+    path = SweepDir(sweep_dir).tasks_json
     if not path.is_file():
         raise SweepError(f"{sweep_dir}: no tasks.json (not a sweep directory?)")
     return [Task(**row) for row in json.loads(path.read_text())]

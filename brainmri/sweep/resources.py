@@ -136,7 +136,7 @@ def parse_resources(data: Any, where: str = "slurm") -> SlurmResources:
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise ResourceError(f"unknown sweep key {where}.{unknown[0]} (valid: {', '.join(sorted(FIELDS))})")
-    values = {}
+    values: dict[str, Any] = {}
     for key, value in data.items():
         if key == "setup":
             values[key] = _check_setup(where, value)

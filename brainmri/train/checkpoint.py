@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ def make_checkpoint(model: torch.nn.Module, state: TrainerState, classes: list[s
                     optimizer=None, scheduler=None, scaler=None, position: dict | None = None, ema=None) -> dict:
     """The checkpoint dict; with ``optimizer`` it can resume training (and holds the EMA of the
     weights, ``ema``), without it holds weights only."""
-    ckpt = {"model": model.state_dict(), "trainer": asdict(state), "classes": classes, "config": config}
+    ckpt: dict[str, Any] = {"model": model.state_dict(), "trainer": asdict(state), "classes": classes, "config": config}
     if optimizer is not None:
         ckpt["optimizer"] = optimizer.state_dict()
         ckpt["scheduler"] = scheduler.state_dict() if scheduler is not None else None
@@ -64,7 +65,7 @@ def rng_state() -> dict:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
                   "has_gauss": int(has_gauss), "gauss": float(gauss)},
         "python": {"version": version, "state": list(mt), "gauss": py_gauss},
     }

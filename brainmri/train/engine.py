@@ -18,9 +18,12 @@ from __future__ import annotations
 import itertools
 import sys
 import time
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from accelerate.utils import gather_object, set_seed
+from torch import nn
 from tqdm.auto import tqdm
 
 from brainmri.config import RunConfig
@@ -31,7 +34,12 @@ from brainmri.rundir import RunDir
 from brainmri.train import policy
 from brainmri.train.accel import TrainingForward, make_accelerator, reset_accelerator, to_channels_last
 from brainmri.train.checkpoint import (
-    capture_position, make_checkpoint, restore_optimization, resume_inside_epoch, resume_position, seed_epoch,
+    capture_position,
+    make_checkpoint,
+    restore_optimization,
+    resume_inside_epoch,
+    resume_position,
+    seed_epoch,
     set_rng_state,
 )
 from brainmri.train.evaluate import evaluate_split
@@ -46,6 +54,8 @@ from brainmri.train.tracking import log
 
 class Engine:
     """Holds what one ``fit`` needs; ``fit(cfg)`` below is the public entry point."""
+
+    to_input: Callable[[torch.Tensor], torch.Tensor]  # loader batch → the trained module's input
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
@@ -174,7 +184,7 @@ class Engine:
             # the backbone is frozen for the whole phase: train and validate the head on its features
             from brainmri.train.features import feature_loaders
 
-            net, self.to_input = self.model.fc, (lambda x: x)
+            net, self.to_input = cast(nn.Module, self.model.fc), (lambda x: x)
             self.feature_train, train_loader, val_loader = feature_loaders(
                 self.model, self.data, self.cfg, self.acc.device, self.acc.main_process_first)
         self.ddp_model, optimizer, self.train_loader_p, self.val_loader_p = self.acc.prepare(
@@ -208,7 +218,8 @@ class Engine:
         self.record.epoch(row)
         if improved:
             st.best_weights = weights["name"]
-            self._save_checkpoint(self.run.best_checkpoint, weights=self.ema.module if weights["name"] == "ema" else None)
+            self._save_checkpoint(self.run.best_checkpoint,
+                                  weights=self.ema.module if weights["name"] == "ema" and self.ema else None)
         # the last checkpoint is written after the metrics row, so a resume never loses a logged epoch
         self._save_checkpoint(self.run.last_checkpoint, optimizer, scheduler)
         log.info("epoch %d %s: train/loss %.4f train/acc %.4f val/loss %.4f val/acc %.4f%s", epoch, phase.name,
@@ -231,9 +242,11 @@ class Engine:
         loader.set_epoch(epoch)
         max_micro = cfg.train.max_steps_per_epoch * cfg.train.grad_accum if cfg.train.max_steps_per_epoch else None
         left = None if max_micro is None else max(max_micro - done, 0)
+        self._epoch_total = max_micro or len(self.train_loader_p)
         bar = tqdm(itertools.islice(loader, left), disable=not (acc.is_main_process and sys.stderr.isatty()),
-                   leave=False, desc=f"epoch {epoch} [{phase_name}]", initial=done,
-                   total=max_micro or len(self.train_loader_p))
+                   leave=False, desc=f"epoch {epoch} [{phase_name}]", initial=done, total=self._epoch_total)
+        forward = self.forward
+        assert forward is not None, "_prepare_phase sets the training forward"
         start = time.perf_counter()
         for x, y, _ in bar:
             if rng is not None:  # after the skipping loader drew its seed: the stream of the interrupted run
@@ -245,7 +258,7 @@ class Engine:
                     inputs, target = self.mixer(inputs, y, epoch=epoch, step=done, rank=acc.process_index)
                 if cfg.train.channels_last:
                     inputs = to_channels_last(inputs)
-                logits = self.forward(inputs)
+                logits = forward(inputs)
                 loss = self.criterion(logits.float(), target)
                 acc.backward(loss)
                 if acc.sync_gradients and cfg.optim.clip_grad_norm:
@@ -280,7 +293,8 @@ class Engine:
             self._save_checkpoint(self.run.last_checkpoint, optimizer, scheduler, position)
         if stop:
             raise TrainingInterrupted(stop)
-        self.record.progress(self.state, epoch, done)
+        self.record.progress(self.state, epoch, done, total=self._epoch_total, elapsed=elapsed, sums=sums,
+                             world_size=self.acc.num_processes)
 
     # -------------------------------------------------------------- finish
     def _finish(self, wall_s: float) -> dict:
@@ -296,12 +310,13 @@ class Engine:
             loader = self.data.loaders.get(split)
             if loader is not None:
                 summary.update(evaluate_split(split, self.ddp_model, loader, acc, self.classes,
-                                              loader.dataset.samples, run, self.normalize,
+                                              cast(Any, loader.dataset).samples, run, self.normalize,
                                               f"{cfg.recipe} seed {cfg.seed}: {split} (best epoch {st.best_epoch})",
                                               cfg.eval.tta))
         summary["config"] = cfg.to_dict()
         if cfg.train.compile:  # what the run got: compiled, or eager after the warning
-            summary["compiled"] = self.forward.compiled
+            summary["compiled"] = self.forward is not None and self.forward.compiled
+        self.record.skipped_at_end(self.data.split)
         self.record.finish(summary, st)
         acc.wait_for_everyone()
         return summary

@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import torch
 from filelock import FileLock
-
-from brainmri.data.cachedir import cache_base, cache_unwritable
-from brainmri.atomic import atomic_write
 from torch import nn
+
+from brainmri.atomic import atomic_write
+from brainmri.data.cachedir import cache_base, cache_unwritable
 
 
 def backbone_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Pooled features of a torchvision ResNet: its forward up to ``avgpool`` + ``flatten``."""
-    m = model
+    m: Any = model  # a torchvision ResNet
     x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
     x = m.layer4(m.layer3(m.layer2(m.layer1(x))))
     return torch.flatten(m.avgpool(x), 1)

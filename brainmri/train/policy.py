@@ -35,7 +35,7 @@ class TrainerState:
     train_time_s: float = 0.0
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainerState":
+    def from_dict(cls, data: dict) -> TrainerState:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 

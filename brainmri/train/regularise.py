@@ -60,7 +60,7 @@ class BatchMixer:
         self.cutmix = v2.CutMix(alpha=cutmix, num_classes=num_classes) if cutmix > 0 else None
 
     @classmethod
-    def from_config(cls, cfg, num_classes: int) -> "BatchMixer | None":
+    def from_config(cls, cfg, num_classes: int) -> BatchMixer | None:
         t = cfg.train
         if t.mixup <= 0 and t.cutmix <= 0:
             return None
@@ -78,7 +78,9 @@ class BatchMixer:
             if float(torch.rand(())) >= self.prob or len(labels) < 2:
                 return inputs, F.one_hot(labels, self.num_classes).to(inputs.dtype)
             use_cutmix = self.mixup is None or (self.cutmix is not None and float(torch.rand(())) < self.switch_prob)
-            mixed, targets = (self.cutmix if use_cutmix else self.mixup)(inputs, labels)
+            mix = self.cutmix if use_cutmix else self.mixup
+            assert mix is not None  # at least one of mixup and cutmix is on
+            mixed, targets = mix(inputs, labels)
         return mixed, targets.to(inputs.dtype)
 
 
@@ -92,6 +94,8 @@ class SoftTargetCrossEntropy(nn.Module):
     targets without weights it is ``F.cross_entropy(logits, t, label_smoothing=s)``; a mixed row
     counts with the weight mass of its classes.
     """
+
+    weight: torch.Tensor | None
 
     def __init__(self, weight: torch.Tensor | None = None, label_smoothing: float = 0.0):
         super().__init__()
@@ -134,9 +138,10 @@ class WeightEMA:
         """The decay used by the ``update``-th update (1-based)."""
         return min(self.decay, (1 + update) / (10 + update)) if self.warmup else self.decay
 
-    def _average(self, averaged: list[torch.Tensor], current: list[torch.Tensor], _n) -> None:
+    def _average(self, averaged: tuple[torch.Tensor, ...] | list[torch.Tensor],
+                 current: tuple[torch.Tensor, ...] | list[torch.Tensor], _n: torch.Tensor | int) -> None:
         weight = 1.0 - self.decay_at(self.updates)
-        for a, c in zip(averaged, current):
+        for a, c in zip(averaged, current, strict=True):
             if a.is_floating_point() or a.is_complex():
                 a.lerp_(c, weight)
             else:

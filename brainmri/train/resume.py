@@ -57,7 +57,7 @@ def extends_finished(cfg: RunConfig, run: RunDir) -> bool:
     epochs to the last phase (the run is extended); any other difference is a ConfigError."""
     old = _saved(run)
     diff = [] if old is None else _diff(old, cfg, NEVER_MATTERS)
-    if not diff:
+    if not diff or old is None:
         return False
     a, b = _phase_plan(old), _phase_plan(cfg.to_dict())
     longer = (len(a) == len(b) and a[:-1] == b[:-1] and a[-1][0] == b[-1][0] and a[-1][2:] == b[-1][2:]

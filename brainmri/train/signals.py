@@ -51,7 +51,7 @@ class StopSignals:
             again = " (press Ctrl-C again to exit at once, without a checkpoint)"
         log.warning("%s: stopping after this step%s", signal.Signals(signum).name, again)
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             for s in STOP_SIGNALS:
                 if not (s == signal.SIGUSR2 and os.environ.get("SUBMITIT_EXECUTOR")):  # submitit owns USR2

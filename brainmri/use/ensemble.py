@@ -17,6 +17,7 @@ training images (for K-fold members: the whole training pool).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import torch
 from brainmri.data.files import DataError
 from brainmri.results.collect import MixedDataError, compare, read_run_dir, value_label
 from brainmri.rundir import RunDir
+from brainmri.sweepdir import SweepDir
 from brainmri.train.regularise import VIEWS, check_views
 from brainmri.use.trained import Inferable, RunError, TrainedRun, TrainingReference, reference_from_splits
 
@@ -98,6 +100,8 @@ def check_members(members: list[Member]) -> None:
 class Ensemble(Inferable):
     """A recipe's chosen configuration over all its (fold, seed) replicates, used as one model."""
 
+    model: EnsembleModel
+
     def __init__(self, members: list[Member], recipe: str, config: str, home: Path, result=None):
         check_members(members)
         self.members, self.recipe, self.config = members, recipe, config
@@ -110,15 +114,16 @@ class Ensemble(Inferable):
 
     # where an evaluation of the ensemble goes by default: <sweep>/ensembles/<recipe>/eval/<root>
     @property
-    def run(self) -> RunDir:
-        return RunDir(self.home / "ensembles" / self.recipe)
+    def run(self) -> RunDir:  # type: ignore[override]  # a TrainedRun's run is a field
+        return SweepDir(self.home).ensemble_dir(self.recipe)
 
     @property
     def name(self) -> str:
         return f"{self.recipe} ensemble of {len(self.members)} ({self.home.name})"
 
     @classmethod
-    def from_runs(cls, run_dirs: list[str | Path], recipe: str, home: str | Path, metric: str = "val/acc") -> Ensemble:
+    def from_runs(cls, run_dirs: Sequence[str | Path], recipe: str, home: str | Path,
+                  metric: str = "val/acc") -> Ensemble:
         """The ensemble of ``recipe``'s configuration chosen on ``metric`` among ``run_dirs`` (a sweep's runs)."""
         runs = [read_run_dir(d) for d in run_dirs if RunDir.is_run_dir(d)]
         try:
@@ -129,7 +134,10 @@ class Ensemble(Inferable):
         if rr is None:
             raise EnsembleError(f"recipe {recipe} has no finished configuration with a complete set of folds in "
                                 f"{home} (launch/sweep.py status {home})")
-        members = [Member(TrainedRun.load(r.run_dir), r.fold, r.seed, r.summary) for r in rr.runs]
+        if any(r.run_dir is None for r in rr.runs):
+            raise EnsembleError(f"recipe {recipe} in {home}: a replicate has no run directory")
+        members = [Member(TrainedRun.load(r.run_dir), r.fold, r.seed, r.summary) for r in rr.runs
+                   if r.run_dir is not None]
         return cls(members, recipe, value_label(rr.keys, rr.chosen), Path(home), rr)
 
     # ------------------------------------------------------------------ the members' data

@@ -80,7 +80,7 @@ def points_in_mask(cam: np.ndarray, mask: np.ndarray) -> bool:
 def _resize(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if cam.shape == shape:
         return cam
-    return np.asarray(Image.fromarray(cam.astype(np.float32), mode="F").resize(shape[::-1], Image.BILINEAR))
+    return np.asarray(Image.fromarray(cam.astype(np.float32), mode="F").resize(shape[::-1], Image.Resampling.BILINEAR))
 
 
 def _png_bytes(array: np.ndarray) -> bytes:
@@ -111,10 +111,10 @@ class CamWriter:
     def add(self, inputs: torch.Tensor, images: torch.Tensor, probs: np.ndarray, paths: list[str]) -> None:
         targets = probs.argmax(1).tolist()  # explain the predicted class
         maps = cam_maps(self.model, inputs, targets)
-        for img, cam, p, t, path in zip(images, maps, probs, targets, paths):
+        for img, cam, p, t, path in zip(images, maps, probs, targets, paths, strict=True):
             png = _png_bytes(overlay(img, cam))
             name = self._name(path)
-            (self.out / name).write_bytes(png)
+            atomic_write(self.out / name, png)
             grey = img[0].numpy()  # channels are equal copies of the grey image
             self.rows.append((path, self.classes[t], float(p[t]), base64.b64encode(png).decode(),
                               base64.b64encode(_png_bytes(grey)).decode(), brain_energy(cam, grey)))

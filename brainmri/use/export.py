@@ -24,7 +24,6 @@ import contextlib
 import hashlib
 import io
 import math
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +37,9 @@ from brainmri.rundir import RunDir
 from brainmri.train.regularise import TTA
 from brainmri.use.ensemble import Ensemble, MeanProbabilities
 from brainmri.use.trained import TrainedRun
+from brainmri.version import (
+    code_version,  # the string --version prints and the run summary holds
+)
 
 FORMATS = ("onnx", "torchscript")
 INPUT_NAME, OUTPUT_NAME = "image", "probabilities"
@@ -158,24 +160,6 @@ def data_fingerprint(trained: TrainedRun) -> dict:
     return out
 
 
-def code_version() -> str:
-    """``git describe`` of the brainmri checkout, else the installed package version."""
-    repo = Path(__file__).resolve().parents[2]
-    try:
-        out = subprocess.run(["git", "-C", str(repo), "describe", "--always", "--dirty", "--tags"],
-                             capture_output=True, text=True, timeout=10)
-        if out.returncode == 0 and out.stdout.strip():
-            return f"git {out.stdout.strip()}"
-    except (OSError, subprocess.SubprocessError):
-        pass
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return f"brainmri {version('brainmri')}"
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def ensemble_card(ens: Ensemble) -> dict:
     """What the card says of an ensemble: its sweep, recipe, configuration, members and test metrics."""
     result = ens.result.ensemble if ens.result is not None else None
@@ -226,7 +210,8 @@ def _io(trained: Ensemble) -> dict:
                       "channels": c, "height": size, "width": size},
             "output": {"name": OUTPUT_NAME, "shape": ["batch", len(trained.classes)],
                        "meaning": f"the mean of {len(trained.members)} members' softmax probabilities, in the order "
-                                  "of 'classes'" + (f", each the mean over the image and its views {tta}" if tta else "")},
+                                  "of 'classes'"
+                                  + (f", each the mean over the image and its views {tta}" if tta else "")},
             "tta": tta}
 
 
@@ -249,6 +234,7 @@ def export(trained: TrainedRun | Ensemble, out_dir: str | Path, formats: list[st
                                         dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
         import onnx
 
+        assert program is not None  # the dynamo exporter returns its program
         with atomic_path(path) as tmp:
             program.save(str(tmp), external_data=False)
             onnx.checker.check_model(str(tmp))
@@ -258,7 +244,8 @@ def export(trained: TrainedRun | Ensemble, out_dir: str | Path, formats: list[st
 
         path = out / "model.ts"
         with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated but still the self-contained format
+            # torch.jit is deprecated but still the self-contained format
+            warnings.simplefilter("ignore", FutureWarning)
             traced = torch.jit.trace(net, example)
         with atomic_path(path) as tmp:
             traced.save(str(tmp))

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
+from torchvision.transforms import v2
 
 from brainmri.config import ConfigError, RunConfig, from_dict
 from brainmri.data.datasets import Split, nearest_training
@@ -73,6 +74,10 @@ class Inferable:
     cfg: RunConfig
     model: torch.nn.Module
     run: RunDir
+    classes: list[str]
+    decoder: Decoder
+    normalize: v2.Compose  # uint8 batch → model input (brainmri.data.transforms.batch_normalizer)
+    _reference: tuple[TrainingReference | None, str] | None
 
     @property
     def run_dir(self) -> Path:
@@ -80,9 +85,10 @@ class Inferable:
 
     def training_reference(self) -> tuple[TrainingReference | None, str]:
         """The training images with their fingerprints, or None and why (computed once)."""
-        if getattr(self, "_reference", None) is None:
-            self._reference = self._find_reference()
-        return self._reference
+        reference = getattr(self, "_reference", None)
+        if reference is None:
+            reference = self._reference = self._find_reference()
+        return reference
 
     def _find_reference(self) -> tuple[TrainingReference | None, str]:
         raise NotImplementedError
@@ -101,18 +107,19 @@ class TrainedRun(Inferable):
     classes: list[str]
     model: torch.nn.Module  # eval mode, on the CPU
     decoder: Decoder
-    normalize: object  # uint8 batch → model input (brainmri.data.transforms.batch_normalizer)
+    normalize: v2.Compose  # uint8 batch → model input (brainmri.data.transforms.batch_normalizer)
     best_epoch: int | None = None
-    _reference: tuple | None = field(default=None, repr=False)
+    _reference: tuple[TrainingReference | None, str] | None = field(default=None, repr=False)
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> "TrainedRun":
+    def load(cls, run_dir: str | Path) -> TrainedRun:
         """Model, classes and preprocessing of a finished (or at least once-improved) run."""
         run = RunDir(run_dir)
         cfg = load_config(run)
         ckpt = run.load_best()
         classes = list(ckpt["classes"])
-        model_cfg = dataclasses.replace(cfg.model, pretrained=False, weights=None)  # every weight comes from the checkpoint
+        # every weight comes from the checkpoint
+        model_cfg = dataclasses.replace(cfg.model, pretrained=False, weights=None)
         model = build_model(model_cfg, len(classes), cfg.data.input_channels, cfg.data.input_size)
         try:
             model.load_state_dict(ckpt["model"])
