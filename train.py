@@ -10,6 +10,8 @@ from brainmri.train.tracking import wandb_prepared
 
 if __name__ == "__main__":
     code = main()
+    if code or "torch" not in sys.modules:  # bad input, a failed run: the ordinary exit
+        sys.exit(code)
     # the run is written and closed: wait for W&B's service to write its last files, run the exit
     # handlers (logging, locks), then leave without tearing down thousands of imported modules one
     # by one (about a second of CPU)
