@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from brainmri.results.collect import Comparison, value_label
-from brainmri.results.report import markdown_table
+from brainmri.results.comparison import Comparison, value_label
+from brainmri.results.tables import markdown_table
 
 MARKERS = {"finished": "circle", "pruned": "x", "failed": "triangle-down"}
 MIN_FOR_IMPORTANCE = 3  # finished trials
