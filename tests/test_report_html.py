@@ -11,7 +11,8 @@ import pytest
 
 from brainmri.results.collect import collect_runs, compare
 from brainmri.results.report import to_csv, to_latex, to_markdown
-from brainmri.results.report_html import holm, render_html
+from brainmri.results.report_html import render_html
+from brainmri.results.stats import holm
 from run_dirs import make_grid, make_run
 
 
@@ -45,7 +46,7 @@ def test_html_report_sections_and_numbers(tmp_path):
     for i in (1, 2, 3, 4, 5, 6, 8, 9, 10):
         assert f"id='s{i}'" in page
     assert "http://" not in page.split("<body>")[1].split("<script>")[0]
-    assert f"{cmp.recipes[0].stats['acc']['mean']:.3f}" in page
+    assert f"{cmp.recipes[0].stats['acc'].mean:.3f}" in page
     assert "RuntimeError: boom" in page and "p (Holm)" in page
 
 
@@ -59,7 +60,7 @@ def test_html_report_in_headless_chromium_offline(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert not re.search(r"CONSOLE.*(Error|Uncaught)", out.stderr), out.stderr[-2000:]
     assert out.stdout.count("class=\"main-svg\"") >= 5  # plotly drew its figures
-    assert f"{cmp.recipes[0].stats['acc']['mean']:.3f}" in out.stdout
+    assert f"{cmp.recipes[0].stats['acc'].mean:.3f}" in out.stdout
     subprocess.run(base + ["--window-size=1200,2400", f"--screenshot={tmp_path}/r.png", f"file://{tmp_path}/r.html"],
                    capture_output=True, timeout=120)
     assert (tmp_path / "r.png").stat().st_size > 10_000

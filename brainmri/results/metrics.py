@@ -21,7 +21,6 @@ from sklearn.metrics import (
 
 from brainmri.atomic import atomic_path
 
-
 ECE_BINS = 15  # equal-width confidence bins of the one ECE brainmri reports
 
 

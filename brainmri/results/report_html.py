@@ -252,7 +252,8 @@ def _failed_section(cmp: Comparison) -> Section:
     failed = f"<p>{len(pruned)} trial(s) pruned by the search (stopped early, never averaged): " \
         f"{html.escape(', '.join(map(str, pruned['id'])))}.</p>" if len(pruned) else ""
     failed += "".join(
-        f"<h3>{html.escape(str(r['id']))} ({html.escape(str(r['recipe']))}, {replicate_text(r.get('fold'), r['seed'])}): "
+        f"<h3>{html.escape(str(r['id']))} ({html.escape(str(r['recipe']))}, "
+        f"{replicate_text(r.get('fold'), r['seed'])}): "
         f"{html.escape(str(r['status']))}</h3><pre>{html.escape(str(r['error']))}</pre>"
         for r in inc.to_dict("records"))
     return ("9. Failed or unfinished runs, incomplete fold sets",

@@ -16,9 +16,6 @@ from brainmri.results.comparison import Comparison, Stat, TTest, value_label
 from brainmri.results.stats import is_count
 from brainmri.results.tables import (
     TITLES,
-    main_headers,
-    mixed_split,
-    table_rows,
     bands_frame,
     classes_frame,
     ensemble_label,
@@ -27,9 +24,12 @@ from brainmri.results.tables import (
     incomplete_folds_frame,
     incomplete_frame,
     intervals_frame,
+    main_headers,
     mcnemar_lines,
     metric_label,
+    mixed_split,
     paired_cells,
+    table_rows,
     ttest_lines,
 )
 

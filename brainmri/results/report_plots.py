@@ -10,6 +10,7 @@ import pandas as pd
 from brainmri.atomic import atomic_path
 from brainmri.results.comparison import Comparison, value_label
 
+
 def _plt() -> Any:
     import matplotlib
     matplotlib.use("Agg")

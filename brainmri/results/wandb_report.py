@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 
 from brainmri.results.comparison import Comparison
-from brainmri.results.stats import lower_is_better
 from brainmri.results.report import to_markdown
+from brainmri.results.stats import lower_is_better
 
 CONFUSION_CHART = "wandb/confusion_matrix/v1"  # the chart wandb.plot.confusion_matrix logs with
 
