@@ -123,19 +123,19 @@ def test_ensemble_row_equals_the_mean_of_members_predictions_in_every_format(cv_
     labels = frames[0]["label"].map({c.removeprefix("prob_"): i for i, c in enumerate(cols)}).to_numpy()
     ens = rr.ensemble
     assert ens.members == 3 and ens.reason is None
-    assert ens["metrics"]["test/acc"] == pytest.approx(float((mean.argmax(1) == labels).mean()), abs=1e-12)
-    assert ens["metrics"]["test/n"] == 16 and "test/band/novel/n" in ens["metrics"]
+    assert ens.metrics["test/acc"] == pytest.approx(float((mean.argmax(1) == labels).mean()), abs=1e-12)
+    assert ens.metrics["test/n"] == 16 and "test/band/novel/n" in ens.metrics
     md, csv, tex = to_markdown(cmp), to_csv(cmp), to_latex(cmp, table="bands")
     assert "| baseline_cnn (ensemble of 3) |" in md
     assert "baseline_cnn (ensemble of 3)" in to_markdown(cmp, table="bands")
     rows = pd.read_csv(__import__("io").StringIO(csv))
     assert list(rows["model"]) == ["replicates", "ensemble"]
-    assert rows.loc[1, "acc_mean"] == pytest.approx(ens["metrics"]["test/acc"], abs=1e-12)
+    assert rows.loc[1, "acc_mean"] == pytest.approx(ens.metrics["test/acc"], abs=1e-12)
     assert "ensemble of 3" in tex
     page = render_html(cmp)  # the report's comparison table and its bands section
-    assert page.count("baseline_cnn (ensemble of 3)") >= 1 + len([k for k in ens["metrics"] if k.endswith("/n")
+    assert page.count("baseline_cnn (ensemble of 3)") >= 1 + len([k for k in ens.metrics if k.endswith("/n")
                                                                    and k.startswith("test/band/")
-                                                                   and ens["metrics"][k]])
+                                                                   and ens.metrics[k]])
 
 
 @pytest.mark.slow
