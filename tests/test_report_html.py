@@ -76,3 +76,31 @@ def test_band_section_from_the_engines_flat_summary_keys(tmp_path):
     section = page.split("id='s7'")[1].split("</section>")[0]
     assert "novel" in section and "exact" not in section  # empty bands are left out
     assert "<td>0.600 ± 0.141</td>" in section and "<td>30</td>" in section  # rounded; the count once, an integer
+
+
+def test_the_reliability_curve_reports_the_one_ece_of_the_metrics(tmp_path):
+    """The HTML report's reliability ECE is brainmri.results.metrics' (15 equal-width bins) on the
+    replicates' pooled test predictions, not a definition of its own."""
+    import numpy as np
+
+    from brainmri.results.metrics import expected_calibration_error
+    from run_dirs import CLASSES
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, 60)
+    pooled = []
+    for seed in (0, 1):
+        d = make_run(tmp_path, "baseline_cnn", seed, 1e-3, 0.8, test_acc=0.8, preds=(labels, labels))
+        probs = rng.dirichlet(np.ones(4), len(labels))
+        probs[np.arange(len(labels)), labels] += rng.uniform(0, 2, len(labels))
+        probs /= probs.sum(1, keepdims=True)
+        frame = pd.read_csv(d / "predictions_test.csv")
+        frame["label"], frame["pred"] = [CLASSES[i] for i in labels], [CLASSES[i] for i in probs.argmax(1)]
+        for i, c in enumerate(CLASSES):
+            frame[f"prob_{c}"] = probs[:, i]
+        frame.to_csv(d / "predictions_test.csv", index=False)
+        pooled.append(probs)
+    ece = expected_calibration_error(np.concatenate([labels, labels]), np.concatenate(pooled))
+    page = render_html(compare(collect_runs([tmp_path])))
+    assert f"baseline_cnn: reliability, ECE={ece:.3f}" in page
+    assert expected_calibration_error(np.concatenate([labels, labels]), np.concatenate(pooled), n_bins=10) != ece
