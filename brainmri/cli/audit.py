@@ -19,7 +19,8 @@ from brainmri.data.files import DataError
 @one_line_errors(DataError)
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("root", help="data root holding Training/<class>/ (and optionally Testing/<class>/)")
+    p.add_argument("root", help="data root holding Training/<class>/ (and optionally Testing/<class>/), or a "
+                   "manifest (CSV/TSV: path, label, [patient, site, split]; docs/manifest.md)")
     p.add_argument("--json", help="where to write the report (default: audit.json in --html's folder, "
                    "else ./audit.json)")
     p.add_argument("--html", help="folder for index.html with contact sheets of pairs per band")

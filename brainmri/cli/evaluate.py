@@ -28,7 +28,8 @@ from brainmri.use.trained import RunError
 @one_line_errors(RunError, CheckpointError, ConfigError, WeightsError, DataError)
 def main(argv=None) -> int:
     p = target_parser(__doc__)
-    p.add_argument("--data", required=True, help="data root with the run's class folders")
+    p.add_argument("--data", required=True, help="data root with the run's class folders, or a manifest (CSV/TSV: "
+                   "path, label, [patient, site, split]; its test rows, else every row; docs/manifest.md)")
     p.add_argument("--out", help="output folder (default: <run_dir>/eval/<data root name>/)")
     p.add_argument("--batch-size", type=int, help="default: the run's eval batch size")
     p.add_argument("--num-workers", type=int, default=0)

@@ -4,7 +4,9 @@
     python launch/predict.py runs/<run> scan1.dcm scan2.png folder/ --out preds.csv
     python launch/predict.py sweeps/cv_compare --recipe baseline_cnn new_scans/ --out preds.csv   # fold ensemble
 
-Inputs: image files, DICOM slices and folders (recursive; hidden and non-image files ignored).
+Inputs: image files, DICOM slices, folders (recursive; hidden and non-image files ignored) and
+manifests (``docs/manifest.md``: a CSV/TSV with a path column; labels optional; its other columns
+are copied into the predictions CSV).
 Writes the CSV (path, predicted class, per-class probabilities, nearest training image, its
 similarity and band) and ``<out stem>.skipped.csv`` (files that could not be used, with the reason).
 """
@@ -16,6 +18,7 @@ import sys
 from brainmri.cli.errors import one_line_errors
 from brainmri.cli.target import load_target, target_parser
 from brainmri.config import ConfigError
+from brainmri.data.files import DataError
 from brainmri.models.weights import WeightsError
 from brainmri.rundir import CheckpointError
 from brainmri.use.ensemble import Ensemble
@@ -23,10 +26,11 @@ from brainmri.use.predict import predict_files, write_csv
 from brainmri.use.trained import RunError
 
 
-@one_line_errors(RunError, CheckpointError, ConfigError, WeightsError)
+@one_line_errors(RunError, CheckpointError, ConfigError, WeightsError, DataError)
 def main(argv=None) -> int:
     p = target_parser(__doc__)
-    p.add_argument("inputs", nargs="+", help="image files, DICOM files and folders")
+    p.add_argument("inputs", nargs="+", help="image files, DICOM files, folders and manifests (CSV/TSV with a path "
+                   "column; its other columns are copied into the predictions)")
     p.add_argument("--out", default="predictions.csv", help="CSV to write (default: predictions.csv)")
     p.add_argument("--cam", metavar="DIR", help="write Grad-CAM overlays and DIR/index.html")
     p.add_argument("--batch-size", type=int, help="default: the run's eval batch size")

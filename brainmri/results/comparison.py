@@ -194,6 +194,20 @@ class RecipeResult:
         return self.ensemble if self.ensemble is not None and self.ensemble.scored else None
 
 
+@dataclass(frozen=True)
+class LosoRow:
+    """Leave one site out: a recipe's test metrics with ``held_out_site`` held out (averaged over seeds),
+    or their mean over the sites (``held_out_site == "mean"``); None where no run logged the metric."""
+
+    recipe: str
+    held_out_site: str
+    runs: int
+    acc: float | None
+    macro_f1: float | None
+    auc: float | None
+    n: float | None
+
+
 @dataclass
 class Comparison:
     metric: str
@@ -203,6 +217,7 @@ class Comparison:
     notes: list[str] = field(default_factory=list)
     paired: list[PairedTest] = field(default_factory=list)  # every other recipe vs the best
     incomplete_folds: list[IncompleteFolds] = field(default_factory=list)
+    loso: list[LosoRow] = field(default_factory=list)  # leave-one-site-out: each held-out site and the mean
 
     def paired_of(self, recipe: str) -> PairedTest | None:
         return next((p for p in self.paired if p.b == recipe), None)

@@ -29,6 +29,7 @@ from brainmri.results.tables import (
     incomplete_frame,
     intervals_frame,
     intro_text,
+    loso_frame,
     markdown_table,
     mcnemar_lines,
     metric_label,
@@ -39,7 +40,7 @@ from brainmri.results.tables import (
 
 __all__ = [
     "MAIN_METRICS", "RENDERERS", "TABLES", "TITLES", "bands_frame", "classes_frame", "display_frame", "fmt",
-    "incomplete_folds_frame", "incomplete_frame", "intervals_frame", "intro_text", "markdown_table",
+    "incomplete_folds_frame", "incomplete_frame", "intervals_frame", "intro_text", "loso_frame", "markdown_table",
     "mcnemar_lines", "metric_label", "paired_frame", "plot_accuracy", "plot_val_curves", "results_frame",
     "to_csv", "to_latex", "to_markdown", "ttest_lines", "write_plots",
 ]
@@ -56,6 +57,10 @@ def to_markdown(cmp: Comparison, per_value: bool = False, table: str = "main") -
                   "(fold, seed) pairs (Nadeau & Bengio, 2003) and McNemar on the shared test images.",
                   markdown_table(paired_frame(cmp)), "\n".join(ttest_lines(cmp))]
     parts += ["\n".join(mcnemar_lines(cmp))]
+    if cmp.loso:
+        parts += ["## Leave one site out", "Each site held out as the test part in turn (``data.test_site``); "
+                  "test metrics of the chosen configuration, averaged over seeds, and their mean over the sites.",
+                  markdown_table(loso_frame(cmp))]
     if cmp.incomplete_folds:
         parts += ["## Incomplete fold sets (not averaged)", markdown_table(incomplete_folds_frame(cmp))]
     parts += ["## Incomplete runs (not averaged)",

@@ -54,9 +54,14 @@ class Run:
         return (self.config.get("data") or {}).get("folds")
 
     @property
+    def test_site(self) -> str | None:
+        """The site held out as the test part (config ``data.test_site``; a leave-one-site-out run)."""
+        return (self.config.get("data") or {}).get("test_site")
+
+    @property
     def replicate(self) -> tuple:
-        """(fold, seed): which replicate of its configuration the run is."""
-        return (self.fold, self.seed)
+        """(fold, seed): which replicate of its configuration the run is (a held-out site counts as its fold)."""
+        return (self.fold if self.test_site is None else f"site {self.test_site}", self.seed)
 
     @property
     def finished(self) -> bool:

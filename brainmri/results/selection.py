@@ -30,6 +30,7 @@ from brainmri.results.stats import (
     corrected_ttest,
     fold_overlap,
     is_count,
+    leave_one_site_out,
     lower_is_better,
     mean_ci,
     metric_bounds,
@@ -38,7 +39,7 @@ from brainmri.results.stats import (
 # Config keys that differ between runs without defining a different model: the seed (the replicate
 # axis) and every key that only changes how a run runs (brainmri.config.RUNTIME_KEYS).
 NOT_SWEPT = ("seed", "run_id", *RUNTIME_KEYS)
-REPLICATE_KEYS = ("seed", "data.fold")  # a replicate of a configuration is a (fold, seed) pair
+REPLICATE_KEYS = ("seed", "data.fold", "data.test_site")  # a replicate: a (fold or held-out site, seed) pair
 METRICS = ("acc", "macro_f1", "auc", "ece")
 
 
@@ -252,6 +253,7 @@ def compare(runs: list[Run], metric: str = "val/acc", by: list[str] | None = Non
                   for other in cmp.recipes[1:]] if best else []
     if cmp.paired:
         cmp.mcnemar = cmp.paired[0].mcnemar
+    cmp.loso = leave_one_site_out(cmp.recipes)
     return cmp
 
 

@@ -20,6 +20,7 @@ from scipy import stats
 
 from brainmri.config import flatten as flatten_config
 from brainmri.results.comparison import (
+    LosoRow,
     McNemar,
     McNemarTest,
     PairwiseMcNemar,
@@ -208,6 +209,40 @@ def compare_predictions(first: RecipeResult, second: RecipeResult) -> McNemar:
     if not out.replicates:
         out.reason = "no common (fold, seed) with test predictions in both recipes"
     return out
+
+
+# ---------------------------------------------------------------- leave one site out
+
+LOSO_METRICS = ("acc", "macro_f1", "auc", "n")
+
+
+def _mean_or_none(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def _loso_rows(recipe: str, by_site: dict[str, list[Run]]) -> list[LosoRow]:
+    rows = []
+    for site in sorted(by_site):
+        runs = by_site[site]
+        means = {m: _mean_or_none([r.summary[f"test/{m}"] for r in runs if f"test/{m}" in r.summary])
+                 for m in LOSO_METRICS}
+        rows.append(LosoRow(recipe=recipe, held_out_site=site, runs=len(runs), **means))
+    mean = {m: _mean_or_none([v for r in rows if (v := getattr(r, m)) is not None]) for m in LOSO_METRICS}
+    return [*rows, LosoRow(recipe=recipe, held_out_site="mean", runs=sum(r.runs for r in rows), **mean)]
+
+
+def leave_one_site_out(recipes: list[RecipeResult]) -> list[LosoRow]:
+    """Per recipe whose chosen configuration held sites out (``data.test_site``, a sweep's ``folds: sites``):
+    one row per held-out site (its test metrics, averaged over seeds) and a ``mean`` row over the sites."""
+    rows = []
+    for rr in recipes:
+        by_site: dict[str, list[Run]] = {}
+        for r in rr.runs:
+            if r.test_site is not None and "test/acc" in r.summary:
+                by_site.setdefault(str(r.test_site), []).append(r)
+        if by_site:
+            rows += _loso_rows(rr.recipe, by_site)
+    return rows
 
 
 # ---------------------------------------------------------------- every pair, Holm-adjusted

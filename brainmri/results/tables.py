@@ -309,6 +309,16 @@ def paired_frame(cmp: Comparison, pm: str = "±") -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
+def loso_frame(cmp: Comparison) -> pd.DataFrame:
+    """The leave-one-site-out table: recipe, held-out site, test accuracy, macro-F1, AUC, test images, runs."""
+    def num(v: float | None, digits: int = 3) -> str:
+        return "" if v is None else (f"{v:.0f}" if float(v).is_integer() and v > 1 else f"{v:.{digits}f}")
+
+    return pd.DataFrame([{"recipe": r.recipe, "held-out site": r.held_out_site, "test acc": num(r.acc),
+                          "test macro-F1": num(r.macro_f1), "test AUC": num(r.auc), "test n": num(r.n),
+                          "runs": r.runs} for r in cmp.loso])
+
+
 def incomplete_folds_frame(cmp: Comparison) -> pd.DataFrame:
     """One row per configuration and seed with fewer finished folds than ``data.folds``."""
     return pd.DataFrame([{"recipe": m.recipe, "config": m.config, "seed": m.seed,

@@ -301,6 +301,7 @@ class Engine:
                                               f"{cfg.recipe} seed {cfg.seed}: {split} (best epoch {st.best_epoch})",
                                               cfg.eval.tta))
         summary["config"] = cfg.to_dict()
+        self.record.skipped_at_end(self.data.split)
         self.record.finish(summary, st)
         acc.wait_for_everyone()
         return summary
