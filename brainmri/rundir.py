@@ -47,6 +47,7 @@ log = logging.getLogger("brainmri")
 CONFIG, STATUS, METRICS = "config.yaml", "status.json", "metrics.jsonl"
 SUMMARY, PREV_SUMMARY = "summary.json", "summary.prev.json"
 SPLIT, SKIPPED, LOG = "split.json", "skipped_files.json", "train.log"
+LOCK = ".lock"  # the writer's OS file lock; its holder is noted beside it (hold_lock)
 PRUNE = "prune.json"  # a search driver's request that the run stop at its next epoch end (brainmri.jobs.search)
 # a run directory: status or metrics, a summary that is no evaluation, or a config with a recipe (RunDir.is_run_dir)
 ENDED = ("finished", "failed", "interrupted", "preempted", "pruned")
@@ -258,6 +259,23 @@ class RunDir:
         request = _read_json_or_none(self.prune_file)
         return request if isinstance(request, dict) else None
 
+    # ----------------------------------------------------------------- the writer
+    @property
+    def lock_file(self) -> Path:
+        return self.path / LOCK
+
+    def holder(self) -> dict:
+        """Who took the run directory's lock last (host, pid, SLURM job id; {} when nobody did)."""
+        record = _read_json_or_none(holder_file(self.lock_file))
+        return record if isinstance(record, dict) else {}
+
+    def held_here(self) -> bool:
+        """A live process on this host took the run directory's lock and has not ended the run: it trains
+        it, whatever job started it (also before it wrote its first status)."""
+        h = self.holder()
+        return h.get("host") == socket.gethostname() and isinstance(h.get("pid"), int) and _pid_alive(h["pid"]) \
+            and self.read_status().get("status") in (None, "running")
+
     # ----------------------------------------------------------------- status
     def set_status(self, status: str, epoch: int = 0, error: str | None = None, last_resort: bool = False,
                    **extra: Any) -> None:
@@ -464,8 +482,13 @@ def acquire_lock(run: RunDir):
     Raises :class:`RunLockedError` at once, naming the holder's host, pid and SLURM job id.
     Returns the held ``filelock.FileLock``; call ``release()`` when done.
     """
-    return hold_lock(run.path / ".lock", lambda holder: RunLockedError(
+    return hold_lock(run.lock_file, lambda holder: RunLockedError(
         f"{run.path} is in use by {holder}; wait for it or choose another run_dir"))
+
+
+def holder_file(lock: Path) -> Path:
+    """Where the holder of the lock ``lock`` is noted."""
+    return lock.with_name(f"{lock.name}.holder")
 
 
 def hold_lock(path: Path, refused):
@@ -474,16 +497,15 @@ def hold_lock(path: Path, refused):
     from filelock import FileLock, Timeout
 
     lock = FileLock(str(path), timeout=0)
-    holder_file = path.with_name(f"{path.name}.holder")
     try:
         lock.acquire()
     except Timeout:
         try:
-            h = read_json(holder_file)
+            h = read_json(holder_file(path))
         except (OSError, ValueError):
             h = {}
         raise refused(f"host {h.get('host', '?')} pid {h.get('pid', '?')} "
                       f"SLURM job {h.get('slurm_job_id') or '-'}") from None
-    write_json(holder_file, {"host": socket.gethostname(), "pid": os.getpid(),
+    write_json(holder_file(path), {"host": socket.gethostname(), "pid": os.getpid(),
                              "slurm_job_id": os.environ.get("SLURM_JOB_ID")})
     return lock

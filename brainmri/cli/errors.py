@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import sys
 
-from brainmri.atomic import EX_TEMPFAIL, DiskFullError
+from brainmri.atomic import EX_TEMPFAIL, DiskFullError, is_disk_full
 
 
 def one_line_errors(*bad_input: type[BaseException]):
@@ -24,6 +24,12 @@ def one_line_errors(*bad_input: type[BaseException]):
             except DiskFullError as e:
                 note = getattr(e, "status_note", None)
                 print(f"error: {e}" + (f"; {note}" if note else ""), file=sys.stderr)
+                return EX_TEMPFAIL
+            except OSError as e:  # a full disk met outside brainmri.atomic (a folder, a library's own write)
+                if not is_disk_full(e):
+                    raise
+                where = f" (writing {e.filename})" if e.filename else ""
+                print(f"error: no space left on device{where}: {e.strerror}", file=sys.stderr)
                 return EX_TEMPFAIL
             except bad_input as e:
                 print(f"error: {e}", file=sys.stderr)

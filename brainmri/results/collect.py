@@ -17,6 +17,7 @@ Rendering (Markdown/CSV/LaTeX, plots, HTML, W&B report) lives in ``report*`` and
 
 from __future__ import annotations
 
+from brainmri.metric_names import lower_is_better
 from brainmri.results.comparison import (
     Comparison,
     EnsembleResult,
@@ -61,7 +62,6 @@ from brainmri.results.stats import (
     fold_overlap,
     holm,
     is_count,
-    lower_is_better,
     mcnemar,
     mean_ci,
     metric_bounds,

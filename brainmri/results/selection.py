@@ -8,11 +8,14 @@ configuration counts only with all K folds finished. Test metrics are reported f
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Iterable
 from typing import Any
 
 from brainmri.config import RUNTIME_KEYS
 from brainmri.config import flatten as flatten_config
 from brainmri.data.leakage import BANDS
+from brainmri.metric_names import TIE_BREAK, choice_key, lower_is_better
 from brainmri.results.comparison import (
     Comparison,
     IncompleteFolds,
@@ -31,7 +34,6 @@ from brainmri.results.stats import (
     fold_overlap,
     is_count,
     leave_one_site_out,
-    lower_is_better,
     mean_ci,
     metric_bounds,
 )
@@ -186,15 +188,31 @@ def _value_points(cmp: Comparison, recipe: str, keys: list[str], mine: list[Run]
     return points
 
 
+def _mean(values: Iterable) -> float | None:
+    finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None
+
+
+def _earliest(runs: list[Run]) -> tuple:
+    """A configuration's place in time for the choice rule's last criterion: its earliest search trial
+    (W&B tag ``trial-<n>``), else its earliest start."""
+    trials = [int(t[6:]) for r in runs for t in (r.config.get("wandb") or {}).get("tags") or []
+              if isinstance(t, str) and t.startswith("trial-") and t[6:].isdigit()]
+    starts = [r.start_time for r in runs if r.start_time]
+    return (min(trials, default=math.inf), min(starts, default=math.inf))
+
+
 def _choose(cmp: Comparison, recipe: str, points: list[ValuePoint], min_seeds: int) -> ValuePoint:
-    """The point with the best mean selection metric (ties: the first in sorted order), among those run
-    over ``min_seeds`` seeds when any was."""
-    sign = -1 if lower_is_better(cmp.metric) else 1
+    """The best point by the one choice rule (``brainmri.metric_names.choice_key``: the mean selection
+    metric, then the lower validation loss, then the earlier search trial or start, then the first value
+    in sorted order), among those run over ``min_seeds`` seeds when any was."""
+    direction = "minimize" if lower_is_better(cmp.metric) else "maximize"
     eligible = [v for v in points if v.seeds >= min_seeds]
     if min_seeds > 1:
         cmp.notes.append(f"{recipe}: chosen among configurations run over >= {min_seeds} seeds" if eligible else
                          f"{recipe}: no configuration was run over {min_seeds} seeds; chosen among all")
-    return max(eligible or points, key=lambda v: sign * v.selection.mean)
+    return min(eligible or points, key=lambda v: choice_key(
+        v.selection.mean, _mean(r.summary.get(TIE_BREAK) for r in v.runs), _earliest(v.runs), direction))
 
 
 def _recipe(cmp: Comparison, recipe: str, mine: list[Run], by: list[str] | None, min_seeds: int) -> None:
@@ -228,7 +246,9 @@ def compare(runs: list[Run], metric: str = "val/acc", by: list[str] | None = Non
     different data are refused (``MixedDataError``) unless ``allow_mixed_data``. With ``min_seeds``
     only configurations run over that many seeds are chosen (a search's ``--confirm-seeds``: the verdict
     does not rest on one lucky trial), unless a recipe has none (a note says so). Ties in the
-    selection metric go to the first value in sorted order. Recipes are ranked by the validation
+    selection metric are broken by the one choice rule (``brainmri.metric_names.choice_key``: the
+    lower validation loss, then the earlier search trial or start, then the first value in sorted
+    order). Recipes are ranked by the validation
     metric of their chosen configuration, never by test; every other recipe is compared with the
     best by the corrected resampled t-test over common (fold, seed) pairs and McNemar per pair.
 

@@ -74,10 +74,6 @@ def metric_bounds(metric: str) -> tuple[float, float] | None:
     return None if "loss" in metric or is_count(metric) else (0.0, 1.0)
 
 
-def lower_is_better(metric: str) -> bool:
-    return any(w in metric for w in ("loss", "ece", "error"))
-
-
 def fold_overlap(runs: list[Run]) -> float:
     """n_test/n_train of the corrected resampled t-test (Nadeau & Bengio, 2003) for complete K-fold
     replicates: each fold's held-out (validation) images over its training images, averaged. The

@@ -340,7 +340,9 @@ NUMERIC: dict[str, Callable[[Comparison, bool], pd.DataFrame]] = {
 
 # ---------------------------------------------------------------- text around the tables
 
-def markdown_table(df: pd.DataFrame) -> str:
+def markdown_table(df: pd.DataFrame, empty: str = "Nothing finished: no row to show.") -> str:
+    if df.empty:
+        return empty
     cells = [[str(c) for c in df.columns]] + [[" ".join(str(x).split()).replace("|", "\\|") for x in row]
                                               for row in df.values]
     lines = ["| " + " | ".join(r) + " |" for r in cells]

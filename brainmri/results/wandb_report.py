@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import os
 
+from brainmri.metric_names import lower_is_better
 from brainmri.results.comparison import Comparison
 from brainmri.results.report import to_markdown
-from brainmri.results.stats import lower_is_better
 
 CONFUSION_CHART = "wandb/confusion_matrix/v1"  # the chart wandb.plot.confusion_matrix logs with
 
