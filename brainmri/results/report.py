@@ -14,36 +14,26 @@ import pandas as pd
 
 from brainmri.results.comparison import Comparison
 from brainmri.results.report_latex import to_latex
-from brainmri.results.report_plots import plot_accuracy, plot_val_curves, write_plots
+from brainmri.results.report_plots import write_plots
 from brainmri.results.tables import (
     FRAMES,
-    MAIN_METRICS,
     NUMERIC,
     TABLES,
     TITLES,
-    bands_frame,
-    classes_frame,
     display_frame,
-    fmt,
     incomplete_folds_frame,
     incomplete_frame,
-    intervals_frame,
     intro_text,
     loso_frame,
     markdown_table,
     mcnemar_lines,
-    metric_label,
     paired_frame,
-    results_frame,
     ttest_lines,
 )
 
-__all__ = [
-    "MAIN_METRICS", "RENDERERS", "TABLES", "TITLES", "bands_frame", "classes_frame", "display_frame", "fmt",
-    "incomplete_folds_frame", "incomplete_frame", "intervals_frame", "intro_text", "loso_frame", "markdown_table",
-    "mcnemar_lines", "metric_label", "paired_frame", "plot_accuracy", "plot_val_curves", "results_frame",
-    "to_csv", "to_latex", "to_markdown", "ttest_lines", "write_plots",
-]
+# the names other modules read from here (the frames themselves: brainmri.results.tables)
+__all__ = ["RENDERERS", "TABLES", "display_frame", "markdown_table", "to_csv", "to_latex", "to_markdown",
+           "write_plots"]
 
 
 def to_markdown(cmp: Comparison, per_value: bool = False, table: str = "main") -> str:
