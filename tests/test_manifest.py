@@ -152,6 +152,12 @@ def test_a_manifest_of_jpeg_and_12bit_dicom_rows_trains_with_patients_sites_and_
     with open(run / "predictions_test.csv") as f:
         preds = list(csv.DictReader(f))
     assert {"row", "patient", "site", "scanner"} <= set(preds[0]) and preds[0]["scanner"].startswith("scanner-")
+    from brainmri.data.datasets import Split
+
+    again = Split.from_record(record)  # the record rebuilds the split, paths relative to the manifest's folder
+    assert again.source == str(scans["manifest"]) and {s.patient for s in again.test} == {
+        p for p, s in scans["patients"].items() if s == "test"}
+    again.check_unchanged()
 
 
 @pytest.fixture(scope="module")
@@ -288,3 +294,27 @@ def test_evaluate_and_predict_take_a_manifest(trained_run, three_sites, tmp_path
         rows = list(csv.DictReader(f))
     assert [r["accession"] for r in rows] == [f"A{k}" for k in range(5)] and rows[0]["scanner"] == "skyra"
     assert pred.skipped == [{"row": 7, "path": "", "error": "empty path"}]  # the header is row 1
+
+
+def test_a_phantom_cohorts_manifest_splits_by_patient_and_decodes_its_dicom_at_16_bits(tmp_path):
+    import torch
+
+    from brainmri.data.phantoms import generate_cohort
+    from brainmri.data.transforms import Decoder
+
+    root = generate_cohort(tmp_path / "cohort", sites=("A", "B", "C"), n_patients_per_site=8, slices_per_patient=3,
+                           test_fraction=0.25, dicom_fraction=0.5, monochrome1_fraction=0.5, multiframe=1, seed=0)
+    manifest = root / "manifest.csv"
+    split = build_split(DataConfig(manifest=str(manifest), group_by="patient+near", cache_dir=str(tmp_path)), manifest)
+    parts: dict[str, set] = {}
+    for part in ("train", "val", "test"):
+        for s in getattr(split, part):
+            parts.setdefault(s.patient, set()).add(part)
+    assert len(parts) == 24 and all(len(p) == 1 for p in parts.values())
+    assert [s["error"] for s in split.skipped] == [
+        "unreadable: multi-frame DICOM (3 frames): give single slices, one per file"]
+    dicom = next(s for s in split.train if s.path.endswith(".dcm"))
+    levels = Decoder(64, 1, deep=True)(dicom.path).to(torch.int32).unique()
+    assert len(levels) > 256  # more than 8 bits survive decoding
+    held = build_split(DataConfig(manifest=str(manifest), test_site="B", cache_dir=str(tmp_path)), manifest)
+    assert {s.site for s in held.test} == {"B"} and "B" not in {s.site for s in held.train + held.val}

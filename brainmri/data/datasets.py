@@ -134,7 +134,7 @@ class Split:
                 except OSError:
                     missing.append(s.path)
                     continue
-                folder = path.parent.parent
+                folder = Path(self.source) if self.source else path.parent.parent  # a manifest's index, or the folder's
                 if folder not in indices:
                     indices[folder] = file_index(folder)
                 entry = indices[folder].get(s.path)
