@@ -23,7 +23,7 @@ from brainmri.atomic import atomic_write
 from brainmri.results.comparison import Comparison, RecipeResult, value_label
 from brainmri.results.cost import recipe_cost
 from brainmri.results.runs import load_predictions
-from brainmri.results.selection import flatten, not_swept
+from brainmri.results.selection import config_differences
 from brainmri.results.stats import confusion, pairwise_mcnemar, pairwise_ttest, reliability
 from brainmri.results.tables import (
     INTERVALS_METHOD,
@@ -130,12 +130,9 @@ def cost_frame(cmp: Comparison) -> pd.DataFrame:
 
 
 def config_diff(cmp: Comparison) -> pd.DataFrame:
-    flats = {rr.recipe: flatten(rr.runs[0].config) for rr in cmp.recipes if rr.runs}
-    keys = sorted(set().union(*flats.values())) if flats else []
-    rows = [{"key": k, **{rec: str(f.get(k, "–")) for rec, f in flats.items()}} for k in keys
-            if not not_swept(k)
-            and len({repr(f.get(k)) for f in flats.values()}) > 1]
-    return pd.DataFrame(rows)
+    """One row per config key whose value differs between the recipes' chosen configurations."""
+    return pd.DataFrame([{"key": k, **{rec: str(v) for rec, v in values.items()}}
+                         for k, values in config_differences(cmp.recipes).items()])
 
 
 Section = tuple[str, str]

@@ -64,6 +64,15 @@ def swept_keys(runs: list[Run]) -> list[str]:
             and len({repr(f.get(k)) for f in flat}) > 1]
 
 
+def config_differences(recipes: list[RecipeResult]) -> dict[str, dict[str, Any]]:
+    """Config key -> recipe -> value ("–" where a recipe has no such key) for every key (seed, fold and
+    runtime keys aside) whose value differs between the recipes' chosen configurations."""
+    flats = {rr.recipe: flatten(rr.runs[0].config) for rr in recipes if rr.runs}
+    keys = sorted(set().union(*flats.values())) if flats else []
+    return {k: {rec: f.get(k, "–") for rec, f in flats.items()} for k in keys
+            if not not_swept(k) and len({repr(f.get(k)) for f in flats.values()}) > 1}
+
+
 def _metric_names(runs: list[Run], split: str) -> list[str]:
     per_class = sorted({k.removeprefix(f"{split}/") for r in runs for k in r.summary
                         if k.startswith((f"{split}/recall/", f"{split}/precision/", f"{split}/f1/",
