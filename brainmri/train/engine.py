@@ -236,9 +236,9 @@ class Engine:
         loader.set_epoch(epoch)
         max_micro = cfg.train.max_steps_per_epoch * cfg.train.grad_accum if cfg.train.max_steps_per_epoch else None
         left = None if max_micro is None else max(max_micro - done, 0)
+        self._epoch_total = max_micro or len(self.train_loader_p)
         bar = tqdm(itertools.islice(loader, left), disable=not (acc.is_main_process and sys.stderr.isatty()),
-                   leave=False, desc=f"epoch {epoch} [{phase_name}]", initial=done,
-                   total=max_micro or len(self.train_loader_p))
+                   leave=False, desc=f"epoch {epoch} [{phase_name}]", initial=done, total=self._epoch_total)
         start = time.perf_counter()
         for x, y, _ in bar:
             if rng is not None:  # after the skipping loader drew its seed: the stream of the interrupted run
@@ -283,7 +283,8 @@ class Engine:
             self._save_checkpoint(self.run.last_checkpoint, optimizer, scheduler, position)
         if stop:
             raise TrainingInterrupted(stop)
-        self.record.progress(self.state, epoch, done)
+        self.record.progress(self.state, epoch, done, total=self._epoch_total, elapsed=elapsed, sums=sums,
+                             world_size=self.acc.num_processes)
 
     # -------------------------------------------------------------- finish
     def _finish(self, wall_s: float) -> dict:
