@@ -23,7 +23,7 @@ from brainmri.atomic import EX_TEMPFAIL, free_bytes, human_bytes, is_disk_full
 from brainmri.rundir import NO_SPACE, RunDir, acquire_lock
 from brainmri.train.resume import check_resumable, extends_finished
 from brainmri.train.signals import TrainingInterrupted, TrialPruned
-from brainmri.train.tracking import WandbRun, log, setup_logging
+from brainmri.train.tracking import WandbRun, log, prepare_wandb, setup_logging
 from brainmri.version import code_version
 
 OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "ranger": 3, "sgd": 1}  # state tensors per trained parameter
@@ -64,6 +64,7 @@ class RunRecord:
         self._progress_at, self._progress_epoch = time.perf_counter(), 0
         self._line_at = time.perf_counter()  # when the last progress line was logged
         self._space_checked = False
+        self._manifest: dict | None = None  # the split record's manifest, for the summary (computed once)
 
     @property
     def wandb(self) -> WandbRun:
@@ -95,6 +96,8 @@ class RunRecord:
 
     def begin(self, extend: bool) -> None:
         """After every rank decided: keep an extended run's summary aside, check a resume, save the config."""
+        if self.is_main:
+            prepare_wandb(self.cfg)  # W&B's import and service start overlap the data and model set-up
         if extend and self.is_main:
             self.run.archive_summary()
             log.info("extending the finished run %s (its previous summary is kept beside it)", self.run.path)
@@ -115,7 +118,9 @@ class RunRecord:
         if not self.is_main:
             return
         self.run.write_skipped(split.skipped)
-        self.run.write_split(split.record())
+        record = split.record()
+        self._manifest = record["manifest"]
+        self.run.write_split(record)
         if split.skipped:
             what = "manifest row(s)" if split.source else "unreadable image(s)"
             log.warning("skipped %d %s; see %s: %s", len(split.skipped), what, self.run.skipped_file,
@@ -183,7 +188,7 @@ class RunRecord:
                 "monitor": cfg.train.monitor, "best_epoch": state.best_epoch, "epochs_run": state.epoch,
                 "steps": state.step, "world_size": world_size, "wall_time_s": wall_s,
                 "train_time_s": state.train_time_s, "images_per_s": state.images_seen / max(state.train_time_s, 1e-9),
-                "skipped_files": len(split.skipped), "data_manifest": split.record()["manifest"],
+                "skipped_files": len(split.skipped), "data_manifest": self._manifest or split.record()["manifest"],
                 "best_weights": state.best_weights, "code_version": code_version(), **self._best_epoch_val(state)}
 
     def _best_epoch_val(self, state) -> dict:
