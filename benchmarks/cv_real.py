@@ -128,14 +128,14 @@ def _sweep_result(name: str) -> tuple[dict, object]:
     (rr,) = cmp.recipes
     sel = selection_stats(rr)
     out = {"replicates": [list(r.replicate) for r in rr.runs], "folds": rr.folds, "rho": rr.rho,
-           "val_estimate": {"mean": sel["mean"], "std": sel["std"], "ci95": [sel["ci_low"], sel["ci_high"]],
+           "val_estimate": {"mean": sel.mean, "std": sel.std, "ci95": [sel.ci_low, sel.ci_high],
                             "per_replicate": _spread([r.summary["val/acc"] for r in rr.runs])},
            "test_acc": _spread([r.summary["test/acc"] for r in rr.runs]),
-           "ci95_test_acc": [rr.stats["acc"]["ci_low"], rr.stats["acc"]["ci_high"]],
+           "ci95_test_acc": [rr.stats["acc"].ci_low, rr.stats["acc"].ci_high],
            "novel_acc": _spread([r.summary.get("test/band/novel/acc") for r in rr.runs]),
-           "ci95_novel_acc": [rr.stats["band/novel/acc"]["ci_low"], rr.stats["band/novel/acc"]["ci_high"]],
+           "ci95_novel_acc": [rr.stats["band/novel/acc"].ci_low, rr.stats["band/novel/acc"].ci_high],
            "best_epochs": [r.summary.get("best_epoch") for r in rr.runs]}
-    ens = rr.ensemble["metrics"]
+    ens = rr.ensemble.metrics
     rows = []
     for band in ("all", *BANDS):
         pre = "test/" if band == "all" else f"test/band/{band}/"
@@ -164,7 +164,7 @@ def _sweep_result(name: str) -> tuple[dict, object]:
                        "ensemble_acc": float((e["pred"] == e["label"]).mean())})
     out["ensemble_vs_single_same_images"] = paired
     out["ensemble_overall"] = {k: ens.get(f"test/{k}") for k in ("acc", "macro_f1", "auc", "ece", "loss")}
-    out["single_overall"] = {k: rr.stats[k]["mean"] for k in ("acc", "macro_f1", "auc", "ece", "loss") if k in rr.stats}
+    out["single_overall"] = {k: rr.stats[k].mean for k in ("acc", "macro_f1", "auc", "ece", "loss") if k in rr.stats}
     return out, cmp
 
 

@@ -34,8 +34,8 @@ def test_table_stats_equal_independent_computation(tmp_path):
     for metric, values in {"acc": tests, "ece": [1 - t for t in tests],
                            "recall/notumor": [t - 0.02 for t in tests]}.items():
         s = rr.stats[metric]
-        assert s["n"] == 4
-        assert np.allclose([s["mean"], s["std"], s["ci_low"], s["ci_high"]], _by_hand(values), rtol=0, atol=1e-12)
+        assert s.n == 4
+        assert np.allclose([s.mean, s.std, s.ci_low, s.ci_high], _by_hand(values), rtol=0, atol=1e-12)
     csv = pd.read_csv(pd.io.common.StringIO(to_csv(compare(collect_runs([tmp_path])))))
     assert np.isclose(csv.loc[0, "acc_mean"], np.mean(tests)) and csv.loc[0, "n_seeds"] == 4
 
@@ -45,8 +45,8 @@ def test_rate_intervals_are_clipped_to_their_range():
     _, _, lo, hi = _by_hand(values)
     assert hi > 1 and lo < 0.8
     s = mean_ci(values, bounds=(0.0, 1.0))
-    assert s["ci_high"] == 1.0 and s["ci_low"] == pytest.approx(max(lo, 0.0))
-    assert mean_ci(values)["ci_high"] == pytest.approx(hi)  # a loss keeps its raw interval
+    assert s.ci_high == 1.0 and s.ci_low == pytest.approx(max(lo, 0.0))
+    assert mean_ci(values).ci_high == pytest.approx(hi)  # a loss keeps its raw interval
 
 
 def test_lr_selected_on_validation_not_test(tmp_path):
@@ -56,7 +56,7 @@ def test_lr_selected_on_validation_not_test(tmp_path):
         make_run(tmp_path, "vit", seed, 1e-4, val_acc=0.80 + seed / 100, test_acc=0.95)
     (rr,) = compare(collect_runs([tmp_path])).recipes
     assert rr.keys == ["optim.lr"] and rr.chosen == (1e-3,)
-    assert np.isclose(rr.stats["acc"]["mean"], 0.71)
+    assert np.isclose(rr.stats["acc"].mean, 0.71)
     md = to_markdown(compare(collect_runs([tmp_path]), by=["optim.lr"]), per_value=True)
     assert "optim.lr=0.001" in md and "optim.lr=0.0001" in md
 
@@ -65,7 +65,7 @@ def test_val_fallback_is_labelled(tmp_path):
     for seed in range(2):
         make_run(tmp_path, "cnn", seed, 1e-3, val_acc=0.8 + seed / 10)
     cmp = compare(collect_runs([tmp_path]))
-    assert cmp.recipes[0].split == "val" and np.isclose(cmp.recipes[0].stats["acc"]["mean"], 0.85)
+    assert cmp.recipes[0].split == "val" and np.isclose(cmp.recipes[0].stats["acc"].mean, 0.85)
     assert any("VALIDATION" in n for n in cmp.notes)
 
 
@@ -75,7 +75,7 @@ def test_crashed_and_running_runs_listed_not_averaged(tmp_path):
     make_run(tmp_path, "cnn", 2, 1e-3, 0.1, status="failed")
     make_run(tmp_path, "cnn", 3, 1e-3, 0.1, status="running")
     cmp = compare(collect_runs([tmp_path]))
-    assert cmp.recipes[0].stats["acc"]["n"] == 2 and cmp.recipes[0].stats["acc"]["mean"] == 0.8
+    assert cmp.recipes[0].stats["acc"].n == 2 and cmp.recipes[0].stats["acc"].mean == 0.8
     assert sorted((r.seed, r.status) for r in cmp.incomplete) == [(2, "failed"), (3, "running")]
     md = to_markdown(cmp)
     incomplete = md.split("## Incomplete runs")[1]
@@ -89,7 +89,7 @@ def test_run_in_rundir_and_offline_wandb_counted_once(tmp_path):
                  "summary": _metrics("val", 0.8) | _metrics("test", 0.75)}], tmp_path)
     runs = collect_runs([tmp_path])
     assert len(runs) == 1 and {s.split(":")[0] for s in runs[0].sources} == {"rundir", "wandb-offline"}
-    assert compare(runs).recipes[0].stats["acc"]["n"] == 1
+    assert compare(runs).recipes[0].stats["acc"].n == 1
 
 
 def test_offline_only_resumed_run_counted_once_and_killed_listed(tmp_path):
@@ -104,7 +104,7 @@ def test_offline_only_resumed_run_counted_once_and_killed_listed(tmp_path):
     killed.write_bytes(killed.read_bytes()[:-40])  # SIGKILL: the tail with the exit record never reached disk
     cmp = compare(collect_runs([tmp_path]))
     (rr,) = cmp.recipes
-    assert sorted(r.id for r in rr.runs) == ["r1", "r2"] and np.isclose(rr.stats["acc"]["mean"], 0.65)
+    assert sorted(r.id for r in rr.runs) == ["r1", "r2"] and np.isclose(rr.stats["acc"].mean, 0.65)
     assert [(r.id, r.status) for r in cmp.incomplete] == [("k1", "running")]
     assert [h["epoch"] for h in next(r for r in rr.runs if r.id == "r1").history()] == [1, 2]
 
@@ -118,12 +118,12 @@ def test_mcnemar_exact_and_chi2():
     a = np.array([1] * 7 + [0] * 2 + [1] * 10, bool)
     b = np.array([0] * 7 + [1] * 2 + [1] * 10, bool)
     res = mcnemar(a, b)
-    assert (res["b"], res["c"], res["method"]) == (7, 2, "exact") and np.isclose(res["p"], _naive_exact(7, 2))
+    assert (res.b, res.c, res.method) == (7, 2, "exact") and np.isclose(res.p, _naive_exact(7, 2))
     a = np.array([1] * 30 + [0] * 12, bool)
     res = mcnemar(a, ~a)
-    assert res["method"] == "chi2-cc" and np.isclose(res["statistic"], (18 - 1) ** 2 / 42)
-    assert np.isclose(res["p"], math.erfc(math.sqrt(res["statistic"] / 2)))  # chi2(1) sf
-    assert mcnemar(a, a)["p"] == 1.0
+    assert res.method == "chi2-cc" and np.isclose(res.statistic, (18 - 1) ** 2 / 42)
+    assert np.isclose(res.p, math.erfc(math.sqrt(res.statistic / 2)))  # chi2(1) sf
+    assert mcnemar(a, a).p == 1.0
 
 
 def test_mcnemar_between_best_two_recipes_per_seed(tmp_path):
@@ -138,10 +138,10 @@ def test_mcnemar_between_best_two_recipes_per_seed(tmp_path):
     cmp = compare(collect_runs([tmp_path]))
     assert [rr.recipe for rr in cmp.recipes] == ["best", "second", "third"]  # ranked by validation
     mc = cmp.mcnemar
-    assert (mc["a"], mc["b"]) == ("best", "second") and [s["seed"] for s in mc["seeds"]] == [0, 1]
-    s0, s1 = mc["seeds"]
-    assert (s0["n"], s0["b"], s0["c"], s1["b"]) == (40, 8, 0, 7)
-    assert np.isclose(s0["p"], _naive_exact(8, 0)) and np.isclose(s1["p"], _naive_exact(7, 0))
+    assert (mc.a, mc.b) == ("best", "second") and [s.seed for s in mc.replicates] == [0, 1]
+    s0, s1 = mc.replicates
+    assert (s0.n, s0.test.b, s0.test.c, s1.test.b) == (40, 8, 0, 7)
+    assert np.isclose(s0.test.p, _naive_exact(8, 0)) and np.isclose(s1.test.p, _naive_exact(7, 0))
     assert "p=0.007812" in to_markdown(cmp)
 
 
@@ -186,7 +186,7 @@ def test_online_path_on_api_shaped_runs(tmp_path):
     assert len(runs) == 3
     cmp = compare(runs)
     (rr,) = cmp.recipes
-    assert np.isclose(rr.stats["acc"]["mean"], 0.75) and rr.stats["acc"]["n"] == 2
+    assert np.isclose(rr.stats["acc"].mean, 0.75) and rr.stats["acc"].n == 2
     assert [(r.id, r.status) for r in cmp.incomplete] == [("a3", "crashed")]
     assert "_wandb" not in runs[0].config and "_wandb" not in runs[0].summary
     assert next(r for r in runs if r.id == "a1").history() == [{"_step": 1, "epoch": 1, "val/acc": 0.8}]
@@ -265,5 +265,5 @@ def test_e2e_offline_wandb_equals_summary_json(tmp_path, tiny_real_data):
         logged = [{k: v for k, v in h.items() if k in rows[0]} for h in run.history() if "epoch" in h]
         assert logged == [{k: v for k, v in r.items() if v is not None} for r in rows]
     (rr,) = compare(merged).recipes
-    assert rr.stats["acc"]["n"] == 2
-    assert np.isclose(rr.stats["acc"]["mean"], np.mean([r.summary["test/acc"] for r in offline.values()]))
+    assert rr.stats["acc"].n == 2
+    assert np.isclose(rr.stats["acc"].mean, np.mean([r.summary["test/acc"] for r in offline.values()]))

@@ -70,24 +70,24 @@ def test_fold_statistics_and_corrected_t_equal_a_hand_recomputation(tmp_path):
             x = np.array(values)
             mean, std = x.sum() / len(x), math.sqrt(((x - x.mean()) ** 2).sum() / (len(x) - 1))
             half = stats.t.ppf(0.975, len(x) - 1) * std * math.sqrt(1 / len(x) + rho)
-            s = next(v["selection"] for v in rr.per_value if v["value"] == rr.chosen) if name == "selection" \
+            s = next(v.selection for v in rr.per_value if v.value == rr.chosen) if name == "selection" \
                 else rr.stats["acc"]
-            assert (s["n"], s["mean"], s["std"]) == (10, pytest.approx(mean, abs=1e-12), pytest.approx(std, abs=1e-12))
-            assert s["ci_low"] == pytest.approx(max(0.0, mean - half), abs=1e-12)
-            assert s["ci_high"] == pytest.approx(min(1.0, mean + half), abs=1e-12)
+            assert (s.n, s.mean, s.std) == (10, pytest.approx(mean, abs=1e-12), pytest.approx(std, abs=1e-12))
+            assert s.ci_low == pytest.approx(max(0.0, mean - half), abs=1e-12)
+            assert s.ci_high == pytest.approx(min(1.0, mean + half), abs=1e-12)
     # the corrected resampled t-test, paired by (fold, seed)
     d = np.array([a[k][1] - b[k][1] for k in keys])
     t = d.mean() / math.sqrt((1 / len(d) + rho) * d.var(ddof=1))
     p = 2 * stats.t.sf(abs(t), len(d) - 1)
     (pair,) = cmp.paired
-    tt = pair["ttest"]
-    assert (tt["a"], tt["b"], tt["pairs"], tt["df"]) == ("cnn", "vit", 10, 9) and tt["reason"] is None
-    assert (tt["diff"], tt["t"], tt["p"]) == (pytest.approx(d.mean(), abs=1e-12), pytest.approx(t, rel=1e-10),
+    tt = pair.ttest
+    assert (tt.a, tt.b, tt.pairs, tt.df) == ("cnn", "vit", 10, 9) and tt.reason is None
+    assert (tt.diff, tt.t, tt.p) == (pytest.approx(d.mean(), abs=1e-12), pytest.approx(t, rel=1e-10),
                                               pytest.approx(p, rel=1e-9))
     naive = stats.ttest_rel([a[k][1] for k in keys], [b[k][1] for k in keys])
-    assert tt["p"] > naive.pvalue  # the correction is more cautious than the plain paired t over folds
+    assert tt.p > naive.pvalue  # the correction is more cautious than the plain paired t over folds
     # McNemar on the shared test images, one test per (fold, seed), never pooled
-    assert [(s["fold"], s["seed"]) for s in cmp.mcnemar["seeds"]] == [(f, s) for s in (0, 1) for f in range(K)]
+    assert [(s.fold, s.seed) for s in cmp.mcnemar.replicates] == [(f, s) for s in (0, 1) for f in range(K)]
     csv = pd.read_csv(io.StringIO(to_csv(cmp)))
     row = csv[csv["recipe"] == "vit"].iloc[0]
     assert (row["vs"], row["ttest_pairs"], row["folds"], row["n_seeds"], row["n_replicates"]) == ("cnn", 10, K, 2, 10)
@@ -100,12 +100,12 @@ def test_recipes_on_different_folds_or_without_folds_get_no_t_test(tmp_path):
     cv_runs(tmp_path / "a", "cnn", 0.8, seeds=(0,))
     cv_runs(tmp_path / "a", "vit", 0.7, seeds=(0,), split_seed=7)  # other folds: not paired fold by fold
     (pair,) = compare(collect_runs([tmp_path / "a"])).paired
-    assert "validated on different images" in pair["ttest"]["reason"] and "pairs" not in pair["ttest"]
+    assert "validated on different images" in pair.ttest.reason and pair.ttest.pairs == 0
     for seed in (0, 1):
         make_run(tmp_path / "b", "cnn", seed, 1e-3, 0.8, 0.8)
         make_run(tmp_path / "b", "vit", seed, 1e-3, 0.7, 0.7)
     cmp = compare(collect_runs([tmp_path / "b"]))
-    assert cmp.paired[0]["ttest"]["reason"].startswith("not cross-validated")
+    assert cmp.paired[0].ttest.reason.startswith("not cross-validated")
     assert cmp.recipes[0].folds is None and cmp.recipes[0].rho == 0.0  # seeds alone: the plain t-interval
     assert "| – | 2 |" in to_markdown(cmp)  # Folds –, Seeds 2
 
@@ -118,7 +118,7 @@ def test_an_incomplete_set_of_folds_is_shown_and_never_averaged(tmp_path):
     cmp = compare(collect_runs([tmp_path]))
     (rr,) = cmp.recipes
     assert rr.chosen == (1e-3,) and len(rr.runs) == K and {r.seed for r in rr.runs} == {0}
-    assert [(m["config"], m["seed"], m["finished"], m["missing"]) for m in cmp.incomplete_folds] == [
+    assert [(m.config, m.seed, m.finished, m.missing) for m in cmp.incomplete_folds] == [
         ("optim.lr=0.001", 1, [0, 1, 2], [3, 4]), ("optim.lr=0.01", 0, [0, 1], [2, 3, 4])]
     assert [(r.fold, r.status) for r in cmp.incomplete] == [(3, "failed")]
     md = to_markdown(cmp)
@@ -163,7 +163,7 @@ def test_tables_people_can_read_and_csv_keeps_full_precision(tmp_path, capsys):
     row = next(line for line in md.splitlines() if line.startswith("| cnn |"))
     assert row.startswith("| cnn | - | 5 | 2 | ") and "[" not in row and row.count("±") == 6
     acc = cmp.recipes[0].stats["acc"]
-    assert f"| {acc['mean']:.3f} ± {acc['std']:.3f} |" in row
+    assert f"| {acc.mean:.3f} ± {acc.std:.3f} |" in row
     for table, first in (("bands", "| Recipe | Band | n | Acc | Macro-F1 |"),
                          ("classes", "| Recipe | Class | n | Recall | Precision | F1 |"),
                          ("intervals", "| Recipe | Metric | Mean | Std | 95 % interval | Replicates | Interval |")):
@@ -173,9 +173,9 @@ def test_tables_people_can_read_and_csv_keeps_full_precision(tmp_path, capsys):
     assert "| cnn | novel | 26–30 |" in cli_out(tmp_path, capsys, "--table", "bands")  # counts once, integers
     assert "| cnn | glioma | 10 |" in cli_out(tmp_path, capsys, "--table", "classes")
     intervals = cli_out(tmp_path, capsys, "--table", "intervals")
-    assert f"[{acc['ci_low']:.3f}, {acc['ci_high']:.3f}]" in intervals and "corrected t over 5 folds" in intervals
+    assert f"[{acc.ci_low:.3f}, {acc.ci_high:.3f}]" in intervals and "corrected t over 5 folds" in intervals
     csv = pd.read_csv(io.StringIO(cli_out(tmp_path, capsys, "--format", "csv")))
-    assert csv.loc[0, "acc_mean"] == acc["mean"] and csv.loc[0, "acc_std"] == acc["std"]  # full precision
+    assert csv.loc[0, "acc_mean"] == acc.mean and csv.loc[0, "acc_std"] == acc.std  # full precision
     assert str(csv["folds"].dtype) == "int64" and list(csv["n_replicates"]) == [10, 10]
     bands = pd.read_csv(io.StringIO(cli_out(tmp_path, capsys, "--format", "csv", "--table", "bands")))
     novel = bands[(bands["recipe"] == "cnn") & (bands["band"] == "novel")].iloc[0]
@@ -262,5 +262,5 @@ def test_a_fold_sweep_trains_paired_folds_and_the_collector_pairs_them(tmp_path,
         n = [r.summary["val/n"] for r in rr.runs]
         assert sum(n) == len(folds[0]) and rr.rho == pytest.approx(np.mean([x / (sum(n) - x) for x in n]))
     (pair,) = cmp.paired
-    assert pair["ttest"]["pairs"] == 2 and [s["fold"] for s in pair["mcnemar"]["seeds"]] == [0, 1]
+    assert pair.ttest.pairs == 2 and [s.fold for s in pair.mcnemar.replicates] == [0, 1]
     assert "Nadeau" in to_markdown(cmp) and cmp.incomplete_folds == [] and cmp.incomplete == []

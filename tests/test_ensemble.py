@@ -122,20 +122,20 @@ def test_ensemble_row_equals_the_mean_of_members_predictions_in_every_format(cv_
     mean = np.mean([f.loc[frames[0].index, cols].to_numpy() for f in frames], axis=0)
     labels = frames[0]["label"].map({c.removeprefix("prob_"): i for i, c in enumerate(cols)}).to_numpy()
     ens = rr.ensemble
-    assert ens["members"] == 3 and ens["reason"] is None
-    assert ens["metrics"]["test/acc"] == pytest.approx(float((mean.argmax(1) == labels).mean()), abs=1e-12)
-    assert ens["metrics"]["test/n"] == 16 and "test/band/novel/n" in ens["metrics"]
+    assert ens.members == 3 and ens.reason is None
+    assert ens.metrics["test/acc"] == pytest.approx(float((mean.argmax(1) == labels).mean()), abs=1e-12)
+    assert ens.metrics["test/n"] == 16 and "test/band/novel/n" in ens.metrics
     md, csv, tex = to_markdown(cmp), to_csv(cmp), to_latex(cmp, table="bands")
     assert "| baseline_cnn (ensemble of 3) |" in md
     assert "baseline_cnn (ensemble of 3)" in to_markdown(cmp, table="bands")
     rows = pd.read_csv(__import__("io").StringIO(csv))
     assert list(rows["model"]) == ["replicates", "ensemble"]
-    assert rows.loc[1, "acc_mean"] == pytest.approx(ens["metrics"]["test/acc"], abs=1e-12)
+    assert rows.loc[1, "acc_mean"] == pytest.approx(ens.metrics["test/acc"], abs=1e-12)
     assert "ensemble of 3" in tex
     page = render_html(cmp)  # the report's comparison table and its bands section
-    assert page.count("baseline_cnn (ensemble of 3)") >= 1 + len([k for k in ens["metrics"] if k.endswith("/n")
+    assert page.count("baseline_cnn (ensemble of 3)") >= 1 + len([k for k in ens.metrics if k.endswith("/n")
                                                                    and k.startswith("test/band/")
-                                                                   and ens["metrics"][k]])
+                                                                   and ens.metrics[k]])
 
 
 @pytest.mark.slow
@@ -170,7 +170,7 @@ def test_ensemble_predict_evaluate_and_onnx_equal_the_mean_of_members(cv_sweep, 
     cmp = compare(collect_runs([sweep_dir]))  # the evaluation's folder in the sweep is no run of it
     (rr,) = cmp.recipes
     assert cmp.incomplete == [] and len(rr.runs) == 3
-    assert summary["test/acc"] == pytest.approx(rr.ensemble["metrics"]["test/acc"], abs=1e-12)
+    assert summary["test/acc"] == pytest.approx(rr.ensemble.metrics["test/acc"], abs=1e-12)
     assert [m["fold"] for m in summary["ensemble"]["members"]] == [m.fold for m in ens.members]
     # export: one ONNX graph, parity with the Python ensemble, a card listing the members
     model_dir = tmp_path / "model"
@@ -202,7 +202,7 @@ def test_ensemble_predict_evaluate_and_onnx_equal_the_mean_of_members(cv_sweep, 
     assert sorted((m["run"], m["fold"], m["seed"]) for m in card["ensemble"]["members"]) == \
         sorted((m.run_dir.name, m.cfg.data.fold, 0) for m in members)
     assert all("val/acc" in m["metrics"] for m in card["ensemble"]["members"])
-    assert card["ensemble"]["metrics"]["test"]["test/acc"] == pytest.approx(rr.ensemble["metrics"]["test/acc"])
+    assert card["ensemble"]["metrics"]["test"]["test/acc"] == pytest.approx(rr.ensemble.metrics["test/acc"])
 
 
 @pytest.mark.slow

@@ -200,12 +200,12 @@ def test_folds_sites_makes_one_task_per_site_and_the_collector_a_leave_one_site_
                   "train.max_steps_per_epoch=1", "wandb.enabled=false", f"data.cache_dir={tmp_path / 'cache'}")
     cmp = compare(collect_runs([sweep.dir]))
     assert len(cmp.recipes) == 1 and len(cmp.recipes[0].runs) == 3  # the sites are replicates, not configurations
-    rows = {r["held_out_site"]: r for r in cmp.loso}
+    rows = {r.held_out_site: r for r in cmp.loso}
     assert list(rows) == ["a", "b", "c", "mean"]
     for site in "abc":
         summary = json.loads((Path(sweep.tasks["abc".index(site)].run_dir) / "summary.json").read_text())
-        assert rows[site]["acc"] == summary["test/acc"] and summary[f"test/site/{site}/n"] == summary["test/n"]
-    assert rows["mean"]["acc"] == pytest.approx(np.mean([rows[s]["acc"] for s in "abc"]))
+        assert rows[site].acc == summary["test/acc"] and summary[f"test/site/{site}/n"] == summary["test/n"]
+    assert rows["mean"].acc == pytest.approx(np.mean([rows[s].acc for s in "abc"]))
     text = to_markdown(cmp)
     assert "## Leave one site out" in text and "| mean " in text
     spec.write_text(spec.read_text() + "  data.test_site: a\n")

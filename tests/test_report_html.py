@@ -11,7 +11,8 @@ import pytest
 
 from brainmri.results.collect import collect_runs, compare
 from brainmri.results.report import to_csv, to_latex, to_markdown
-from brainmri.results.report_html import holm, render_html
+from brainmri.results.report_html import render_html
+from brainmri.results.stats import holm
 from run_dirs import make_grid, make_run
 
 
@@ -45,7 +46,7 @@ def test_html_report_sections_and_numbers(tmp_path):
     for i in (1, 2, 3, 4, 5, 6, 8, 9, 10):
         assert f"id='s{i}'" in page
     assert "http://" not in page.split("<body>")[1].split("<script>")[0]
-    assert f"{cmp.recipes[0].stats['acc']['mean']:.3f}" in page
+    assert f"{cmp.recipes[0].stats['acc'].mean:.3f}" in page
     assert "RuntimeError: boom" in page and "p (Holm)" in page
 
 
@@ -59,7 +60,7 @@ def test_html_report_in_headless_chromium_offline(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert not re.search(r"CONSOLE.*(Error|Uncaught)", out.stderr), out.stderr[-2000:]
     assert out.stdout.count("class=\"main-svg\"") >= 5  # plotly drew its figures
-    assert f"{cmp.recipes[0].stats['acc']['mean']:.3f}" in out.stdout
+    assert f"{cmp.recipes[0].stats['acc'].mean:.3f}" in out.stdout
     subprocess.run(base + ["--window-size=1200,2400", f"--screenshot={tmp_path}/r.png", f"file://{tmp_path}/r.html"],
                    capture_output=True, timeout=120)
     assert (tmp_path / "r.png").stat().st_size > 10_000
@@ -75,3 +76,35 @@ def test_band_section_from_the_engines_flat_summary_keys(tmp_path):
     section = page.split("id='s7'")[1].split("</section>")[0]
     assert "novel" in section and "exact" not in section  # empty bands are left out
     assert "<td>0.600 ± 0.141</td>" in section and "<td>30</td>" in section  # rounded; the count once, an integer
+
+
+def test_the_reliability_curve_reports_the_one_ece_of_the_metrics(tmp_path):
+    """The HTML report's reliability ECE is brainmri.results.metrics' (15 equal-width bins) on the
+    replicates' pooled test predictions, not a definition of its own."""
+    import numpy as np
+
+    from brainmri.results.metrics import expected_calibration_error
+    from run_dirs import CLASSES
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, 60)
+    pooled = []
+    for seed in (0, 1):
+        d = make_run(tmp_path, "baseline_cnn", seed, 1e-3, 0.8, test_acc=0.8, preds=(labels, labels))
+        # right at confidence 0.64, wrong at 0.69: one bin of a 10-bin ECE, two of the 15-bin one
+        right = rng.random(len(labels)) < 0.5
+        pred = np.where(right, labels, (labels + 1) % 4)
+        confidence = np.where(right, 0.64, 0.69) + rng.uniform(-0.01, 0.01, len(labels))
+        probs = np.repeat(((1 - confidence) / 3)[:, None], 4, axis=1)
+        probs[np.arange(len(labels)), pred] = confidence
+        frame = pd.read_csv(d / "predictions_test.csv")
+        frame["label"], frame["pred"] = [CLASSES[i] for i in labels], [CLASSES[i] for i in probs.argmax(1)]
+        for i, c in enumerate(CLASSES):
+            frame[f"prob_{c}"] = probs[:, i]
+        frame.to_csv(d / "predictions_test.csv", index=False)
+        pooled.append(probs)
+    ece = expected_calibration_error(np.concatenate([labels, labels]), np.concatenate(pooled))
+    page = render_html(compare(collect_runs([tmp_path])))
+    assert f"baseline_cnn: reliability, ECE={ece:.3f}" in page
+    other = expected_calibration_error(np.concatenate([labels, labels]), np.concatenate(pooled), n_bins=10)
+    assert f"{other:.3f}" != f"{ece:.3f}"

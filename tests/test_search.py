@@ -428,7 +428,7 @@ def test_the_driver_the_collector_and_the_search_view_choose_by_one_rule(tmp_pat
     driver.data = {"trials": rows}
     table = {"search": {"metric": "val/acc", "direction": "maximize"}, "trials": rows}
     cmp = compare(collect_runs([tmp_path / "runs"]))
-    assert driver.best("baseline_cnn")["number"] == study_best(table, "baseline_cnn")["number"] == chosen
+    assert driver.best("baseline_cnn")["number"] == study_best(table, "baseline_cnn").number == chosen
     assert cmp.recipes[0].chosen == (rows[chosen == 4]["params"]["optim.lr"],)
     assert agreement(table, cmp)[0].endswith("the comparison's choice")
 

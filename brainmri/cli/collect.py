@@ -16,11 +16,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from brainmri.atomic import atomic_write
 from brainmri.cli.errors import full_disk_is_one_line
 from brainmri.cli.parsing import saying, tool_parser
 from brainmri.metric_names import DEFAULT_METRIC, EPOCH_METRICS
+
+if TYPE_CHECKING:  # the results are imported only once a run is collected (a fast --help)
+    from brainmri.results.comparison import Comparison
 
 FORMATS = ("csv", "html", "latex", "md")  # brainmri.results.report.RENDERERS, and the HTML report
 TABLES = ("main", "bands", "classes", "intervals")  # brainmri.results.report.TABLES
@@ -66,43 +70,10 @@ def label_issues_dir(args: argparse.Namespace) -> Path | None:
     return next((Path(p) for p in args.paths if Path(p).is_dir()), None)
 
 
-@full_disk_is_one_line
-def main(argv: list[str] | None = None) -> int:
-    args = get_parser().parse_args(argv)
-    if not args.paths and not args.wandb_project:
-        get_parser().error("give run/sweep dirs and/or --wandb-project")
-    missing = [p for p in args.paths if not Path(p).exists()]
-    if missing:
-        print(f"error: {missing[0]}: no such file or directory (give sweep, run or W&B offline directories)",
-              file=sys.stderr)
-        return 2
-    from brainmri.results.collect import MixedDataError, collect_runs, compare
+def write_outputs(args: argparse.Namespace, cmp: Comparison, search: dict | None) -> None:
+    """The table (or page) of ``--format``, then ``--html``, ``--plots`` and the label issues."""
     from brainmri.results.report import RENDERERS, write_plots
-    from brainmri.sweep.search import read_trials
 
-    with saying(f"collecting runs from {', '.join(args.paths) or 'W&B'} ..."):
-        runs = collect_runs(args.paths, args.wandb_project, args.wandb_entity, args.group, args.tag)
-    if not runs:
-        sources = ", ".join(args.paths) + (" and " if args.paths and args.wandb_project else "")
-        sources += f"W&B project {args.wandb_project}" if args.wandb_project else ""
-        print(f"error: no runs found in {sources} (a run directory holds config.yaml; W&B offline runs: "
-              "offline-run-*/)", file=sys.stderr)
-        return 1
-    search = next((t for t in map(read_trials, args.paths) if t), None)  # a search sweep's trial table
-    confirmed = [len(c["seeds"]) for c in ((search or {}).get("confirm") or {}).values()]
-    min_seeds = args.min_seeds or (min(confirmed) if confirmed else 1)
-    args.metric = args.metric or (search or {}).get("search", {}).get("metric") or DEFAULT_METRIC
-    if not any(args.metric in r.summary for r in runs if r.finished) and any(r.finished for r in runs):
-        print(f"error: --metric {args.metric}: no finished run's summary has it (every run logs "
-              f"{', '.join(EPOCH_METRICS)})", file=sys.stderr)
-        return 2
-    try:
-        with saying(f"comparing {len(runs)} run(s) ..."):
-            cmp = compare(runs, metric=args.metric, by=args.by, allow_mixed_data=args.allow_mixed_data,
-                          min_seeds=min_seeds)
-    except MixedDataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     if args.format == "html":
         from brainmri.results.report_html import render_html, write_html
 
@@ -136,6 +107,45 @@ def main(argv: list[str] | None = None) -> int:
             print(line, file=sys.stderr)
         if files:
             print(f"label issues: {' '.join(map(str, files))}", file=sys.stderr)
+
+
+@full_disk_is_one_line
+def main(argv: list[str] | None = None) -> int:
+    args = get_parser().parse_args(argv)
+    if not args.paths and not args.wandb_project:
+        get_parser().error("give run/sweep dirs and/or --wandb-project")
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        print(f"error: {missing[0]}: no such file or directory (give sweep, run or W&B offline directories)",
+              file=sys.stderr)
+        return 2
+    from brainmri.results.collect import MixedDataError, collect_runs, compare
+    from brainmri.sweep.search import read_trials
+
+    with saying(f"collecting runs from {', '.join(args.paths) or 'W&B'} ..."):
+        runs = collect_runs(args.paths, args.wandb_project, args.wandb_entity, args.group, args.tag)
+    if not runs:
+        sources = ", ".join(args.paths) + (" and " if args.paths and args.wandb_project else "")
+        sources += f"W&B project {args.wandb_project}" if args.wandb_project else ""
+        print(f"error: no runs found in {sources} (a run directory holds config.yaml; W&B offline runs: "
+              "offline-run-*/)", file=sys.stderr)
+        return 1
+    search = next((t for t in map(read_trials, args.paths) if t), None)  # a search sweep's trial table
+    confirmed = [len(c["seeds"]) for c in ((search or {}).get("confirm") or {}).values()]
+    min_seeds = args.min_seeds or (min(confirmed) if confirmed else 1)
+    args.metric = args.metric or (search or {}).get("search", {}).get("metric") or DEFAULT_METRIC
+    if not any(args.metric in r.summary for r in runs if r.finished) and any(r.finished for r in runs):
+        print(f"error: --metric {args.metric}: no finished run's summary has it (every run logs "
+              f"{', '.join(EPOCH_METRICS)})", file=sys.stderr)
+        return 2
+    try:
+        with saying(f"comparing {len(runs)} run(s) ..."):
+            cmp = compare(runs, metric=args.metric, by=args.by, allow_mixed_data=args.allow_mixed_data,
+                          min_seeds=min_seeds)
+    except MixedDataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    write_outputs(args, cmp, search)
     if args.wandb_report:
         from brainmri.results.wandb_report import (
             ReportUnavailable,

@@ -23,7 +23,7 @@ import pandas as pd
 
 from brainmri.atomic import atomic_write
 from brainmri.data.files import thumbnail_uri
-from brainmri.results.collect import Comparison, value_label
+from brainmri.results.comparison import Comparison, value_label
 from brainmri.rundir import RunDir
 
 TOP = 48  # issues shown on the contact sheet

@@ -21,19 +21,29 @@ from sklearn.metrics import (
 
 from brainmri.atomic import atomic_path
 
+ECE_BINS = 15  # equal-width confidence bins of the one ECE brainmri reports
 
-def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> float:
-    """Top-label ECE with equal-width confidence bins (Guo et al., 2017)."""
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == labels
+
+def calibration_bins(confidence: np.ndarray, correct: np.ndarray,
+                     n_bins: int = ECE_BINS) -> tuple[list[float], list[float], float]:
+    """Equal-width confidence bins: per non-empty bin its mean confidence and accuracy (the
+    reliability curve), and the top-label ECE over them (Guo et al., 2017)."""
+    confidence, correct = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=bool)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     bins = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
-    ece = 0.0
+    xs, ys, ece = [], [], 0.0
     for b in range(n_bins):
         mask = bins == b
         if mask.any():
+            xs.append(float(confidence[mask].mean()))
+            ys.append(float(correct[mask].mean()))
             ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
-    return float(ece)
+    return xs, ys, float(ece)
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """Top-label ECE with equal-width confidence bins (Guo et al., 2017)."""
+    return calibration_bins(probs.max(axis=1), probs.argmax(axis=1) == labels, n_bins)[2]
 
 
 def macro_auc(labels: np.ndarray, probs: np.ndarray, num_classes: int) -> float:

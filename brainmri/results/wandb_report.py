@@ -1,4 +1,4 @@
-"""A W&B report of a brainmri.results.collect.Comparison (wandb-workspaces, ``wandb_workspaces.reports.v2``).
+"""A W&B report of a brainmri.results.comparison.Comparison (wandb-workspaces, ``wandb_workspaces.reports.v2``).
 
 ``build_wandb_report`` assembles the report offline: the comparison table (Markdown), a runset of
 the sweep's runs grouped by recipe with line plots of val/acc and val/loss over epochs (mean ±
@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 
-from brainmri.results.collect import Comparison, lower_is_better
+from brainmri.metric_names import lower_is_better
+from brainmri.results.comparison import Comparison
 from brainmri.results.report import to_markdown
 
 CONFUSION_CHART = "wandb/confusion_matrix/v1"  # the chart wandb.plot.confusion_matrix logs with

@@ -165,8 +165,8 @@ def ensemble_card(ens: Ensemble) -> dict:
     result = ens.result.ensemble if ens.result is not None else None
     return {"sweep": str(ens.home), "recipe": ens.recipe, "config": ens.config, "combination":
             "mean of the members' softmax probabilities", "members": ens.describe_members(),
-            "metrics": {"test": (result or {}).get("metrics") or {},
-                        "note": (result or {}).get("reason") or "from the members' test predictions, "
+            "metrics": {"test": (result.metrics if result else None) or {},
+                        "note": (result.reason if result else None) or "from the members' test predictions, "
                         "averaged per image; bands by the nearest image among all members' training images"}}
 
 
