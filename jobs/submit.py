@@ -36,6 +36,7 @@ from brainmri.sweep.expand import (
     Task,
     arrays,
     bill,
+    check_same_sweep,
     describe,
     format_params,
     load_table,
@@ -416,8 +417,10 @@ def run_sweep(sweep: Sweep, cluster: str, only_failed: bool = False, dry_run: bo
 
     Every array's parameters are checked before anything is submitted; pretrained weights are
     fetched here once; with ``dry_run`` only the plan and the bill are printed. Returns the exit
-    code: 0, or 1 when a task failed.
+    code: 0, or 1 when a task failed. A sweep directory that holds another sweep (other fixed settings,
+    a task it would drop) is refused before anything is written.
     """
+    check_same_sweep(sweep)
     refresh(sweep.dir, sweep.tasks)
     wanted = {TaskState.FAILED} if only_failed else RESUBMITTABLE
     chosen = [t for t in sweep.tasks if t.state in wanted]
