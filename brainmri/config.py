@@ -48,7 +48,8 @@ class FrozenDict(dict):
 # check that a run directory holds the same run, sweep task ids and the collector's compared keys
 # all ignore them (dotted prefixes, as in ``flatten``).
 RUNTIME_KEYS = ("run_dir", "wandb.", "train.fail_at_epoch", "train.checkpoint_every_min", "data.num_workers",
-                "data.eval_batch_size", "data.cache", "data.cache_dir", "data.synthetic_dir")
+                "data.eval_batch_size", "data.cache", "data.cache_dir", "data.synthetic_dir", "train.compile",
+                "train.channels_last")
 # What a resume may change besides: how long it trains.
 EXTENDABLE_KEYS = ("train.epochs", "train.phases", "train.max_steps_per_epoch")
 
@@ -226,6 +227,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     ema: float | None = None  # EMA decay of the weights (e.g. 0.999); None: off (brainmri.train.regularise.WeightEMA)
     ema_warmup: bool = False  # EMA decay min(ema, (1 + n) / (10 + n)) after n updates, so short runs move
+    compile: bool = False  # torch.compile the training forward (eager, with one warning, where it cannot compile)
+    channels_last: bool = False  # the model and its input batches in channels-last memory layout
 
 
 @dataclass(frozen=True)

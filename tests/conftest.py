@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from filelock import FileLock
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +34,7 @@ TINY = [
     "data.batch_size=8",
     "data.num_workers=0",
     "train.mixed_precision=no",
+    "train.compile=false",  # a recipe that compiles would spend a minute compiling (tested on its own)
 ]
 
 
@@ -42,14 +46,64 @@ def _remove_private_cache():
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
+# ------------------------------------------------------------------ parallel runs (pytest-xdist)
+# CI runs `pytest -n 2 --dist loadgroup`: each test module goes to one worker as a whole (its module
+# fixtures are built once), except the tests that start SLURM jobs or several training processes
+# (accelerate's gloo group): they form one group that runs on one worker, one after another, so two
+# of them never compete for the cluster's CPUs or their timing.
+SERIAL = "serial"
+
+
+def _runs_serially(item: pytest.Item) -> bool:
+    if item.get_closest_marker("slurm") is not None:
+        return True
+    try:
+        source = inspect.getsource(item.function)  # type: ignore[attr-defined]
+    except (AttributeError, OSError, TypeError):
+        return False
+    return "accelerate_cpu(" in source or "cluster_problem(" in source
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    serial = []
+    for item in items:
+        if _runs_serially(item):
+            item.add_marker(pytest.mark.xdist_group(SERIAL))
+            serial.append(item)
+        else:
+            item.add_marker(pytest.mark.xdist_group(item.path.name))
+    # the serial group is the longest: hand it out first, so the other worker fills in around it
+    first = {id(item) for item in serial}
+    items[:] = serial + [item for item in items if id(item) not in first]
+
+
+def shared_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """``<basetemp>/<name>``, built by ``build`` once per test run: under pytest-xdist the workers share
+    one copy (the first builds it under a file lock, the others wait and read it)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        path = tmp_path_factory.mktemp(name)
+        build(path)
+        return path
+    path = tmp_path_factory.getbasetemp().parent / name  # the workers' common parent
+    with FileLock(f"{path}.lock"):
+        if not (path / ".built").is_file():
+            shutil.rmtree(path, ignore_errors=True)  # a build another worker did not finish
+            path.mkdir()
+            build(path)
+            (path / ".built").touch()
+    return path
+
+
 @pytest.fixture(scope="session")
 def phantom_root(tmp_path_factory) -> Path:
     """A small synthetic data set (Training + Testing) shared by the whole session (read-only)."""
     from brainmri.data.phantoms import generate_phantoms
 
-    root = tmp_path_factory.mktemp("phantoms") / "data"
-    generate_phantoms(root, n_per_class=12, n_test_per_class=4, image_size=64, seed=0)
-    return root
+    def build(path: Path) -> None:
+        generate_phantoms(path / "data", n_per_class=12, n_test_per_class=4, image_size=64, seed=0)
+
+    return shared_once(tmp_path_factory, "phantoms", build) / "data"
 
 
 @pytest.fixture
@@ -64,10 +118,11 @@ def data_copy(phantom_root, tmp_path) -> Path:
 def trained_run(phantom_root, tmp_path_factory) -> Path:
     """A finished tiny baseline-CNN run on the phantoms (2 epochs, 32 px), shared by the tests that use a
     trained model (predict, evaluate, export); they read it and write their outputs elsewhere."""
-    run = tmp_path_factory.mktemp("trained") / "run"
-    run_train("--config", "configs/baseline_cnn.yaml", *TINY, f"data.root={phantom_root}", f"run_dir={run}",
-              "train.epochs=2", "wandb.enabled=false")
-    return run
+    def build(path: Path) -> None:
+        run_train("--config", "configs/baseline_cnn.yaml", *TINY, f"data.root={phantom_root}",
+                  f"run_dir={path / 'run'}", "train.epochs=2", "wandb.enabled=false")
+
+    return shared_once(tmp_path_factory, "trained", build) / "run"
 
 
 def run_train(*args: str, launcher: list[str] | None = None, check: bool = True, timeout: int = 600,

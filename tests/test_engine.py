@@ -304,3 +304,32 @@ def test_second_writer_is_refused_with_one_line(phantom_root, tmp_path):
         holder.kill()
         holder.wait()
     assert not (run / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_compile_and_channels_last_train_and_are_recorded(phantom_root, tmp_path):
+    run_dir = tmp_path / "run"
+    run_train("--config", "configs/baseline_cnn.yaml", f"data.root={phantom_root}", f"run_dir={run_dir}", *TINY,
+              "train.epochs=1", "train.max_steps_per_epoch=2", "wandb.enabled=false", "train.compile=true",
+              "train.channels_last=true")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["compiled"] is True and np.isfinite(summary["val/loss"])
+    for recorded in (summary["config"], yaml.safe_load((run_dir / "config.yaml").read_text())):
+        assert recorded["train"]["compile"] is True and recorded["train"]["channels_last"] is True
+    weights = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)["model"]
+    convs = [t for t in weights.values() if t.dim() == 4]
+    assert convs and all(t.is_contiguous(memory_format=torch.channels_last) for t in convs)
+    assert "cannot compile" not in (run_dir / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_compile_falls_back_to_eager_with_one_warning_where_it_cannot_compile(phantom_root, tmp_path):
+    # no C++ compiler for the CPU backend (and no compiled graph cached): the run trains eagerly and says so once
+    run_dir = tmp_path / "run"
+    env = {"CXX": str(tmp_path / "no-such-compiler"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    run_train("--config", "configs/baseline_cnn.yaml", f"data.root={phantom_root}", f"run_dir={run_dir}", *TINY,
+              "train.epochs=2", "train.max_steps_per_epoch=2", "wandb.enabled=false", "train.compile=true", env=env)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["compiled"] is False and summary["epochs_run"] == 2 and np.isfinite(summary["val/loss"])
+    warnings = [line for line in (run_dir / "train.log").read_text().splitlines() if "train.compile:" in line]
+    assert len(warnings) == 1 and "cannot compile here" in warnings[0] and "training eagerly" in warnings[0], warnings

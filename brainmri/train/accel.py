@@ -1,4 +1,5 @@
-"""The accelerator: one place that decides the precision a run really gets and resets accelerate.
+"""The accelerator: one place that decides the precision a run really gets and resets accelerate,
+and the training forward's speed options (``train.compile``, ``train.channels_last``).
 
 accelerate's state is a per-process singleton, so every user (training, prediction, evaluation,
 export) builds its Accelerator here and resets the state when done, so that another one in the
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -17,11 +19,16 @@ log = logging.getLogger("brainmri")
 
 
 def effective_precision(requested: str, warn: bool = True) -> str:
-    """The mixed precision a run gets here: fp16 autocast needs a GPU, so on CPU it is fp32 ("no")."""
+    """The mixed precision a run gets here: fp16 autocast (with a gradient scaler) needs a GPU, so on CPU
+    it is fp32 ("no"); bf16 autocast runs on CPU and on GPUs that support bf16, elsewhere fp16."""
     if requested == "fp16" and not torch.cuda.is_available():
         if warn:  # say so rather than silently training in fp32 under a "fp16" label
             log.warning("mixed_precision=fp16 needs a GPU; running in fp32 (use bf16 for CPU autocast)")
         return "no"
+    if requested == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        if warn:
+            log.warning("mixed_precision=bf16: this GPU has no bf16; running fp16 autocast with a gradient scaler")
+        return "fp16"
     return requested
 
 
@@ -46,3 +53,44 @@ def inference_accelerator(precision: str) -> Iterator:
         yield acc
     finally:
         reset_accelerator()
+
+
+def to_channels_last(x: Any) -> Any:
+    """A batch of images (N, C, H, W) in channels-last memory layout; anything else as it is."""
+    if isinstance(x, torch.Tensor) and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+class TrainingForward:
+    """The training forward of ``module``: through ``torch.compile`` when ``compile`` is set.
+
+    Where it cannot compile (no C++ compiler for the CPU backend, an unsupported Python or
+    platform, an operation the compiler fails on), one warning says why and training goes on
+    eagerly with the same module; :attr:`compiled` says what the run got.
+    """
+
+    def __init__(self, module: torch.nn.Module, compile: bool = False):
+        self.module = module
+        self.forward: Callable[..., Any] | None = None
+        self.compiled = False
+        if compile:
+            try:
+                self.forward = torch.compile(module)
+                self.compiled = True
+            except Exception as exc:  # noqa: BLE001 -- e.g. torch.compile is not supported on this Python
+                self._fall_back(exc)
+
+    def _fall_back(self, exc: BaseException) -> None:
+        self.forward, self.compiled = None, False
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        log.warning("train.compile: torch.compile cannot compile here (%s: %s); training eagerly",
+                    type(exc).__name__, first)
+
+    def __call__(self, *args: Any) -> Any:
+        if self.forward is not None:
+            try:
+                return self.forward(*args)
+            except Exception as exc:  # noqa: BLE001 -- compiling happens on the first calls; an eager error recurs below
+                self._fall_back(exc)
+        return self.module(*args)

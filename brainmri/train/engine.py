@@ -32,7 +32,7 @@ from brainmri.models.registry import build_model, freeze_frozen_norms
 from brainmri.optim import replan_cosine
 from brainmri.rundir import RunDir
 from brainmri.train import policy
-from brainmri.train.accel import make_accelerator, reset_accelerator
+from brainmri.train.accel import TrainingForward, make_accelerator, reset_accelerator, to_channels_last
 from brainmri.train.checkpoint import (
     capture_position,
     make_checkpoint,
@@ -64,6 +64,7 @@ class Engine:
         self.record = RunRecord(cfg, self.run, self.acc.is_main_process)
         self.state = TrainerState()
         self.feature_train = None  # the FeatureDataset while a phase trains the head on cached features
+        self.forward: TrainingForward | None = None  # the phase's training forward (train.compile)
         self.signals = StopSignals()
         self._last_save = time.perf_counter()  # when the last checkpoint was last written
 
@@ -80,6 +81,8 @@ class Engine:
         weight = class_weights(self.data.split.train, len(self.classes)) if cfg.data.class_weights else None
         self.mixer, self.criterion = objective(cfg, len(self.classes), weight, self.acc.device)
         self.model.to(self.acc.device)
+        if cfg.train.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.ema = WeightEMA(self.model, cfg.train.ema, cfg.train.ema_warmup) if cfg.train.ema else None
 
     # ------------------------------------------------------------ checkpoints
@@ -186,6 +189,9 @@ class Engine:
                 self.model, self.data, self.cfg, self.acc.device, self.acc.main_process_first)
         self.ddp_model, optimizer, self.train_loader_p, self.val_loader_p = self.acc.prepare(
             net, optimizer, train_loader, val_loader)
+        # train.compile: the training forward only (validation and the final evaluation stay eager)
+        fell_back = self.forward is not None and not self.forward.compiled  # warned once: stay eager
+        self.forward = TrainingForward(self.ddp_model, self.cfg.train.compile and not fell_back)
         return optimizer, scheduler
 
     def _run_epoch(self, phase, optimizer, scheduler, position: dict | None = None) -> None:
@@ -248,7 +254,9 @@ class Engine:
                 inputs, target = self.to_input(x), y
                 if self.mixer is not None and self.feature_train is None:  # cached features are not mixed
                     inputs, target = self.mixer(inputs, y, epoch=epoch, step=done, rank=acc.process_index)
-                logits = self.ddp_model(inputs)
+                if cfg.train.channels_last:
+                    inputs = to_channels_last(inputs)
+                logits = self.forward(inputs)
                 loss = self.criterion(logits.float(), target)
                 acc.backward(loss)
                 if acc.sync_gradients and cfg.optim.clip_grad_norm:
@@ -290,6 +298,8 @@ class Engine:
         """Evaluate the best checkpoint on val and test; write predictions, PNGs and the summary."""
         cfg, acc, run, st = self.cfg, self.acc, self.run, self.state
         self.model.load_state_dict(run.load_best()["model"])
+        if cfg.train.channels_last:  # evaluated as brainmri-predict and -evaluate load it: the default layout
+            self.model.to(memory_format=torch.contiguous_format)
         acc.free_memory()
         self.ddp_model, self.to_input = acc.prepare(self.model), self.normalize
         summary = self.record.summary(st, self.data.split, acc.num_processes, wall_s)
@@ -301,6 +311,8 @@ class Engine:
                                               f"{cfg.recipe} seed {cfg.seed}: {split} (best epoch {st.best_epoch})",
                                               cfg.eval.tta))
         summary["config"] = cfg.to_dict()
+        if cfg.train.compile:  # what the run got: compiled, or eager after the warning
+            summary["compiled"] = self.forward.compiled
         self.record.finish(summary, st)
         acc.wait_for_everyone()
         return summary

@@ -21,7 +21,7 @@ from brainmri.atomic import EX_TEMPFAIL, free_bytes, human_bytes, is_disk_full
 from brainmri.rundir import NO_SPACE, RunDir, acquire_lock
 from brainmri.train.resume import check_resumable, extends_finished
 from brainmri.train.signals import TrainingInterrupted, TrialPruned
-from brainmri.train.tracking import WandbRun, log, setup_logging
+from brainmri.train.tracking import WandbRun, log, prepare_wandb, setup_logging
 
 OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "ranger": 3, "sgd": 1}  # state tensors per trained parameter
 PROGRESS_EVERY_S = 1.0  # the status's in-epoch progress is rewritten at most this often (and at an epoch's first step)
@@ -34,6 +34,7 @@ class RunRecord:
         self.wb: WandbRun | None = None
         self._progress_at, self._progress_epoch = time.perf_counter(), 0
         self._space_checked = False
+        self._manifest: dict | None = None  # the split record's manifest, for the summary (computed once)
 
     @property
     def wandb(self) -> WandbRun:
@@ -48,6 +49,7 @@ class RunRecord:
         if self.is_main:
             self.run.create()
             self.lock = acquire_lock(self.run)
+            prepare_wandb(self.cfg)  # W&B's import and service start overlap the data and model set-up
 
     def release(self) -> None:
         if self.lock is not None:
@@ -85,7 +87,9 @@ class RunRecord:
         if not self.is_main:
             return
         self.run.write_skipped(split.skipped)
-        self.run.write_split(split.record())
+        record = split.record()
+        self._manifest = record["manifest"]
+        self.run.write_split(record)
         if split.skipped:
             log.warning("skipped %d unreadable image(s); see %s: %s", len(split.skipped), self.run.skipped_file,
                         ", ".join(s["path"] for s in split.skipped[:5]))
@@ -128,7 +132,7 @@ class RunRecord:
                 "monitor": cfg.train.monitor, "best_epoch": state.best_epoch, "epochs_run": state.epoch,
                 "steps": state.step, "world_size": world_size, "wall_time_s": wall_s,
                 "train_time_s": state.train_time_s, "images_per_s": state.images_seen / max(state.train_time_s, 1e-9),
-                "skipped_files": len(split.skipped), "data_manifest": split.record()["manifest"],
+                "skipped_files": len(split.skipped), "data_manifest": self._manifest or split.record()["manifest"],
                 "best_weights": state.best_weights, **self._best_epoch_val(state)}
 
     def _best_epoch_val(self, state) -> dict:

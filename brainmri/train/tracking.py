@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,39 @@ def _has_api_key() -> bool:
         return False
 
 
+_prepared: threading.Thread | None = None  # the thread that imports W&B and starts its service
+
+
+def _wandb_wanted(cfg, enabled: bool = True) -> bool:
+    return enabled and cfg.wandb.enabled and os.environ.get("WANDB_MODE") != "disabled"
+
+
+def _default_offline() -> None:
+    """With no WANDB_MODE and no API key a run is written offline."""
+    if not os.environ.get("WANDB_MODE") and not _has_api_key():
+        os.environ["WANDB_MODE"] = "offline"
+
+
+def _start_service() -> None:
+    try:
+        import wandb
+
+        wandb.setup()
+    except Exception as exc:  # noqa: BLE001 -- wandb.init says what is wrong, in the main thread
+        log.debug("W&B could not be prepared ahead: %s", exc)
+
+
+def prepare_wandb(cfg) -> None:
+    """Import W&B and start its service in the background, so that :class:`WandbRun` does not wait for
+    them (a run's set-up, meanwhile, reads its data and builds its model)."""
+    global _prepared
+    if not _wandb_wanted(cfg) or (_prepared is not None and _prepared.is_alive()):
+        return
+    _default_offline()
+    _prepared = threading.Thread(target=_start_service, name="brainmri-wandb-setup", daemon=True)
+    _prepared.start()
+
+
 def logged_epochs(wandb_dir: Path, run_id: str) -> set[int]:
     """Epochs in the history of the pieces of W&B run ``run_id`` under ``wandb_dir`` (a torn tail is ignored)."""
     from brainmri.results.wandb_offline import find_wandb_files, read_wandb_file
@@ -77,12 +111,13 @@ class WandbRun:
         self.run = None
         self.run_id = run_id
         self.logged: set[int] = set()  # epochs the W&B run already holds
-        if not (enabled and cfg.wandb.enabled) or os.environ.get("WANDB_MODE") == "disabled":
+        if not _wandb_wanted(cfg, enabled):
             return
+        if _prepared is not None:
+            _prepared.join()
         import wandb
 
-        if not os.environ.get("WANDB_MODE") and not _has_api_key():
-            os.environ["WANDB_MODE"] = "offline"
+        _default_offline()
         self.run_id = run_id or uuid.uuid4().hex[:8]
         if run_id:
             self.logged = logged_epochs(run.wandb_dir, run_id)
