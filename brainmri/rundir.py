@@ -29,7 +29,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from brainmri.atomic import (
     DiskFullError,
@@ -41,6 +41,9 @@ from brainmri.atomic import (
     read_json,
     write_json,
 )
+
+if TYPE_CHECKING:
+    from filelock import BaseFileLock
 
 log = logging.getLogger("brainmri")
 
@@ -458,32 +461,13 @@ class RunLockedError(RuntimeError):
     """Another process already writes this run directory (one line naming the holder)."""
 
 
-def acquire_lock(run: RunDir):
+def acquire_lock(run: RunDir) -> BaseFileLock:
     """Take the run directory's exclusive lock (an OS file lock: it dies with its process).
 
     Raises :class:`RunLockedError` at once, naming the holder's host, pid and SLURM job id.
     Returns the held ``filelock.FileLock``; call ``release()`` when done.
     """
+    from brainmri.locks import hold_lock
+
     return hold_lock(run.path / ".lock", lambda holder: RunLockedError(
         f"{run.path} is in use by {holder}; wait for it or choose another run_dir"))
-
-
-def hold_lock(path: Path, refused):
-    """Take the exclusive OS file lock ``path`` (it dies with its process) and note its holder beside
-    it; when another process holds it, raise ``refused("host H pid P SLURM job J")`` at once."""
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(str(path), timeout=0)
-    holder_file = path.with_name(f"{path.name}.holder")
-    try:
-        lock.acquire()
-    except Timeout:
-        try:
-            h = read_json(holder_file)
-        except (OSError, ValueError):
-            h = {}
-        raise refused(f"host {h.get('host', '?')} pid {h.get('pid', '?')} "
-                      f"SLURM job {h.get('slurm_job_id') or '-'}") from None
-    write_json(holder_file, {"host": socket.gethostname(), "pid": os.getpid(),
-                             "slurm_job_id": os.environ.get("SLURM_JOB_ID")})
-    return lock

@@ -37,7 +37,7 @@ import yaml
 
 from brainmri.atomic import read_json, write_json
 from brainmri.config import check_mapping, flatten, parse_value
-from brainmri.rundir import hold_lock
+from brainmri.locks import hold_lock
 
 SAMPLERS = ("random", "tpe")
 PRUNERS = ("asha", "median", "none")

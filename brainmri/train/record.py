@@ -5,9 +5,8 @@ on: the run directory's lock, the log file, whether the directory already holds 
 (returned as is, or extended) or an interrupted one (resumable with this config?), the resolved
 config, the split record and the skipped-file report, the run's status (running, with in-epoch
 progress; interrupted / preempted with the signal; pruned by a search driver; failed with the error;
-finished), the search driver's prune request, the
-the metrics rows, the W&B run (resumed, backfilled, finished) and the summary. Every method
-is a no-op on ranks other than 0 where it writes.
+finished), the search driver's prune request, the metrics rows, the W&B run (resumed, backfilled,
+finished) and the summary. Every method is a no-op on ranks other than 0 where it writes.
 """
 
 from __future__ import annotations
@@ -16,21 +15,25 @@ import os
 import signal
 import time
 import traceback
+from typing import TYPE_CHECKING
 
 from brainmri.atomic import EX_TEMPFAIL, free_bytes, human_bytes, is_disk_full
+from brainmri.optim import OPTIMIZER_STATES
 from brainmri.rundir import NO_SPACE, RunDir, acquire_lock
 from brainmri.train.resume import check_resumable, extends_finished
 from brainmri.train.signals import TrainingInterrupted, TrialPruned
 from brainmri.train.tracking import WandbRun, log, prepare_wandb, setup_logging
 
-OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "ranger": 3, "sgd": 1}  # state tensors per trained parameter
+if TYPE_CHECKING:
+    from filelock import BaseFileLock
+
 PROGRESS_EVERY_S = 1.0  # the status's in-epoch progress is rewritten at most this often (and at an epoch's first step)
 
 
 class RunRecord:
     def __init__(self, cfg, run: RunDir, is_main: bool):
         self.cfg, self.run, self.is_main = cfg, run, is_main
-        self.lock = None
+        self.lock: BaseFileLock | None = None  # the run directory's, while held
         self.wb: WandbRun | None = None
         self._progress_at, self._progress_epoch = time.perf_counter(), 0
         self._space_checked = False
