@@ -2,7 +2,10 @@
 
 Owns the ``RunConfig`` dataclasses, loading a recipe YAML (``yaml.safe_load``), applying dotted
 ``key=value`` overrides with type checks, and saving the resolved config into a run directory.
-Knows nothing about models, data or training.
+Knows nothing about data or training. It holds no model knowledge of its own: ``validate`` asks the
+registries that own the names (``brainmri.models.registry``, ``brainmri.optim``) whether an
+architecture, optimizer or scheduler exists, and checks the phases' groups on a weightless
+skeleton of the model.
 
 Example:
     >>> cfg = load_config("configs/baseline_cnn.yaml", ["optim.lr=3e-4", "seed=1"])

@@ -46,10 +46,6 @@ def _is_dicom(path: Path) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
-def _junk(path: Path) -> bool:
-    return path.name.startswith(".")
-
-
 def _usable(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS or _is_dicom(path)
 
