@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
-import inspect
 import os
 import shutil
 import subprocess
@@ -47,35 +48,56 @@ def _remove_private_cache():
 
 
 # ------------------------------------------------------------------ parallel runs (pytest-xdist)
-# CI runs `pytest -n 2 --dist loadgroup`: each test module goes to one worker as a whole (its module
+# CI runs `pytest -n 2 --dist loadfile`: each test module goes to one worker as a whole (its module
 # fixtures are built once), except the tests that start SLURM jobs or several training processes
-# (accelerate's gloo group): they form one group that runs on one worker, one after another, so two
-# of them never compete for the cluster's CPUs or their timing.
+# (accelerate's gloo group): they form one unit that runs on one worker, one after another, so two
+# of them never compete for the cluster's CPUs or their timing. (pytest-xdist's own xdist_group
+# marker does not take effect with this pytest, hence the scheduler below.)
 SERIAL = "serial"
 
 
-def _runs_serially(item: pytest.Item) -> bool:
-    if item.get_closest_marker("slurm") is not None:
-        return True
-    try:
-        source = inspect.getsource(item.function)  # type: ignore[attr-defined]
-    except (AttributeError, OSError, TypeError):
-        return False
-    return "accelerate_cpu(" in source or "cluster_problem(" in source
+@functools.lru_cache(maxsize=None)
+def _serial_functions(path: str) -> frozenset[str]:
+    """The test functions of a test file that must run serially: all of them in a file marked slurm,
+    else those that start several training processes or use the SLURM cluster."""
+    file = ROOT / path
+    if not file.is_file():
+        return frozenset()
+    source = file.read_text()
+    tree = ast.parse(source)
+    tests = [node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and node.name.startswith("test")]
+    module_marks = [node for node in tree.body if isinstance(node, ast.Assign)
+                    and any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in node.targets)]
+    if any("mark.slurm" in ast.get_source_segment(source, node) for node in module_marks):
+        return frozenset(node.name for node in tests)
+    return frozenset(node.name for node in tests
+                     if any(call in ast.get_source_segment(source, node) for call in ("accelerate_cpu(", "cluster_problem(")))
 
 
-@pytest.hookimpl(tryfirst=True)
+def runs_serially(nodeid: str) -> bool:
+    path, _, rest = nodeid.partition("::")
+    return rest.split("::")[-1].split("[")[0] in _serial_functions(path)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    serial = []
-    for item in items:
-        if _runs_serially(item):
-            item.add_marker(pytest.mark.xdist_group(SERIAL))
-            serial.append(item)
-        else:
-            item.add_marker(pytest.mark.xdist_group(item.path.name))
-    # the serial group is the longest: hand it out first, so the other worker fills in around it
+    # the serial unit is the longest: hand it out first, so the other worker fills in around it
+    serial = [item for item in items if runs_serially(item.nodeid)]
     first = {id(item) for item in serial}
     items[:] = serial + [item for item in items if id(item) not in first]
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):  # noqa: ANN201 -- xdist's scheduler type
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileOrSerial(LoadScopeScheduling):
+        """A test file per unit of work; the serial tests of every file one unit."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return SERIAL if runs_serially(nodeid) else nodeid.split("::", 1)[0]
+
+    return FileOrSerial(config, log)
 
 
 def shared_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
