@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -50,9 +51,9 @@ class FrozenDict(dict):
 # writes, what it reports to, how it feeds the data, test hooks). The run-directory hash, the
 # check that a run directory holds the same run, sweep task ids and the collector's compared keys
 # all ignore them (dotted prefixes, as in ``flatten``).
-RUNTIME_KEYS = ("run_dir", "wandb.", "train.fail_at_epoch", "train.checkpoint_every_min", "data.num_workers",
-                "data.eval_batch_size", "data.cache", "data.cache_dir", "data.synthetic_dir", "train.compile",
-                "train.channels_last")
+RUNTIME_KEYS = ("run_dir", "wandb.", "train.fail_at_epoch", "train.checkpoint_every_min", "train.log_interval_s",
+                "data.num_workers", "data.eval_batch_size", "data.cache", "data.cache_dir", "data.synthetic_dir",
+                "train.compile", "train.channels_last")
 # What a resume may change besides: how long it trains.
 EXTENDABLE_KEYS = ("train.epochs", "train.phases", "train.max_steps_per_epoch")
 
@@ -222,6 +223,8 @@ class TrainConfig:
     # also write the last checkpoint inside an epoch this often (minutes; 0: epochs only)
     checkpoint_every_min: float = 10.0
     fail_at_epoch: int | None = None  # test hook: raise at the start of this epoch
+    # away from a terminal: a progress line this often inside an epoch (seconds; 0: off)
+    log_interval_s: float = 30.0
     mixup: float = 0.0  # MixUp Beta(alpha, alpha); 0: off (brainmri.train.regularise.BatchMixer)
     cutmix: float = 0.0  # CutMix Beta(alpha, alpha); 0: off
     mixup_prob: float = 1.0  # share of batches mixed when mixup or cutmix is on
@@ -249,6 +252,7 @@ class WandbConfig:
     job_type: str | None = None
     name: str | None = None
     tags: tuple[str, ...] = ()
+    verbose: bool = False  # W&B's own console output; off: one line (run id, mode, where to sync)
 
 
 @dataclass(frozen=True)
@@ -491,11 +495,26 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     data = read_yaml(path) if path is not None else {}
     if path is not None:
         data.setdefault("recipe", recipe_name(path, data))
-    apply_overrides(data, overrides)
+    file_only = copy.deepcopy(data)
+    try:
+        apply_overrides(data, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"command line: {e}") from None
     try:
         return from_dict(data)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+        raise ConfigError(f"{_blame(file_only, path, bool(overrides))}: {e}") from None
+
+
+def _blame(file_only: dict[str, Any], path: str | Path | None, overridden: bool) -> str:
+    """Where a bad value came from: the file when the file alone is already wrong, else the command line."""
+    if not overridden:
+        return str(path) if path else "config"
+    try:
+        from_dict(file_only)
+    except ConfigError:
+        return str(path) if path else "config"
+    return f"command line (with {path})" if path else "command line"
 
 
 _CHOICES = {
@@ -544,6 +563,9 @@ def validate(cfg: RunConfig) -> None:
     for key in ("train.monitor", "scheduler.monitor", "train.early_stop.monitor"):
         if _get(cfg, key) not in MONITORS:
             raise ConfigError(f"invalid value for {key}: {_get(cfg, key)!r} (choose from {', '.join(MONITORS)})")
+    if not cfg.train.log_interval_s >= 0:
+        raise ConfigError(f"train.log_interval_s must be >= 0 seconds (0: no progress lines), "
+                          f"got {cfg.train.log_interval_s}")
     if not cfg.train.checkpoint_every_min >= 0:
         raise ConfigError(f"train.checkpoint_every_min must be >= 0 minutes (0 disables mid-epoch checkpoints), "
                           f"got {cfg.train.checkpoint_every_min}")

@@ -124,6 +124,7 @@ def submit(sweep: Sweep, tasks: list[Task], cluster: str) -> list[submitit.Job]:
         return []
     groups = arrays(sweep, tasks)
     jobs: list[submitit.Job] = []
+    t0 = time.monotonic()
     for i, (res, group) in enumerate(groups, 1):
         executor = make_executor(sweep, res, cluster)
         if cluster == "slurm":
@@ -142,7 +143,9 @@ def submit(sweep: Sweep, tasks: list[Task], cluster: str) -> list[submitit.Job]:
             chunk = group[start:start + wave]
             chunk_jobs = [executor.submit(TrainJob(t.resolved_config())) for t in chunk]
             _record(sweep, chunk, chunk_jobs, cluster)
-            wait(chunk_jobs)
+            # the whole sweep's counts and ETA, not this wave's
+            earlier = job_counts(jobs)
+            wait(chunk_jobs, earlier=(earlier["finished"], earlier["failed"]), total=len(tasks), start=t0)
             save_table(sweep.dir, refresh(sweep.dir, sweep.tasks))
             jobs += chunk_jobs
     return jobs
@@ -194,9 +197,12 @@ def job_counts(jobs: list[submitit.Job]) -> dict[str, int]:
     return counts
 
 
-def wait(jobs: list[submitit.Job], poll_s: float = 2.0, stream=None) -> None:
+def wait(jobs: list[submitit.Job], poll_s: float = 2.0, stream=None, earlier: tuple[int, int] = (0, 0),
+         total: int | None = None, start: float | None = None) -> None:
     """Block until every job ended, showing pending/running/finished/failed, elapsed time and ETA.
 
+    ``earlier`` (finished, failed), ``total`` and ``start`` (``time.monotonic()``) count jobs of the same
+    sweep that ran before these (earlier waves of a local sweep): the counts and the ETA are the sweep's.
     On a terminal: a live tqdm bar on stderr. Otherwise (logs, CI): one line per change of the counts.
     """
     import sys
@@ -204,13 +210,20 @@ def wait(jobs: list[submitit.Job], poll_s: float = 2.0, stream=None) -> None:
     from tqdm import tqdm
 
     stream = stream or sys.stderr
-    start, last = time.monotonic(), None
+    start, last = (time.monotonic() if start is None else start), None
+    before = sum(earlier)
+    total = max(total or 0, before + len(jobs))
     live = stream.isatty()
-    bar = tqdm(total=len(jobs), desc="tasks", unit="task", file=stream, dynamic_ncols=True) if live else None
+    bar = tqdm(total=total, initial=before, desc="tasks", unit="task", file=stream, dynamic_ncols=True) \
+        if live else None
     try:
         while True:
             counts = job_counts(jobs)
-            done = counts["finished"] + counts["failed"]
+            ended = counts["finished"] + counts["failed"]
+            counts["finished"] += earlier[0]
+            counts["failed"] += earlier[1]
+            counts["pending"] += total - before - len(jobs)  # later waves
+            done = ended + before
             text = ", ".join(f"{n} {state}" for state, n in counts.items())
             if bar is not None:
                 bar.set_postfix_str(text, refresh=False)
@@ -220,11 +233,11 @@ def wait(jobs: list[submitit.Job], poll_s: float = 2.0, stream=None) -> None:
                     bar.refresh()  # elapsed time keeps moving while nothing ends
             elif counts != last:
                 elapsed = time.monotonic() - start
-                eta = elapsed / done * (len(jobs) - done) if 0 < done < len(jobs) else None
-                print(f"tasks: {text} of {len(jobs)}; elapsed {_duration(elapsed)}"
+                eta = elapsed / done * (total - done) if 0 < done < total else None
+                print(f"tasks: {text} of {total}; elapsed {_duration(elapsed)}"
                       + (f", ETA {_duration(eta)}" if eta is not None else ""), file=stream, flush=True)
             last = counts
-            if done == len(jobs):
+            if ended == len(jobs):
                 return
             time.sleep(poll_s)
     finally:
@@ -319,16 +332,49 @@ def state_label(task: Task) -> str:
     return RunDir(task.run_dir).state().label if task.state == "failed" else task.state
 
 
+def where_it_is(task: Task) -> tuple[str, float | None]:
+    """A running task's place (``epoch 2/10 batch 120/400``) and the seconds its run still needs, from its status."""
+    if task.state not in ("running", "submitted", "requeued"):
+        return "", None
+    st = RunDir(task.run_dir).read_status()
+    if st.get("status") != "running" or "in_epoch" not in st:
+        return "", None
+    place = f"epoch {st['in_epoch']}/{st.get('epochs', '?')} batch {st.get('batch', '?')}/{st.get('batches', '?')}"
+    return place, st.get("run_eta_s")
+
+
+def sweep_eta(tasks: list[Task], etas: dict[str, float | None]) -> str | None:
+    """The sweep's ETA: the longest running task, plus the waiting tasks at the finished runs' mean wall time
+    (as many at once as run now)."""
+    running = [e for t, e in ((t, etas.get(t.id)) for t in tasks) if e is not None]
+    waiting = sum(1 for t in tasks if t.state in ("pending", "new", "submitted") and etas.get(t.id) is None)
+    found = [(RunDir(t.run_dir).read_summary() or {}).get("wall_time_s") for t in tasks if t.state == "finished"]
+    walls = [float(w) for w in found if isinstance(w, (int, float))]
+    if not running and not (waiting and walls):
+        return None
+    eta = max(running, default=0.0)
+    if waiting:
+        if not walls:
+            return f">= {_duration(eta)} (+ {waiting} waiting task(s))"
+        eta += -(-waiting // max(len(running), 1)) * sum(walls) / len(walls)
+    return _duration(eta)
+
+
 def print_status(tasks: list[Task]) -> int:
     labels = {t.id: state_label(t) for t in tasks}
+    places = {t.id: where_it_is(t) for t in tasks}
     for t in tasks:
-        print(f"{t.id}  {labels[t.id]:<16} {t.job_id or '-':<12} {t.recipe}  {format_params(t.params)}")
+        place = places[t.id][0]
+        print(f"{t.id}  {labels[t.id]:<16} {t.job_id or '-':<12} {t.recipe}  {format_params(t.params)}"
+              + (f"  [{place}]" if place else ""))
     for t in tasks:
         if t.state == "failed":
             print(f"\n--- {t.id} {labels[t.id]} (job {t.job_id}):")
             print("\n".join(f"    {line}" for line in (t.error or "").splitlines()))
     counts = {s: sum(labels[t.id] == s for t in tasks) for s in dict.fromkeys(labels.values())}
-    print("\n" + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    eta = sweep_eta(tasks, {k: v[1] for k, v in places.items()})
+    print("\n" + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" of {len(tasks)}"
+          + (f"; sweep ETA {eta}" if eta else ""))
     return 1 if any(t.state == "failed" for t in tasks) else 0
 
 

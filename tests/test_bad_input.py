@@ -37,8 +37,14 @@ def test_empty_class_folder_is_named(data_copy, tmp_path):
                      f"run_dir={tmp_path / 'run'}", *TINY, check=False)
     assert proc.returncode == 2
     assert f"class folder has no images: {empty}" in proc.stderr
-    # recorded in the run directory, so a sweep reports the task failed instead of "submitted"
-    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert not (tmp_path / "run").exists()  # train.py: a run that failed before its first epoch leaves nothing
+    # a sweep task (the engine itself) records it in the run directory, so the sweep reports the task failed
+    from brainmri.data.files import DataError
+    from brainmri.train.engine import fit
+
+    with pytest.raises(DataError):
+        fit(load_config("configs/baseline_cnn.yaml", [f"data.root={data_copy}", f"run_dir={tmp_path / 'task'}", *TINY]))
+    status = json.loads((tmp_path / "task" / "status.json").read_text())
     assert status["status"] == "failed" and str(empty) in status["error"]
 
 

@@ -4,6 +4,7 @@
     python launch/collect.py sweeps/cv --format latex --table main|bands|classes|intervals
     python launch/collect.py --wandb-project brainmri [--wandb-entity E] --group lr [--tag T] --format latex
     python launch/collect.py sweeps/search_lr --html sweeps/search_lr/report.html   # a search: + the search view
+    python launch/collect.py sweeps/lr --format html --out report.html              # the HTML report alone
 
 When a recipe's chosen configuration is cross-validated and its folds cover the training pool,
 label_issues.csv and label_issues.html (a contact sheet of the top issues) are written beside --out
@@ -18,15 +19,17 @@ from pathlib import Path
 
 from brainmri.atomic import atomic_write
 from brainmri.cli.errors import full_disk_is_one_line
-from brainmri.results.collect import MixedDataError, collect_runs, compare
-from brainmri.results.report import RENDERERS, TABLES, write_plots
-from brainmri.sweep.search import read_trials
+from brainmri.cli.parsing import saying, tool_parser
+
+FORMATS = ("csv", "html", "latex", "md")  # brainmri.results.report.RENDERERS, and the HTML report
+TABLES = ("main", "bands", "classes", "intervals")  # brainmri.results.report.TABLES
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = tool_parser(__doc__)
     p.add_argument("paths", nargs="*", help="sweep dirs, run dirs or W&B offline dirs (searched recursively)")
-    p.add_argument("--format", choices=sorted(RENDERERS), default="md")
+    p.add_argument("--format", choices=FORMATS, default="md", help="md (default), csv, latex: the table; "
+                   "html: the self-contained HTML report (as --html)")
     p.add_argument("--table", choices=TABLES, default="main", help="main: recipe, chosen configuration, val, test, "
                    "novel-band test, macro-F1, AUC, ECE (mean ± std over replicates); bands: by similarity band; "
                    "classes: per-class recall/precision/F1; intervals: 95 %% intervals and how they were computed")
@@ -53,7 +56,7 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
-def label_issues_dir(args) -> Path | None:
+def label_issues_dir(args: argparse.Namespace) -> Path | None:
     """Beside the table (``--out``), else beside the HTML report, else the first directory collected."""
     if args.label_issues:
         return Path(args.label_issues)
@@ -67,34 +70,57 @@ def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     if not args.paths and not args.wandb_project:
         get_parser().error("give run/sweep dirs and/or --wandb-project")
-    runs = collect_runs(args.paths, args.wandb_project, args.wandb_entity, args.group, args.tag)
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        print(f"error: {missing[0]}: no such file or directory (give sweep, run or W&B offline directories)",
+              file=sys.stderr)
+        return 2
+    from brainmri.results.collect import MixedDataError, collect_runs, compare
+    from brainmri.results.report import RENDERERS, write_plots
+    from brainmri.sweep.search import read_trials
+
+    with saying(f"collecting runs from {', '.join(args.paths) or 'W&B'} ..."):
+        runs = collect_runs(args.paths, args.wandb_project, args.wandb_entity, args.group, args.tag)
     if not runs:
-        print("no runs found", file=sys.stderr)
+        sources = ", ".join(args.paths) + (" and " if args.paths and args.wandb_project else "")
+        sources += f"W&B project {args.wandb_project}" if args.wandb_project else ""
+        print(f"error: no runs found in {sources} (a run directory holds config.yaml; W&B offline runs: "
+              "offline-run-*/)", file=sys.stderr)
         return 1
     search = next((t for t in map(read_trials, args.paths) if t), None)  # a search sweep's trial table
     confirmed = [len(c["seeds"]) for c in ((search or {}).get("confirm") or {}).values()]
     min_seeds = args.min_seeds or (min(confirmed) if confirmed else 1)
     args.metric = args.metric or (search or {}).get("search", {}).get("metric") or "val/acc"
     try:
-        cmp = compare(runs, metric=args.metric, by=args.by, allow_mixed_data=args.allow_mixed_data,
-                      min_seeds=min_seeds)
+        with saying(f"comparing {len(runs)} run(s) ..."):
+            cmp = compare(runs, metric=args.metric, by=args.by, allow_mixed_data=args.allow_mixed_data,
+                          min_seeds=min_seeds)
     except MixedDataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    text = RENDERERS[args.format](cmp, per_value=args.per_value or bool(args.by), table=args.table)
-    if search and args.format == "md":
-        from brainmri.results.search import search_markdown
+    if args.format == "html":
+        from brainmri.results.report_html import render_html, write_html
 
-        text += "\n" + search_markdown(search, cmp)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(args.out, text)
+        if args.out:
+            print(f"report: {write_html(cmp, args.out, search)}", file=sys.stderr)
+        else:
+            sys.stdout.write(render_html(cmp, search=search))
     else:
-        sys.stdout.write(text)
+        text = RENDERERS[args.format](cmp, per_value=args.per_value or bool(args.by), table=args.table)
+        if search and args.format == "md":
+            from brainmri.results.search import search_markdown
+
+            text += "\n" + search_markdown(search, cmp)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(args.out, text)
+        else:
+            sys.stdout.write(text)
     if args.html:
         from brainmri.results.report_html import write_html
         print(f"report: {write_html(cmp, args.html, search)}", file=sys.stderr)
     if args.plots and cmp.recipes:
+        print(f"plots: {args.plots}", file=sys.stderr)
         write_plots(cmp, args.plots)
     where = label_issues_dir(args)
     if where is not None and any(rr.folds for rr in cmp.recipes):
@@ -106,11 +132,14 @@ def main(argv: list[str] | None = None) -> int:
         if files:
             print(f"label issues: {' '.join(map(str, files))}", file=sys.stderr)
     if args.wandb_report:
-        from brainmri.results.wandb_report import ReportUnavailable, publish_wandb_report
+        from brainmri.results.wandb_report import (
+            ReportUnavailable,
+            publish_wandb_report,
+        )
         try:
             print(publish_wandb_report(cmp, args.wandb_project or "brainmri", args.wandb_entity, args.group),
                   file=sys.stderr)
         except ReportUnavailable as exc:
-            print(f"--wandb-report: not published: {exc}", file=sys.stderr)
+            print(f"error: --wandb-report: not published: {exc}", file=sys.stderr)
             return 3
     return 0

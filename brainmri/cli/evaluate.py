@@ -16,25 +16,25 @@ from __future__ import annotations
 import sys
 
 from brainmri.cli.errors import one_line_errors
-from brainmri.cli.target import load_target, target_parser
-from brainmri.config import ConfigError
-from brainmri.data.files import DataError
-from brainmri.models.weights import WeightsError
-from brainmri.rundir import CheckpointError, RunDir
-from brainmri.use.external import evaluate_run
-from brainmri.use.trained import RunError
+from brainmri.cli.parsing import add_data_arg, saying
+from brainmri.cli.target import TARGET_ERRORS, load_target, target_parser
+from brainmri.rundir import RunDir
 
 
-@one_line_errors(RunError, CheckpointError, ConfigError, WeightsError, DataError)
-def main(argv=None) -> int:
+@one_line_errors(*TARGET_ERRORS, "brainmri.data.files:DataError")
+def main(argv: list[str] | None = None) -> int:
     p = target_parser(__doc__)
-    p.add_argument("--data", required=True, help="data root with the run's class folders")
+    add_data_arg(p, required=True, help="data root with the run's class folders (<class>/, or Training/ and Testing/)")
     p.add_argument("--out", help="output folder (default: <run_dir>/eval/<data root name>/)")
     p.add_argument("--batch-size", type=int, help="default: the run's eval batch size")
     p.add_argument("--num-workers", type=int, default=0)
     args = p.parse_args(argv)
-    trained = load_target(args.run_dir, args.recipe)
-    summary = evaluate_run(args.run_dir, args.data, args.out, args.batch_size, args.num_workers, trained)
+    from brainmri.use.external import evaluate_run
+
+    with saying(f"evaluating {args.run_dir}" + (f" ({args.recipe} ensemble)" if args.recipe else "")
+                + f" on {args.data} ..."):
+        trained = load_target(args.run_dir, args.recipe)
+        summary = evaluate_run(args.run_dir, args.data, args.out, args.batch_size, args.num_workers, trained)
     if summary["skipped_files"]:
         print(f"skipped {summary['skipped_files']} unreadable image(s); see {RunDir(summary['out']).skipped_file}",
               file=sys.stderr)

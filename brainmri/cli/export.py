@@ -12,21 +12,25 @@ An ensemble is one graph averaging its members' softmax; its card lists every me
 from __future__ import annotations
 
 from brainmri.cli.errors import one_line_errors
-from brainmri.cli.target import load_target, target_parser
-from brainmri.config import ConfigError
-from brainmri.models.weights import WeightsError
-from brainmri.rundir import CheckpointError
-from brainmri.use.export import FORMATS, ExportError, export
-from brainmri.use.trained import RunError
+from brainmri.cli.parsing import saying
+from brainmri.cli.target import TARGET_ERRORS, load_target, target_parser
+
+FORMATS = ("onnx", "torchscript")  # brainmri.use.export.FORMATS
 
 
-@one_line_errors(RunError, CheckpointError, ConfigError, WeightsError, ExportError)
-def main(argv=None) -> int:
+@one_line_errors(*TARGET_ERRORS, "brainmri.use.export:ExportError")
+def main(argv: list[str] | None = None) -> int:
     p = target_parser(__doc__)
-    p.add_argument("--format", nargs="+", default=["onnx"], metavar="FMT", help=f"{' '.join(FORMATS)} (default onnx)")
+    p.add_argument("--format", nargs="+", default=["onnx"], choices=FORMATS, metavar="FMT",
+                   help=f"{' '.join(FORMATS)} (default onnx)")
     p.add_argument("--out", required=True, help="output folder")
     args = p.parse_args(argv)
-    written = export(load_target(args.run_dir, args.recipe), args.out, args.format)
+    from brainmri.use.export import export
+
+    with saying(f"exporting {args.run_dir}" + (f" ({args.recipe} ensemble)" if args.recipe else "")
+                + f" as {' and '.join(args.format)} into {args.out}: tracing, then checking the graph against "
+                "PyTorch (about a minute) ..."):
+        written = export(load_target(args.run_dir, args.recipe), args.out, args.format)
     for kind, path in written.items():
         print(f"{kind}: {path}")
     return 0

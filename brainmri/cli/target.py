@@ -10,15 +10,23 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from brainmri.cli.parsing import tool_parser
 from brainmri.sweep.expand import SweepError, load_table
-from brainmri.use.ensemble import Ensemble
-from brainmri.use.trained import RunError, TrainedRun
+
+if TYPE_CHECKING:
+    from brainmri.use.ensemble import Ensemble
+    from brainmri.use.trained import TrainedRun
+
+# what predict, evaluate and export end with one line and exit 2 (imported only once they are)
+TARGET_ERRORS = ("brainmri.use.trained:RunError", "brainmri.rundir:CheckpointError", "brainmri.config:ConfigError",
+                 "brainmri.models.weights:WeightsError")
 
 
 def target_parser(description: str | None) -> argparse.ArgumentParser:
     """The argument parser of predict, evaluate and export, with the run (or sweep + ``--recipe``) they use."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = tool_parser(description)
     add_target_args(p)
     return p
 
@@ -36,6 +44,9 @@ def is_sweep_dir(path: str | Path) -> bool:
 
 def load_target(path: str | Path, recipe: str | None = None) -> TrainedRun | Ensemble:
     """A TrainedRun, or the Ensemble of ``recipe`` in the sweep directory ``path``; a RunError (one line) otherwise."""
+    from brainmri.use.ensemble import Ensemble
+    from brainmri.use.trained import RunError, TrainedRun
+
     if not is_sweep_dir(path):
         if recipe:
             raise RunError(f"--recipe {recipe}: {path} is not a sweep directory (no tasks.json); "

@@ -246,7 +246,8 @@ class Engine:
             self._save_checkpoint(parts, self.run.last_checkpoint, ph, position)
         if stop:
             raise TrainingInterrupted(stop)
-        self.record.progress(self.state, epoch, done)
+        self.record.progress(self.state, epoch, done, total=ph.epoch_batches, elapsed=elapsed, totals=totals,
+                             world_size=self.acc.num_processes)
 
     def _end_epoch(self, parts: RunParts, ph: Phase, row: dict) -> None:
         """Validate, step the schedule, decide best and early stop, log the row and write the checkpoints."""

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 import traceback
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from brainmri.atomic import EX_TEMPFAIL, free_bytes, human_bytes, is_disk_full
 from brainmri.optim import OPTIMIZER_STATES
@@ -23,11 +24,41 @@ from brainmri.rundir import NO_SPACE, RunDir, acquire_lock
 from brainmri.train.resume import check_resumable, extends_finished
 from brainmri.train.signals import TrainingInterrupted, TrialPruned
 from brainmri.train.tracking import WandbRun, log, prepare_wandb, setup_logging
+from brainmri.version import code_version
 
 if TYPE_CHECKING:
     from filelock import BaseFileLock
 
+    from brainmri.train.checkpoint import EpochTotals
+
 PROGRESS_EVERY_S = 1.0  # the status's in-epoch progress is rewritten at most this often (and at an epoch's first step)
+
+
+def duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}h{m % 60:02d}m" if m >= 60 else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def epoch_etas(cfg, epoch: int, batch: int, total: int | None, elapsed: float) -> dict:
+    """Seconds left in this epoch and in the run (later epochs assumed as long as this one's training part)."""
+    if not total or batch <= 0 or elapsed <= 0:
+        return {}
+    epoch_s = elapsed / batch * total
+    left = max(epoch_s - elapsed, 0.0)
+    epochs_after = max(sum(p.epochs for p in cfg.phases) - epoch, 0)
+    return {"epoch_eta_s": round(left, 1), "run_eta_s": round(left + epochs_after * epoch_s, 1)}
+
+
+def progress_line(cfg, epoch: int, batch: int, total: int | None, elapsed: float, totals: EpochTotals,
+                  world_size: int) -> str:
+    """``epoch 2/10 batch 120/400: 85.3 images/s, loss 0.4321, epoch ETA 3m20s, run ETA 41m05s``."""
+    loss_sum, count = float(totals.loss_sum), float(totals.images)  # this rank's; a sync point, when a line is due
+    images = count * world_size
+    eta = epoch_etas(cfg, epoch, batch, total, elapsed)
+    epochs = sum(p.epochs for p in cfg.phases)
+    return (f"epoch {epoch}/{epochs} batch {batch}/{total or '?'}: {images / max(elapsed, 1e-9):.1f} images/s, "
+            f"loss {loss_sum / max(count, 1):.4f}"
+            + (f", epoch ETA {duration(eta['epoch_eta_s'])}, run ETA {duration(eta['run_eta_s'])}" if eta else ""))
 
 
 class RunRecord:
@@ -36,6 +67,7 @@ class RunRecord:
         self.lock: BaseFileLock | None = None  # the run directory's, while held
         self.wb: WandbRun | None = None
         self._progress_at, self._progress_epoch = time.perf_counter(), 0
+        self._line_at = time.perf_counter()  # when the last progress line was logged
         self._space_checked = False
         self._manifest: dict | None = None  # the split record's manifest, for the summary (computed once)
 
@@ -108,12 +140,27 @@ class RunRecord:
             self.run.set_status("running", state.epoch)
 
     # ------------------------------------------------------------------ training
-    def progress(self, state, epoch: int, batch: int) -> None:
-        """The run's status: where the epoch stands (about once a second)."""
+    def progress(self, state, epoch: int, batch: int, total: int | None = None, elapsed: float = 0.0,
+                 totals: EpochTotals | None = None, world_size: int = 1) -> None:
+        """The run's status: where the epoch stands (about once a second), with its batch count and ETAs; away
+        from a terminal also a log line every ``train.log_interval_s`` (:func:`progress_line`)."""
         now = time.perf_counter()
-        if self.is_main and (self._progress_epoch != epoch or now - self._progress_at >= PROGRESS_EVERY_S):
+        if not self.is_main:
+            return
+        if self._progress_epoch != epoch or now - self._progress_at >= PROGRESS_EVERY_S:
+            if self._progress_epoch != epoch:
+                self._line_at = now
             self._progress_epoch, self._progress_at = epoch, now
-            self.run.set_status("running", state.epoch, in_epoch=epoch, batch=batch, step=state.step)
+            where: dict[str, Any] = {"in_epoch": epoch, "batch": batch, "step": state.step,
+                                     "epochs": sum(p.epochs for p in self.cfg.phases)}
+            if total:
+                where["batches"] = total
+            where.update(epoch_etas(self.cfg, epoch, batch, total, elapsed))
+            self.run.set_status("running", state.epoch, **where)
+        every = self.cfg.train.log_interval_s
+        if every > 0 and totals is not None and not sys.stderr.isatty() and now - self._line_at >= every:
+            self._line_at = now
+            log.info("%s", progress_line(self.cfg, epoch, batch, total, elapsed, totals, world_size))
 
     def epoch(self, row: dict) -> None:
         if self.is_main:
@@ -136,7 +183,7 @@ class RunRecord:
                 "steps": state.step, "world_size": world_size, "wall_time_s": wall_s,
                 "train_time_s": state.train_time_s, "images_per_s": state.images_seen / max(state.train_time_s, 1e-9),
                 "skipped_files": len(split.skipped), "data_manifest": self._manifest or split.record()["manifest"],
-                "best_weights": state.best_weights, **self._best_epoch_val(state)}
+                "best_weights": state.best_weights, "code_version": code_version(), **self._best_epoch_val(state)}
 
     def _best_epoch_val(self, state) -> dict:
         """With train.ema: the monitored validation metric of the raw and of the averaged weights at the best epoch."""

@@ -125,12 +125,23 @@ class WandbRun:
             project=cfg.wandb.project, entity=cfg.wandb.entity, group=cfg.wandb.group,
             job_type=cfg.wandb.job_type or cfg.recipe, name=cfg.wandb.name or run.path.name,
             tags=list(cfg.wandb.tags), config=cfg.to_dict(), id=self.run_id, resume="allow",
-            dir=str(run.path), settings=wandb.Settings(console="off", x_disable_stats=True),
+            dir=str(run.path), settings=wandb.Settings(console="off", x_disable_stats=True,
+                                                       silent=not cfg.wandb.verbose),
         )
         # the run's summary shows the best value of the monitored metric while it trains; at the end
         # the engine writes the best checkpoint's metrics over it (the same number for the monitor)
         self.run.define_metric(cfg.train.monitor, summary=cfg.train.monitor_mode)
-        log.info("W&B run %s (%s)", self.run_id, os.environ.get("WANDB_MODE", "online"))
+        log.info("%s", self.where())
+
+    def where(self) -> str:
+        """One line: the run id, the mode and where its data goes (``wandb.verbose: true`` for W&B's own output)."""
+        mode, run = os.environ.get("WANDB_MODE", "online"), self.run
+        if run is None:
+            return f"W&B off (run {self.run_id})"
+        if mode in ("offline", "dryrun"):
+            sync_dir = getattr(run.settings, "sync_dir", None) or run.dir
+            return f"W&B run {self.run_id} (offline): wandb sync {sync_dir}"
+        return f"W&B run {self.run_id} ({mode}): {getattr(run, 'url', None) or run.dir}"
 
     def log(self, row: dict[str, Any], step: int) -> None:
         """Log an epoch's row at ``step`` (its epoch) unless the run already holds that epoch.

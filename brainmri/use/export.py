@@ -24,7 +24,6 @@ import contextlib
 import hashlib
 import io
 import math
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +37,9 @@ from brainmri.rundir import RunDir
 from brainmri.train.regularise import TTA
 from brainmri.use.ensemble import Ensemble, MeanProbabilities
 from brainmri.use.trained import TrainedRun
+from brainmri.version import (
+    code_version,  # the string --version prints and the run summary holds
+)
 
 FORMATS = ("onnx", "torchscript")
 INPUT_NAME, OUTPUT_NAME = "image", "probabilities"
@@ -156,24 +158,6 @@ def data_fingerprint(trained: TrainedRun) -> dict:
         out["note"] = f"{trained.run.split_file} lists no files"
     out["digest"] = "SHA-1 of the sorted per-file SHA-1s, one per line; manifest: brainmri.data.datasets.manifest"
     return out
-
-
-def code_version() -> str:
-    """``git describe`` of the brainmri checkout, else the installed package version."""
-    repo = Path(__file__).resolve().parents[2]
-    try:
-        out = subprocess.run(["git", "-C", str(repo), "describe", "--always", "--dirty", "--tags"],
-                             capture_output=True, text=True, timeout=10)
-        if out.returncode == 0 and out.stdout.strip():
-            return f"git {out.stdout.strip()}"
-    except (OSError, subprocess.SubprocessError):
-        pass
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return f"brainmri {version('brainmri')}"
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def ensemble_card(ens: Ensemble) -> dict:
