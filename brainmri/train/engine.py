@@ -2,15 +2,21 @@
 
 ``fit(cfg)`` trains the phases of a config (DDP on any number of processes, bf16/fp16 mixed
 precision, gradient accumulation, best and last checkpoints, mid-epoch checkpoints on a timer or a
-stop signal) and evaluates the best checkpoint on val and test (``brainmri.train.evaluate``). The
-engine is the loop; around it: the data (``brainmri.data.datasets.build_training_data``), each
-phase's optimizer (``brainmri.train.phases``), the epoch-end decisions — best epoch, early stop,
-schedule — (``brainmri.train.policy``), what a checkpoint holds (``brainmri.train.checkpoint``) and
-the run's bookkeeping in its directory and W&B (``brainmri.train.record``). A run directory that
-already holds a last checkpoint is resumed exactly (inside the epoch when it stopped there); a
-search driver's prune request stops it at the next epoch end (``TrialPruned``, status ``pruned``);
-one that holds a finished summary is returned as is, or extended when the config only adds epochs
-to its last phase. The engine knows nothing about SLURM or sweeps.
+stop signal) and evaluates the best checkpoint on val and test (``brainmri.train.evaluate``).
+
+The loop reads top-down: ``fit`` → ``Engine.fit`` (the run) → ``_train_phase`` (one phase, its
+epochs) → ``_train_epoch`` (the steps) → ``optimizer.step``. What the phases share (data, network,
+loss, weight average) is a :class:`RunParts`, built once; what one phase trains with (the prepared
+module, loaders, input transform, optimizer, schedule) a :class:`brainmri.train.phases.Phase`; both
+are passed down, never kept on the engine. Around the loop: the data
+(``brainmri.data.datasets.build_training_data``), the epoch-end decisions — best epoch, early stop,
+schedule — (``brainmri.train.policy``), what a checkpoint holds and where inside an epoch it stopped
+(``brainmri.train.checkpoint``) and the run's bookkeeping in its directory and W&B
+(``brainmri.train.record``). A run directory that already holds a last checkpoint is resumed exactly
+(inside the epoch when it stopped there); a search driver's prune request stops it at the next epoch
+end (``TrialPruned``, status ``pruned``); one that holds a finished summary is returned as is, or
+extended when the config only adds epochs to its last phase. The engine knows nothing about SLURM
+or sweeps.
 """
 
 from __future__ import annotations
