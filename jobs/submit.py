@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import shlex
+import shutil
 import sys
 import time
 import traceback
@@ -126,7 +127,10 @@ def submit(sweep: Sweep, tasks: list[Task], cluster: str) -> list[submitit.Job]:
     jobs: list[submitit.Job] = []
     t0 = time.monotonic()
     for i, (res, group) in enumerate(groups, 1):
-        executor = make_executor(sweep, res, cluster)
+        try:
+            executor = make_executor(sweep, res, cluster)
+        except RuntimeError as e:  # submitit cannot reach the scheduler (no srun, say)
+            raise SweepError(f"--cluster {cluster}: cannot submit: {e}") from None
         if cluster == "slurm":
             try:
                 with _quiet_submitit(), executor.batch():
@@ -424,8 +428,14 @@ def run_sweep(sweep: Sweep, cluster: str, only_failed: bool = False, dry_run: bo
         return 0
     for t in chosen:  # pretrained weights: downloaded once here, read from the cache by every task
         ensure_weights(load_config(t.config_path, t.overrides))
+    fresh = not sweep.dir.exists()
     save_sweep(sweep)
-    jobs = submit(sweep, chosen, cluster)
+    try:
+        jobs = submit(sweep, chosen, cluster)
+    except SweepError:
+        if fresh and not any(t.job_id for t in sweep.tasks):  # refused before any task was accepted: leave nothing
+            shutil.rmtree(sweep.dir, ignore_errors=True)
+        raise
     if cluster == "slurm":
         ids = list(dict.fromkeys(j.job_id.split("_")[0] for j in jobs))
         print(f"submitted {len(ids)} array(s) {' '.join(ids)} ({len(jobs)} task(s)); "

@@ -232,3 +232,28 @@ def test_a_sweeps_status_shows_each_running_task_and_an_eta(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[epoch 2/5 batch 10/40]" in out and "[epoch 2/5 batch 20/40]" in out
     assert "2 running, 1 new of 3; sweep ETA >= 5m00s (+ 1 waiting task(s))" in out
+
+
+@pytest.mark.slurm
+def test_auto_picks_slurm_and_a_refused_first_array_leaves_no_sweep_directory(tmp_path, phantom_root):
+    """Where sbatch answers, --cluster auto is SLURM; SLURM refusing the only array (a partition that does not
+    exist) before any task was accepted is one line, exit 2, and no half-made sweep directory."""
+    from slurm_cluster import cluster_problem
+
+    problem = cluster_problem()
+    if problem:
+        pytest.skip(problem)
+    sweep = tmp_path / "refused.yaml"
+    sweep.write_text("name: refused\nrecipe: baseline_cnn\nseeds: [0]\noverrides: {train.epochs: 1, "
+                     "data.input_size: 32, data.num_workers: 0}\n"
+                     "slurm: {partition: no-such-partition, cpus_per_task: 1, mem_gb: 2, time_min: 30}\n")
+    root = tmp_path / "sweeps"
+    cmd = [sys.executable, str(ROOT / "launch" / "sweep.py"), "--config", str(sweep), "--data", str(phantom_root),
+           "--sweeps-root", str(root)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+                          env={**os.environ, "SBATCH_HOLD": "1"})
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0].startswith("cluster: slurm (sbatch answers")
+    assert proc.returncode == 2 and len(lines) == 2, proc.stderr
+    assert lines[1].startswith("error: SLURM refused array 1/1 (baseline_cnn, 1 task(s)): ") and "partition" in lines[1]
+    assert not (root / "refused").exists()
