@@ -3,7 +3,7 @@
 A lock is a ``filelock.FileLock`` taken without waiting; its holder (host, pid, SLURM job id) is
 noted in ``<lock>.holder`` so that the process refused can say who holds it. The OS releases the
 lock when its process dies, so a killed run never leaves a stale lock behind. Used for the run
-directory (``brainmri.rundir.acquire_lock``) and a search's driver (``brainmri.sweep.search``).
+directory (``brainmri.rundir.acquire_lock``) and a search's driver (``brainmri.sweepdir.SweepDir``).
 """
 
 from __future__ import annotations
@@ -12,10 +12,17 @@ import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
-
-from filelock import BaseFileLock, FileLock, Timeout
+from typing import TYPE_CHECKING
 
 from brainmri.atomic import read_json, write_json
+
+if TYPE_CHECKING:
+    from filelock import BaseFileLock
+
+
+def holder_file(lock: Path) -> Path:
+    """Where the holder of the lock ``lock`` is noted."""
+    return lock.with_name(f"{lock.name}.holder")
 
 
 def hold_lock(path: Path, refused: Callable[[str], BaseException]) -> BaseFileLock:
@@ -26,17 +33,18 @@ def hold_lock(path: Path, refused: Callable[[str], BaseException]) -> BaseFileLo
     Example:
         >>> lock = hold_lock(run_dir / ".lock", lambda holder: RuntimeError(f"in use by {holder}"))
     """
+    from filelock import FileLock, Timeout  # imported when a lock is taken: the tools' --help stays fast
+
     lock = FileLock(str(path), timeout=0)
-    holder_file = path.with_name(f"{path.name}.holder")
     try:
         lock.acquire()
     except Timeout:
         try:
-            h = read_json(holder_file)
+            h = read_json(holder_file(path))
         except (OSError, ValueError):
             h = {}
         raise refused(f"host {h.get('host', '?')} pid {h.get('pid', '?')} "
                       f"SLURM job {h.get('slurm_job_id') or '-'}") from None
-    write_json(holder_file, {"host": socket.gethostname(), "pid": os.getpid(),
+    write_json(holder_file(path), {"host": socket.gethostname(), "pid": os.getpid(),
                              "slurm_job_id": os.environ.get("SLURM_JOB_ID")})
     return lock

@@ -41,6 +41,7 @@ from brainmri.atomic import (
     read_json,
     write_json,
 )
+from brainmri.locks import hold_lock, holder_file
 
 if TYPE_CHECKING:
     from filelock import BaseFileLock
@@ -50,6 +51,7 @@ log = logging.getLogger("brainmri")
 CONFIG, STATUS, METRICS = "config.yaml", "status.json", "metrics.jsonl"
 SUMMARY, PREV_SUMMARY = "summary.json", "summary.prev.json"
 SPLIT, SKIPPED, LOG = "split.json", "skipped_files.json", "train.log"
+LOCK = ".lock"  # the writer's OS file lock; its holder is noted beside it (brainmri.locks.hold_lock)
 PRUNE = "prune.json"  # a search driver's request that the run stop at its next epoch end (brainmri.jobs.search)
 # a run directory: status or metrics, a summary that is no evaluation, or a config with a recipe (RunDir.is_run_dir)
 ENDED = ("finished", "failed", "interrupted", "preempted", "pruned")
@@ -261,6 +263,23 @@ class RunDir:
         request = _read_json_or_none(self.prune_file)
         return request if isinstance(request, dict) else None
 
+    # ----------------------------------------------------------------- the writer
+    @property
+    def lock_file(self) -> Path:
+        return self.path / LOCK
+
+    def holder(self) -> dict:
+        """Who took the run directory's lock last (host, pid, SLURM job id; {} when nobody did)."""
+        record = _read_json_or_none(holder_file(self.lock_file))
+        return record if isinstance(record, dict) else {}
+
+    def held_here(self) -> bool:
+        """A live process on this host took the run directory's lock and has not ended the run: it trains
+        it, whatever job started it (also before it wrote its first status)."""
+        h = self.holder()
+        return h.get("host") == socket.gethostname() and isinstance(h.get("pid"), int) and _pid_alive(h["pid"]) \
+            and self.read_status().get("status") in (None, "running")
+
     # ----------------------------------------------------------------- status
     def set_status(self, status: str, epoch: int = 0, error: str | None = None, last_resort: bool = False,
                    **extra: Any) -> None:
@@ -467,7 +486,5 @@ def acquire_lock(run: RunDir) -> BaseFileLock:
     Raises :class:`RunLockedError` at once, naming the holder's host, pid and SLURM job id.
     Returns the held ``filelock.FileLock``; call ``release()`` when done.
     """
-    from brainmri.locks import hold_lock
-
-    return hold_lock(run.path / ".lock", lambda holder: RunLockedError(
+    return hold_lock(run.lock_file, lambda holder: RunLockedError(
         f"{run.path} is in use by {holder}; wait for it or choose another run_dir"))

@@ -28,6 +28,18 @@ id, by the job's name ``<sweep>.<task id>``) is adopted and polled as before; a 
 never submitted is submitted now; its samplers are reseeded past the trials already drawn. With
 ``--cluster local`` the trials' processes outlive the driver; one interrupted together with it
 (Ctrl-C reaches the whole process group) resumes from its checkpoint.
+
+The run directory is the truth. A trial whose run directory a live process holds (its lock) is
+running, whatever became of the job the driver knows: a driver that died between a submission
+and writing its job id adopts the run on re-run, and a copy submitted anyway meets the run
+directory's lock and ends "already running" (``brainmri.jobs.train_job``; on SLURM the lock's
+holder names the original job, which is adopted). On every reopen and poll a trial recorded
+failed whose run has finished since is recorded finished with its metric (the study gets a
+completed copy of it, marked ``reconciles``: Optuna never reopens an ended trial), so the study,
+``trials.json``, the task table and the collector's search view agree. A re-run that would be
+another study (``brainmri.sweep.search.identity_differences``) is refused before anything is
+written. ``$BRAINMRI_SEARCH_CRASH_AT=submitted`` kills the driver (``os._exit``) right after a
+submission, before its job id is written: how the tests put a real crash there.
 """
 
 from __future__ import annotations
@@ -46,6 +58,7 @@ from typing import Any, TypeGuard
 from brainmri.atomic import append_line
 from brainmri.jobs.submit import (
     executor_parameters,
+    live_holder_job,
     make_executor,
     refresh,
     scheduler_states,
@@ -54,6 +67,7 @@ from brainmri.jobs.submit import (
     task_state,
     wait,
 )
+from brainmri.metric_names import TIE_BREAK, choice_key
 from brainmri.rundir import RunDir
 from brainmri.sweep.expand import (
     Sweep,
@@ -66,12 +80,41 @@ from brainmri.sweep.expand import (
     save_table,
     trial_task,
 )
-from brainmri.sweep.search import ENDED, DriverLockedError, lock_driver, read_trials, study_file, write_trials
+from brainmri.sweep.search import (
+    DriverLockedError,
+    identity_differences,
+    lock_driver,
+    read_trials,
+    study_file,
+    write_trials,
+)
+from brainmri.sweepdir import (
+    TASK_ENDED,
+    TASK_RESUBMITTABLE,
+    TRIAL_ACTIVE,
+    TRIAL_ENDED,
+    TaskState,
+    TrialState,
+    trial_state_of_task,
+)
 
-ACTIVE_ROWS = ("submitting", "running", "pruning")
+ACTIVE_ROWS = TRIAL_ACTIVE
+ENDED = TRIAL_ENDED
+RECONCILES = "reconciles"  # user attribute of the completed copy of a failed trial whose run finished after all
 END_GRACE_S = 30  # a trial whose job ended while its run directory still says running: failed after this
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 DRIVER_SBATCH = "slurm/search_driver.sbatch"
+
+
+CRASH_AT = "BRAINMRI_SEARCH_CRASH_AT"  # tests: the driver dies (os._exit) at this named step
+
+
+def crash_point(step: str) -> None:
+    """Die here, as a kill -9 would, when ``$BRAINMRI_SEARCH_CRASH_AT`` names ``step`` (how the tests put
+    a real crash of the real driver between two of its writes, e.g. after a submission, before its job id)."""
+    if os.environ.get(CRASH_AT) == step:
+        sys.stdout.flush()
+        os._exit(137)
 
 
 def _optuna():
@@ -169,12 +212,12 @@ class SearchDriver:
 
     def counts(self) -> dict[str, int]:
         states = [r["state"] for r in self.rows]
-        return {"finished": states.count("finished"), "pruned": states.count("pruned"),
-                "failed": states.count("failed"), "running": sum(s in ACTIVE_ROWS for s in states)}
+        return {"finished": states.count(TrialState.FINISHED), "pruned": states.count(TrialState.PRUNED),
+                "failed": states.count(TrialState.FAILED), "running": sum(s in ACTIVE_ROWS for s in states)}
 
     def progress(self) -> None:
         c = self.counts()
-        total = self.spec.trials * len(self.studies)
+        total = sum(max(self.spec.trials, self.asked(r)) for r in self.studies)  # trials lowered: what was asked
         self.say(f"trials: {c['finished']} finished, {c['pruned']} pruned, {c['failed']} failed, "
                  f"{c['running']} running "
                  f"of {total}; elapsed {_duration(time.monotonic() - self.started)}")
@@ -193,21 +236,26 @@ class SearchDriver:
             return optuna.pruners.SuccessiveHalvingPruner(min_resource=spec.min_epochs,
                                                           reduction_factor=spec.reduction_factor)
         if spec.pruner == "median":
-            return optuna.pruners.MedianPruner(n_startup_trials=spec.startup_trials, n_warmup_steps=spec.min_epochs - 1)
+            return optuna.pruners.MedianPruner(n_startup_trials=spec.pruner_startup, n_warmup_steps=spec.min_epochs - 1)
         return optuna.pruners.NopPruner()
 
-    def open(self) -> None:
-        """Open (or create) one study per recipe and the trial table; refuse a changed ``search:`` block."""
-        optuna = _optuna()
+    def check_identity(self) -> dict | None:
+        """The trial table of the study the sweep directory holds (None: none yet); a SweepError naming every
+        difference when this search is another study (nothing is written before this check)."""
         old = read_trials(self.sweep.dir)
-        mine = self.spec.to_dict()
-        if old is not None:
-            for key in ("metric", "direction", "sampler", "pruner", "space"):
-                if old["search"].get(key) != mine[key]:
-                    raise SweepError(f"{self.sweep.dir} holds a search with another search.{key} "
-                                     f"({old['search'].get(key)!r}, now {mine[key]!r}); give the sweep another name")
+        diffs = identity_differences(old, self.spec) if old is not None else []
+        if diffs:
+            raise SweepError(f"{self.sweep.dir} holds another study: {'; '.join(diffs)}; nothing was changed "
+                             "(run it with the study's settings, or give the sweep another name: name=...)")
+        return old
+
+    def open(self) -> None:
+        """Open (or create) one study per recipe and the trial table; refuse another study's settings."""
+        optuna = _optuna()
+        old = self.check_identity()
         self.data = old or {"sweep": self.sweep.name, "trials": []}
-        self.data["search"] = mine
+        self.data["search"] = self.spec.to_dict()
+        self.data["recipes"] = self.spec.resolved
         storage = open_storage(self.sweep.dir)
         self.studies = {}
         for i, recipe in enumerate(self.spec.fixed):
@@ -235,6 +283,10 @@ class SearchDriver:
             self.trial_objs[key] = optuna.trial.Trial(study, row["trial_id"])
         return self.trial_objs[key]
 
+    def asked(self, recipe: str) -> int:
+        """Trials asked of ``recipe``'s study (a reconciled trial's completed copy is none)."""
+        return sum(RECONCILES not in t.user_attrs for t in self.studies[recipe].get_trials(deepcopy=False))
+
     def _frozen(self, row: dict):
         return self.studies[row["recipe"]].get_trials(deepcopy=False)[row["number"]]
 
@@ -243,7 +295,7 @@ class SearchDriver:
         task, cfg = trial_task(self.sweep, recipe, dict(trial.params), trial.number)
         self.tasks.setdefault(task.id, task)
         row = {"recipe": recipe, "number": trial.number, "trial_id": trial._trial_id, "task": task.id,
-               "run_dir": task.run_dir, "params": dict(trial.params), "state": "submitting", "value": None,
+               "run_dir": task.run_dir, "params": dict(trial.params), "state": TrialState.SUBMITTING, "value": None,
                "intermediate": {}, "epochs": sum(p.epochs for p in cfg.phases), "job_id": None, "cluster": None,
                "asked_at": time.time(), "submitted_at": None, "ended_at": None, "pruned_at": None, "error": None}
         self.rows.append(row)
@@ -264,15 +316,19 @@ class SearchDriver:
         task = self._task(row)
         twin = next((r for r in self.rows if r is not row and r["task"] == row["task"] and r["job_id"]), None)
         if twin is not None:  # the same values as an earlier trial: the same run directory, trained once
-            row.update(job_id=twin["job_id"], cluster=twin["cluster"], state="running", twin_of=twin["number"],
+            row.update(job_id=twin["job_id"], cluster=twin["cluster"], state=TrialState.RUNNING, twin_of=twin["number"],
                        submitted_at=time.time())
         elif RunDir(task.run_dir).state().status in ("finished", "pruned"):  # e.g. a confirmation run of these values
-            row.update(state="running", submitted_at=time.time())
+            row.update(state=TrialState.RUNNING, submitted_at=time.time())
+        elif RunDir(task.run_dir).held_here():  # submitted by a driver that died before it wrote the job id
+            row.update(state=TrialState.RUNNING, submitted_at=time.time())
+            self.say(f"trial {row['number']} ({row['recipe']}) is already running ({task.run_dir}): adopted")
         else:
             if task.recipe not in self.executors:
                 self.executors[task.recipe] = make_executor(self.sweep, self.sweep.resources(task.recipe), self.cluster)
             self.jobs[task.id] = submit_one(self.executors[task.recipe], task, self.cluster, self.job_name(task))
-            row.update(job_id=task.job_id, cluster=self.cluster, state="running", submitted_at=time.time())
+            crash_point("submitted")
+            row.update(job_id=task.job_id, cluster=self.cluster, state=TrialState.RUNNING, submitted_at=time.time())
             self.say(f"trial {row['number']} ({row['recipe']}) submitted as job {task.job_id}: "
                      f"{format_params(row['params'])}")
         self.save()
@@ -281,7 +337,7 @@ class SearchDriver:
         """Ask for trials while fewer than ``parallel`` run; the recipe with the fewest trials first."""
         changed = False
         while self.counts()["running"] < self.spec.parallel and not self.stop_signal:
-            left = [(len(s.trials), r) for r, s in self.studies.items() if len(s.trials) < self.spec.trials]
+            left = [(self.asked(r), r) for r in self.studies if self.asked(r) < self.spec.trials]
             if not left:
                 break
             self.launch(self.ask(min(left)[1]))
@@ -293,7 +349,7 @@ class SearchDriver:
         metric, new = self.spec.metric, False
         for r in RunDir(row["run_dir"]).epoch_rows():
             epoch, value = r["epoch"], r.get(metric)
-            if row["state"] == "pruning" or str(epoch) in row["intermediate"] or not _finite(value):
+            if row["state"] == TrialState.PRUNING or str(epoch) in row["intermediate"] or not _finite(value):
                 continue
             trial = self._trial(row)
             trial.report(float(value), epoch)
@@ -302,7 +358,7 @@ class SearchDriver:
             if not ended and epoch < row["epochs"] and trial.should_prune():
                 reason = f"{self.spec.pruner} pruner at epoch {epoch}: {metric} {value:.4g}"
                 RunDir(row["run_dir"]).request_prune(trial=row["number"], epoch=epoch, reason=reason)
-                row.update(state="pruning", pruned_at=epoch)
+                row.update(state=TrialState.PRUNING, pruned_at=epoch)
                 self.say(f"trial {row['number']} ({row['recipe']}) pruned: {reason}")
         return new
 
@@ -310,65 +366,109 @@ class SearchDriver:
         """Tell the study how the trial's run ended (unless it already knows: a restarted driver)."""
         optuna = _optuna()
         study, frozen = self.studies[row["recipe"]], self._frozen(row)
-        value = (RunDir(row["run_dir"]).read_summary() or {}).get(self.spec.metric) if state == "finished" else None
-        if state == "finished" and not _finite(value):
-            state, error = "failed", f"the finished run's summary has no {self.spec.metric}"
-        result = float(value) if state == "finished" and _finite(value) else None
+        value = (RunDir(row["run_dir"]).read_summary() or {}).get(self.spec.metric) \
+            if state == TrialState.FINISHED else None
+        if state == TrialState.FINISHED and not _finite(value):
+            state, error = TrialState.FAILED, f"the finished run's summary has no {self.spec.metric}"
+        result = float(value) if state == TrialState.FINISHED and _finite(value) else None
+        if result is not None and frozen.state == optuna.trial.TrialState.FAIL:
+            self.reconcile(row, result)
+            return
         if not frozen.state.is_finished():
             if result is not None:
                 study.tell(row["number"], result)
             else:
-                study.tell(row["number"], state=optuna.trial.TrialState.PRUNED if state == "pruned"
+                study.tell(row["number"], state=optuna.trial.TrialState.PRUNED if state == TrialState.PRUNED
                            else optuna.trial.TrialState.FAIL)
-        row.update(state=state, value=result, ended_at=time.time(),
-                   error=error)
-        if state == "pruned" and row["intermediate"]:
+        row.update(state=state, value=result, ended_at=time.time(), error=error,
+                   loss=self._loss(row) if result is not None else None)
+        if state == TrialState.PRUNED and row["intermediate"]:
             row["value"] = row["intermediate"][max(row["intermediate"], key=int)]
         best = self.best(row["recipe"])
         note = " (best so far)" if best is not None and best["number"] == row["number"] else ""
-        shown = f": {self.spec.metric} {value:.4g}{note}" if state == "finished" else (
-            f": {(error or '').strip().splitlines()[0][:200]}" if state == "failed" and error else
-            f" (stopped after epoch {RunDir(row['run_dir']).state().epoch})" if state == "pruned" else "")
+        shown = f": {self.spec.metric} {value:.4g}{note}" if state == TrialState.FINISHED else (
+            f": {(error or '').strip().splitlines()[0][:200]}" if state == TrialState.FAILED and error else
+            f" (stopped after epoch {RunDir(row['run_dir']).state().epoch})" if state == TrialState.PRUNED else "")
         self.say(f"trial {row['number']} ({row['recipe']}) {state}{shown}")
         self.progress()
 
+    @staticmethod
+    def _loss(row: dict) -> float | None:
+        """The finished run's validation loss: the choice rule's tie-break."""
+        loss = (RunDir(row["run_dir"]).read_summary() or {}).get(TIE_BREAK)
+        return float(loss) if _finite(loss) else None
+
+    def reconcile(self, row: dict, value: float) -> None:
+        """A trial the study failed whose run finished after all (its job was thought lost): the study gets a
+        completed copy of it (Optuna never reopens an ended trial), and the row says finished with its value."""
+        optuna, frozen = _optuna(), self._frozen(row)
+        self.studies[row["recipe"]].add_trial(optuna.trial.create_trial(
+            params=frozen.params, distributions=frozen.distributions, value=value,
+            intermediate_values={int(k): v for k, v in row["intermediate"].items()},
+            user_attrs={RECONCILES: row["number"]}))
+        row.update(state=TrialState.FINISHED, value=value, error=None, ended_at=row.get("ended_at") or time.time(),
+                   reconciled=True, loss=self._loss(row))
+        self._task(row).state, self._task(row).error = TaskState.FINISHED, None
+        self.say(f"trial {row['number']} ({row['recipe']}) was recorded failed, but its run finished: "
+                 f"{self.spec.metric} {value:.4g}; recorded finished")
+
+    def reconcile_ended(self) -> bool:
+        """Every failed trial whose run directory has finished since is recorded finished (the run is the truth)."""
+        changed = False
+        for row in self.rows:
+            if row["state"] != TrialState.FAILED or not RunDir(row["run_dir"]).state().finished:
+                continue
+            for r in RunDir(row["run_dir"]).epoch_rows():  # the study's copy carries the epochs' values
+                if _finite(r.get(self.spec.metric)):
+                    row["intermediate"].setdefault(str(r["epoch"]), float(r[self.spec.metric]))
+            value = (RunDir(row["run_dir"]).read_summary() or {}).get(self.spec.metric)
+            if _finite(value):
+                self.reconcile(row, float(value))
+                changed = True
+        return changed
+
     def _gone(self, row: dict, state: str) -> bool:
         """A local trial whose process ended without a word (no exit record, nothing in its run directory)."""
-        if self.cluster != "local" or state not in ("submitted", "new") or not row["job_id"]:
+        if self.cluster != "local" or state not in (TaskState.SUBMITTED, TaskState.NEW) or not row["job_id"]:
             return False
         job = self.jobs.get(row["task"])
         return job.done() if job is not None else not Path(f"/proc/{row['job_id']}").exists()
 
     def poll(self) -> bool:
         """One look at every active trial: new epochs reported, ended runs told. True if anything changed."""
+        changed = self.reconcile_ended()
         active = [r for r in self.rows if r["state"] in ACTIVE_ROWS and r["state"] != "submitting"]
         if not active:
-            return False
+            return changed
         tasks = [self._task(r) for r in active]
         sched = scheduler_states(tasks) if self.cluster == "slurm" else {}
-        changed = False
         for row, task in zip(active, tasks, strict=True):
             state, error = task_state(self.sweep.dir, task, sched.get(row["job_id"] or ""))
-            changed |= self.report_epochs(row, state in ENDED)
+            if state == TaskState.FAILED and (holder := live_holder_job(task)):  # a copy met the original's lock
+                self.say(f"trial {row['number']} ({row['recipe']}) is already running as job {holder}: adopted")
+                row.update(job_id=holder, state=TrialState.RUNNING)
+                task.job_id, task.state, task.error = holder, TaskState.RUNNING, None
+                changed = True
+                continue
+            changed |= self.report_epochs(row, state in TASK_ENDED)
             if self._gone(row, state):
-                state, error = "failed", f"task process {row['job_id']} ended without a word"
-            if state == "failed" and RunDir(row["run_dir"]).state().status == "running":
+                state, error = TaskState.FAILED, f"task process {row['job_id']} ended without a word"
+            if state == TaskState.FAILED and RunDir(row["run_dir"]).state().status == "running":
                 # the job ended (scancel, time limit) but its process may still be writing (SLURM's KillWait)
                 if time.time() - row.setdefault("ending_since", time.time()) < END_GRACE_S:
                     continue
             task.state, task.error = state, error
-            if state in ENDED:
-                self.end(row, state, error)
+            if (ended := trial_state_of_task(state)) is not None:
+                self.end(row, ended, error)
                 changed = True
         return changed
 
     def best(self, recipe: str) -> dict | None:
-        """The study's best trial of ``recipe`` (a finished one; ties: the earliest)."""
-        rows = [r for r in self.rows if r["recipe"] == recipe and r["state"] == "finished"]
-        if not rows:
-            return None
-        sign = 1 if self.spec.direction == "maximize" else -1
-        return max(rows, key=lambda r: (sign * r["value"], -r["number"]))
+        """The study's best trial of ``recipe`` (a finished one), by the one choice rule
+        (``brainmri.metric_names.choice_key``: the metric, then the validation loss, then the earlier trial)."""
+        rows = [r for r in self.rows if r["recipe"] == recipe and r["state"] == TrialState.FINISHED]
+        return min(rows, key=lambda r: choice_key(r["value"], r.get("loss"), (r["number"],), self.spec.direction),
+                   default=None)
 
     # ------------------------------------------------------------------ restart
     def _find_job(self, row: dict) -> str | None:
@@ -395,24 +495,25 @@ class SearchDriver:
             row["intermediate"].update({str(k): v for k, v in frozen.intermediate_values.items()})
             task = self._task(row)
             if row["job_id"] is None and (job_id := self._find_job(row)):
-                row.update(job_id=job_id, cluster=self.cluster, state="running")
+                row.update(job_id=job_id, cluster=self.cluster, state=TrialState.RUNNING)
                 task.job_id, task.cluster = job_id, self.cluster
             if row["job_id"] is None:
                 self.launch(row)
                 continue
             adopted += 1
-            if self.cluster == "local" and task_state(self.sweep.dir, task, None)[0] == "failed" \
+            if self.cluster == "local" and task_state(self.sweep.dir, task, None)[0] == TaskState.FAILED \
                     and RunDir(task.run_dir).state().status == "interrupted":
                 row["job_id"] = task.job_id = None  # stopped by the signal that stopped the driver: resume it
                 self.launch(row)
                 resumed += 1
+        self.reconcile_ended()
         if adopted:
             self.say(f"adopted {adopted} trial(s) of an earlier driver" + (f", {resumed} resumed" if resumed else ""))
         self.save()
 
     # ------------------------------------------------------------------ the run
     def complete(self) -> bool:
-        return all(len(s.trials) >= self.spec.trials for s in self.studies.values()) \
+        return all(self.asked(r) >= self.spec.trials for r in self.studies) \
             and not any(r["state"] in ACTIVE_ROWS for r in self.rows)
 
     def _on_signal(self, signum, _frame) -> None:
@@ -421,6 +522,7 @@ class SearchDriver:
     def run(self) -> int:
         """Drive the search to its end; 0 when every recipe has a finished trial (1 if one has none),
         128+signal when stopped by one (the trials go on; the same command continues)."""
+        self.check_identity()  # before anything is written: a refused re-run leaves every file as it was
         try:
             lock = lock_driver(self.sweep.dir)
         except DriverLockedError as e:
@@ -429,11 +531,11 @@ class SearchDriver:
         for key in [k for k in os.environ if k.startswith(("SLURM_", "SBATCH_", "SRUN_")) and k != "SLURM_CONF"]:
             os.environ.pop(key)  # the driver's own allocation must not leak into its trials' sbatch
         try:
-            save_sweep(self.sweep)
             self.say(f"search {self.sweep.name}: {self.spec.sampler} sampler, {self.spec.pruner} pruner on "
                      f"{self.spec.metric} ({self.spec.direction}), {self.spec.trials} trial(s) per recipe, "
                      f"{self.spec.parallel} at once; {self.sweep.dir}")
             self.open()
+            save_sweep(self.sweep)
             self.adopt()
             while not self.complete():
                 changed = self.poll()
@@ -471,7 +573,8 @@ class SearchDriver:
                 self.say(f"{recipe}: no trial finished")
                 code = 1
                 continue
-            self.data["best"][recipe] = {k: best[k] for k in ("number", "value", "task", "run_dir", "params")}
+            self.data["best"][recipe] = {k: best.get(k)
+                                         for k in ("number", "value", "loss", "task", "run_dir", "params")}
             self.say(f"{recipe}: best trial {best['number']}, {self.spec.metric} {best['value']:.4g}: "
                      f"{format_params(best['params'])} ({best['run_dir']})")
         self.progress()
@@ -494,7 +597,7 @@ class SearchDriver:
             self.data["confirm"][recipe] = {"trial": best["number"], "seeds": list(self.confirm_seeds), "tasks": ids}
         self.save()
         refresh(self.sweep.dir, chosen)
-        todo = [t for t in {t.id: t for t in chosen}.values() if t.state in ("new", "failed")]
+        todo = [t for t in {t.id: t for t in chosen}.values() if t.state in TASK_RESUBMITTABLE]
         self.say(f"confirming the best configuration over seeds {', '.join(map(str, self.confirm_seeds))}: "
                  f"{len(todo)} run(s) to train")
         jobs = submit(self.sweep, todo, self.cluster) if todo else []

@@ -43,15 +43,15 @@ from brainmri.sweep.expand import (
     save_table,
 )
 from brainmri.sweep.resources import SlurmResources
+from brainmri.sweepdir import SLURM_ACTIVE, TASK_RESUBMITTABLE, SweepDir, TaskState, task_state_of_job
 
 CLUSTERS = ("slurm", "local", "debug")
-ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "PREEMPTED", "CONFIGURING", "COMPLETING", "RESIZING",
-          "SUSPENDED", "READY"}
+ACTIVE = set(SLURM_ACTIVE)  # SLURM states of a job that is not over
 ERROR_TAIL_LINES = 20
 
 
 def submitit_folder(sweep_dir: Path) -> Path:
-    return Path(sweep_dir) / "submitit"
+    return SweepDir(sweep_dir).submitit
 
 
 def executor_parameters(res: SlurmResources, name: str, cluster: str) -> dict:
@@ -164,25 +164,25 @@ def submit_one(executor: submitit.AutoExecutor, task: Task, cluster: str, name: 
             job = executor.submit(TrainJob(task.resolved_config()))
     except (FailedJobError, OSError) as e:
         raise SweepError(f"SLURM refused task {task.id} ({task.recipe}): {_refusal(e)}") from None
-    task.job_id, task.cluster, task.state, task.error = str(job.job_id), cluster, "submitted", None
+    task.job_id, task.cluster, task.state, task.error = str(job.job_id), cluster, TaskState.SUBMITTED, None
     return job
 
 
 def _record(sweep: Sweep, tasks: list[Task], jobs: list[submitit.Job], cluster: str) -> None:
     for task, job in zip(tasks, jobs, strict=True):
-        task.job_id, task.cluster, task.state, task.error = str(job.job_id), cluster, "submitted", None
+        task.job_id, task.cluster, task.state, task.error = str(job.job_id), cluster, TaskState.SUBMITTED, None
     save_table(sweep.dir, sweep.tasks)
 
 
 def run_in_process(sweep: Sweep, tasks: list[Task]) -> None:
     for task in tasks:
-        task.cluster, task.job_id, task.state, task.error = "debug", None, "running", None
+        task.cluster, task.job_id, task.state, task.error = "debug", None, TaskState.RUNNING, None
         save_table(sweep.dir, sweep.tasks)
         try:
             TrainJob(task.resolved_config())()
-            task.state = "finished"
+            task.state = TaskState.FINISHED
         except Exception:  # a crashing task must not stop the others
-            task.state, task.error = "failed", _tail(traceback.format_exc())
+            task.state, task.error = TaskState.FAILED, _tail(traceback.format_exc())
         save_table(sweep.dir, sweep.tasks)
 
 
@@ -280,6 +280,16 @@ def scheduler_states(tasks: list[Task]) -> dict[str, str]:
     return {job_id: state for job_id, state in states.items() if state != "UNKNOWN"}
 
 
+def live_holder_job(task: Task) -> str | None:
+    """The SLURM job that holds ``task``'s run directory, when it is another job than the task's own and
+    the scheduler says it is queued or running (the original of a task submitted twice)."""
+    job = RunDir(task.run_dir).holder().get("slurm_job_id")
+    if not job or str(job) == str(task.job_id) or task.cluster != "slurm":
+        return None
+    other = Task(task.id, task.recipe, task.config_path, {}, [], task.run_dir, job_id=str(job), cluster="slurm")
+    return str(job) if scheduler_states([other]).get(str(job)) in ACTIVE else None
+
+
 def refresh(sweep_dir: Path, tasks: list[Task]) -> list[Task]:
     """Update every task's state (and error tail) from its run dir and the scheduler; the caller saves."""
     states = scheduler_states(tasks)
@@ -306,34 +316,36 @@ def task_state(sweep_dir: Path, task: Task, sched: str | None) -> tuple[str, str
     """
     run = RunDir(task.run_dir).state()
     if run.finished:
-        return "finished", None
+        return TaskState.FINISHED, None
     if run.status == "pruned":  # a search driver stopped it (brainmri.jobs.search): ended, never failed
-        return "pruned", None
-    if sched in ACTIVE:
-        return sched.lower(), None  # a requeued job's run dir says "failed" until it restarts
+        return TaskState.PRUNED, None
+    if (active := task_state_of_job(sched)) is not None:
+        return active, None  # a requeued job's run dir says "failed" until it restarts
+    if RunDir(task.run_dir).held_here():  # a live process trains it, whatever became of this job (a copy of
+        return TaskState.RUNNING, None   # the task that met the run directory's lock ends "already running")
     if task.cluster == "local" and task.job_id:
         ended = _local_exit(sweep_dir, task)
         if ended is not None:
             how = f"killed by {ended['signal']}" if ended.get("signal") else f"exited {ended.get('returncode')}"
-            return "failed", f"task process {ended.get('pid')} {how}\n" + (error_tail(sweep_dir, task) or "")
+            return TaskState.FAILED, f"task process {ended.get('pid')} {how}\n" + (error_tail(sweep_dir, task) or "")
     if run.status in ("failed", "interrupted", "preempted") or sched is not None:
         # any ended SLURM state without a summary (FAILED, CANCELLED, TIMEOUT, ...) is a failure
         reason = "" if sched in (None, "FAILED", "COMPLETED") else f"job {sched.lower()}\n"
         if run.record.get("status") == "running":  # it said running, but its process is gone
             reason += (run.error or "").partition("\n")[0] + "\n"
-        return "failed", reason + (error_tail(sweep_dir, task) or "")
+        return TaskState.FAILED, reason + (error_tail(sweep_dir, task) or "")
     if task.cluster == "debug":
         return task.state, task.error
-    return ("submitted" if task.job_id else "new"), None
+    return (TaskState.SUBMITTED if task.job_id else TaskState.NEW), None
 
 
 # ------------------------------------------------------------------ the sweep command
-RESUBMITTABLE = {"new", "failed"}
+RESUBMITTABLE = set(TASK_RESUBMITTABLE)
 
 
 def state_label(task: Task) -> str:
     """The task's state as shown: ``failed: no space`` when a full disk stopped its run."""
-    return RunDir(task.run_dir).state().label if task.state == "failed" else task.state
+    return RunDir(task.run_dir).state().label if task.state == TaskState.FAILED else task.state
 
 
 def where_it_is(task: Task) -> tuple[str, float | None]:
@@ -372,14 +384,14 @@ def print_status(tasks: list[Task]) -> int:
         print(f"{t.id}  {labels[t.id]:<16} {t.job_id or '-':<12} {t.recipe}  {format_params(t.params)}"
               + (f"  [{place}]" if place else ""))
     for t in tasks:
-        if t.state == "failed":
+        if t.state == TaskState.FAILED:
             print(f"\n--- {t.id} {labels[t.id]} (job {t.job_id}):")
             print("\n".join(f"    {line}" for line in (t.error or "").splitlines()))
     counts = {s: sum(labels[t.id] == s for t in tasks) for s in dict.fromkeys(labels.values())}
     eta = sweep_eta(tasks, {k: v[1] for k, v in places.items()})
     print("\n" + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" of {len(tasks)}"
           + (f"; sweep ETA {eta}" if eta else ""))
-    return 1 if any(t.state == "failed" for t in tasks) else 0
+    return 1 if any(t.state == TaskState.FAILED for t in tasks) else 0
 
 
 def status(sweep_dir: str | Path) -> int:
@@ -407,7 +419,7 @@ def run_sweep(sweep: Sweep, cluster: str, only_failed: bool = False, dry_run: bo
     code: 0, or 1 when a task failed.
     """
     refresh(sweep.dir, sweep.tasks)
-    wanted = {"failed"} if only_failed else RESUBMITTABLE
+    wanted = {TaskState.FAILED} if only_failed else RESUBMITTABLE
     chosen = [t for t in sweep.tasks if t.state in wanted]
     print(f"sweep {sweep.name}: {len(sweep.tasks)} task(s) in {sweep.dir}; {len(chosen)} to submit "
           f"({sum(t.state == 'finished' for t in sweep.tasks)} finished, "

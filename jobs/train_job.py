@@ -5,7 +5,8 @@ its last checkpoint every epoch and resumes from it, so ``checkpoint()`` does no
 only requeues a fresh job with the same config. submitit calls it on USR2, which SLURM sends
 ``slurm.signal_delay_s`` before the time limit (a time-out: requeued up to ``slurm.max_requeues``
 times) or on pre-emption; the requeued job resumes from the last epoch. A search trial pruned by
-its driver ends the job normally (its run directory says ``pruned``). When the task runs as
+its driver ends the job normally (its run directory says ``pruned``), and so does a copy of a task
+whose run directory another live process holds (result ``already running``: it writes nothing). When the task runs as
 several SLURM tasks (one per GPU, over one or more nodes) the job exports torch.distributed's
 variables from SLURM's first; accelerate picks them up. Knows nothing about sweeps or models.
 """
@@ -18,6 +19,8 @@ from typing import Any
 import submitit
 
 from brainmri.rundir import RunDir
+
+ALREADY_RUNNING = "already running"  # a job's result when another process already trains its run directory
 
 
 def export_distributed_env() -> None:
@@ -56,11 +59,15 @@ class TrainJob(submitit.helpers.Checkpointable):
             return summary
         export_distributed_env()
         from brainmri.config import from_dict
+        from brainmri.rundir import RunLockedError
         from brainmri.train.engine import fit
         from brainmri.train.signals import TrialPruned
 
         try:
             return fit(from_dict(self.config))
+        except RunLockedError as e:  # a copy of a task that is already running (its run directory's lock):
+            # it ends cleanly and leaves the run to the process that holds it; whoever polls adopts that one
+            return {"status": ALREADY_RUNNING, "run_dir": self.config["run_dir"], "holder": str(e)}
         except TrialPruned as e:  # a clean end: the job completes, the run directory says pruned
             return {"status": "pruned", "epochs_run": e.epoch, "run_dir": self.config["run_dir"]}
         except Exception:

@@ -230,3 +230,55 @@ def test_a_sweep_task_stopped_by_a_full_disk_is_failed_no_space_and_only_failed_
     assert RunDir(run).state().finished and [r["epoch"] for r in RunDir(run).epoch_rows()] == [1, 2]
     assert np.isfinite(RunDir(run).read_summary()["val/acc"])
     assert _drop_timing(_rows(run))[0]["epoch"] == 1
+
+
+def _tool_cases(run: Path, data: Path, out: Path, elsewhere: Path) -> dict[str, tuple[list[str], list[Path]]]:
+    """Each tool with its output on the full file system ``out``: (launch/ command, its output files)."""
+    import yaml
+
+    tiny = {"data.root": str(data), "data.input_size": 32, "data.batch_size": 8, "data.num_workers": 0,
+            "train.epochs": 2, "wandb.enabled": False}
+    (elsewhere / "grid.yaml").write_text(yaml.safe_dump({"name": "grid", "recipe": "baseline_cnn", "seeds": [0],
+                                                         "overrides": tiny}))
+    (elsewhere / "search.yaml").write_text(yaml.safe_dump({
+        "name": "search", "recipe": "baseline_cnn", "overrides": tiny,
+        "search": {"trials": 1, "pruner": "none", "sampler": "random", "space": {"optim.lr": "loguniform(1e-4, 1e-1)"}}}))
+    return {
+        "predict": (["predict.py", str(run), str(data / "Testing"), "--out", str(out / "p.csv")], [out / "p.csv"]),
+        "predict --cam": (["predict.py", str(run), str(data / "Testing"), "--out", str(elsewhere / "p.csv"),
+                           "--cam", str(out / "cam")], [out / "cam" / "index.html", out / "cam" / "cams.csv"]),
+        "evaluate": (["evaluate.py", str(run), "--data", str(data), "--out", str(out / "eval")],
+                     [out / "eval" / "summary.json"]),
+        "export": (["export.py", str(run), "--format", "onnx", "--out", str(out / "export")], []),
+        **{f"collect {fmt}": (["collect.py", str(run), "--format", fmt, "--out", str(out / f"t.{fmt}")],
+                              [out / f"t.{fmt}"]) for fmt in ("md", "csv", "latex")},
+        "collect html": (["collect.py", str(run), "--html", str(out / "r.html")], [out / "r.html"]),
+        "audit --html": (["audit.py", str(data), "--html", str(out / "audit"), "--cache-dir", str(elsewhere / "c"),
+                          "--no-progress"], [out / "audit" / "index.html", out / "audit" / "audit.json"]),
+        "sweep": (["sweep.py", "--config", str(elsewhere / "grid.yaml"), "--cluster", "local", "--sweeps-root",
+                   str(out)], [out / "grid" / "sweep.yaml", out / "grid" / "tasks.json"]),
+        "search driver": (["sweep.py", "--config", str(elsewhere / "search.yaml"), "--cluster", "local",
+                           "--sweeps-root", str(out)], [out / "search" / "sweep.yaml", out / "search" / "trials.json"]),
+    }
+
+
+TOOLS = ["predict", "predict --cam", "evaluate", "export", "collect md", "collect csv", "collect latex",
+         "collect html", "audit --html", "sweep", "search driver"]
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_every_tool_with_its_output_on_a_full_disk_is_exit_75_one_line_nothing_partial(
+        tool, trained_run, phantom_root, tmp_path, mounts):
+    fs = mounts(tmp_path / "fs", 256 * 1024)
+    (fs.path / "filler").write_bytes(b"\0" * (256 * 1024 - fs.used))  # nothing left
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    args, outputs = _tool_cases(trained_run, phantom_root, fs.path, elsewhere)[tool]
+    proc = subprocess.run([sys.executable, str(ROOT / "launch" / args[0]), *args[1:]], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 75, proc.stdout[-2000:] + proc.stderr[-3000:]
+    one_error_line(proc.stderr)
+    assert temporary_files(fs.path) == [] and not any(p.exists() for p in outputs)
+    partial = [p for p in fs.path.rglob("*") if p.is_file() and p.name != "filler" and p.stat().st_size == 0
+               and not p.name.endswith(".lock")]
+    assert partial == [], partial

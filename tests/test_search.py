@@ -3,11 +3,13 @@ a pruned run, and a whole search with --cluster local (tests/test_search_slurm.p
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -66,7 +68,16 @@ def test_bad_space_entry_is_named(spec, named):
     ({"search": {"space": {"optim.name": "choice(adam, lion)"}}}, "search.space.optim.name: choice(adam, lion) at 'lion'"),
     ({"search": {"space": {"seed": "int(0, 9)"}}}, "search.space.seed: not searchable"),
     ({"search": {"trials": 0}}, "search.trials must be an integer >= 1"),
-    ({"search": {"metric": "test/acc"}}, "search.metric must be a validation metric"),
+    ({"search": {"metric": "test/acc"}}, "search.metric: unknown metric 'test/acc'"),
+    # a misspelled metric would train every trial to its end and fail them all: refused, valid names listed
+    ({"search": {"metric": "val/accuracy"}},
+     "search.metric: unknown metric 'val/accuracy': every run logs val/acc, val/loss, val/macro_f1, val/auc, val/ece"),
+    ({"search": {"space": {"optim.lrr": "uniform(0, 1)"}}}, "valid keys under optim: betas,"),
+    ({"search": {"min_epochs": 11}}, "search.min_epochs=11 is more than the 10 epoch(s) a trial of baseline_cnn"),
+    ({"search": {"min_epochs": 3}, "overrides": {"train.epochs": 3}}, "search.pruner asha can never act"),
+    ({"search": {"space": {"train.epochs": "int(2, 6)"}, "min_epochs": 2}}, "search.pruner asha can never act"),
+    ({"search": {"pruner": "median", "trials": 4, "pruner_startup": 4}},
+     "search.pruner median can never prune: it waits for pruner_startup=4"),
     ({"search": {"colour": 1}}, "unknown key search.colour"),
     ({"overrides": {"optim.lr": 1e-3}}, "search.space.optim.lr: optim.lr is also fixed under overrides"),
 ])
@@ -78,6 +89,14 @@ def test_bad_search_is_one_line_exit_2_before_anything_is_written(tmp_path, caps
     err = capsys.readouterr().err
     assert code == 2 and named in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "sweeps").exists()
+
+
+@pytest.mark.parametrize("trials, startup", [(2, 1), (4, 2), (10, 5), (40, 5)])
+def test_the_median_pruner_starts_pruning_within_a_small_study(tmp_path, trials, startup):
+    """With <= 10 trials the median pruner must not wait for all of them (it would never prune)."""
+    path = write_search(tmp_path / "s.yaml", "med", {"pruner": "median", "trials": trials})
+    spec = load_sweep(path, sweeps_root=tmp_path).search
+    assert spec.pruner_startup == startup < trials
 
 
 def test_search_needs_a_cluster_beside_its_driver(tmp_path, capsys):
@@ -232,3 +251,238 @@ def test_each_epoch_is_reported_once_even_when_a_requeued_trial_redoes_it(tmp_pa
     again.open()
     assert again.studies["baseline_cnn"].trials[0].intermediate_values == {1: 1.3, 2: 1.2, 3: 1.1, 4: 1.0}
     assert not again.report_epochs(again.rows[0], ended=False)
+
+
+def _tiny_search(tmp_path: Path, phantom_root: Path, name: str, epochs: int = 2, **search) -> tuple[Path, list[str]]:
+    overrides = {"data.root": str(phantom_root), **dict(t.split("=") for t in TINY), "train.epochs": epochs,
+                 "train.max_steps_per_epoch": 2, "wandb.enabled": False}
+    path = write_search(tmp_path / f"{name}.yaml", name, {"trials": 1, "parallel": 1, "metric": "val/loss",
+                                                          "pruner": "none", "sampler": "random",
+                                                          "space": {"optim.lr": "loguniform(1e-4, 3e-1)"}, **search},
+                        overrides)
+    return path, [sys.executable, str(ROOT / "launch" / "sweep.py"), "--config", str(path), "--cluster", "local",
+                  "--sweeps-root", str(tmp_path), "--poll", "0.3"]
+
+
+EPOCHS_OVER_GRACE = 40  # the trial still trains when the driver is run again
+
+
+@pytest.mark.slow
+def test_a_driver_killed_between_a_submission_and_its_job_id_adopts_the_running_trial(tmp_path, phantom_root):
+    """A real crash of the real driver right after it submitted a trial, before it wrote the job id: the
+    re-run finds the trial's run directory held by the live run (or its copy meets that lock and ends
+    "already running") and adopts it; the trial ends finished with its metric, trained once, never failed."""
+    from brainmri.jobs.search import CRASH_AT
+
+    _, cmd = _tiny_search(tmp_path, phantom_root, "crash", epochs=EPOCHS_OVER_GRACE)
+    with open(tmp_path / "first.log", "w") as log:  # not a pipe: the trial it leaves behind keeps its end open
+        first = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=600,
+                               env={**os.environ, CRASH_AT: "submitted"})
+    assert first.returncode == 137, (tmp_path / "first.log").read_text()
+    (row,) = read_trials(tmp_path / "crash")["trials"]
+    assert (row["state"], row["job_id"]) == ("submitting", None)  # the job id never reached trials.json
+    run = RunDir(row["run_dir"])
+    deadline = time.monotonic() + 300
+    while not run.held_here() and time.monotonic() < deadline:  # the trial it submitted trains on
+        time.sleep(0.2)
+    assert run.held_here() and not run.state().finished
+    second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "failed" not in second.stdout.replace("0 failed", ""), second.stdout
+    assert "is already running" in second.stdout and "submitted as job" not in second.stdout  # adopted, no copy
+    (row,) = read_trials(tmp_path / "crash")["trials"]
+    assert row["state"] == "finished" and row["value"] == run.read_summary()["val/loss"]
+    assert [r["epoch"] for r in run.epoch_rows()] == list(range(1, EPOCHS_OVER_GRACE + 1))  # once, by one process
+    assert [t.state for t in load_sweep(tmp_path / "crash.yaml", sweeps_root=tmp_path).tasks] == ["finished"]
+
+
+def test_a_trial_failed_by_mistake_whose_run_finishes_is_reconciled_everywhere(tmp_path):
+    """The run directory is the truth: a trial the study failed (its job thought lost) whose run then
+    finished is recorded finished with its metric, in the study, trials.json, the task table and the search view."""
+    from brainmri.jobs.search import SearchDriver
+    from brainmri.results.collect import Comparison
+    from brainmri.results.search import agreement, trials_frame
+
+    path = write_search(tmp_path / "s.yaml", "rec", {"pruner": "none", "metric": "val/loss", "trials": 1})
+    driver = SearchDriver(load_sweep(path, sweeps_root=tmp_path), "local")
+    driver.open()
+    row = driver.ask("baseline_cnn")
+    row.update(state="running", job_id="999999", cluster="local")
+    driver.end(row, "failed", "task process 999999 killed by SIGKILL")
+    driver.save()
+    assert driver.studies["baseline_cnn"].trials[0].state.name == "FAIL"
+    run = RunDir(row["run_dir"])  # ... but the run it started trains on to its end
+    run.path.mkdir(parents=True)
+    for epoch, loss in ((1, 1.3), (2, 0.9)):
+        run.append_metrics({"epoch": epoch, "val/loss": loss, "val/acc": 0.5})
+    run.write_summary({"status": "finished", "val/loss": 0.9, "val/acc": 0.5, "epochs_run": 2})
+
+    again = SearchDriver(load_sweep(path, sweeps_root=tmp_path), "local")  # a re-run of the same command
+    again.open()
+    again.adopt()
+    table = read_trials(tmp_path / "rec")
+    (row,) = table["trials"]
+    assert (row["state"], row["value"], row["intermediate"]) == ("finished", 0.9, {"1": 1.3, "2": 0.9})
+    study = again.studies["baseline_cnn"]
+    assert study.best_value == 0.9 and study.best_trial.user_attrs == {"reconciles": 0}
+    assert again.asked("baseline_cnn") == 1 and again.complete()  # the copy is no new trial
+    assert [t.state for t in load_sweep(path, sweeps_root=tmp_path).tasks] == ["finished"]
+    view = agreement(table, Comparison(metric="val/loss", recipes=[], incomplete=[]))
+    assert view[0].startswith("baseline_cnn: 1 trial(s) (1 finished); study's best trial 0 (val/loss 0.9"), view
+    assert list(trials_frame(table)["state"]) == ["finished"]
+
+
+def _sweep_files(sweep_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(sweep_dir)): p.read_bytes() for p in sorted(sweep_dir.rglob("*")) if p.is_file()}
+
+
+def _started_study(tmp_path: Path, name: str, **search) -> tuple[Path, list[str]]:
+    """A search sweep directory as a driver leaves it: sweep.yaml, the journal, trials.json (one trial asked)."""
+    from brainmri.jobs.search import SearchDriver
+    from brainmri.sweep.expand import save_sweep
+
+    path = write_search(tmp_path / f"{name}.yaml", name, {"pruner": "none", "metric": "val/loss", **search},
+                        {"data.num_workers": 0, "train.epochs": 3, "data.input_size": 32})
+    driver = SearchDriver(load_sweep(path, sweeps_root=tmp_path), "local")
+    driver.open()
+    save_sweep(driver.sweep)
+    driver.ask("baseline_cnn")
+    return path, ["--config", str(path), "--cluster", "local", "--sweeps-root", str(tmp_path)]
+
+
+@pytest.mark.parametrize("change, named", [
+    (["train.epochs=2", "data.input_size=48"],
+     ["baseline_cnn data.input_size 32 -> 48", "baseline_cnn train.epochs 3 -> 2"]),  # the fixed settings
+    (["data.root=/elsewhere"], ["baseline_cnn data.root"]),
+    (["optim.weight_decay=0.01"], ["baseline_cnn optim.weight_decay"]),
+])
+def test_a_rerun_that_would_mix_another_study_in_is_refused_and_writes_nothing(tmp_path, capsys, change, named):
+    _, args = _started_study(tmp_path, "mix")
+    before = _sweep_files(tmp_path / "mix")
+    assert sweep_cli.main([*args, *change]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds another study" in err and all(n in err for n in named), err
+    assert _sweep_files(tmp_path / "mix") == before  # sweep.yaml, trials.json, tasks, journal: byte-identical
+
+
+@pytest.mark.parametrize("search, named", [
+    ({"metric": "val/acc"}, "search.metric 'val/loss' -> 'val/acc'"),
+    ({"sampler": "random"}, "search.sampler 'tpe' -> 'random'"),
+    ({"pruner": "asha"}, "search.pruner 'none' -> 'asha'"),
+    ({"space": {"optim.lr": "loguniform(1e-5, 1e-1)"}}, "search.space"),
+])
+def test_a_rerun_with_another_search_block_is_refused_and_writes_nothing(tmp_path, capsys, search, named):
+    path, args = _started_study(tmp_path, "blk")
+    before = _sweep_files(tmp_path / "blk")
+    write_search(path, "blk", {"pruner": "none", "metric": "val/loss", **search},
+                 {"data.num_workers": 0, "train.epochs": 3, "data.input_size": 32})
+    assert sweep_cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and named in err, err
+    assert _sweep_files(tmp_path / "blk") == before
+
+
+def test_a_rerun_with_fewer_trials_counts_what_was_asked(tmp_path):
+    """Lowering trials is the same study: progress counts the trials asked, never '6 finished of 3'."""
+    import io
+
+    from brainmri.jobs.search import SearchDriver
+
+    path, _ = _started_study(tmp_path, "few", trials=4)
+    driver = SearchDriver(load_sweep(path, sweeps_root=tmp_path), "local")
+    driver.open()
+    for _ in range(3):
+        driver.ask("baseline_cnn")
+    write_search(path, "few", {"pruner": "none", "metric": "val/loss", "trials": 2},
+                 {"data.num_workers": 0, "train.epochs": 3, "data.input_size": 32})
+    out = io.StringIO()
+    again = SearchDriver(load_sweep(path, sweeps_root=tmp_path), "local", out=out)
+    again.open()
+    again.progress()
+    assert "running of 4;" in out.getvalue() and not again.fill(), out.getvalue()
+
+
+def _trial_run(root: Path, number: int, lr: float, loss: float) -> dict:
+    """A finished run directory of search trial ``number`` (val/acc 0.8 for every trial: a tie)."""
+    from run_dirs import make_run
+
+    d = make_run(root, "baseline_cnn", 0, lr, 0.8, test_acc=0.7, extra={"val/loss": loss})
+    for name in ("config.yaml", "summary.json"):  # tagged as the driver tags a trial's run
+        text = (d / name).read_text()
+        (d / name).write_text(text.replace("tags: []", f"tags: [search, trial-{number}]")
+                              .replace('"tags": []', f'"tags": ["search", "trial-{number}"]'))
+    return {"recipe": "baseline_cnn", "number": number, "state": "finished", "value": 0.8, "loss": loss,
+            "run_dir": str(d), "params": {"optim.lr": lr}, "intermediate": {}}
+
+
+@pytest.mark.parametrize("losses, chosen", [
+    ((0.6, 0.6), 0),  # a tie in the metric and the loss: the earlier trial (sorted settings would say trial 4)
+    ((0.7, 0.5), 4),  # a tie in the metric: the lower validation loss
+])
+def test_the_driver_the_collector_and_the_search_view_choose_by_one_rule(tmp_path, losses, chosen):
+    from brainmri.jobs.search import SearchDriver
+    from brainmri.results.search import agreement, study_best
+
+    rows = [_trial_run(tmp_path / "runs", 0, 0.01, losses[0]), _trial_run(tmp_path / "runs", 4, 0.001, losses[1])]
+    driver = SearchDriver(load_sweep(write_search(tmp_path / "s.yaml", "tie"), sweeps_root=tmp_path), "local")
+    driver.data = {"trials": rows}
+    table = {"search": {"metric": "val/acc", "direction": "maximize"}, "trials": rows}
+    cmp = compare(collect_runs([tmp_path / "runs"]))
+    assert driver.best("baseline_cnn")["number"] == study_best(table, "baseline_cnn")["number"] == chosen
+    assert cmp.recipes[0].chosen == (rows[chosen == 4]["params"]["optim.lr"],)
+    assert agreement(table, cmp)[0].endswith("the comparison's choice")
+
+
+def test_a_study_with_no_finished_trial_reads_as_such_not_as_a_broken_table(tmp_path, capsys):
+    from brainmri.cli import collect as collect_cli
+    from run_dirs import make_run
+
+    sweep_dir = tmp_path / "none"
+    make_run(sweep_dir / "runs", "baseline_cnn", 0, 0.01, 0.8, status="failed")
+    (sweep_dir / "trials.json").write_text(json.dumps({
+        "search": {"metric": "val/acc", "direction": "maximize", "sampler": "tpe", "pruner": "none", "trials": 2,
+                   "parallel": 1},
+        "trials": [{"recipe": "baseline_cnn", "number": 0, "state": "failed", "value": None, "intermediate": {},
+                    "params": {"optim.lr": 0.01}, "run_dir": str(sweep_dir / "runs" / "x")}]}))
+    assert collect_cli.main([str(sweep_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "|  |" not in out and "\n|\n" not in out and "Nothing finished: no row to show." in out, out
+    assert "baseline_cnn: 1 trial(s) (1 failed); none finished" in out
+
+
+def test_a_copy_of_a_running_task_ends_already_running_and_the_task_reads_running(tmp_path, phantom_root):
+    """The copy of a trial submitted twice meets the run directory's lock held by the live run (here a process
+    that takes it as a run does, and keeps it): it ends
+    cleanly ("already running", nothing written), and the task's state is the live run's, not failed."""
+    from brainmri.config import load_config
+    from brainmri.jobs.train_job import ALREADY_RUNNING, TrainJob
+
+    run = RunDir(tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom brainmri.rundir import RunDir, "
+                               "acquire_lock\nrun = RunDir(sys.argv[1])\nrun.create()\nlock = acquire_lock(run)\nprint('held', flush=True)\n"
+                               "time.sleep(600)", str(run.path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = sorted(p.name for p in run.path.iterdir())
+        cfg = load_config("configs/baseline_cnn.yaml", [*TINY, f"data.root={phantom_root}", f"run_dir={run.path}",
+                                                        "wandb.enabled=false"])
+        result = TrainJob(cfg.to_dict())()
+        assert result["status"] == ALREADY_RUNNING and f"pid {holder.pid}" in result["holder"]
+        assert sorted(p.name for p in run.path.iterdir()) == before  # the copy wrote nothing
+        task = Task("t", "baseline_cnn", "", {}, [], str(run.path), job_id="4242", cluster="slurm")
+        assert task_state(tmp_path, task, "COMPLETED") == ("running", None)  # the copy's job ended: not failed
+    finally:
+        holder.kill()
+        holder.wait()
+    assert task_state(tmp_path, task, "COMPLETED")[0] == "failed"  # nobody holds it any more
+
+
+def test_the_collector_refuses_a_misspelled_metric_with_the_registry_names(tmp_path, capsys):
+    from brainmri.cli import collect as collect_cli
+    from run_dirs import make_run
+
+    make_run(tmp_path / "runs", "baseline_cnn", 0, 0.01, 0.8)
+    assert collect_cli.main([str(tmp_path / "runs"), "--metric", "val/accuracy"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: --metric val/accuracy: no finished run's summary has it (every run logs val/acc, "
+                   "val/loss, val/macro_f1, val/auc, val/ece)"), err

@@ -20,6 +20,7 @@ from pathlib import Path
 from brainmri.atomic import atomic_write
 from brainmri.cli.errors import full_disk_is_one_line
 from brainmri.cli.parsing import saying, tool_parser
+from brainmri.metric_names import DEFAULT_METRIC, EPOCH_METRICS
 
 FORMATS = ("csv", "html", "latex", "md")  # brainmri.results.report.RENDERERS, and the HTML report
 TABLES = ("main", "bands", "classes", "intervals")  # brainmri.results.report.TABLES
@@ -90,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     search = next((t for t in map(read_trials, args.paths) if t), None)  # a search sweep's trial table
     confirmed = [len(c["seeds"]) for c in ((search or {}).get("confirm") or {}).values()]
     min_seeds = args.min_seeds or (min(confirmed) if confirmed else 1)
-    args.metric = args.metric or (search or {}).get("search", {}).get("metric") or "val/acc"
+    args.metric = args.metric or (search or {}).get("search", {}).get("metric") or DEFAULT_METRIC
+    if not any(args.metric in r.summary for r in runs if r.finished) and any(r.finished for r in runs):
+        print(f"error: --metric {args.metric}: no finished run's summary has it (every run logs "
+              f"{', '.join(EPOCH_METRICS)})", file=sys.stderr)
+        return 2
     try:
         with saying(f"comparing {len(runs)} run(s) ..."):
             cmp = compare(runs, metric=args.metric, by=args.by, allow_mixed_data=args.allow_mixed_data,

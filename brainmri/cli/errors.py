@@ -14,7 +14,7 @@ import functools
 import sys
 from collections.abc import Callable
 
-from brainmri.atomic import EX_TEMPFAIL, DiskFullError
+from brainmri.atomic import EX_TEMPFAIL, DiskFullError, is_disk_full
 
 ErrorSpec = type[BaseException] | str
 
@@ -45,6 +45,10 @@ def one_line_errors(*bad_input: ErrorSpec) -> Callable[[Callable[..., int]], Cal
                 print(f"error: {e}" + (f"; {note}" if note else ""), file=sys.stderr)
                 return EX_TEMPFAIL
             except Exception as e:
+                if isinstance(e, OSError) and is_disk_full(e):  # met outside brainmri.atomic (a library's own write)
+                    where = f" (writing {e.filename})" if e.filename else ""
+                    print(f"error: no space left on device{where}: {e.strerror}", file=sys.stderr)
+                    return EX_TEMPFAIL
                 if not isinstance(e, _classes(bad_input)):
                     raise
                 print(f"error: {e}", file=sys.stderr)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from brainmri.cli.parsing import tool_parser
 from brainmri.sweep.expand import SweepError, load_table
+from brainmri.sweepdir import SweepDir
 
 if TYPE_CHECKING:
     from brainmri.use.ensemble import Ensemble
@@ -39,7 +40,7 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
 
 
 def is_sweep_dir(path: str | Path) -> bool:
-    return (Path(path) / "tasks.json").is_file()
+    return SweepDir.is_sweep_dir(path)
 
 
 def load_target(path: str | Path, recipe: str | None = None) -> TrainedRun | Ensemble:
@@ -63,6 +64,6 @@ def load_target(path: str | Path, recipe: str | None = None) -> TrainedRun | Ens
     if recipe not in recipes:
         raise RunError(f"--recipe {recipe}: no such recipe in {path} (recipes: {', '.join(recipes) or 'none'})")
     # the table's run directories, or where the sweep keeps them when it was written from another folder
-    run_dirs = [d if d.is_dir() else Path(path) / "runs" / t.id
+    run_dirs = [d if d.is_dir() else SweepDir(path).run_dir(t.id).path
                 for t in tasks if t.recipe == recipe for d in [Path(t.run_dir)]]
     return Ensemble.from_runs(run_dirs, recipe, path)

@@ -27,6 +27,7 @@ from scipy import stats
 from brainmri.config import RUNTIME_KEYS
 from brainmri.config import flatten as flatten_config
 from brainmri.data.leakage import BANDS
+from brainmri.metric_names import TIE_BREAK, choice_key, lower_is_better
 from brainmri.results import metrics as M
 from brainmri.results.wandb_offline import read_offline_runs
 from brainmri.rundir import RunDir
@@ -262,10 +263,6 @@ def metric_bounds(metric: str) -> tuple[float, float] | None:
     return None if "loss" in metric or is_count(metric) else (0.0, 1.0)
 
 
-def lower_is_better(metric: str) -> bool:
-    return any(w in metric for w in ("loss", "ece", "error"))
-
-
 @dataclass
 class RecipeResult:
     recipe: str
@@ -433,7 +430,9 @@ def compare(runs: list[Run], metric: str = "val/acc", by: list[str] | None = Non
     different data are refused (``MixedDataError``) unless ``allow_mixed_data``. With ``min_seeds``
     only configurations run over that many seeds are chosen (a search's ``--confirm-seeds``: the verdict
     does not rest on one lucky trial), unless a recipe has none (a note says so). Ties in the
-    selection metric go to the first value in sorted order. Recipes are ranked by the validation
+    selection metric are broken by the one choice rule (``brainmri.metric_names.choice_key``: the
+    lower validation loss, then the earlier search trial or start, then the first value in sorted
+    order). Recipes are ranked by the validation
     metric of their chosen configuration, never by test; every other recipe is compared with the
     best by the corrected resampled t-test over common (fold, seed) pairs and McNemar per pair.
 
@@ -477,7 +476,9 @@ def compare(runs: list[Run], metric: str = "val/acc", by: list[str] | None = Non
         if min_seeds > 1:
             cmp.notes.append(f"{recipe}: chosen among configurations run over >= {min_seeds} seeds" if eligible else
                              f"{recipe}: no configuration was run over {min_seeds} seeds; chosen among all")
-        best = max(eligible or per_value, key=lambda v: sign * v["selection"]["mean"])
+        best = min(eligible or per_value, key=lambda v: choice_key(
+            v["selection"]["mean"], _mean(r.summary.get(TIE_BREAK) for r in v["runs"]),
+            _earliest(v["runs"]), "maximize" if sign > 0 else "minimize"))
         cmp.recipes.append(RecipeResult(recipe, keys, best["value"], split, best["runs"],
                                         best["stats"], per_value, best["folds"], best["rho"],
                                         ensemble_result(best["runs"]) if split == "test" else None))
@@ -495,6 +496,20 @@ def compare(runs: list[Run], metric: str = "val/acc", by: list[str] | None = Non
     if cmp.paired:
         cmp.mcnemar = cmp.paired[0]["mcnemar"]
     return cmp
+
+
+def _mean(values: Iterable) -> float | None:
+    finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None
+
+
+def _earliest(runs: list[Run]) -> tuple:
+    """A configuration's place in time for the choice rule's last criterion: its earliest search trial
+    (W&B tag ``trial-<n>``), else its earliest start."""
+    trials = [int(t[6:]) for r in runs for t in (r.config.get("wandb") or {}).get("tags") or []
+              if isinstance(t, str) and t.startswith("trial-") and t[6:].isdigit()]
+    starts = [r.start_time for r in runs if r.start_time]
+    return (min(trials, default=math.inf), min(starts, default=math.inf))
 
 
 def _selection(rr: RecipeResult) -> dict:

@@ -301,7 +301,9 @@ NUMERIC = {"main": lambda cmp, per_value: results_frame(cmp, per_value),
 
 # ---------------------------------------------------------------- text around the tables
 
-def markdown_table(df: pd.DataFrame) -> str:
+def markdown_table(df: pd.DataFrame, empty: str = "Nothing finished: no row to show.") -> str:
+    if df.empty:
+        return empty
     cells = [[str(c) for c in df.columns]] + [[" ".join(str(x).split()).replace("|", "\\|") for x in row]
                                               for row in df.values]
     lines = ["| " + " | ".join(r) + " |" for r in cells]

@@ -18,10 +18,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from brainmri.metric_names import choice_key
 from brainmri.results.collect import Comparison, value_label
 from brainmri.results.report import markdown_table
+from brainmri.sweepdir import TRIAL_ACTIVE, TRIAL_ENDED, TrialState
 
-MARKERS = {"finished": "circle", "pruned": "x", "failed": "triangle-down"}
+MARKERS = {TrialState.FINISHED: "circle", TrialState.PRUNED: "x", TrialState.FAILED: "triangle-down"}
 MIN_FOR_IMPORTANCE = 3  # finished trials
 
 
@@ -39,13 +41,14 @@ def trials_frame(trials: dict, recipe: str | None = None) -> pd.DataFrame:
     """One row per trial (best first, then pruned, then failed): state, value, epochs reported, values, run."""
     search = trials.get("search", {})
     sign = -1 if search.get("direction") == "maximize" else 1
-    order = {"finished": 0, "pruned": 1, "running": 2, "pruning": 2, "submitting": 2, "failed": 3}
+    order = {TrialState.FINISHED: 0, TrialState.PRUNED: 1, **dict.fromkeys(TRIAL_ACTIVE, 2), TrialState.FAILED: 3}
     rows = [r for r in trials["trials"] if recipe is None or r["recipe"] == recipe]
     rows.sort(key=lambda r: (order.get(r["state"], 4), sign * (r["value"] if r["value"] is not None else 0),
                              r["number"]))
     out = []
     for r in rows:
-        state = f"pruned at epoch {r['pruned_at']}" if r["state"] == "pruned" and r.get("pruned_at") else r["state"]
+        pruned = r["state"] == TrialState.PRUNED and r.get("pruned_at")
+        state = f"pruned at epoch {r['pruned_at']}" if pruned else r["state"]
         out.append({"recipe": r["recipe"], "trial": r["number"], "state": state,
                     search.get("metric", "value"): _fmt(r["value"]), "epochs reported": len(r["intermediate"]),
                     **{k: _fmt(v) for k, v in r["params"].items()}, "run": _run_id(r)})
@@ -56,9 +59,9 @@ def study_best(trials: dict, recipe: str) -> dict | None:
     best = (trials.get("best") or {}).get(recipe)
     if best is not None:
         return best
-    done = [r for r in trials["trials"] if r["recipe"] == recipe and r["state"] == "finished"]
-    sign = 1 if trials.get("search", {}).get("direction") == "maximize" else -1
-    return max(done, key=lambda r: (sign * r["value"], -r["number"])) if done else None
+    done = [r for r in trials["trials"] if r["recipe"] == recipe and r["state"] == TrialState.FINISHED]
+    direction = trials.get("search", {}).get("direction", "maximize")
+    return min(done, key=lambda r: choice_key(r["value"], r.get("loss"), (r["number"],), direction), default=None)
 
 
 def agreement(trials: dict, cmp: Comparison) -> list[str]:
@@ -67,7 +70,7 @@ def agreement(trials: dict, cmp: Comparison) -> list[str]:
     chosen = {rr.recipe: rr for rr in cmp.recipes}
     for recipe in dict.fromkeys(r["recipe"] for r in trials["trials"]):
         states = [r["state"] for r in trials["trials"] if r["recipe"] == recipe]
-        counts = ", ".join(f"{states.count(s)} {s}" for s in ("finished", "pruned", "failed") if states.count(s))
+        counts = ", ".join(f"{states.count(s)} {s}" for s in TRIAL_ENDED if states.count(s))
         best = study_best(trials, recipe)
         if best is None:
             lines.append(f"{recipe}: {len(states)} trial(s) ({counts}); none finished")
@@ -91,7 +94,7 @@ def search_markdown(trials: dict, cmp: Comparison) -> str:
             f"{s.get('trials')} trial(s) per recipe, {s.get('parallel')} at once. Pruned trials stopped early and "
             "are never averaged (listed as incomplete runs).")
     return "\n\n".join(["## Search", head, "\n".join(f"- {line}" for line in agreement(trials, cmp)),
-                        markdown_table(trials_frame(trials))]) + "\n"
+                        markdown_table(trials_frame(trials), "No trial has been asked yet.")]) + "\n"
 
 
 # ---------------------------------------------------------------- figures
@@ -110,7 +113,7 @@ def history_figure(trials: dict, recipe: str):
     best, xs, ys = None, [], []
     pick = max if s.get("direction") == "maximize" else min
     for r in rows:
-        if r["state"] == "finished":
+        if r["state"] == TrialState.FINISHED:
             best = r["value"] if best is None else pick(best, r["value"])
         if best is not None:
             xs.append(r["number"])
@@ -132,7 +135,7 @@ def curves_figure(trials: dict, recipe: str):
         if steps:
             fig.add_scatter(x=[int(e) for e in steps], y=[r["intermediate"][e] for e in steps], mode="lines+markers",
                             name=f"trial {r['number']} ({r['state']})",
-                            line={"dash": "dash" if r["state"] == "pruned" else "solid"})
+                            line={"dash": "dash" if r["state"] == TrialState.PRUNED else "solid"})
     fig.update_layout(title=f"{recipe}: {trials['search'].get('metric')} per epoch as reported to the pruner "
                       "(dashed = pruned)", height=340, xaxis_title="epoch")
     return fig
@@ -149,7 +152,7 @@ def parallel_figure(trials: dict, recipe: str):
     import plotly.graph_objects as go
 
     dists = _distributions(trials)
-    rows = [r for r in trials["trials"] if r["recipe"] == recipe and r["state"] == "finished"]
+    rows = [r for r in trials["trials"] if r["recipe"] == recipe and r["state"] == TrialState.FINISHED]
     if len(rows) < 2 or not dists:
         return None
     dims = []
@@ -176,7 +179,7 @@ def importance(trials: dict, recipe: str) -> dict[str, float] | None:
     import optuna
 
     dists = _distributions(trials)
-    rows = [r for r in trials["trials"] if r["recipe"] == recipe and r["state"] == "finished"]
+    rows = [r for r in trials["trials"] if r["recipe"] == recipe and r["state"] == TrialState.FINISHED]
     if len(rows) < MIN_FOR_IMPORTANCE or not dists:
         return None
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -56,7 +56,8 @@ from brainmri.config import (
     split_override,
 )
 from brainmri.sweep.resources import ResourceError, SlurmResources, merge_resources, parse_resources
-from brainmri.sweep.search import SearchError, SearchSpec, parse_search
+from brainmri.sweep.search import SearchError, SearchSpec, check_epochs, parse_search, shared_config
+from brainmri.sweepdir import SweepDir, TaskState
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 SWEEP_KEYS = {"name", "recipe", "recipes", "seeds", "folds", "overrides", "grid", "lr_scale", "slurm", "per_recipe",
@@ -83,7 +84,7 @@ class Task:
     run_dir: str
     job_id: str | None = None
     cluster: str | None = None  # slurm | local | debug, once submitted
-    state: str = "new"  # new | submitted | pending | running | finished | pruned | failed (brainmri/jobs/submit.py)
+    state: str = TaskState.NEW  # brainmri.sweepdir.TaskState
     error: str | None = None
 
     def command(self) -> str:
@@ -386,7 +387,7 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | tuple[str, ...] = ()
                   recipe_slurm=recipe_slurm, search=spec)
     if spec is not None:  # a search's tasks are its trials, made as the driver asks for them
         expand_search(sweep, path, top, blocks)
-        sweep.tasks = load_table(sweep.dir) if (sweep.dir / "tasks.json").is_file() else []
+        sweep.tasks = load_table(sweep.dir) if SweepDir.is_sweep_dir(sweep.dir) else []
         return sweep
     sweep.tasks = expand(sweep, path, top, blocks)
     merge_table(sweep)
@@ -465,7 +466,7 @@ def make_task(sweep: Sweep, recipe: str, config_path: str | Path, chosen: dict[s
     """The task that trains ``recipe`` with the overrides ``chosen`` (``params``: the values that vary
     between tasks), in ``<sweep dir>/runs/<task id>``, and its validated ``RunConfig``."""
     tid = task_id(recipe, chosen)
-    run_dir = sweep.dir / "runs" / tid
+    run_dir = SweepDir(sweep.dir).run_dir(tid).path
     derived = {"run_dir": str(run_dir), "wandb.group": sweep.name, "wandb.job_type": recipe,
                "wandb.name": f"{recipe}-{tid}", "wandb.tags": _tags(sweep.name, recipe, params) + list(tags)}
     overrides = _as_overrides(chosen | {k: v for k, v in derived.items() if k not in chosen})
@@ -503,16 +504,27 @@ def expand_search(sweep: Sweep, path: str | Path, top: _Level, blocks: dict[str,
             base = load_config(config_path, _as_overrides(fixed))
         except ConfigError as e:
             raise SweepError(f"sweep {sweep.name}, recipe {recipe} (fixed overrides): {e}") from None
+        epochs = _epochs(base)
         for key, param in spec.space.items():
             for value in param.probes():
                 try:
-                    load_config(config_path, _as_overrides(fixed | {key: value}))
+                    epochs = min(epochs, _epochs(load_config(config_path, _as_overrides(fixed | {key: value}))))
                 except ConfigError as e:
                     raise SweepError(f"{path}: search.space.{key}: {param.text()} at {value!r}, recipe {recipe}: "
                                      f"{e}") from None
+        try:
+            check_epochs(spec, path, recipe, epochs)
+        except SearchError as e:
+            raise SweepError(str(e)) from None
         spec.fixed[recipe] = {**fixed, "seed": fixed.get("seed", base.seed)}
+        spec.resolved[recipe] = shared_config(flatten(base.to_dict()), set(spec.space))
         spec.config_paths[recipe] = str(config_path)
         _settle_cpus(sweep, recipe, block, base.data.num_workers, path)
+
+
+def _epochs(cfg: Any) -> int:
+    """The epochs a run of ``cfg`` trains, over all its phases."""
+    return sum(p.epochs for p in cfg.phases)
 
 
 def trial_task(sweep: Sweep, recipe: str, values: dict[str, Any], number: int) -> tuple[Task, Any]:
@@ -576,7 +588,7 @@ def describe(res: SlurmResources) -> str:
 # ----------------------------------------------------------------- task table
 def merge_table(sweep: Sweep) -> None:
     """Carry job ids, states and errors over from an existing ``tasks.json``."""
-    table = sweep.dir / "tasks.json"
+    table = SweepDir(sweep.dir).tasks_json
     if not table.is_file():
         return
     old = {row["id"]: row for row in json.loads(table.read_text())}
@@ -590,7 +602,7 @@ def merge_table(sweep: Sweep) -> None:
 def save_sweep(sweep: Sweep) -> None:
     """Write ``sweep.yaml`` (resolved) and the task table (``tasks.json``, ``tasks.csv``)."""
     sweep.dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(sweep.dir / "sweep.yaml", yaml.safe_dump(sweep.to_dict(), sort_keys=False))
+    atomic_write(SweepDir(sweep.dir).sweep_yaml, yaml.safe_dump(sweep.to_dict(), sort_keys=False))
     save_table(sweep.dir, sweep.tasks)
 
 
@@ -602,18 +614,18 @@ def save_table(sweep_dir: Path, tasks: list[Task]) -> None:
     """Write ``tasks.json`` (everything) and ``tasks.csv`` (id, recipe, params, job id, state)."""
     sweep_dir = Path(sweep_dir)
     rows = [dataclasses.asdict(t) for t in tasks]
-    atomic_write(sweep_dir / "tasks.json", json.dumps(rows, indent=1, default=str) + "\n")
+    atomic_write(SweepDir(sweep_dir).tasks_json, json.dumps(rows, indent=1, default=str) + "\n")
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["id", "recipe", "params", "job_id", "state", "run_dir"])
     for t in tasks:
         writer.writerow([t.id, t.recipe, format_params(t.params), t.job_id or "", t.state, t.run_dir])
-    atomic_write(sweep_dir / "tasks.csv", buf.getvalue())
+    atomic_write(SweepDir(sweep_dir).tasks_csv, buf.getvalue())
 
 
 def load_table(sweep_dir: str | Path) -> list[Task]:
     """The tasks of an existing sweep directory, as last written."""
-    path = Path(sweep_dir) / "tasks.json"
+    path = SweepDir(sweep_dir).tasks_json
     if not path.is_file():
         raise SweepError(f"{sweep_dir}: no tasks.json (not a sweep directory?)")
     return [Task(**row) for row in json.loads(path.read_text())]

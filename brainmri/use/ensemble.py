@@ -26,6 +26,7 @@ import torch
 from brainmri.data.files import DataError
 from brainmri.results.collect import MixedDataError, compare, read_run_dir, value_label
 from brainmri.rundir import RunDir
+from brainmri.sweepdir import SweepDir
 from brainmri.train.regularise import VIEWS, check_views
 from brainmri.use.trained import Inferable, RunError, TrainedRun, TrainingReference, reference_from_splits
 
@@ -114,7 +115,7 @@ class Ensemble(Inferable):
     # where an evaluation of the ensemble goes by default: <sweep>/ensembles/<recipe>/eval/<root>
     @property
     def run(self) -> RunDir:  # type: ignore[override]  # a TrainedRun's run is a field
-        return RunDir(self.home / "ensembles" / self.recipe)
+        return SweepDir(self.home).ensemble_dir(self.recipe)
 
     @property
     def name(self) -> str:

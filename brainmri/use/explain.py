@@ -114,7 +114,7 @@ class CamWriter:
         for img, cam, p, t, path in zip(images, maps, probs, targets, paths, strict=True):
             png = _png_bytes(overlay(img, cam))
             name = self._name(path)
-            (self.out / name).write_bytes(png)
+            atomic_write(self.out / name, png)
             grey = img[0].numpy()  # channels are equal copies of the grey image
             self.rows.append((path, self.classes[t], float(p[t]), base64.b64encode(png).decode(),
                               base64.b64encode(_png_bytes(grey)).decode(), brain_energy(cam, grey)))
