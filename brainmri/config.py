@@ -53,7 +53,7 @@ class FrozenDict(dict):
 # all ignore them (dotted prefixes, as in ``flatten``).
 RUNTIME_KEYS = ("run_dir", "wandb.", "train.fail_at_epoch", "train.checkpoint_every_min", "train.log_interval_s",
                 "data.num_workers", "data.eval_batch_size", "data.cache", "data.cache_dir", "data.synthetic_dir",
-                "train.compile", "train.channels_last")
+                "data.max_skipped_fraction", "train.compile", "train.channels_last")
 # What a resume may change besides: how long it trains.
 EXTENDABLE_KEYS = ("train.epochs", "train.phases", "train.max_steps_per_epoch")
 
@@ -64,10 +64,11 @@ def is_runtime_key(key: str) -> bool:
 
 
 # Keys added after runs were named by their hash: unset, they leave a run's identity (and directory) as it was.
-UNSET_IS_ABSENT = ("data.folds", "data.fold")
+UNSET_IS_ABSENT = ("data.folds", "data.fold", "data.manifest", "data.test_site")
 # The same for keys (dotted prefixes) added with a default that is not None: at their default they are left out.
 DEFAULT_IS_ABSENT = ("data.aug.", "data.crop", "data.background", "data.head_margin", "scheduler.warmup_epochs",
-                     "train.mixup", "train.cutmix", "train.label_smoothing", "train.ema", "eval.")
+                     "train.mixup", "train.cutmix", "train.label_smoothing", "train.ema", "eval.",
+                     "data.classes", "data.dicom.")
 
 
 @functools.lru_cache(maxsize=1)
@@ -125,8 +126,19 @@ class AugConfig:
 
 
 @dataclass(frozen=True)
+class DicomConfig:
+    """How DICOM slices are turned into intensities (``brainmri.data.dicom``)."""
+    window: str = "file"  # file (the file's window, else min-max) | auto (min-max) | "<center>,<width>"
+
+
+@dataclass(frozen=True)
 class DataConfig:
-    root: str | None = None  # ImageFolder root with Training/ (and optional Testing/); None → phantoms
+    root: str | None = None  # a folder (Training/ and optional Testing/) or a manifest file; None → phantoms
+    manifest: str | None = None  # a manifest (CSV/TSV: path, label, [patient, site, split, ...]); docs/manifest.md
+    classes: tuple[str, ...] = ()  # the class list and its order (default: sorted labels / class folders)
+    test_site: str | None = None  # a manifest's site held out as the test part (its patients never in train/val)
+    max_skipped_fraction: float = 0.05  # more manifest rows than this failing is an error
+    dicom: DicomConfig = field(default_factory=DicomConfig)
     synthetic_dir: str = "data/phantoms"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     input_size: int = 224  # images are resized to input_size × input_size for the model
@@ -140,7 +152,7 @@ class DataConfig:
     head_margin: float = 0.0  # crop box and background mask widened by this × the head box's longer side
     val_fraction: float = 0.2
     split_seed: int = 0
-    group_by: str = "near"  # exact | near | scan: which duplicates never straddle train/val (brainmri.data.leakage)
+    group_by: str = "near"  # exact | near | scan | <manifest column> | <column>+<band>: kept whole in one part
     folds: int | None = None  # K >= 2: grouped stratified K-fold over Training (val_fraction unused); None: one split
     fold: int | None = None  # with folds: which fold (0..K-1) is the validation part
     batch_size: int = 32
@@ -385,7 +397,7 @@ def parse_value(text: str, key: str | None = None) -> Any:
     A word that is one of ``key``'s choices stays that word (``data.cache=none`` is the choice
     "none", not null).
     """
-    if key is not None and text.strip() in _CHOICES.get(key, ()):
+    if key is not None and (text.strip() in _CHOICES.get(key, ()) or key in TEXT_KEYS):
         return text.strip()
     try:
         return ast.literal_eval(text)
@@ -517,6 +529,7 @@ def _blame(file_only: dict[str, Any], path: str | Path | None, overridden: bool)
     return f"command line (with {path})" if path else "command line"
 
 
+TEXT_KEYS = ("data.dicom.window", "data.test_site", "data.manifest")  # an override's text is the value as typed
 _CHOICES = {
     "model.head": ("linear", "mlp"),
     "scheduler.mode": ("min", "max"),
@@ -525,7 +538,6 @@ _CHOICES = {
     "train.mixed_precision": ("no", "bf16", "fp16"),
     "data.normalize": ("imagenet", "none"),
     "data.cache": ("none", "decoded"),
-    "data.group_by": ("exact", "near", "scan"),
     "data.crop": ("none", "head"),
     "data.background": ("keep", "zero"),
     "data.input_channels": (1, 3),
@@ -557,6 +569,7 @@ def validate(cfg: RunConfig) -> None:
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")
     _validate_folds(cfg.data.folds, cfg.data.fold)
+    _validate_data_source(cfg)
     if not 0.0 < cfg.data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be in (0, 1): the engine selects on a validation split, "
                           f"got {cfg.data.val_fraction}")
@@ -670,6 +683,40 @@ def _validate_regularisers(cfg: RunConfig) -> None:
     if cfg.scheduler.warmup_epochs and cfg.scheduler.name not in ("cosine", "none"):
         raise ConfigError(f"scheduler.warmup_epochs={cfg.scheduler.warmup_epochs} needs scheduler.name cosine or none "
                           f"(got {cfg.scheduler.name})")
+
+
+GROUP_BANDS = ("exact", "near", "scan")
+GROUP_BY = re.compile(r"(?:(?P<column>[A-Za-z_][A-Za-z0-9_.-]*?)(?:\+(?P<band>exact|near|scan))?)")
+WINDOW = re.compile(r"file|auto|-?[0-9.]+(?:e-?[0-9]+)?,[0-9.]+(?:e-?[0-9]+)?")
+
+
+def _validate_data_source(cfg: RunConfig) -> None:
+    """data.root / data.manifest, data.group_by, data.dicom.window, data.max_skipped_fraction."""
+    data = cfg.data
+    if data.root and data.manifest:
+        raise ConfigError(f"data.root={data.root} and data.manifest={data.manifest}: give one (data.root may also "
+                          "name a manifest file)")
+    match = GROUP_BY.fullmatch(data.group_by)
+    if not match:
+        raise ConfigError(f"invalid value for data.group_by: {data.group_by!r} (choose from exact, near, scan, a "
+                          "manifest column such as patient, or <column>+near)")
+    if not WINDOW.fullmatch(data.dicom.window) or (data.dicom.window not in ("file", "auto")
+                                                   and float(data.dicom.window.split(",")[1]) <= 0):
+        raise ConfigError(f"invalid value for data.dicom.window: {data.dicom.window!r} (file, auto or "
+                          "<center>,<width> with width > 0, e.g. 600,1200)")
+    if not 0.0 <= data.max_skipped_fraction <= 1.0:
+        raise ConfigError(f"data.max_skipped_fraction must be in [0, 1], got {data.max_skipped_fraction}")
+    if len(set(data.classes)) != len(data.classes) or (data.classes and len(data.classes) < 2):
+        raise ConfigError(f"data.classes must name at least two different classes, got {list(data.classes)}")
+
+
+def group_by_parts(group_by: str) -> tuple[str | None, str | None]:
+    """``data.group_by`` → (manifest column or None, near-duplicate band or None): ``near`` → (None, near),
+    ``patient`` → (patient, None), ``patient+near`` → (patient, near)."""
+    if group_by in GROUP_BANDS:
+        return None, group_by
+    match = GROUP_BY.fullmatch(group_by)
+    return (match["column"], match["band"]) if match else (None, None)
 
 
 def _validate_folds(folds: int | None, fold: int | None) -> None:

@@ -4,6 +4,7 @@ tool's argument parser, keys in the config schema), and docs/config.md is what t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 from pathlib import Path
 
@@ -77,8 +78,10 @@ FILES = (".py", ".safetensors", ".onnx", ".ts", ".pt", ".json", ".yaml", ".csv",
 def _keys() -> set[str]:
     from brainmri.config import PhaseConfig, RunConfig
     from brainmri.sweep.resources import SlurmResources
+    from brainmri.sweep.search import SearchSpec
 
     keys = {k for k, *_ in config_doc.rows(RunConfig)} | {k for k, *_ in config_doc.rows(SlurmResources, "slurm.")}
+    keys |= {f"search.{f.name}" for f in dataclasses.fields(SearchSpec)}  # a sweep's search: block
     return keys | {f"train.phases.{k}" for k, *_ in config_doc.rows(PhaseConfig)}
 
 

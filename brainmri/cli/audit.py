@@ -20,7 +20,8 @@ from brainmri.cli.parsing import add_data_arg, saying, tool_parser
 @one_line_errors("brainmri.data.files:DataError")
 def main(argv: list[str] | None = None) -> int:
     p = tool_parser(__doc__)
-    add_data_arg(p)
+    add_data_arg(p, help="data root: a folder holding Training/<class>/ (and optionally Testing/<class>/), or a "
+                 "manifest (CSV/TSV: path, label, [patient, site, split]; docs/manifest.md)")
     p.add_argument("root", nargs="?", help="the data root, as --data")
     p.add_argument("--json", help="where to write the report (default: audit.json in --html's folder, "
                    "else ./audit.json)")

@@ -24,7 +24,9 @@ from brainmri.rundir import RunDir
 @one_line_errors(*TARGET_ERRORS, "brainmri.data.files:DataError")
 def main(argv: list[str] | None = None) -> int:
     p = target_parser(__doc__)
-    add_data_arg(p, required=True, help="data root with the run's class folders (<class>/, or Training/ and Testing/)")
+    add_data_arg(p, required=True, help="data root with the run's class folders (<class>/, or Training/ and Testing/), "
+                 "or a manifest (CSV/TSV: path, label, [patient, site, split]; its test rows, else every row; "
+                 "docs/manifest.md)")
     p.add_argument("--out", help="output folder (default: <run_dir>/eval/<data root name>/)")
     p.add_argument("--batch-size", type=int, help="default: the run's eval batch size")
     p.add_argument("--num-workers", type=int, default=0)

@@ -36,7 +36,8 @@ import numpy as np
 from brainmri.atomic import atomic_write
 from brainmri.data import leakage as L
 from brainmri.data import preprocess as P
-from brainmri.data.files import DataError, Sample, file_index, resolve_splits_root, scan_folder, thumbnail_uri
+from brainmri.data.files import DataError, file_index, thumbnail_uri
+from brainmri.data.manifest import open_data
 
 
 def _image_info(paths: list[str], split_dirs) -> dict:
@@ -57,12 +58,10 @@ def audit(root: str | Path, cache_dir=None, progress: bool = True, shortcuts: bo
           margin: float = 0.0) -> tuple[dict, dict]:
     """Return (report, details): the JSON-able report, and the pairs/paths the HTML sheets need.
     ``shortcuts``: add ``report["shortcuts"]`` (``shortcut_report``; ``margin`` = ``data.head_margin``)."""
-    train_dir, test_dir = resolve_splits_root(root)
-    classes, train, skipped = scan_folder(train_dir, None)  # refuses fewer than two class folders
-    test: list[Sample] = []
-    if test_dir is not None:
-        _, test, test_skipped = scan_folder(test_dir, classes)
-        skipped += test_skipped
+    source = open_data(root)  # a folder (refuses fewer than two class folders) or a manifest
+    classes, skipped = source.classes, source.skipped
+    train = [s for s, part in zip(source.samples, source.parts, strict=True) if part != "test"]
+    test = [s for s, part in zip(source.samples, source.parts, strict=True) if part == "test"]
     samples = train + test
     if not samples:
         raise DataError(f"no readable images under {root}")
@@ -84,7 +83,7 @@ def audit(root: str | Path, cache_dir=None, progress: bool = True, shortcuts: bo
         "images": {"Training": len(train), "Testing": len(test)},
         "class_counts": {name: {sp: int(((labels == c) & (split == sp)).sum()) for sp in ("Training", "Testing")}
                          for c, name in enumerate(classes)},
-        "image_info": _image_info(paths, [d for d in (train_dir, test_dir) if d is not None]),
+        "image_info": _image_info(paths, source.index_keys),
         "unreadable": skipped,
         "pairs": {"within_training": pair_counts((si == "Training") & (sj == "Training")),
                   "within_testing": pair_counts((si == "Testing") & (sj == "Testing")),
@@ -122,9 +121,42 @@ def audit(root: str | Path, cache_dir=None, progress: bool = True, shortcuts: bo
         assert near_groups is not None  # GROUP_BANDS has "near"
         report["shortcuts"] = shortcut_report(paths[:len(train)], labels[:len(train)], classes,
                                               near_groups[:len(train)], margin=margin)
+    report.update(site_report(samples, classes, split, pairs, near_groups, shortcuts, margin))
     details = {"root": str(root), "paths": paths, "labels": [classes[v] for v in labels], "split": split.tolist(),
                "pairs": pairs, "n_train": len(train), "nearest": near}
     return report, details
+
+
+def site_report(samples, classes: list[str], split: np.ndarray, pairs, near_groups, shortcuts: bool,
+                margin: float) -> dict:
+    """What a manifest's ``patient`` and ``site`` columns add: classes per site, near-duplicate pairs
+    across two patients (``data.group_by=patient+near`` joins them), and with ``shortcuts`` how well the
+    site can be read from the image (the shortcut probes with the site as the target)."""
+    out: dict = {}
+    patients = [s.patient for s in samples]
+    if any(patients):
+        close = [(int(i), int(j), L.BANDS[b]) for i, j, b in zip(pairs.i, pairs.j, pairs.band, strict=True)
+                 if b <= 1 and patients[i] and patients[j] and patients[i] != patients[j]]
+        out["near_pairs_across_patients"] = {
+            "count": len(close), "note": "data.group_by=patient+near puts each such pair's patients in one group",
+            "pairs": [{"a": samples[i].path, "patient_a": patients[i], "b": samples[j].path,
+                       "patient_b": patients[j], "band": band} for i, j, band in close[:100]]}
+    sites = sorted({s.site for s in samples if s.site})
+    if not sites:
+        return out
+    out["sites"] = {site: {"images": sum(s.site == site for s in samples),
+                           "patients": len({s.patient for s in samples if s.site == site and s.patient}),
+                           "classes": {c: sum(s.site == site and s.label == k for s in samples)
+                                       for k, c in enumerate(classes)},
+                           "Testing": int(sum(s.site == site for s, sp in zip(samples, split, strict=True)
+                                              if sp == "Testing"))}
+                    for site in sites}
+    if shortcuts and len(sites) > 1:
+        at = [i for i, s in enumerate(samples) if s.site]
+        index = {site: k for k, site in enumerate(sites)}
+        out["site_shortcuts"] = shortcut_report([samples[i].path for i in at], [index[samples[i].site] for i in at],
+                                                sites, near_groups[at], margin=margin)
+    return out
 
 
 TESTING_NEAREST = ("testing_path", "testing_label", "nearest_training", "training_label", "similarity",
@@ -351,6 +383,18 @@ def markdown(report: dict) -> str:
         out += ["", f"**{n_cross} near-duplicate group(s) carry more than one label** (label noise); see audit.json."]
     if "shortcuts" in report:
         out += shortcut_markdown(report["shortcuts"])
+    if "sites" in report:
+        out += ["", "## Sites", "", "| site | images | patients | Testing | " + " | ".join(report["classes"]) + " |",
+                "|---|---:|---:|---:|" + "---:|" * len(report["classes"])]
+        for site, entry in report["sites"].items():
+            out.append(f"| {site} | {entry['images']} | {entry['patients']} | {entry['Testing']} | "
+                       + " | ".join(str(entry["classes"][c]) for c in report["classes"]) + " |")
+    if "site_shortcuts" in report:
+        lines = shortcut_markdown(report["site_shortcuts"])
+        out += [line.replace("the label without the brain", "the site from the image") for line in lines]
+    if report.get("near_pairs_across_patients", {}).get("count"):
+        out += ["", f"**{report['near_pairs_across_patients']['count']} near-duplicate pair(s) join two patients**; "
+                "data.group_by=patient+near keeps them in one part (see audit.json)."]
     return "\n".join(out) + "\n"
 
 

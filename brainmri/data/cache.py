@@ -1,7 +1,8 @@
-"""Decoded-image cache: decode every image once into a memory-mapped uint8 store on disk.
+"""Decoded-image cache: decode every image once into a memory-mapped store on disk.
 
 One store per (ordered sample content hashes, decoder key): ``<key>.npy`` holds an (N, 1, H, W)
-uint8 array and ``<key>.json`` its metadata. MRI slices reach the model as grey-scale (replicated
+uint8 array (uint16 for a deep decoder: DICOM at full precision) and ``<key>.json`` its metadata.
+MRI slices reach the model as grey-scale (replicated
 to 3 channels for ImageNet backbones), so one channel is stored and expanded on read: a third of
 the bytes. The json is written last (atomically), so its
 presence marks a complete store. A file lock makes concurrent builders (DDP ranks, parallel sweep
@@ -38,7 +39,8 @@ def _cache_key(samples, decoder) -> str:
 
 
 class DecodedCache:
-    """``cache(i)`` → the decoded uint8 tensor (C, H, W) of ``samples[i]``; picklable for DataLoader workers."""
+    """``cache(i)`` → the decoded tensor (C, H, W; uint8, or uint16 from a deep decoder) of ``samples[i]``;
+    picklable for DataLoader workers."""
 
     def __init__(self, data_path: Path, shape: tuple[int, ...], built: bool = False):
         self.data_path = Path(data_path)
@@ -73,15 +75,16 @@ class DecodedCache:
                 return cache
             first = decoder(samples[0].path)
             shape = (len(samples), *first.shape)
-            needed = shape[0] * int(np.prod(shape[2:]))
+            dtype = first.numpy().dtype  # uint8, or uint16 from a deep (DICOM) decoder
+            needed = shape[0] * int(np.prod(shape[2:])) * dtype.itemsize
             with atomic_path(data_path, needed=needed) as tmp:
-                store = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(shape[0], 1, *shape[2:]))
+                store = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(shape[0], 1, *shape[2:]))
 
                 def put(i: int) -> None:
                     img = first if i == 0 else decoder(samples[i].path)
-                    if tuple(img.shape) != shape[1:] or img.dtype != torch.uint8:
+                    if tuple(img.shape) != shape[1:] or img.dtype != first.dtype:
                         raise ValueError(f"{samples[i].path}: decoded to {tuple(img.shape)} {img.dtype}, "
-                                         f"expected {shape[1:]} uint8")
+                                         f"expected {shape[1:]} {first.dtype}")
                     if not torch.equal(img[0], img[-1]):
                         raise ValueError(f"{samples[i].path}: decoded to a colour image; the cache stores grey-scale")
                     store[i] = img[:1].numpy()  # noqa: F821  (deleted only after every put)

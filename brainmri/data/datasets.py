@@ -1,7 +1,8 @@
 """Datasets: near-duplicate-grouped stratified split, datasets and loaders.
 
-Layout: ``<root>/Training/<class>/*.jpg`` and optionally ``<root>/Testing/<class>/*.jpg``
-(a root that holds the class folders directly is also accepted). The folder scan and its
+Data: a manifest file or the folder layout ``<root>/Training/<class>/*.jpg`` and optionally
+``<root>/Testing/<class>/*.jpg`` (a root that holds the class folders directly is also accepted),
+both read by ``brainmri.data.manifest.open_data`` into one list of rows. The folder scan and its
 bad-file rules live in ``brainmri.data.files`` (every file fully decoded once at scan time, so
 unreadable or truncated images are reported before training starts, never mid-epoch).
 Knows nothing about models or training.
@@ -22,8 +23,10 @@ import torch
 from filelock import FileLock
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
-from brainmri.data.files import DataError, Sample, file_index, resolve_splits_root, scan_folder
+from brainmri.config import group_by_parts
+from brainmri.data.files import DataError, Sample, file_index, is_dicom_file
 from brainmri.data.leakage import BANDS, fingerprints, group_keys, nearest
+from brainmri.data.manifest import Source, open_data
 from brainmri.data.transforms import Decoder
 
 PARTS = ("train", "val", "test")
@@ -52,6 +55,12 @@ class Split:
     folds: int | None = None  # K of a K-fold split (None: one train/val split)
     fold: int | None = None  # the fold that is the validation part
     fold_of: dict[str, int] = field(default_factory=dict)  # training-pool path → its fold (K-fold only)
+    source: str | None = None  # the manifest file (None: a folder layout)
+    test_site: str | None = None  # the site held out as the test part (data.test_site)
+
+    @property
+    def sites(self) -> list[str]:
+        return sorted({s.site for part in PARTS for s in getattr(self, part) if s.site})
 
     def _rel(self, path: str) -> str:
         return os.path.relpath(path, self.root) if self.root else path
@@ -60,6 +69,7 @@ class Split:
         rows = []
         for s in getattr(self, part):
             row = {"path": self._rel(s.path), "sha1": s.sha1, "label": self.classes[s.label]}
+            row.update({k: v for k, v in (("row", s.row), ("patient", s.patient), ("site", s.site)) if v is not None})
             if s.path in self.group_of:
                 row["group"] = self.group_of[s.path]
             if s.path in self.fold_of:
@@ -79,6 +89,9 @@ class Split:
             "group_by": self.group_by, "groups": self.groups, "folds": self.folds, "fold": self.fold,
             "bands": {part: dict(Counter(s.band for s in getattr(self, part))) for part in ("val", "test")},
             "manifest": manifest(files), "files": files,
+            **({"source": self.source} if self.source else {}),
+            **({"test_site": self.test_site} if self.test_site is not None else {}),
+            **({"sites": self.sites} if self.sites else {}),
         }
 
     @classmethod
@@ -93,7 +106,8 @@ class Split:
         for part in PARTS:
             samples = []
             for row in record["files"].get(part, []):
-                s = Sample(str(root / row["path"]), index[row["label"]], row["sha1"])
+                s = Sample(str(root / row["path"]), index[row["label"]], row["sha1"], row=row.get("row"),
+                           patient=row.get("patient"), site=row.get("site"))
                 if part != "train":
                     s.nearest_train = str(root / row["nearest_train"]) if row.get("nearest_train") else None
                     s.similarity, s.band = row.get("similarity"), row.get("band")
@@ -104,7 +118,8 @@ class Split:
                 samples.append(s)
             parts[part] = samples
         return cls(classes, parts["train"], parts["val"], parts["test"], [], record.get("group_by", "near"),
-                   record.get("groups", 0), str(root), group_of, record.get("folds"), record.get("fold"), fold_of)
+                   record.get("groups", 0), str(root), group_of, record.get("folds"), record.get("fold"), fold_of,
+                   record.get("source"), record.get("test_site"))
 
     def changed_files(self, parts=PARTS) -> tuple[list[str], list[str]]:
         """(missing, different) files of ``parts``: sizes and mtimes checked against the scan's index,
@@ -119,7 +134,7 @@ class Split:
                 except OSError:
                     missing.append(s.path)
                     continue
-                folder = path.parent.parent
+                folder = Path(self.source) if self.source else path.parent.parent  # a manifest's index, or the folder's
                 if folder not in indices:
                     indices[folder] = file_index(folder)
                 entry = indices[folder].get(s.path)
@@ -202,42 +217,110 @@ def fold_numbers(samples: list[Sample], folds: int, seed: int, keys: list[str] |
     return out.tolist()
 
 
-def build_split(data_cfg, root: str | Path) -> Split:
-    """Scan ``root`` and split Training into train/val; Testing (if present) is the test split.
+def open_source(data_cfg, root: str | Path, labels: bool = True) -> Source:
+    """The data at ``root`` (a folder or a manifest file) with the config's class list and bad-row limit."""
+    return open_data(root, getattr(data_cfg, "classes", None) or None,
+                     getattr(data_cfg, "max_skipped_fraction", 0.05), labels)
 
-    With ``data_cfg.folds = K`` Training is cut into K grouped, stratified folds
-    (``fold_numbers``) and fold ``data_cfg.fold`` is the validation part; otherwise one grouped,
-    stratified split of ``val_fraction``.
+
+def column_keys(source: Source, picked: list[int], column: str) -> list[str]:
+    """Group keys from a manifest column (a row with it empty is a group of its own, by content hash)."""
+    if column != "label" and not source.has(column):
+        where = f"manifest {source.manifest}" if source.manifest else f"the folder {source.root} (no manifest)"
+        raise DataError(f"data.group_by={column}: {where} has no column {column!r}"
+                        + (f" (columns: {', '.join(source.columns)})" if source.columns else ""))
+    values = source.column(column)
+    return [f"{column}={values[i]}" if values[i] else f"sha1={source.samples[i].sha1}" for i in picked]
+
+
+def union_keys(a: list[str], b: list[str]) -> list[str]:
+    """Keys whose groups are the connected components of two groupings (a pair sharing either key is joined)."""
+    parent = list(range(len(a)))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for keys in (a, b):
+        first: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            j = first.setdefault(k, i)
+            if j != i:
+                parent[find(i)] = find(j)
+    return [f"g{find(i)}" for i in range(len(a))]
+
+
+def build_split(data_cfg, root: str | Path) -> Split:
+    """Read the data at ``root`` (folder or manifest, ``brainmri.data.manifest``) and split it.
+
+    The test part: the ``split`` column's test rows (a folder's ``Testing/``), or with
+    ``data.test_site`` every row of that site. The validation part: the ``split`` column's val rows
+    if any; else, with ``data_cfg.folds = K``, fold ``data_cfg.fold`` of K grouped, stratified folds
+    of the training pool (``fold_numbers``); else one grouped, stratified split of ``val_fraction``.
+    Groups (``data.group_by``): near-duplicates, a manifest column such as ``patient``, or both.
     """
-    train_dir, test_dir = resolve_splits_root(root)
-    classes, samples, skipped = scan_folder(train_dir, None)
-    if not samples:
-        raise DataError(f"no readable images under {train_dir}")
-    test: list[Sample] = []
-    if test_dir is not None:
-        _, test, test_skipped = scan_folder(test_dir, classes)
-        skipped += test_skipped
-    # one fingerprint per image, used both for the groups and for the nearest-training search
-    fp = fingerprints([s.path for s in samples + test], data_cfg.cache_dir)
-    row = {s.path: i for i, s in enumerate(samples + test)}
-    group_by = getattr(data_cfg, "group_by", "near")
-    keys = group_keys(fp[:len(samples)], [s.sha1 for s in samples], group_by)
+    source = open_source(data_cfg, root)
+    samples, classes, skipped = source.samples, source.classes, list(source.skipped)
+    parts = list(source.parts)
+    test_site = getattr(data_cfg, "test_site", None)
+    if test_site is not None:
+        sites = source.sites
+        if not sites:
+            raise DataError(f"data.test_site={test_site}: {source.manifest or source.root} has no site column")
+        if test_site not in sites:
+            raise DataError(f"data.test_site={test_site}: no such site in {source.manifest} "
+                            f"(sites: {', '.join(sites)})")
+        parts = ["test" if s.site == test_site else ("val" if p == "val" else "pool")
+                 for s, p in zip(samples, parts, strict=True)]
+        held = {s.patient for s, p in zip(samples, parts, strict=True) if p == "test" and s.patient}
+        for i, s in enumerate(samples):  # a patient of the held-out site is never trained on
+            if parts[i] != "test" and s.patient in held:
+                skipped.append({"row": s.row, "path": s.path, "error": f"patient {s.patient!r} is also at the "
+                                f"held-out site {test_site!r}: left out of train/val"})
+                parts[i] = "skip"
     folds = getattr(data_cfg, "folds", None)
+    if folds:  # the folds cut the whole training pool, fixed val rows included
+        parts = ["pool" if p == "val" else p for p in parts]
+    pool_at = [i for i, p in enumerate(parts) if p in ("pool", "train")]
+    val_at = [i for i, p in enumerate(parts) if p == "val"]
+    test_at = [i for i, p in enumerate(parts) if p == "test"]
+    if not pool_at:
+        raise DataError(f"no training rows in {source.manifest or source.root} (every usable row is val or test)")
+    pool = [samples[i] for i in pool_at]
+    test = [samples[i] for i in test_at]
+    # one fingerprint per image, used both for the groups and for the nearest-training search
+    listed = pool + [samples[i] for i in val_at] + test
+    fp = fingerprints([s.path for s in listed], data_cfg.cache_dir)
+    row = {s.path: i for i, s in enumerate(listed)}
+    group_by = getattr(data_cfg, "group_by", "near")
+    column, band = group_by_parts(group_by)
+    keys = group_keys(fp[:len(pool)], [s.sha1 for s in pool], band) if band else None
+    if column is not None:
+        by_column = column_keys(source, pool_at, column)
+        keys = union_keys(by_column, keys) if keys is not None else by_column
+    assert keys is not None
     fold_of: dict[str, int] = {}
     if folds:
-        assigned = fold_numbers(samples, folds, data_cfg.split_seed, keys)
-        fold_of = {s.path: f for s, f in zip(samples, assigned, strict=True)}
-        train = [s for s in samples if fold_of[s.path] != data_cfg.fold]
-        val = [s for s in samples if fold_of[s.path] == data_cfg.fold]
+        assigned = fold_numbers(pool, folds, data_cfg.split_seed, keys)
+        fold_of = {s.path: f for s, f in zip(pool, assigned, strict=True)}
+        train = [s for s in pool if fold_of[s.path] != data_cfg.fold]
+        val = [s for s in pool if fold_of[s.path] == data_cfg.fold]
+    elif val_at:
+        train, val = pool, [samples[i] for i in val_at]
     else:
-        train, val = split_groups(samples, data_cfg.val_fraction, data_cfg.split_seed, keys)
+        train, val = split_groups(pool, data_cfg.val_fraction, data_cfg.split_seed, keys)
     # Every held-out image carries its nearest training image: metrics by band say how a model
     # does on images unlike anything it trained on (nothing is dropped).
     annotate_nearest(train, val + test, lambda part: fp[[row[s.path] for s in part]])
     numbers = {k: i for i, k in enumerate(sorted(set(keys)))}
-    group_of = {s.path: numbers[k] for s, k in zip(samples, keys, strict=True)}
-    return Split(classes, train, val, test, skipped, group_by, len(numbers), str(root), group_of,
-                 folds or None, data_cfg.fold if folds else None, fold_of)
+    group_of = {s.path: numbers[k] for s, k in zip(pool, keys, strict=True)}
+    split = Split(classes, train, val, test, skipped, group_by, len(numbers), str(source.root), group_of,
+                  folds or None, data_cfg.fold if folds else None, fold_of)
+    split.source = str(source.manifest) if source.manifest else None
+    split.test_site = test_site
+    return split
 
 
 def annotate_nearest(train: list[Sample], held_out: list[Sample], fingerprints_of) -> None:
@@ -347,9 +430,9 @@ def make_loader(dataset, batch_size: int, num_workers: int, sampler=None, drop_l
 
 
 def resolve_data_root(cfg) -> Path:
-    """The configured data root, or the embedded synthetic phantoms (generated once, under a lock)."""
-    if cfg.data.root:
-        return Path(cfg.data.root)
+    """The configured data root or manifest, or the embedded synthetic phantoms (generated once, under a lock)."""
+    if cfg.data.manifest or cfg.data.root:
+        return Path(cfg.data.manifest or cfg.data.root)
     from brainmri.data.phantoms import generate_phantoms
 
     s = cfg.data.synthetic
@@ -395,7 +478,12 @@ def build_training_data(cfg, first=contextlib.nullcontext) -> TrainingData:
         split = build_split(cfg.data, root)
     if not split.val:
         raise ValueError("data.val_fraction=0 leaves no validation split; the engine needs one")
-    decoder = Decoder.from_config(cfg.data)  # size, channels, head crop and background
+    deep = any(is_dicom_file(s.path) for part in PARTS for s in getattr(split, part))
+    if deep and {"trivialaugment", "randaugment"} & set(cfg.data.augment):
+        raise DataError(f"data.augment={list(cfg.data.augment)}: trivialaugment and randaugment work on 8-bit images; "
+                        "the data holds DICOM slices decoded at full precision: choose other augmentations")
+    # size, channels, head crop, background, DICOM window; with DICOM every image decodes to uint16
+    decoder = Decoder.from_config(cfg.data, deep)
     sources = {}
     if cfg.data.cache == "decoded":
         from brainmri.data.cache import DecodedCache

@@ -13,6 +13,8 @@ import base64
 import hashlib
 import io
 import json
+import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +24,11 @@ from PIL import Image
 
 from brainmri.atomic import atomic_write
 from brainmri.data.cachedir import cache_base, cache_unwritable
+from brainmri.data.dicom import DICOM_EXTENSIONS, DicomError, dicom_values, is_dicom, read_dicom
 from brainmri.data.preprocess import load_grey
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+SCANNED_EXTENSIONS = IMAGE_EXTENSIONS | DICOM_EXTENSIONS  # what a class folder's scan picks up
 
 
 class DataError(ValueError):
@@ -41,6 +45,16 @@ class Sample:
     nearest_train: str | None = None
     similarity: float | None = None
     band: str | None = None
+    # manifest rows (brainmri.data.manifest): the row number, patient, site and the other columns
+    row: int | None = None
+    patient: str | None = None
+    site: str | None = None
+    meta: dict[str, str] | None = None
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """A DICOM slice (by extension or by its marker; an image extension is never DICOM)."""
+    return Path(path).suffix.lower() not in IMAGE_EXTENSIONS and is_dicom(path)
 
 
 def load_pil(path: str | Path, channels: int) -> Image.Image:
@@ -49,7 +63,7 @@ def load_pil(path: str | Path, channels: int) -> Image.Image:
     MRI slices are grey-scale, so RGB/CMYK inputs are reduced to luminance first and then
     repeated to 3 channels: every file reaches the model in the same colour space.
     """
-    gray = load_grey(path)  # the rules an exported model's preprocess.py applies too
+    gray = read_dicom(path) if is_dicom_file(path) else load_grey(path)  # as an exported model's preprocess.py
     return gray if channels == 1 else gray.convert("RGB")
 
 
@@ -86,10 +100,16 @@ def _check_file(path: Path) -> dict:
     entry: dict[str, Any] = {"size": stat.st_size, "mtime": stat.st_mtime_ns}
     entry["sha1"] = hashlib.sha1(path.read_bytes()).hexdigest()
     try:
+        if is_dicom_file(path):
+            values = dicom_values(path)  # full decode: multi-frame, no pixels, unreadable → error
+            entry["dims"], entry["mode"], entry["error"] = [values.shape[1], values.shape[0]], "DICOM", None
+            return entry
         with Image.open(path) as img:
             entry["dims"], entry["mode"] = list(img.size), img.mode
         load_pil(path, 1)
         entry["error"] = None
+    except DicomError as e:  # its message says what is wrong in one line
+        entry["error"] = str(e)
     except Exception as e:  # PIL raises many types for broken files
         entry["error"] = f"{type(e).__name__}: {e}"
     return entry
@@ -121,34 +141,13 @@ def scan_folder(split_dir: str | Path, classes: list[str] | None = None,
         if class_dir.is_dir():
             images = sorted(
                 p for p in class_dir.iterdir()
-                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SCANNED_EXTENSIONS
             )
         if not images:
             raise DataError(f"class folder has no images: {class_dir}")
         files += [(p, label) for p in images]
 
-    index_file = _index_path(split_dir)
-    try:
-        index = json.loads(index_file.read_text())
-    except (OSError, ValueError):
-        index = {}
-    todo = []
-    for path, _ in files:
-        entry = index.get(str(path))
-        stat = path.stat()
-        if (not entry or entry["size"] != stat.st_size or entry["mtime"] != stat.st_mtime_ns
-                or ("mode" not in entry and not entry["error"])):
-            todo.append(path)
-    if todo:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for path, entry in zip(todo, pool.map(_check_file, todo), strict=True):
-                index[str(path)] = entry
-        try:
-            index_file.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(index_file, json.dumps(index))
-        except OSError as e:  # full, read-only: the next scan decodes again
-            cache_unwritable("file index", index_file.parent, e)
-
+    index = index_files([p for p, _ in files], _index_path(split_dir), workers)
     samples, skipped = [], []
     for path, label in files:
         entry = index[str(path)]
@@ -157,6 +156,34 @@ def scan_folder(split_dir: str | Path, classes: list[str] | None = None,
         else:
             samples.append(Sample(str(path), label, entry["sha1"]))
     return classes, samples, skipped
+
+
+def index_files(paths: Sequence[Path | str], index_file: Path, workers: int = 4,
+                stats: list | None = None) -> dict[str, dict]:
+    """Index entries (size, mtime, sha1, dims, mode, error) of ``paths``, kept in ``index_file``: a file
+    whose size and mtime are unchanged is not read again. ``stats`` (``os.stat`` results, row-aligned)
+    saves stating the files a second time."""
+    try:
+        index = json.loads(index_file.read_text())
+    except (OSError, ValueError):
+        index = {}
+    todo: list[Path | str] = []
+    for k, path in enumerate(paths):
+        entry = index.get(path if isinstance(path, str) else str(path))
+        stat = stats[k] if stats is not None else os.stat(path)
+        if (not entry or entry["size"] != stat.st_size or entry["mtime"] != stat.st_mtime_ns
+                or ("mode" not in entry and not entry["error"])):
+            todo.append(path)
+    if todo:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for path, entry in zip(todo, pool.map(_check_file, [Path(p) for p in todo]), strict=True):
+                index[str(path)] = entry
+        try:
+            index_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(index_file, json.dumps(index))
+        except OSError as e:  # full, read-only: the next scan decodes again
+            cache_unwritable("file index", index_file.parent, e)
+    return index
 
 
 def file_index(split_dir: str | Path) -> dict[str, dict]:

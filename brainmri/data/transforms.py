@@ -19,12 +19,16 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import v2
 
 from brainmri.data import preprocess
-from brainmri.data.files import load_pil
+from brainmri.data.dicom import dicom_values
+from brainmri.data.files import is_dicom_file, load_pil
+
+DEEP_MAX = 65535  # a deep decoder's full scale: uint16 (an 8-bit value v becomes v · 257)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -36,27 +40,57 @@ class Decoder:
     With ``crop="head"`` or ``background="zero"`` the grey image goes through
     ``brainmri.data.preprocess.prepare`` (numpy/PIL, resize included), the very code an exported
     model folder carries as ``preprocess.py``; otherwise it is resized by torchvision as before.
+
+    ``deep=True`` (data holding DICOM slices): every image decodes to a uint16 tensor on the full
+    0–65535 scale, so 12- and 16-bit DICOM intensities keep their precision through resizing,
+    augmentation and the decoded cache until the batch's float conversion (8-bit files are scaled
+    by 257: the same float input as before). DICOM slices are windowed as ``window`` says
+    (``brainmri.data.dicom``).
     """
 
     def __init__(self, image_size: int, channels: int, crop: str = "none", background: str = "keep",
-                 margin: float = 0.0):
+                 margin: float = 0.0, window: str = "file", deep: bool = False):
         self.image_size = image_size
         self.channels = channels
         self.crop, self.background, self.margin = crop, background, margin
+        self.window, self.deep = window, deep
         self.resize = v2.Resize((image_size, image_size), antialias=True)
 
     @classmethod
-    def from_config(cls, data_cfg) -> Decoder:
-        """The decoder of a config's ``data`` section (size, channels, crop, background, margin)."""
+    def from_config(cls, data_cfg, deep: bool = False) -> Decoder:
+        """The decoder of a config's ``data`` section (size, channels, crop, background, margin, DICOM window)."""
+        dicom = getattr(data_cfg, "dicom", None)
         return cls(data_cfg.input_size, data_cfg.input_channels, data_cfg.crop, data_cfg.background,
-                   data_cfg.head_margin)
+                   data_cfg.head_margin, dicom.window if dicom is not None else "file", deep)
 
     @property
     def prepares(self) -> bool:
         return self.crop != "none" or self.background != "keep"
 
     def __call__(self, path: str | Path) -> torch.Tensor:
-        return self.from_grey(load_pil(path, 1))
+        if is_dicom_file(path):
+            values = dicom_values(path, self.window)
+            if self.deep:
+                return self.from_values(values)
+            return self.from_grey(Image.fromarray(np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8), "L"))
+        grey = load_pil(path, 1)
+        return self.from_values(np.asarray(grey, np.float64) / 255.0) if self.deep else self.from_grey(grey)
+
+    def from_values(self, values: np.ndarray) -> torch.Tensor:
+        """Intensities in [0, 1] (H × W) → a uint16 tensor (channels, size, size): the deep decode."""
+        if self.prepares:  # the head is found on the 8-bit picture; the mask and box apply to the full values
+            grey = Image.fromarray(np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8), "L")
+            mask = preprocess.head_mask(grey, self.margin)
+            if mask.any():
+                if self.background == "zero":
+                    values = np.where(mask, values, 0.0)
+                box = preprocess.head_box(mask) if self.crop == "head" else None
+                if box is not None:
+                    x0, y0, x1, y1 = box
+                    values = values[y0:y1, x0:x1]
+        x = self.resize(torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))[None])
+        img = (x.clamp(0.0, 1.0) * DEEP_MAX).round().to(torch.uint16)
+        return (img.expand(self.channels, -1, -1) if self.channels > 1 else img).contiguous()
 
     def from_grey(self, grey: Image.Image) -> torch.Tensor:
         """A grey-scale (mode ``L``) image already decoded (e.g. a DICOM slice) → the same tensor."""
@@ -68,6 +102,8 @@ class Decoder:
     def key(self) -> str:
         """Names what the decoder produces (the decoded-image and feature caches are keyed on it)."""
         base = f"{self.image_size}px-{self.channels}ch"
+        base += "-16bit" if self.deep else ""
+        base += f"-window{self.window}" if self.window != "file" else ""
         return f"{base}-crop{self.crop}-bg{self.background}-m{self.margin:g}" if self.prepares else base
 
 
@@ -100,18 +136,19 @@ class MRIntensity(v2.Transform):
                 "gamma": math.exp(lo + (hi - lo) * u[2]), "sigma": self.noise * u[3] * 255}
 
     def transform(self, inpt, params):
-        if not isinstance(inpt, torch.Tensor) or inpt.dtype != torch.uint8:
+        if not isinstance(inpt, torch.Tensor) or inpt.dtype not in (torch.uint8, torch.uint16):
             return inpt
+        top = 255 if inpt.dtype == torch.uint8 else DEEP_MAX  # uint16: the deep decoder's full scale
         zero = inpt[:1] == 0
         x = inpt[:1].float() * params["brightness"]
         keep = ~zero
         mean = x[keep].mean() if keep.any() else x.new_zeros(())
-        x = ((x - mean) * params["contrast"] + mean).clamp(0, 255)
-        x = 255 * (x / 255) ** params["gamma"]
+        x = ((x - mean) * params["contrast"] + mean).clamp(0, top)
+        x = top * (x / top) ** params["gamma"]
         if params["sigma"] > 0:
-            real, imag = torch.randn(2, *x.shape) * params["sigma"]
+            real, imag = torch.randn(2, *x.shape) * params["sigma"] * (top / 255)
             x = torch.sqrt((x + real) ** 2 + imag ** 2)
-        x = torch.where(zero, 0.0, x).round().clamp(0, 255).to(torch.uint8)
+        x = torch.where(zero, 0.0, x).round().clamp(0, top).to(inpt.dtype)
         return x.expand_as(inpt).clone() if inpt.shape[0] > 1 else x
 
 

@@ -35,7 +35,7 @@ from brainmri.rundir import RunDir
 # Config keys that differ between runs without defining a different model: the seed (the replicate
 # axis) and every key that only changes how a run runs (brainmri.config.RUNTIME_KEYS).
 NOT_SWEPT = ("seed", "run_id", *RUNTIME_KEYS)
-REPLICATE_KEYS = ("seed", "data.fold")  # a replicate of a configuration is a (fold, seed) pair
+REPLICATE_KEYS = ("seed", "data.fold", "data.test_site")  # a replicate: a (fold or held-out site, seed) pair
 METRICS = ("acc", "macro_f1", "auc", "ece")
 SOURCE_RANK = {"rundir": 0, "wandb-offline": 1, "wandb-api": 2}
 EXACT_MCNEMAR_BELOW = 25  # discordant pairs; below this the chi-square approximation is poor
@@ -74,9 +74,14 @@ class Run:
         return (self.config.get("data") or {}).get("folds")
 
     @property
+    def test_site(self) -> str | None:
+        """The site held out as the test part (config ``data.test_site``; a leave-one-site-out run)."""
+        return (self.config.get("data") or {}).get("test_site")
+
+    @property
     def replicate(self) -> tuple:
-        """(fold, seed): which replicate of its configuration the run is."""
-        return (self.fold, self.seed)
+        """(fold, seed): which replicate of its configuration the run is (a held-out site counts as its fold)."""
+        return (self.fold if self.test_site is None else f"site {self.test_site}", self.seed)
 
     @property
     def finished(self) -> bool:
@@ -290,6 +295,7 @@ class Comparison:
     notes: list[str] = field(default_factory=list)
     paired: list[dict] = field(default_factory=list)  # every other recipe vs the best: corrected t, McNemar
     incomplete_folds: list[dict] = field(default_factory=list)  # configurations x seeds missing folds
+    loso: list[dict] = field(default_factory=list)  # leave-one-site-out: per recipe, each held-out site and the mean
 
 
 def value_label(keys: list[str], value: tuple) -> str:
@@ -495,7 +501,38 @@ def compare(runs: list[Run], metric: str = "val/acc", by: list[str] | None = Non
                            "mcnemar": compare_predictions(cmp.recipes[0], other)})
     if cmp.paired:
         cmp.mcnemar = cmp.paired[0]["mcnemar"]
+    cmp.loso = leave_one_site_out(cmp.recipes)
     return cmp
+
+
+LOSO_METRICS = ("acc", "macro_f1", "auc", "n")
+
+
+def leave_one_site_out(recipes: list[RecipeResult]) -> list[dict]:
+    """Per recipe whose chosen configuration held sites out (``data.test_site``, a sweep's ``folds: sites``):
+    one row per held-out site (its test metrics, averaged over seeds) and a ``mean`` row over the sites."""
+    rows = []
+    for rr in recipes:
+        by_site: dict[str, list[Run]] = {}
+        for r in rr.runs:
+            if r.test_site is not None and "test/acc" in r.summary:
+                by_site.setdefault(str(r.test_site), []).append(r)
+        if not by_site:
+            continue
+        site_rows: list[dict[str, Any]] = []
+        for site in sorted(by_site):
+            runs = by_site[site]
+            row: dict[str, Any] = {"recipe": rr.recipe, "held_out_site": site, "runs": len(runs)}
+            for m in LOSO_METRICS:
+                values = [r.summary[f"test/{m}"] for r in runs if f"test/{m}" in r.summary]
+                row[m] = float(np.mean(values)) if values else None
+            site_rows.append(row)
+        mean: dict[str, Any] = {"recipe": rr.recipe, "held_out_site": "mean", "runs": sum(r["runs"] for r in site_rows)}
+        for m in LOSO_METRICS:
+            values = [r[m] for r in site_rows if r[m] is not None]
+            mean[m] = float(np.mean(values)) if values else None
+        rows += site_rows + [mean]
+    return rows
 
 
 def _mean(values: Iterable) -> float | None:

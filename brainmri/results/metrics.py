@@ -103,13 +103,31 @@ def band_metrics(labels, probs, bands, classes: list[str], prefix: str, band_nam
     Every band gets ``n`` (0 when empty) and, when non-empty, ``acc``; a band of at least
     ``BAND_MIN_N`` samples gets the full set of ``classification_metrics``.
     """
+    return subset_metrics(labels, probs, [b or "novel" for b in bands], band_names, classes, f"{prefix}/band")
+
+
+def site_key(site: str) -> str:
+    """A site's name as a metric-key part (no slashes)."""
+    return str(site).replace("/", "_")
+
+
+def site_metrics(labels, probs, sites, classes: list[str], prefix: str) -> dict[str, float]:
+    """Metrics per acquisition site (a manifest's ``site`` column): ``{prefix}/site/<site>/{n,acc,…}``,
+    by the rules of :func:`band_metrics`. Rows without a site count in no site."""
+    keys = [site_key(s) if s else "" for s in sites]
+    return subset_metrics(labels, probs, keys, sorted({k for k in keys if k}), classes, f"{prefix}/site")
+
+
+def subset_metrics(labels, probs, members, names, classes: list[str], prefix: str) -> dict[str, float]:
+    """``{prefix}/<name>/n`` and ``acc`` for each subset ``name`` (rows whose ``members`` value is it);
+    the full ``classification_metrics`` for a subset of at least ``BAND_MIN_N`` rows."""
     labels = np.asarray(labels)
     probs = np.asarray(probs, dtype=np.float64)
-    bands = np.asarray([b or "novel" for b in bands])
+    members = np.asarray(members)
     out: dict[str, float] = {}
-    for band in band_names:
-        mask = bands == band
-        key = f"{prefix}/band/{band}"
+    for name in names:
+        mask = members == name
+        key = f"{prefix}/{name}"
         out[f"{key}/n"] = int(mask.sum())
         if not mask.any():
             continue

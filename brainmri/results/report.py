@@ -282,6 +282,16 @@ def paired_frame(cmp: Comparison, pm: str = "±") -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
+def loso_frame(cmp: Comparison) -> pd.DataFrame:
+    """The leave-one-site-out table: recipe, held-out site, test accuracy, macro-F1, AUC, test images, runs."""
+    def num(v, digits: int = 3):
+        return "" if v is None else (f"{v:.0f}" if float(v).is_integer() and v > 1 else f"{v:.{digits}f}")
+
+    return pd.DataFrame([{"recipe": r["recipe"], "held-out site": r["held_out_site"], "test acc": num(r["acc"]),
+                          "test macro-F1": num(r["macro_f1"]), "test AUC": num(r["auc"]), "test n": num(r["n"]),
+                          "runs": r["runs"]} for r in cmp.loso])
+
+
 def incomplete_folds_frame(cmp: Comparison) -> pd.DataFrame:
     """One row per configuration and seed with fewer finished folds than ``data.folds``."""
     return pd.DataFrame([{"recipe": m["recipe"], "config": m["config"], "seed": m["seed"],
@@ -390,6 +400,10 @@ def to_markdown(cmp: Comparison, per_value: bool = False, table: str = "main") -
                   "(fold, seed) pairs (Nadeau & Bengio, 2003) and McNemar on the shared test images.",
                   markdown_table(paired_frame(cmp)), "\n".join(ttest_lines(cmp))]
     parts += ["\n".join(mcnemar_lines(cmp))]
+    if cmp.loso:
+        parts += ["## Leave one site out", "Each site held out as the test part in turn (``data.test_site``); "
+                  "test metrics of the chosen configuration, averaged over seeds, and their mean over the sites.",
+                  markdown_table(loso_frame(cmp))]
     if cmp.incomplete_folds:
         parts += ["## Incomplete fold sets (not averaged)", markdown_table(incomplete_folds_frame(cmp))]
     parts += ["## Incomplete runs (not averaged)",

@@ -64,6 +64,7 @@ SWEEP_KEYS = {"name", "recipe", "recipes", "seeds", "folds", "overrides", "grid"
               "search"}
 GRID_KEYS = ("grid", "lr_scale", "seeds", "folds")  # a sweep is a grid or a search (brainmri.sweep.search)
 FOLD_KEYS = ("data.folds", "data.fold")  # set by folds: (an axis); never by a level of the file when it is given
+SITE_KEYS = ("data.test_site",)  # set by folds: sites (leave one site out)
 BLOCK_KEYS = {"overrides", "grid", "lr_scale", "slurm"}  # what a per_recipe block may set
 WANDB_TAG_MAX = 64
 
@@ -104,7 +105,7 @@ class Sweep:
     slurm: SlurmResources  # the sweep-wide resources
     dir: Path
     seeds: list[Any] | None = None
-    folds: int | None = None  # K: every recipe x configuration x seed trained on folds 0..K-1
+    folds: int | str | None = None  # K: each recipe x configuration x seed on folds 0..K-1; "sites": one per site
     lr_scale: list[float] | None = None
     per_recipe: dict[str, dict[str, Any]] = field(default_factory=dict)  # the blocks as given (checked)
     recipe_slurm: dict[str, SlurmResources] = field(default_factory=dict)  # merged, per recipe
@@ -232,18 +233,24 @@ def _check_level(path: str | Path, level: _Level) -> None:
             raise SweepError(f"{path}: {level.where}{key} is both in grid and in overrides; give one")
 
 
-def _folds(path: str | Path, value: Any, key: str = "folds") -> int:
+def _folds(path: str | Path, value: Any, key: str = "folds") -> int | str:
     value = _normalize(value)
+    if key == "folds" and value == "sites":
+        return value
     if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-        raise SweepError(f"{path}: {key} must be an integer >= 2 (the number of folds), got {value!r}")
+        raise SweepError(f"{path}: {key} must be an integer >= 2 (the number of folds)"
+                         f"{' or sites (leave one site out)' if key == 'folds' else ''}, got {value!r}")
     return value
 
 
-def _check_no_fold_keys(path: str | Path, levels: list[_Level]) -> None:
+def _check_no_fold_keys(path: str | Path, levels: list[_Level], sites: bool = False) -> None:
     """With ``folds:`` the fold keys belong to that axis, never to a level's overrides or grid."""
     for level in levels:
         for part, keys in (("overrides", level.overrides), ("grid", level.grid)):
-            for key in FOLD_KEYS:
+            for key in FOLD_KEYS + (SITE_KEYS if sites else ()):
+                if sites and key in keys:
+                    raise SweepError(f"{path}: {level.where}{part}.{key}: folds: sites holds every site out in "
+                                     f"turn (data.test_site=<site>); drop {key}")
                 if key in keys:
                     raise SweepError(f"{path}: {level.where}{part}.{key}: folds: is the fold axis of every "
                                      f"recipe (data.folds=K, data.fold=0..K-1); drop {key}")
@@ -339,7 +346,7 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | tuple[str, ...] = ()
                                  "seeds are shared by every recipe; set seeds: at the top")
         blocks[recipe] = level
     if folds is not None:
-        _check_no_fold_keys(path, [top, *blocks.values()])
+        _check_no_fold_keys(path, [top, *blocks.values()], folds == "sites")
     file_fixed = set(top.overrides).union(*(b.overrides for b in blocks.values()))
 
     # the command line beats every level of the file
@@ -395,12 +402,14 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | tuple[str, ...] = ()
 
 
 def _recipe_axes(seeds: list[Any] | None, top: _Level, block: _Level | None,
-                 folds: int | None = None) -> tuple[dict, dict, list | None]:
+                 folds: int | str | None = None) -> tuple[dict, dict, list | None]:
     """(fixed overrides, grid axes, lr_scale) of one recipe after the merge rules (module docstring)."""
     block = block or _Level("")
     overrides = {k: v for k, v in top.overrides.items() if k not in block.grid} | block.overrides
     grid = {"seed": seeds} if seeds is not None else {}
-    if folds is not None:
+    if folds == "sites":
+        pass  # the held-out sites come from the recipe's manifest (expand)
+    elif isinstance(folds, int):
         overrides["data.folds"] = folds
         if "data.fold" not in overrides:  # the command line's data.fold=i trains that fold only
             grid["data.fold"] = list(range(folds))
@@ -436,6 +445,9 @@ def expand(sweep: Sweep, path: str | Path = "", top: _Level | None = None,
         fixed, grid, lr_scale = _recipe_axes(sweep.seeds, top, block, sweep.folds)
         fixed = {k: _normalize(v) for k, v in fixed.items()}
         where = f"sweep {sweep.name}, recipe {recipe}"
+        if sweep.folds == "sites" and "data.test_site" not in fixed:  # the command line's data.test_site: that site
+            grid = {**({"seed": grid.pop("seed")} if "seed" in grid else {}),
+                    "data.test_site": _sites(config_path, fixed, where), **grid}
         base_lr = None
         if lr_scale is not None:
             try:
@@ -459,6 +471,28 @@ def expand(sweep: Sweep, path: str | Path = "", top: _Level | None = None,
             tasks.append(task)
         _settle_cpus(sweep, recipe, block, workers, path)
     return tasks
+
+
+def _sites(config_path: Path, fixed: dict[str, Any], where: str) -> list[str]:
+    """The sites of the recipe's manifest (``folds: sites``: one task per site held out)."""
+    from brainmri.data.files import DataError
+    from brainmri.data.manifest import is_manifest, manifest_sites
+
+    try:
+        data = load_config(config_path, _as_overrides({k: v for k, v in fixed.items() if k not in SITE_KEYS})).data
+    except ConfigError as e:
+        raise SweepError(f"{where} (fixed overrides): {e}") from None
+    source = data.manifest or data.root
+    if not source or not is_manifest(source):
+        raise SweepError(f"{where}: folds: sites holds each site of a manifest out in turn; give data.manifest "
+                         f"(a CSV/TSV with a site column), not {source or 'the built-in phantoms'}")
+    try:
+        sites = manifest_sites(source)
+    except DataError as e:
+        raise SweepError(f"{where}: folds: sites: {e}") from None
+    if len(sites) < 2:
+        raise SweepError(f"{where}: folds: sites needs at least two sites in {source}, found {sites or 'none'}")
+    return sites
 
 
 def make_task(sweep: Sweep, recipe: str, config_path: str | Path, chosen: dict[str, Any], params: dict[str, Any],

@@ -328,6 +328,7 @@ class Engine:
         summary["config"] = cfg.to_dict()
         if cfg.train.compile:  # what the run got: compiled, or eager after the warning
             summary["compiled"] = forward is not None and forward.compiled
+        self.record.skipped_at_end(data.split)
         self.record.finish(summary, st)
         acc.wait_for_everyone()
         return summary

@@ -87,16 +87,35 @@ def predict(model: torch.nn.Module, loader, accelerator, to_input: Callable | No
     return Predictions(idx_np, torch.cat(labels).numpy().astype(np.int64), torch.cat(probs).numpy())
 
 
-def split_metrics(split: str, labels, probs, classes: Sequence[str], bands: Sequence[str | None] | None = None
-                  ) -> dict[str, float]:
-    """``{split}/acc``, ``{split}/macro_f1``, per-class values … and ``{split}/band/<band>/…``.
+def split_metrics(split: str, labels, probs, classes: Sequence[str], bands: Sequence[str | None] | None = None,
+                  sites: Sequence[str | None] | None = None) -> dict[str, float]:
+    """``{split}/acc``, ``{split}/macro_f1``, per-class values … , ``{split}/band/<band>/…`` and
+    ``{split}/site/<site>/…``.
 
     ``bands`` holds each row's similarity band (``Sample.band``); without it no band metrics.
+    ``sites`` holds each row's site (a manifest's ``site`` column); without any no site metrics.
     """
     values = M.classification_metrics(labels, probs, list(classes), split)
     if bands is not None:  # how the model does by similarity to its training images
         values.update(M.band_metrics(labels, probs, bands, list(classes), split, BANDS))
+    if sites is not None and any(sites):  # how the model does at each acquisition site
+        values.update(M.site_metrics(labels, probs, sites, list(classes), split))
     return values
+
+
+def manifest_columns(rows: Sequence) -> dict[str, list]:
+    """A manifest's row number, patient, site and metadata columns per row, for a predictions CSV
+    (none for rows from a folder)."""
+    cols: dict[str, list] = {}
+    if any(getattr(s, "row", None) is not None for s in rows):
+        cols["row"] = [s.row if s.row is not None else "" for s in rows]
+    for name in ("patient", "site"):
+        if any(getattr(s, name, None) for s in rows):
+            cols[name] = [getattr(s, name) or "" for s in rows]
+    names = list(dict.fromkeys(k for s in rows for k in (getattr(s, "meta", None) or {})))
+    for name in names:
+        cols[name if name not in cols else f"meta_{name}"] = [(s.meta or {}).get(name, "") for s in rows]
+    return cols
 
 
 def evaluate_split(split: str, model: torch.nn.Module, loader, accelerator, classes: Sequence[str],
@@ -116,9 +135,11 @@ def evaluate_split(split: str, model: torch.nn.Module, loader, accelerator, clas
     """
     pred = predict(model, loader, accelerator, to_input, views)
     rows = [samples[i] for i in pred.index]
-    values = split_metrics(split, pred.labels, pred.probs, classes, [s.band for s in rows])
+    values = split_metrics(split, pred.labels, pred.probs, classes, [s.band for s in rows],
+                           [getattr(s, "site", None) for s in rows])
     if run_dir is not None and accelerator.is_main_process:
-        run_dir.write_predictions(split, rows, pred.labels, pred.probs, list(classes), extra=band_columns(rows))
+        run_dir.write_predictions(split, rows, pred.labels, pred.probs, list(classes),
+                                  extra={**band_columns(rows), **manifest_columns(rows)})
         M.save_confusion_png(pred.labels, pred.probs.argmax(1), list(classes), run_dir.confusion_png(split),
                              title or f"{split}")
     return values

@@ -126,8 +126,18 @@ class RunRecord:
         self._manifest = record["manifest"]
         self.run.write_split(record)
         if split.skipped:
-            log.warning("skipped %d unreadable image(s); see %s: %s", len(split.skipped), self.run.skipped_file,
+            what = "manifest row(s)" if split.source else "unreadable image(s)"
+            log.warning("skipped %d %s; see %s: %s", len(split.skipped), what, self.run.skipped_file,
                         ", ".join(s["path"] for s in split.skipped[:5]))
+
+    def skipped_at_end(self, split) -> None:
+        """Every skipped file or manifest row (row number, path, reason), at the end of the log."""
+        if split.skipped:
+            log.warning("%d file(s) or manifest row(s) were skipped (also in %s):", len(split.skipped),
+                        self.run.skipped_file)
+            for s in split.skipped:
+                log.warning("  %s%s: %s", f"row {s['row']} " if s.get("row") is not None else "", s["path"],
+                            s["error"])
 
     def start(self, state) -> None:
         """Rows after the checkpoint we start from are redone; W&B resumes its run and logs what it missed."""

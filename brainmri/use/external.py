@@ -19,6 +19,7 @@ from pathlib import Path
 from brainmri.data.datasets import ImageDataset, make_loader
 from brainmri.data.files import DataError, resolve_splits_root, scan_folder
 from brainmri.data.leakage import fingerprints
+from brainmri.data.manifest import is_manifest, open_data
 from brainmri.data.transforms import eval_transform
 from brainmri.rundir import RunDir
 from brainmri.train.evaluate import evaluate_split
@@ -47,7 +48,8 @@ def check_classes(found: list[str], classes: list[str], where: Path) -> None:
 
 
 def default_out(run: RunDir, data_root: Path) -> RunDir:
-    return run.eval_dir(Path(data_root).resolve().name or "external")
+    path = Path(data_root).resolve()
+    return run.eval_dir((path.stem if is_manifest(path) else path.name) or "external")
 
 
 def evaluate_run(run_dir: str | Path, data_root: str | Path, out: str | Path | None = None,
@@ -55,14 +57,21 @@ def evaluate_run(run_dir: str | Path, data_root: str | Path, out: str | Path | N
                  trained: TrainedRun | Ensemble | None = None) -> dict:
     """Metrics of the run's best checkpoint on ``data_root``; files in ``out`` (see the module docstring)."""
     trained = trained or TrainedRun.load(run_dir)
-    folder = evaluation_folder(data_root)
-    check_classes(_class_folders(folder), trained.classes, folder)
+    if is_manifest(data_root):  # its test rows if it has any, else every row; labels must be the run's classes
+        folder = Path(data_root)
+        source = open_data(data_root, trained.classes, trained.cfg.data.max_skipped_fraction)
+        tested = [s for s, part in zip(source.samples, source.parts, strict=True) if part == "test"]
+        listed = (tested or source.samples, source.skipped)
+    else:
+        folder = evaluation_folder(data_root)
+        check_classes(_class_folders(folder), trained.classes, folder)
+        listed = None
     out_run = RunDir(out) if out else default_out(trained.run, Path(data_root))
     out_dir = out_run.path
     if out_dir.resolve() == trained.run_dir.resolve() or out_run.checkpoints.is_dir():
         raise DataError(f"--out {out_dir} is a run directory; choose another folder (training results are "
                         "never overwritten)")
-    _, samples, skipped = scan_folder(folder, trained.classes)
+    samples, skipped = listed if listed is not None else scan_folder(folder, trained.classes)[1:]
     if not samples:
         raise DataError(f"no readable images under {folder}")
     reference, note = trained.training_reference()

@@ -6,10 +6,10 @@ ignored inside folders; a file named explicitly in an unknown format is reported
 turns one file into a grey-scale (mode ``L``) PIL image, or raises :class:`InputError` with one line
 saying why (unreadable, truncated, DICOM without pixel data, compressed DICOM without a decoder).
 
-DICOM: the modality LUT (rescale slope/intercept) and the VOI LUT or window centre/width are applied
-with pydicom (``apply_modality_lut``, ``apply_voi_lut``); the windowed range is mapped to 0–255 (a
-slice without window tags is stretched from its min to its max); MONOCHROME1 is inverted so that
-high signal is bright, as in the training images. Knows nothing about models.
+DICOM slices are decoded by ``brainmri.data.dicom`` (the decoder training uses): the modality LUT
+(rescale slope/intercept) and the VOI LUT or window centre/width applied with pydicom, the windowed
+range mapped to 0–255 (a slice without window tags stretched from its min to its max), MONOCHROME1
+inverted so that high signal is bright. Knows nothing about models.
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
+from brainmri.data import dicom
+from brainmri.data.dicom import DICOM_EXTENSIONS  # noqa: F401  (where prediction's readers look it up)
 from brainmri.data.files import IMAGE_EXTENSIONS, load_pil
-
-DICOM_EXTENSIONS = {".dcm", ".dicom", ".dic", ".ima"}
 
 
 class InputError(ValueError):
@@ -36,14 +35,7 @@ class Collected:
 
 
 def _is_dicom(path: Path) -> bool:
-    if path.suffix.lower() in DICOM_EXTENSIONS:
-        return True
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:] == b"DICM"
+    return dicom.is_dicom(path)
 
 
 def _usable(path: Path) -> bool:
@@ -84,82 +76,21 @@ def collect_inputs(paths: list[str | Path]) -> Collected:
 # ------------------------------------------------------------------------------------------- DICOM
 
 
-def _voi_range(ds) -> tuple[float, float] | None:
-    """The output range of pydicom's VOI transform for ``ds`` (None: the file has no VOI tags)."""
-    if ds.get("VOILUTSequence"):
-        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-        return 0.0, float(2**bits - 1)
-    if "WindowCenter" not in ds or "WindowWidth" not in ds:
-        return None
-    # as pydicom.pixels.processing.apply_windowing: the stored range, through the rescale if any
-    bits = int(ds.BitsStored)
-    if ds.get("ModalityLUTSequence"):
-        lo, hi = 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
-    elif int(ds.PixelRepresentation) == 0:
-        lo, hi = 0.0, float(2**bits - 1)
-    else:
-        lo, hi = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
-    if ds.get("RescaleSlope") is not None and ds.get("RescaleIntercept") is not None:
-        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
-        lo, hi = lo * slope + intercept, hi * slope + intercept
-    return lo, hi
-
-
-def read_dicom(path: str | Path) -> Image.Image:
-    """One DICOM slice as a grey-scale PIL image (see the module docstring for the intensity rules)."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
-
+def read_dicom(path: str | Path, window: str = "file") -> Image.Image:
+    """One DICOM slice as a grey-scale PIL image (``brainmri.data.dicom``: the decoder training uses;
+    ``window``: the run's ``data.dicom.window``)."""
     try:
-        ds = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as e:
-        raise InputError(f"unreadable DICOM: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        kind = getattr(ds, "Modality", None) or ds.get("SOPClassUID", "unknown SOP class")
-        raise InputError(f"DICOM without pixel data ({kind}): nothing to predict")
-    meta = getattr(ds, "file_meta", None)
-    ts = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
-    if ts is not None and ts.is_compressed:
-        try:
-            decoder = get_decoder(ts)
-        except NotImplementedError:  # a syntax pydicom has no decoder for at all
-            decoder = None
-        if decoder is None or not decoder.is_available:
-            need = ", ".join(d.split(" - ")[0] for d in decoder.missing_dependencies) if decoder else "a decoder"
-            raise InputError(f"compressed transfer syntax {ts.name} ({ts}) cannot be decoded here: "
-                             f"install {need or 'a pydicom pixel-data plugin'}")
-    try:
-        arr = ds.pixel_array
-    except Exception as e:  # pydicom raises many types for malformed pixel data
-        raise InputError(f"cannot decode DICOM pixel data: {type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}") from None
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if frames > 1:
-        raise InputError(f"multi-frame DICOM ({frames} frames): predict single slices")
-    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        # colour DICOM: pydicom returns RGB (YBR converted); reduce to grey like any colour image
-        return Image.fromarray(np.asarray(arr, dtype=np.uint8)).convert("L")
-    values = apply_modality_lut(arr, ds).astype(np.float64)
-    window = _voi_range(ds)
-    if window is not None:
-        values = np.asarray(apply_voi_lut(values, ds), dtype=np.float64)
-        lo, hi = window
-    else:
-        lo, hi = float(values.min()), float(values.max())
-    scaled = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
-    grey = np.clip(np.rint(np.clip(scaled, 0.0, 1.0) * 255.0), 0, 255).astype(np.uint8)
-    if photometric == "MONOCHROME1":  # minimum value is white: invert to the training images' polarity
-        grey = 255 - grey
-    return Image.fromarray(grey, mode="L")
+        return dicom.read_dicom(path, window)
+    except dicom.DicomError as e:
+        raise InputError(str(e).replace("no image", "nothing to predict")) from None
 
 
-def decode_input(path: str | Path) -> Image.Image:
-    """Any prediction input as a grey-scale PIL image; :class:`InputError` (one line) when unusable."""
+def decode_input(path: str | Path, window: str = "file") -> Image.Image:
+    """Any prediction input as a grey-scale PIL image; :class:`InputError` (one line) when unusable.
+    ``window``: how DICOM slices are windowed (the run's ``data.dicom.window``)."""
     path = Path(path)
     if _is_dicom(path):
-        return read_dicom(path)
+        return read_dicom(path, window)
     try:
         return load_pil(path, 1)
     except Exception as e:  # PIL raises many types for broken files

@@ -23,6 +23,7 @@ import torch
 from brainmri.atomic import atomic_write
 from brainmri.data.files import Sample
 from brainmri.data.leakage import fingerprint_image
+from brainmri.data.manifest import is_manifest, manifest_inputs
 from brainmri.data.transforms import Decoder
 from brainmri.train.regularise import TTA
 from brainmri.use.inputs import InputError, collect_inputs, decode_input
@@ -44,7 +45,7 @@ class InputDataset(torch.utils.data.Dataset):
         fp = torch.zeros((3, 32 * 32)) if self.with_fingerprint else torch.zeros(0)
         try:
             sha1 = hashlib.sha1(path.read_bytes()).hexdigest()
-            grey = decode_input(path)
+            grey = decode_input(path, self.decoder.window)
             x = self.decoder.from_grey(grey)
             if self.with_fingerprint:
                 fp = torch.from_numpy(fingerprint_image(grey))
@@ -66,6 +67,7 @@ class Predictions:
     band: list[str | None] | None = None
     reference_note: str = ""  # why similarity columns are empty
     cam_index: Path | None = None
+    meta: dict[str, dict[str, str]] = field(default_factory=dict)  # path → its manifest row's other columns
 
     @property
     def preds(self) -> list[str]:
@@ -78,8 +80,16 @@ def predict_files(trained: Inferable, inputs: list[str | Path], batch_size: int 
     """Predict every usable file under ``inputs``; optionally Grad-CAM overlays into ``cam_dir``."""
     from tqdm.auto import tqdm
 
-    collected = collect_inputs(inputs)
-    out = Predictions(trained.classes, skipped=list(collected.skipped))
+    manifests = [p for p in inputs if is_manifest(p)]
+    collected = collect_inputs([p for p in inputs if not is_manifest(p)])
+    meta: dict[str, dict[str, str]] = {}
+    for manifest in manifests:  # a manifest's files, in its order, with its other columns
+        listed, bad = manifest_inputs(manifest)
+        collected.skipped += bad
+        known = {str(f) for f in collected.files}
+        collected.files[:0] = [Path(f) for f, _ in listed if f not in known]
+        meta.update(dict(listed))
+    out = Predictions(trained.classes, skipped=list(collected.skipped), meta=meta)
     reference = None
     if similarity and collected.files:
         reference, out.reference_note = trained.training_reference()
@@ -131,13 +141,16 @@ def write_csv(pred: Predictions, path: str | Path) -> tuple[Path, Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["path", "pred", *[f"prob_{c}" for c in pred.classes], "nearest_train", "similarity", "band"])
+    columns = list(dict.fromkeys(c for m in pred.meta.values() for c in m))  # a manifest's other columns
+    w.writerow(["path", "pred", *[f"prob_{c}" for c in pred.classes], "nearest_train", "similarity", "band",
+                *columns])
     probs = pred.probs if pred.probs is not None else np.zeros((0, len(pred.classes)))  # no paths without probs
     for i, (p, label) in enumerate(zip(pred.paths, pred.preds, strict=True)):
         near = ([pred.nearest_train[i], f"{pred.similarity[i]:.4f}", pred.band[i]]
                 if pred.band is not None and pred.nearest_train is not None and pred.similarity is not None
                 else ["", "", ""])
-        w.writerow([p, label, *[f"{float(v):.6f}" for v in probs[i]], *near])
+        row = pred.meta.get(p, {})
+        w.writerow([p, label, *[f"{float(v):.6f}" for v in probs[i]], *near, *[row.get(c, "") for c in columns]])
     atomic_write(path, buf.getvalue())
     skipped = path.with_name(f"{path.stem}.skipped.csv")
     buf = io.StringIO()
