@@ -28,6 +28,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,8 +54,22 @@ SUMMARY, PREV_SUMMARY = "summary.json", "summary.prev.json"
 SPLIT, SKIPPED, LOG = "split.json", "skipped_files.json", "train.log"
 LOCK = ".lock"  # the writer's OS file lock; its holder is noted beside it (brainmri.locks.hold_lock)
 PRUNE = "prune.json"  # a search driver's request that the run stop at its next epoch end (brainmri.jobs.search)
+
+
+class RunStatus(StrEnum):
+    """A run's own status, as ``status.json`` writes it (the task and trial states are brainmri.sweepdir's)."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # stopped by a signal outside SLURM; resumes from its last checkpoint
+    PREEMPTED = "preempted"  # stopped by a signal under SLURM (time-out, pre-emption): the job requeues itself
+    PRUNED = "pruned"  # stopped at an epoch end by a search driver's request: ended, never failed
+
+
 # a run directory: status or metrics, a summary that is no evaluation, or a config with a recipe (RunDir.is_run_dir)
-ENDED = ("finished", "failed", "interrupted", "preempted", "pruned")
+ENDED = (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.INTERRUPTED, RunStatus.PREEMPTED, RunStatus.PRUNED)
+STOPPED = (RunStatus.FAILED, RunStatus.INTERRUPTED, RunStatus.PREEMPTED)  # ended without a result
 
 
 class CheckpointError(RuntimeError):
@@ -72,14 +87,14 @@ NO_SPACE = "no space"  # status.json's "cause" of a run stopped by a full disk o
 class RunState:
     """What a run directory says about its run (see :meth:`RunDir.state`)."""
 
-    status: str | None  # finished | failed | running | interrupted | preempted | pruned | None (nothing yet)
+    status: str | None  # a RunStatus, or None (nothing yet)
     error: str | None = None
     epoch: int = 0
     record: dict = field(default_factory=dict)  # status.json as written
 
     @property
     def finished(self) -> bool:
-        return self.status == "finished"
+        return self.status == RunStatus.FINISHED
 
     @property
     def label(self) -> str:
@@ -88,7 +103,7 @@ class RunState:
 
 
 def state_label(status: str, cause: str | None) -> str:
-    return f"{status}: {cause}" if status == "failed" and cause else status
+    return f"{status}: {cause}" if status == RunStatus.FAILED and cause else str(status)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -278,14 +293,14 @@ class RunDir:
         it, whatever job started it (also before it wrote its first status)."""
         h = self.holder()
         return h.get("host") == socket.gethostname() and isinstance(h.get("pid"), int) and _pid_alive(h["pid"]) \
-            and self.read_status().get("status") in (None, "running")
+            and self.read_status().get("status") in (None, RunStatus.RUNNING)
 
     # ----------------------------------------------------------------- status
-    def set_status(self, status: str, epoch: int = 0, error: str | None = None, last_resort: bool = False,
+    def set_status(self, status: RunStatus, epoch: int = 0, error: str | None = None, last_resort: bool = False,
                    **extra: Any) -> None:
         """Write ``status.json`` atomically. ``last_resort`` (a run stopped by a full disk): when even
         that cannot be written, overwrite the old file in place, which needs no new space."""
-        record = {"status": status, "epoch": epoch, "error": error, "host": socket.gethostname(),
+        record = {"status": str(status), "epoch": epoch, "error": error, "host": socket.gethostname(),
                   "pid": os.getpid(), **extra}
         try:
             write_json(self.status_file, record)
@@ -310,14 +325,16 @@ class RunDir:
         """
         summary = _read_json_or_none(self.summary_file)
         status = self.read_status()
-        if isinstance(summary, dict) and summary.get("status", "finished") == "finished":
-            return RunState("finished", None, int(summary.get("epochs_run") or status.get("epoch") or 0), status)
+        if isinstance(summary, dict) and summary.get("status", RunStatus.FINISHED) == RunStatus.FINISHED:
+            epochs = int(summary.get("epochs_run") or status.get("epoch") or 0)
+            return RunState(RunStatus.FINISHED, None, epochs, status)
         name, error = status.get("status"), status.get("error")
         pid = status.get("pid")
-        if name == "running" and status.get("host") == socket.gethostname() and isinstance(pid, int) \
+        if name == RunStatus.RUNNING and status.get("host") == socket.gethostname() and isinstance(pid, int) \
                 and not _pid_alive(pid):
             gone = f"training process {pid} on {status['host']} is gone (killed?)"
-            return RunState("failed", gone + (f"\n{error}" if error else ""), int(status.get("epoch") or 0), status)
+            return RunState(RunStatus.FAILED, gone + (f"\n{error}" if error else ""), int(status.get("epoch") or 0),
+                            status)
         return RunState(name, error, int(status.get("epoch") or 0), status)
 
     # ---------------------------------------------------------------- metrics

@@ -12,7 +12,7 @@ The vocabularies, each defined once with its mapping:
 - :class:`TrialState`: a search trial (``trials.json``, the driver, the collector's search view);
   what a task's state means for its trial (:func:`trial_state_of_task`).
 A run's own status (finished, failed, running, interrupted, preempted, pruned) is the run
-directory's (``brainmri.rundir``).
+directory's: :class:`brainmri.rundir.RunStatus`.
 """
 
 from __future__ import annotations

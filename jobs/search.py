@@ -68,7 +68,7 @@ from brainmri.jobs.submit import (
     wait,
 )
 from brainmri.metric_names import TIE_BREAK, choice_key
-from brainmri.rundir import RunDir
+from brainmri.rundir import RunDir, RunStatus
 from brainmri.sweep.expand import (
     Sweep,
     SweepError,
@@ -318,7 +318,7 @@ class SearchDriver:
         if twin is not None:  # the same values as an earlier trial: the same run directory, trained once
             row.update(job_id=twin["job_id"], cluster=twin["cluster"], state=TrialState.RUNNING, twin_of=twin["number"],
                        submitted_at=time.time())
-        elif RunDir(task.run_dir).state().status in ("finished", "pruned"):  # e.g. a confirmation run of these values
+        elif RunDir(task.run_dir).state().status in (RunStatus.FINISHED, RunStatus.PRUNED):  # e.g. a confirmation run
             row.update(state=TrialState.RUNNING, submitted_at=time.time())
         elif RunDir(task.run_dir).held_here():  # submitted by a driver that died before it wrote the job id
             row.update(state=TrialState.RUNNING, submitted_at=time.time())
@@ -453,7 +453,7 @@ class SearchDriver:
             changed |= self.report_epochs(row, state in TASK_ENDED)
             if self._gone(row, state):
                 state, error = TaskState.FAILED, f"task process {row['job_id']} ended without a word"
-            if state == TaskState.FAILED and RunDir(row["run_dir"]).state().status == "running":
+            if state == TaskState.FAILED and RunDir(row["run_dir"]).state().status == RunStatus.RUNNING:
                 # the job ended (scancel, time limit) but its process may still be writing (SLURM's KillWait)
                 if time.time() - row.setdefault("ending_since", time.time()) < END_GRACE_S:
                     continue
@@ -502,7 +502,7 @@ class SearchDriver:
                 continue
             adopted += 1
             if self.cluster == "local" and task_state(self.sweep.dir, task, None)[0] == TaskState.FAILED \
-                    and RunDir(task.run_dir).state().status == "interrupted":
+                    and RunDir(task.run_dir).state().status == RunStatus.INTERRUPTED:
                 row["job_id"] = task.job_id = None  # stopped by the signal that stopped the driver: resume it
                 self.launch(row)
                 resumed += 1

@@ -29,13 +29,14 @@ from brainmri.config import load_config
 from brainmri.jobs.local_task import exit_record
 from brainmri.jobs.train_job import TrainJob
 from brainmri.models.registry import ensure_weights
-from brainmri.rundir import RunDir
+from brainmri.rundir import STOPPED, RunDir, RunStatus
 from brainmri.sweep.expand import (
     Sweep,
     SweepError,
     Task,
     arrays,
     bill,
+    check_same_sweep,
     describe,
     format_params,
     load_table,
@@ -317,7 +318,7 @@ def task_state(sweep_dir: Path, task: Task, sched: str | None) -> tuple[str, str
     run = RunDir(task.run_dir).state()
     if run.finished:
         return TaskState.FINISHED, None
-    if run.status == "pruned":  # a search driver stopped it (brainmri.jobs.search): ended, never failed
+    if run.status == RunStatus.PRUNED:  # a search driver stopped it (brainmri.jobs.search): ended, never failed
         return TaskState.PRUNED, None
     if (active := task_state_of_job(sched)) is not None:
         return active, None  # a requeued job's run dir says "failed" until it restarts
@@ -328,10 +329,10 @@ def task_state(sweep_dir: Path, task: Task, sched: str | None) -> tuple[str, str
         if ended is not None:
             how = f"killed by {ended['signal']}" if ended.get("signal") else f"exited {ended.get('returncode')}"
             return TaskState.FAILED, f"task process {ended.get('pid')} {how}\n" + (error_tail(sweep_dir, task) or "")
-    if run.status in ("failed", "interrupted", "preempted") or sched is not None:
+    if run.status in STOPPED or sched is not None:
         # any ended SLURM state without a summary (FAILED, CANCELLED, TIMEOUT, ...) is a failure
         reason = "" if sched in (None, "FAILED", "COMPLETED") else f"job {sched.lower()}\n"
-        if run.record.get("status") == "running":  # it said running, but its process is gone
+        if run.record.get("status") == RunStatus.RUNNING:  # it said running, but its process is gone
             reason += (run.error or "").partition("\n")[0] + "\n"
         return TaskState.FAILED, reason + (error_tail(sweep_dir, task) or "")
     if task.cluster == "debug":
@@ -353,7 +354,7 @@ def where_it_is(task: Task) -> tuple[str, float | None]:
     if task.state not in ("running", "submitted", "requeued"):
         return "", None
     st = RunDir(task.run_dir).read_status()
-    if st.get("status") != "running" or "in_epoch" not in st:
+    if st.get("status") != RunStatus.RUNNING or "in_epoch" not in st:
         return "", None
     place = f"epoch {st['in_epoch']}/{st.get('epochs', '?')} batch {st.get('batch', '?')}/{st.get('batches', '?')}"
     return place, st.get("run_eta_s")
@@ -416,8 +417,10 @@ def run_sweep(sweep: Sweep, cluster: str, only_failed: bool = False, dry_run: bo
 
     Every array's parameters are checked before anything is submitted; pretrained weights are
     fetched here once; with ``dry_run`` only the plan and the bill are printed. Returns the exit
-    code: 0, or 1 when a task failed.
+    code: 0, or 1 when a task failed. A sweep directory that holds another sweep (other fixed settings,
+    a task it would drop) is refused before anything is written.
     """
+    check_same_sweep(sweep)
     refresh(sweep.dir, sweep.tasks)
     wanted = {TaskState.FAILED} if only_failed else RESUBMITTABLE
     chosen = [t for t in sweep.tasks if t.state in wanted]

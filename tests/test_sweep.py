@@ -379,3 +379,30 @@ def test_shipped_cv_comparison_trains_every_configuration_on_five_folds(tmp_path
             by_lr.setdefault(t.params["optim.lr"], []).append(t.params["data.fold"])
         assert all(sorted(folds) == [0, 1, 2, 3, 4] for folds in by_lr.values())
     assert len(arrays(sweep, sweep.tasks)) == 4
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_rerun_with_other_fixed_settings_is_refused_and_leaves_every_file_as_it_was(tmp_path, phantom_root):
+    path = write_sweep(tmp_path / "s.yaml", "same", {"seed": [0]}, {"data.root": str(phantom_root), **TINY},
+                       SMALL_JOBS)
+    root = tmp_path / "sweeps"
+    proc = run_sweep("--config", path, "--cluster", "local", "--sweeps-root", root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    before = _files(root / "same")
+    assert "tasks.json" in before and "sweep.yaml" in before
+    for extra in (["train.epochs=3"], ["train.epochs=3", "--dry-run"], ["data.input_size=48", "optim.lr=0.01"]):
+        again = run_sweep("--config", path, "--cluster", "local", "--sweeps-root", root, *extra)
+        assert again.returncode == 2, again.stdout + again.stderr
+        err = again.stderr.strip()
+        assert len(err.splitlines()) == 1 and "holds another sweep" in err and "nothing was changed" in err, err
+        assert _files(root / "same") == before, extra
+    assert "baseline_cnn train.epochs 2 -> 3" in run_sweep("--config", path, "--cluster", "local", "--sweeps-root",
+                                                           root, "train.epochs=3").stderr
+    # more seeds only add tasks: allowed, the finished one is kept
+    more = write_sweep(tmp_path / "s.yaml", "same", {"seed": [0, 1]}, {"data.root": str(phantom_root), **TINY},
+                       SMALL_JOBS)
+    plan = run_sweep("--config", more, "--cluster", "local", "--sweeps-root", root, "--dry-run")
+    assert plan.returncode == 0 and "1 to submit (1 finished" in plan.stdout, plan.stdout + plan.stderr

@@ -633,6 +633,48 @@ def merge_table(sweep: Sweep) -> None:
             task.state, task.error = row.get("state", "new"), row.get("error")
 
 
+DERIVED_KEYS = ("run_dir", "wandb.group", "wandb.job_type", "wandb.name", "wandb.tags")  # set per task (make_task)
+
+
+def _fixed_of(task: Task) -> dict[str, str]:
+    """The overrides every task of ``task``'s recipe shares (its grid values and per-task keys left out)."""
+    pairs = dict(item.partition("=")[::2] for item in task.overrides)
+    return {k: v for k, v in pairs.items()
+            if k not in task.params and k not in DERIVED_KEYS and not is_runtime_key(k)}
+
+
+def sweep_differences(sweep: Sweep) -> list[str]:
+    """What makes ``sweep`` another sweep than the one its directory holds: a task of ``tasks.json`` it no
+    longer has (changed fixed settings, a dropped recipe or grid value), each difference named; [] when it
+    only adds tasks (or there is no task table yet)."""
+    table = SweepDir(sweep.dir).tasks_json
+    if not table.is_file():
+        return []
+    new_ids = {t.id for t in sweep.tasks}
+    dropped = [t for t in load_table(sweep.dir) if t.id not in new_ids]
+    diffs: list[str] = []
+    for recipe in dict.fromkeys(t.recipe for t in dropped):
+        now = next((t for t in sweep.tasks if t.recipe == recipe), None)
+        if now is None:
+            diffs.append(f"recipe {recipe} dropped")
+            continue
+        old, new = _fixed_of(next(t for t in dropped if t.recipe == recipe)), _fixed_of(now)
+        diffs += [f"{recipe} {k} {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}"
+                  for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k)]
+    if not diffs:  # the same fixed settings: grid values were dropped
+        diffs = [f"{t.recipe} {format_params(t.params) or 'task ' + t.id} dropped" for t in dropped]
+    return diffs
+
+
+def check_same_sweep(sweep: Sweep) -> None:
+    """A SweepError naming every difference when the sweep directory holds another sweep (call it before
+    writing anything: a refused re-run leaves every file of the sweep as it was)."""
+    diffs = sweep_differences(sweep)
+    if diffs:
+        raise SweepError(f"{sweep.dir} holds another sweep: {'; '.join(diffs)}; nothing was changed (run it with "
+                         "the sweep's settings, or give the sweep another name: name=...)")
+
+
 def save_sweep(sweep: Sweep) -> None:
     """Write ``sweep.yaml`` (resolved) and the task table (``tasks.json``, ``tasks.csv``)."""
     sweep.dir.mkdir(parents=True, exist_ok=True)

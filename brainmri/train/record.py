@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from brainmri.atomic import EX_TEMPFAIL, free_bytes, human_bytes, is_disk_full
 from brainmri.optim import OPTIMIZER_STATES
-from brainmri.rundir import NO_SPACE, RunDir, acquire_lock
+from brainmri.rundir import NO_SPACE, RunDir, RunStatus, acquire_lock
 from brainmri.train.resume import check_resumable, extends_finished
 from brainmri.train.signals import TrainingInterrupted, TrialPruned
 from brainmri.train.tracking import WandbRun, log, prepare_wandb, setup_logging
@@ -108,7 +108,7 @@ class RunRecord:
             log.info("extending the finished run %s (its previous summary is kept beside it)", self.run.path)
         if self.run.has_checkpoint():
             check_resumable(self.cfg, self.run)
-            if self.is_main and self.run.read_status().get("status") == "pruned":
+            if self.is_main and self.run.read_status().get("status") == RunStatus.PRUNED:
                 # the driver's request was carried out; resuming a pruned run by hand continues it
                 self.run.withdraw_prune()
 
@@ -148,7 +148,7 @@ class RunRecord:
         state.wandb_id = self.wb.run_id
         if self.is_main:
             self.wb.backfill(self.run.read_metrics())
-            self.run.set_status("running", state.epoch)
+            self.run.set_status(RunStatus.RUNNING, state.epoch)
 
     # ------------------------------------------------------------------ training
     def progress(self, state, epoch: int, batch: int, total: int | None = None, elapsed: float = 0.0,
@@ -167,7 +167,7 @@ class RunRecord:
             if total:
                 where["batches"] = total
             where.update(epoch_etas(self.cfg, epoch, batch, total, elapsed))
-            self.run.set_status("running", state.epoch, **where)
+            self.run.set_status(RunStatus.RUNNING, state.epoch, **where)
         every = self.cfg.train.log_interval_s
         if every > 0 and totals is not None and not sys.stderr.isatty() and now - self._line_at >= every:
             self._line_at = now
@@ -216,7 +216,7 @@ class RunRecord:
                                      "epochs_run": state.epoch,
                                      **{k: v for k, v in summary.items() if k.startswith(("val/", "test/"))}})
             self.run.write_summary(summary)
-            self.run.set_status("finished", state.epoch)
+            self.run.set_status(RunStatus.FINISHED, state.epoch)
             log.info("finished %s: val/acc %.4f%s", self.run.path, summary["val/acc"],
                      f" test/acc {summary['test/acc']:.4f}" if "test/acc" in summary else "")
 
@@ -233,7 +233,7 @@ class RunRecord:
     def interrupted(self, signum: int, exit_code: int, state) -> None:
         name = signal.Signals(signum).name
         if self.is_main:
-            self.run.set_status("preempted" if os.environ.get("SLURM_JOB_ID") else "interrupted",
+            self.run.set_status(RunStatus.PREEMPTED if os.environ.get("SLURM_JOB_ID") else RunStatus.INTERRUPTED,
                                 state.epoch, signal=name)
         log.warning("%s: stopped after step %d; resume with --resume %s", name, state.step, self.run.path)
         self._finish_wandb(exit_code, name)
@@ -242,7 +242,7 @@ class RunRecord:
         """The run's status says pruned after the epoch just written (its checkpoints are kept); W&B finishes."""
         request = self.run.prune_request() if self.is_main else None
         if self.is_main:
-            self.run.set_status("pruned", state.epoch, request=request)
+            self.run.set_status(RunStatus.PRUNED, state.epoch, request=request)
         log.info("pruned by the search driver after epoch %d (%s)", state.epoch, (request or {}).get("reason", ""))
         self._finish_wandb(0, "pruning")
 
@@ -253,7 +253,7 @@ class RunRecord:
             reason = getattr(error, "reason", None) or str(error)
             if self.is_main:
                 try:
-                    self.run.set_status("failed", state.epoch, str(error), last_resort=True, cause=NO_SPACE,
+                    self.run.set_status(RunStatus.FAILED, state.epoch, str(error), last_resort=True, cause=NO_SPACE,
                                         reason=reason)
                 except OSError as e:  # said with the run's one error line (brainmri.cli.train)
                     note = f"{self.run.status_file.name} could not be written either ({e})"
@@ -261,7 +261,8 @@ class RunRecord:
             self._finish_wandb(EX_TEMPFAIL, "a full disk")
             return
         if self.is_main:
-            self.run.set_status("failed", state.epoch, f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
+            self.run.set_status(RunStatus.FAILED, state.epoch,
+                                f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
         self._finish_wandb(1, type(error).__name__)
 
     def check_space(self, model, optim_name: str) -> None:
