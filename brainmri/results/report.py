@@ -17,6 +17,7 @@ from brainmri.results.report_latex import to_latex
 from brainmri.results.report_plots import write_plots
 from brainmri.results.tables import (
     FRAMES,
+    LOSO_TEXT,
     NUMERIC,
     TABLES,
     TITLES,
@@ -48,9 +49,7 @@ def to_markdown(cmp: Comparison, per_value: bool = False, table: str = "main") -
                   markdown_table(paired_frame(cmp)), "\n".join(ttest_lines(cmp))]
     parts += ["\n".join(mcnemar_lines(cmp))]
     if cmp.loso:
-        parts += ["## Leave one site out", "Each site held out as the test part in turn (``data.test_site``); "
-                  "test metrics of the chosen configuration, averaged over seeds, and their mean over the sites.",
-                  markdown_table(loso_frame(cmp))]
+        parts += ["## Leave one site out", LOSO_TEXT, markdown_table(loso_frame(cmp))]
     if cmp.incomplete_folds:
         parts += ["## Incomplete fold sets (not averaged)", markdown_table(incomplete_folds_frame(cmp))]
     parts += ["## Incomplete runs (not averaged)",
