@@ -18,6 +18,7 @@ from brainmri.results.report_plots import write_plots
 from brainmri.results.tables import (
     FRAMES,
     LOSO_TEXT,
+    NO_SITES,
     NUMERIC,
     TABLES,
     TITLES,
@@ -38,7 +39,9 @@ __all__ = ["RENDERERS", "TABLES", "display_frame", "markdown_table", "to_csv", "
 
 
 def to_markdown(cmp: Comparison, per_value: bool = False, table: str = "main") -> str:
-    parts = [f"# {TITLES[table]}", intro_text(cmp, table), markdown_table(FRAMES[table](cmp, False))]
+    frame = FRAMES[table](cmp, False)
+    empty = NO_SITES if table == "sites" and cmp.recipes else "Nothing finished: no row to show."
+    parts = [f"# {TITLES[table]}", intro_text(cmp, table), markdown_table(frame, empty)]
     if per_value and table == "main":
         parts += ["## Per swept value (* = selected; test columns of other values are for reference, "
                   "not used for selection)", markdown_table(display_frame(cmp, per_value=True))]

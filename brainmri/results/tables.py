@@ -434,6 +434,7 @@ def incomplete_frame(cmp: Comparison, full_error: bool = False) -> pd.DataFrame:
 INTERVALS_METHOD = ("95 % intervals of the mean: the t-interval over seeds for one train/val split; over folds "
                     "the corrected resampled t of Nadeau & Bengio (2003), t(J−1) · std · sqrt(1/J + ρ) with "
                     "ρ = n_test/n_train of a fold, because folds share training images.")
+NO_SITES = "No run has per-site test metrics: they come from a manifest with a site column and test rows."
 LOSO_TEXT = ("Each site held out as the test part in turn (``data.test_site``); test metrics of the chosen "
              "configuration, averaged over seeds, and their mean over the sites.")
 SITES_TEXT = ("Cells: mean ± std over the replicates that tested on the site (Replicates counts them); n: test "
