@@ -49,27 +49,22 @@ def write_cost(arch: str, data_dir: str, repeats: int) -> dict:
     """Median seconds of one mid-epoch checkpoint (position + atomic last.pt) after two real steps."""
     from accelerate.utils import gather_object
 
-    from brainmri.train.checkpoint import capture_position
     from brainmri.config import load_config
+    from brainmri.train.checkpoint import EpochTotals, capture_position
     from brainmri.train.engine import Engine
-    from brainmri.train.phases import phase_optimization
+    from brainmri.train.phases import prepare_phase
 
     eng = Engine(load_config("configs/baseline_cnn.yaml", overrides(arch, 10, scratch_dir("ckpt-w-"), data_dir, 2)))
     eng.run.create()
-    eng._setup_data()
-    eng._setup_model()
-    optimizer, scheduler = phase_optimization(eng.model, eng.cfg.phases[0], eng.cfg)
-    eng.ddp_model, optimizer, eng.train_loader_p, eng.val_loader_p = eng.acc.prepare(
-        eng.model, optimizer, eng.train_loader, eng.val_loader)
-    eng._train_epoch(optimizer, scheduler, "train", None)  # optimizer state exists, as mid-run
-    import torch
-
-    sums = torch.zeros(3, dtype=torch.float64)
+    parts = eng.build()
+    ph = prepare_phase(parts.model, parts.data, eng.cfg.phases[0], eng.cfg, eng.acc)
+    eng._train_epoch(parts, ph, 1, None)  # optimizer state exists, as mid-run
+    totals = EpochTotals.zeros("cpu")
     times = []
     for _ in range(repeats + 1):
         t = time.perf_counter()
-        position = capture_position(1, 2, eng.acc.step, 0.0, sums, gather_object)
-        eng._save_checkpoint(eng.run.last_checkpoint, optimizer, scheduler, position)
+        position = capture_position(1, 2, eng.acc.step, 0.0, totals, gather_object)
+        eng._save_checkpoint(parts, eng.run.last_checkpoint, ph, position)
         times.append(time.perf_counter() - t)
     size = eng.run.last_checkpoint.stat().st_size
     return {"median_s": statistics.median(times[1:]), "runs_s": [round(x, 4) for x in times[1:]],

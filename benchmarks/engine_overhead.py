@@ -25,7 +25,7 @@ import torch
 from _common import DATA_ROOT, ratio, scratch_dir, summary, timed, write_result
 from brainmri.config import load_config
 from brainmri.train.engine import Engine
-from brainmri.train.phases import phase_optimization
+from brainmri.train.phases import prepare_phase
 
 
 def main() -> None:
@@ -49,11 +49,9 @@ def main() -> None:
         f"train.max_steps_per_epoch={args.steps}", f"run_dir={run_dir}"])
     eng = Engine(cfg)
     eng.run.create()
-    eng._setup_data()
-    eng._setup_model()
-    bare_model = copy.deepcopy(eng.model)  # same initial weights
-    optimizer, _ = phase_optimization(eng.model, cfg.phases[0], cfg)
-    eng.ddp_model, optimizer, eng.train_loader_p = eng.acc.prepare(eng.model, optimizer, eng.train_loader)
+    parts = eng.build()
+    bare_model = copy.deepcopy(parts.model)  # same initial weights
+    ph = prepare_phase(parts.model, parts.data, cfg.phases[0], cfg, eng.acc)
 
     opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optim.name]
     bare_opt = opt_cls(bare_model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
@@ -63,18 +61,18 @@ def main() -> None:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
         from torchvision.transforms import v2
 
-        classes = len(eng.data.classes)
+        classes = len(parts.classes)
         mix = v2.RandomChoice([v2.MixUp(alpha=tc.mixup, num_classes=classes), v2.CutMix(alpha=tc.cutmix, num_classes=classes)],
                               p=[1 - tc.mixup_switch_prob, tc.mixup_switch_prob])
         ema = AveragedModel(bare_model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema))
-    loader = eng.train_loader  # the same DataLoader object the engine's prepared loader wraps
+    loader = parts.data.loaders["train"]  # the same DataLoader object the engine's prepared loader wraps
 
     def bare_epoch() -> None:
         bare_model.train()
         for i, (x, y, _) in enumerate(loader):
             if i >= args.steps:  # same stopping rule as the engine's max_steps_per_epoch
                 break
-            inputs, target = eng.normalize(x), y
+            inputs, target = parts.data.normalize(x), y
             if mix is not None and torch.rand(()) < tc.mixup_prob:
                 inputs, target = mix(inputs, y)
             loss = torch.nn.functional.cross_entropy(bare_model(inputs).float(), target,
@@ -86,12 +84,12 @@ def main() -> None:
                 ema.update_parameters(bare_model)
 
     def engine_epoch() -> None:
-        eng._train_epoch(optimizer, None, "train", None)
+        eng._train_epoch(parts, ph, 1, None)
 
     times = {"engine": [], "bare": []}
     for rep in range(args.repeats + 1):
         for name, fn in (("engine", engine_epoch), ("bare", bare_epoch)) if rep % 2 else (("bare", bare_epoch), ("engine", engine_epoch)):
-            eng.data.sampler.set_epoch(rep)
+            parts.data.sampler.set_epoch(rep)
             t = timed(fn)
             if rep > 0:  # rep == 0 is the warm-up
                 times[name].append(t)

@@ -2,7 +2,10 @@
 
 Owns the ``RunConfig`` dataclasses, loading a recipe YAML (``yaml.safe_load``), applying dotted
 ``key=value`` overrides with type checks, and saving the resolved config into a run directory.
-Knows nothing about models, data or training.
+Knows nothing about data or training. It holds no model knowledge of its own: ``validate`` asks the
+registries that own the names (``brainmri.models.registry``, ``brainmri.optim``) whether an
+architecture, optimizer or scheduler exists, and checks the phases' groups on a weightless
+skeleton of the model.
 
 Example:
     >>> cfg = load_config("configs/baseline_cnn.yaml", ["optim.lr=3e-4", "seed=1"])
@@ -49,8 +52,7 @@ class FrozenDict(dict):
 # check that a run directory holds the same run, sweep task ids and the collector's compared keys
 # all ignore them (dotted prefixes, as in ``flatten``).
 RUNTIME_KEYS = ("run_dir", "wandb.", "train.fail_at_epoch", "train.checkpoint_every_min", "train.log_interval_s",
-                "data.num_workers",
-                "data.eval_batch_size", "data.cache", "data.cache_dir", "data.synthetic_dir",
+                "data.num_workers", "data.eval_batch_size", "data.cache", "data.cache_dir", "data.synthetic_dir",
                 "data.max_skipped_fraction", "train.compile", "train.channels_last")
 # What a resume may change besides: how long it trains.
 EXTENDABLE_KEYS = ("train.epochs", "train.phases", "train.max_steps_per_epoch")

@@ -2,8 +2,9 @@
 
 Owns Gradient Centralization (``centralize_gradient``), the ``Lookahead`` wrapper, ``Ranger``
 (RAdam with decoupled weight decay + GC + Lookahead), the optimizer and scheduler registries
-(``OPTIMIZERS``, ``SCHEDULERS``) and the ``build_optimizer`` / ``build_scheduler`` factories the
-engine calls with named parameter groups and the config's ``optim`` / ``scheduler`` sections.
+(``OPTIMIZERS``, ``SCHEDULERS``), how much state each optimizer keeps (``OPTIMIZER_STATES``) and the
+``build_optimizer`` / ``build_scheduler`` factories the engine calls with named parameter groups and
+the config's ``optim`` / ``scheduler`` sections.
 """
 
 from __future__ import annotations
@@ -160,6 +161,9 @@ OPTIMIZERS: dict[str, Callable[[list[dict[str, Any]], Any], Optimizer]] = {
     "ranger": lambda groups, o: Ranger(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
                                        k=o.lookahead_k, alpha=o.lookahead_alpha, gc_conv=o.gc_conv, gc_fc=o.gc_fc),
 }
+# Tensors the size of a trained parameter each optimizer keeps in its state (Adam: both moments; Ranger:
+# those and Lookahead's slow weights; SGD: the momentum buffer): what a checkpoint's optimizer state weighs.
+OPTIMIZER_STATES: dict[str, int] = {"adam": 2, "adamw": 2, "ranger": 3, "sgd": 1}
 
 class WarmupCosine(LRScheduler):
     """Linear warmup, then cosine decay to ``min_lr``, stepped once per epoch (a closed form of the epoch).

@@ -29,7 +29,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from brainmri.atomic import (
     DiskFullError,
@@ -41,13 +41,17 @@ from brainmri.atomic import (
     read_json,
     write_json,
 )
+from brainmri.locks import hold_lock, holder_file
+
+if TYPE_CHECKING:
+    from filelock import BaseFileLock
 
 log = logging.getLogger("brainmri")
 
 CONFIG, STATUS, METRICS = "config.yaml", "status.json", "metrics.jsonl"
 SUMMARY, PREV_SUMMARY = "summary.json", "summary.prev.json"
 SPLIT, SKIPPED, LOG = "split.json", "skipped_files.json", "train.log"
-LOCK = ".lock"  # the writer's OS file lock; its holder is noted beside it (hold_lock)
+LOCK = ".lock"  # the writer's OS file lock; its holder is noted beside it (brainmri.locks.hold_lock)
 PRUNE = "prune.json"  # a search driver's request that the run stop at its next epoch end (brainmri.jobs.search)
 # a run directory: status or metrics, a summary that is no evaluation, or a config with a recipe (RunDir.is_run_dir)
 ENDED = ("finished", "failed", "interrupted", "preempted", "pruned")
@@ -476,7 +480,7 @@ class RunLockedError(RuntimeError):
     """Another process already writes this run directory (one line naming the holder)."""
 
 
-def acquire_lock(run: RunDir):
+def acquire_lock(run: RunDir) -> BaseFileLock:
     """Take the run directory's exclusive lock (an OS file lock: it dies with its process).
 
     Raises :class:`RunLockedError` at once, naming the holder's host, pid and SLURM job id.
@@ -484,28 +488,3 @@ def acquire_lock(run: RunDir):
     """
     return hold_lock(run.lock_file, lambda holder: RunLockedError(
         f"{run.path} is in use by {holder}; wait for it or choose another run_dir"))
-
-
-def holder_file(lock: Path) -> Path:
-    """Where the holder of the lock ``lock`` is noted."""
-    return lock.with_name(f"{lock.name}.holder")
-
-
-def hold_lock(path: Path, refused):
-    """Take the exclusive OS file lock ``path`` (it dies with its process) and note its holder beside
-    it; when another process holds it, raise ``refused("host H pid P SLURM job J")`` at once."""
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(str(path), timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        try:
-            h = read_json(holder_file(path))
-        except (OSError, ValueError):
-            h = {}
-        raise refused(f"host {h.get('host', '?')} pid {h.get('pid', '?')} "
-                      f"SLURM job {h.get('slurm_job_id') or '-'}") from None
-    write_json(holder_file(path), {"host": socket.gethostname(), "pid": os.getpid(),
-                             "slurm_job_id": os.environ.get("SLURM_JOB_ID")})
-    return lock

@@ -20,7 +20,8 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-from brainmri.rundir import RunDir, hold_lock
+from brainmri.locks import hold_lock
+from brainmri.rundir import RunDir
 
 
 class TaskState(StrEnum):

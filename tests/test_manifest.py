@@ -361,3 +361,12 @@ def test_a_phantom_cohorts_manifest_splits_by_patient_and_decodes_its_dicom_at_1
     assert len(levels) > 256  # more than 8 bits survive decoding
     held = build_split(DataConfig(manifest=str(manifest), test_site="B", cache_dir=str(tmp_path)), manifest)
     assert {s.site for s in held.test} == {"B"} and "B" not in {s.site for s in held.train + held.val}
+
+
+def test_patient_plus_near_joins_two_patients_linked_by_a_near_duplicate_pair():
+    from brainmri.data.datasets import union_keys
+
+    # rows 1 and 2 belong to two patients but are near-duplicates of each other: both patients become one group
+    groups = union_keys(["p1", "p1", "p2", "p3", "p3", "p4"], ["n0", "n1", "n1", "n2", "n3", "n4"])
+    assert groups[0] == groups[1] == groups[2] and groups[3] == groups[4]
+    assert len({groups[0], groups[3], groups[5]}) == 3

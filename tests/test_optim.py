@@ -247,3 +247,17 @@ def test_an_extended_warmup_cosine_phase_replans_the_rest():
 def test_bad_arguments_raise_value_error_naming_them(make, match):
     with pytest.raises(ValueError, match=match):
         make(list(_model().parameters()))
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "ranger"])
+def test_optimizer_states_count_the_tensors_each_optimizer_keeps_per_parameter(name):
+    from brainmri.optim import OPTIMIZER_STATES, OPTIMIZERS
+
+    assert set(OPTIMIZER_STATES) == set(OPTIMIZERS)
+    model = _model()
+    opt = build_optimizer(OptimConfig(name=name), [{"name": "all", "params": list(model.parameters())}])
+    _backward(model, _batches(1)[0])
+    opt.step()
+    weight = model[0].weight
+    kept = [v for v in opt.state[weight].values() if torch.is_tensor(v) and v.shape == weight.shape]
+    assert len(kept) == OPTIMIZER_STATES[name]

@@ -234,22 +234,26 @@ def column_keys(source: Source, picked: list[int], column: str) -> list[str]:
 
 
 def union_keys(a: list[str], b: list[str]) -> list[str]:
-    """Keys whose groups are the connected components of two groupings (a pair sharing either key is joined)."""
-    parent = list(range(len(a)))
+    """Keys whose groups are the connected components of two groupings (a pair sharing either key is joined);
+    a component is named after its first row."""
+    import numpy as np
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    rows: list[int] = []
+    cols: list[int] = []
     for keys in (a, b):
         first: dict[str, int] = {}
         for i, k in enumerate(keys):
-            j = first.setdefault(k, i)
-            if j != i:
-                parent[find(i)] = find(j)
-    return [f"g{find(i)}" for i in range(len(a))]
+            rows.append(i)
+            cols.append(first.setdefault(k, i))
+    n = len(a)
+    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    first_row: dict[int, int] = {}
+    for i, c in enumerate(component.tolist()):
+        first_row.setdefault(c, i)
+    return [f"g{first_row[c]}" for c in component.tolist()]
 
 
 def build_split(data_cfg, root: str | Path) -> Split:

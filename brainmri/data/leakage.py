@@ -60,10 +60,6 @@ _BLUR = 2.0  # σ of the blur removed for the fine fingerprint, in fingerprint p
 FORMAT = 1  # bump when the fingerprint changes: cached fingerprints of another format are recomputed
 
 
-class LeakageError(ValueError):
-    """Bad input to the audit (empty folder, one class); the message names it."""
-
-
 # ---------------------------------------------------------------------------------------------
 # Fingerprints
 

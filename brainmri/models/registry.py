@@ -8,8 +8,10 @@ a pretrained tag may follow the name: ``timm:resnet10t.c3_in1k``; timm is import
 The classifier's last layer is replaced for the data's classes (``model.head: linear | mlp``),
 grey input (``in_channels=1``) gets a first convolution whose weights are the pretrained RGB
 filters summed over colour (exactly the 3-channel network fed a replicated grey image).
-Parameters are addressed by named groups (``parameter_groups``/``assign_groups``) so phases can
-train and schedule them separately. Knows nothing about data or training loops.
+Which pretrained weights a model config loads is decided in one place, :func:`pretrained_source`
+(``brainmri.models.weights`` fetches and caches the file it names). Parameters are addressed by
+named groups (``parameter_groups``/``assign_groups``) so phases can train and schedule them
+separately. Knows nothing about data or training loops.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from brainmri.models.weights import WeightsError, fetch_weights, load_state_dict
+from brainmri.models.weights import WeightsError, fetch_weights, hub_file, load_state_dict
 
 
 class BaselineCNN(nn.Module):
@@ -126,27 +128,17 @@ def timm_weights_source(name: str) -> tuple[str, str | None] | None:
     """(URL, cache file name) of timm model ``name``'s pretrained weights, as timm itself prefers them:
     the Hugging Face hub file when its config names a hub id, else its ``url``; None when it has none."""
     cfg = timm_pretrained_cfg(name)
-    hub = cfg.get("hf_hub_id")
-    if hub:
-        file = cfg.get("hf_hub_filename") or "model.safetensors"
-        return f"https://huggingface.co/{hub}/resolve/main/{file}", f"{hub.replace('/', '--')}--{file}"
+    if cfg.get("hf_hub_id"):
+        return hub_file(cfg["hf_hub_id"], cfg.get("hf_hub_filename") or "model.safetensors")
     if cfg.get("url"):
         return cfg["url"], None
     return None
 
 
-def pretrained_url(model_cfg) -> str | None:
-    """Where ``model.pretrained=true`` downloads from: ``model.weights_url``, or torchvision's URL of
-    the architecture's DEFAULT weights, or timm's (``timm_weights_source``); None when the
-    architecture has none."""
-    if model_cfg.weights_url:
-        return model_cfg.weights_url
-    source = _pretrained_source(model_cfg)
-    return source[0] if source else None
-
-
-def _pretrained_source(model_cfg) -> tuple[str, str | None] | None:
-    """(URL, cache file name or None for the URL's own) of the weights ``model.pretrained=true`` loads."""
+def pretrained_source(model_cfg) -> tuple[str, str | None] | None:
+    """The one answer to "which weights does ``model.pretrained=true`` load": (URL, cache file name or None
+    for the URL's own) — ``model.weights_url``, else timm's (``timm_weights_source``), else torchvision's
+    DEFAULT weights of the architecture; None when the architecture has none."""
     if model_cfg.weights_url:
         return model_cfg.weights_url, None
     name = timm_name(model_cfg.arch)
@@ -156,17 +148,24 @@ def _pretrained_source(model_cfg) -> tuple[str, str | None] | None:
     return (torchvision_weights(name).url, None) if name else None
 
 
+def pretrained_url(model_cfg) -> str | None:
+    """Where ``model.pretrained=true`` downloads from (:func:`pretrained_source`)."""
+    source = pretrained_source(model_cfg)
+    return source[0] if source else None
+
+
 def ensure_weights(cfg):
     """Fetch the pretrained weights a run will load into the local torch cache (once per machine,
     under a lock); None when it trains from scratch or reads ``model.weights``."""
     m = cfg.model
     if not m.pretrained or m.weights:
         return None
-    return _fetch_pretrained(m)
+    return fetch_pretrained(m)
 
 
-def _fetch_pretrained(m):
-    source = _pretrained_source(m)
+def fetch_pretrained(m):
+    """The local file of :func:`pretrained_source` (fetched once per machine); a WeightsError when none."""
+    source = pretrained_source(m)
     if source is None:
         raise WeightsError(f"model.pretrained=true but model.arch={m.arch} has no pretrained weights; "
                            f"set model.weights_url, model.weights, or model.pretrained=false")
@@ -253,12 +252,12 @@ def _torchvision(model_cfg, num_classes: int, in_channels: int) -> nn.Module:
         _load_backbone(model, load_state_dict(model_cfg.weights), f"model.weights={model_cfg.weights}")
     elif model_cfg.pretrained and model_cfg.weights_url:
         model = tvm.get_model(name, weights=None, **scratch)
-        path = fetch_weights(model_cfg.weights_url)
+        path = fetch_pretrained(model_cfg)
         _load_backbone(model, load_state_dict(path, "model.weights_url"), f"model.weights_url={model_cfg.weights_url}")
     elif model_cfg.pretrained:
-        weights = torchvision_weights(name)
-        fetch_weights(weights.url)  # once per machine, under a lock; then torchvision reads the cache
-        model = tvm.get_model(name, weights=weights)  # torchvision's own key fix-ups and settings apply
+        fetch_pretrained(model_cfg)  # once per machine, under a lock; then torchvision reads the cache
+        # torchvision's own key fix-ups and settings apply
+        model = tvm.get_model(name, weights=torchvision_weights(name))
     else:
         model = tvm.get_model(name, weights=None, **scratch)
     head = _head_path(model)
@@ -282,7 +281,7 @@ def _timm(model_cfg, num_classes: int, in_channels: int) -> nn.Module:
     if model_cfg.weights:
         state, source = load_state_dict(model_cfg.weights), f"model.weights={model_cfg.weights}"
     elif model_cfg.pretrained:
-        path = _fetch_pretrained(model_cfg)
+        path = fetch_pretrained(model_cfg)
         key = "model.weights_url" if model_cfg.weights_url else "model.pretrained"
         state, source = load_state_dict(path, key), f"{key} ({path.name})"
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)

@@ -5,7 +5,8 @@
 runs under a file lock, so parallel ranks and sweep tasks wait for the first one and then read
 its file. A ``-<sha256 prefix>`` suffix in the file name (torchvision's convention) is checked by
 torch.hub's downloader. Offline, a missing file is a ``WeightsError`` saying where to put it.
-Knows nothing about architectures (``brainmri.models.registry`` says which URL an architecture uses).
+Knows nothing about architectures (``brainmri.models.registry.pretrained_source`` says which URL an
+architecture uses).
 
 Example:
     >>> fetch_weights("https://download.pytorch.org/models/resnet50-11ad3fa6.pth")
@@ -33,6 +34,12 @@ def cache_path(url: str, filename: str | None = None) -> Path:
     """Where the file of ``url`` lives in the local torch cache (torchvision's own location): the URL's
     file name, or ``filename`` where URLs share one (every Hugging Face hub file is ``model.safetensors``)."""
     return Path(torch.hub.get_dir()) / "checkpoints" / (filename or os.path.basename(urlparse(url).path))
+
+
+def hub_file(hub_id: str, filename: str) -> tuple[str, str]:
+    """(download URL, cache file name) of file ``filename`` of Hugging Face hub repository ``hub_id``;
+    the cache name carries the repository, since every hub file is called ``model.safetensors``."""
+    return f"https://huggingface.co/{hub_id}/resolve/main/{filename}", f"{hub_id.replace('/', '--')}--{filename}"
 
 
 def _missing(url: str, path: Path, reason: str) -> WeightsError:

@@ -7,21 +7,24 @@ A checkpoint is a plain dict (``torch.load(..., weights_only=True)`` reads it):
 - ``optimizer``, ``scheduler``, ``scaler``, ``ema`` (with ``train.ema``): state dicts (the last
   checkpoint only; the best one holds weights: the raw or the averaged ones, whichever validated better);
 - ``position`` (mid-epoch checkpoints only): where inside the epoch training stopped — see
-  :func:`capture_position`.
+  :func:`capture_position`; :func:`resume_inside_epoch` turns it into an :class:`EpochStart`.
 
 Files, atomic writes and the rotation of the last checkpoint are ``brainmri.rundir.RunDir``'s.
 """
 
 from __future__ import annotations
 
+import logging
 import random
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from brainmri.train.policy import TrainerState
+
+log = logging.getLogger("brainmri")
 
 
 def make_checkpoint(model: torch.nn.Module, state: TrainerState, classes: list[str], config: dict,
@@ -82,16 +85,55 @@ def set_rng_state(state: dict) -> None:
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
 
 
-def capture_position(epoch: int, batches: int, accum_step: int, elapsed_s: float, accumulators: torch.Tensor,
+@dataclass
+class EpochTotals:
+    """This rank's running sums over the training batches of an epoch (float64 tensors on the device,
+    so a step never waits for them); a mid-epoch checkpoint carries them as one tensor (:meth:`as_tensor`)."""
+
+    loss_sum: torch.Tensor  # the loss times the batch size, summed
+    correct: torch.Tensor  # predictions equal to the (unmixed) label
+    images: torch.Tensor
+
+    @classmethod
+    def zeros(cls, device: torch.device | str) -> EpochTotals:
+        return cls.from_tensor(torch.zeros(3, dtype=torch.float64, device=device))
+
+    @classmethod
+    def from_tensor(cls, values: torch.Tensor) -> EpochTotals:
+        return cls(*(v.clone() for v in values.to(dtype=torch.float64)))
+
+    def as_tensor(self) -> torch.Tensor:
+        return torch.stack([self.loss_sum, self.correct, self.images])
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """One batch; detached, since accumulating graph-bearing tensors would keep every graph alive."""
+        self.loss_sum += loss.detach().double() * labels.size(0)
+        self.correct += (logits.detach().argmax(1) == labels).sum()
+        self.images += labels.size(0)
+
+
+@dataclass
+class EpochStart:
+    """Where training (the rest of) an epoch starts: the whole loader with nothing done, or, after a
+    mid-epoch checkpoint, a loader skipping the batches already trained, with their totals."""
+
+    loader: Any
+    totals: EpochTotals
+    batches_done: int = 0  # micro-batches of the epoch already trained on this rank
+    elapsed_s: float = 0.0  # training seconds of the epoch before the checkpoint
+    rng: dict | None = None  # this rank's RNG states, restored after the skipping loader drew its seed
+
+
+def capture_position(epoch: int, batches: int, accum_step: int, elapsed_s: float, totals: EpochTotals,
                      gather_object) -> dict:
     """Where inside ``epoch`` training stands, for every rank (call on all ranks at the same step).
 
     ``batches`` micro-batches of the epoch are done on each rank, ``accum_step`` is accelerate's
-    gradient-accumulation counter, ``accumulators`` this rank's running (loss sum, correct, count)
-    of the epoch; each rank's RNG states come along, so the rest of the epoch draws the same numbers.
+    gradient-accumulation counter, ``totals`` this rank's running sums of the epoch; each rank's RNG
+    states come along, so the rest of the epoch draws the same numbers.
     ``gather_object`` is ``accelerate.utils.gather_object``.
     """
-    mine = {"rng": rng_state(), "accumulators": accumulators.detach().cpu().clone()}
+    mine = {"rng": rng_state(), "accumulators": totals.as_tensor().detach().cpu().clone()}
     return {"epoch": epoch, "batches": batches, "accum_step": accum_step, "elapsed_s": elapsed_s,
             "ranks": gather_object([mine])}
 
@@ -113,22 +155,18 @@ def resume_position(ckpt: dict | None, next_epoch: int, num_processes: int, wher
     return position
 
 
-def resume_inside_epoch(position: dict | None, accelerator, loader):
-    """``(loader, batches done, seconds before, rng state, accumulators)`` to train (the rest of) an epoch.
-
-    Without a mid-epoch ``position``: the whole loader, nothing done, fresh accumulators (loss
-    sum, correct, count). With one: the loader skipping the batches already trained, this rank's
-    accumulators and RNG states (restored by the caller after the skipping loader drew its seed),
-    and accelerate's gradient-accumulation position.
+def resume_inside_epoch(position: dict | None, accelerator, loader) -> EpochStart:
+    """Where to train (the rest of) an epoch from: without a mid-epoch ``position`` the whole loader
+    and fresh totals; with one, the loader skipping the batches already trained, this rank's totals and
+    RNG states (restored by the caller after the skipping loader drew its seed), and accelerate's
+    gradient-accumulation position set back.
     """
-    sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
     if position is None:
-        return loader, 0, 0.0, None, sums
+        return EpochStart(loader, EpochTotals.zeros(accelerator.device))
     mine = position["ranks"][accelerator.process_index]
     done = position["batches"]
     accelerator.step = position["accum_step"]
-    import logging
-
-    logging.getLogger("brainmri").info("resuming epoch %d after %d batch(es)", position["epoch"], done)
-    return (accelerator.skip_first_batches(loader, done), done, position["elapsed_s"], mine["rng"],
-            mine["accumulators"].to(device=accelerator.device, dtype=torch.float64))
+    log.info("resuming epoch %d after %d batch(es)", position["epoch"], done)
+    return EpochStart(accelerator.skip_first_batches(loader, done),
+                      EpochTotals.from_tensor(mine["accumulators"].to(device=accelerator.device)),
+                      done, position["elapsed_s"], mine["rng"])

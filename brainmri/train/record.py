@@ -5,9 +5,8 @@ on: the run directory's lock, the log file, whether the directory already holds 
 (returned as is, or extended) or an interrupted one (resumable with this config?), the resolved
 config, the split record and the skipped-file report, the run's status (running, with in-epoch
 progress; interrupted / preempted with the signal; pruned by a search driver; failed with the error;
-finished), the search driver's prune request, the
-the metrics rows, the W&B run (resumed, backfilled, finished) and the summary. Every method
-is a no-op on ranks other than 0 where it writes.
+finished), the search driver's prune request, the metrics rows, the W&B run (resumed, backfilled,
+finished) and the summary. Every method is a no-op on ranks other than 0 where it writes.
 """
 
 from __future__ import annotations
@@ -17,16 +16,21 @@ import signal
 import sys
 import time
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from brainmri.atomic import EX_TEMPFAIL, free_bytes, human_bytes, is_disk_full
+from brainmri.optim import OPTIMIZER_STATES
 from brainmri.rundir import NO_SPACE, RunDir, acquire_lock
 from brainmri.train.resume import check_resumable, extends_finished
 from brainmri.train.signals import TrainingInterrupted, TrialPruned
 from brainmri.train.tracking import WandbRun, log, prepare_wandb, setup_logging
 from brainmri.version import code_version
 
-OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "ranger": 3, "sgd": 1}  # state tensors per trained parameter
+if TYPE_CHECKING:
+    from filelock import BaseFileLock
+
+    from brainmri.train.checkpoint import EpochTotals
+
 PROGRESS_EVERY_S = 1.0  # the status's in-epoch progress is rewritten at most this often (and at an epoch's first step)
 
 
@@ -45,9 +49,10 @@ def epoch_etas(cfg, epoch: int, batch: int, total: int | None, elapsed: float) -
     return {"epoch_eta_s": round(left, 1), "run_eta_s": round(left + epochs_after * epoch_s, 1)}
 
 
-def progress_line(cfg, epoch: int, batch: int, total: int | None, elapsed: float, sums, world_size: int) -> str:
+def progress_line(cfg, epoch: int, batch: int, total: int | None, elapsed: float, totals: EpochTotals,
+                  world_size: int) -> str:
     """``epoch 2/10 batch 120/400: 85.3 images/s, loss 0.4321, epoch ETA 3m20s, run ETA 41m05s``."""
-    loss_sum, _, count = (float(v) for v in sums.tolist())
+    loss_sum, count = float(totals.loss_sum), float(totals.images)  # this rank's; a sync point, when a line is due
     images = count * world_size
     eta = epoch_etas(cfg, epoch, batch, total, elapsed)
     epochs = sum(p.epochs for p in cfg.phases)
@@ -59,7 +64,7 @@ def progress_line(cfg, epoch: int, batch: int, total: int | None, elapsed: float
 class RunRecord:
     def __init__(self, cfg, run: RunDir, is_main: bool):
         self.cfg, self.run, self.is_main = cfg, run, is_main
-        self.lock = None
+        self.lock: BaseFileLock | None = None  # the run directory's, while held
         self.wb: WandbRun | None = None
         self._progress_at, self._progress_epoch = time.perf_counter(), 0
         self._line_at = time.perf_counter()  # when the last progress line was logged
@@ -147,7 +152,7 @@ class RunRecord:
 
     # ------------------------------------------------------------------ training
     def progress(self, state, epoch: int, batch: int, total: int | None = None, elapsed: float = 0.0,
-                 sums=None, world_size: int = 1) -> None:
+                 totals: EpochTotals | None = None, world_size: int = 1) -> None:
         """The run's status: where the epoch stands (about once a second), with its batch count and ETAs; away
         from a terminal also a log line every ``train.log_interval_s`` (:func:`progress_line`)."""
         now = time.perf_counter()
@@ -164,9 +169,9 @@ class RunRecord:
             where.update(epoch_etas(self.cfg, epoch, batch, total, elapsed))
             self.run.set_status("running", state.epoch, **where)
         every = self.cfg.train.log_interval_s
-        if every > 0 and sums is not None and not sys.stderr.isatty() and now - self._line_at >= every:
+        if every > 0 and totals is not None and not sys.stderr.isatty() and now - self._line_at >= every:
             self._line_at = now
-            log.info("%s", progress_line(self.cfg, epoch, batch, total, elapsed, sums, world_size))
+            log.info("%s", progress_line(self.cfg, epoch, batch, total, elapsed, totals, world_size))
 
     def epoch(self, row: dict) -> None:
         if self.is_main:

@@ -38,10 +38,6 @@ def _is_dicom(path: Path) -> bool:
     return dicom.is_dicom(path)
 
 
-def _junk(path: Path) -> bool:
-    return path.name.startswith(".")
-
-
 def _usable(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS or _is_dicom(path)
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from brainmri.config import ConfigError, RunConfig, from_dict
+from brainmri.config import ConfigError, RunConfig, load_config
 from brainmri.data.datasets import Split, nearest_training
 from brainmri.data.files import DataError, Sample
 from brainmri.data.transforms import Decoder, batch_normalizer
@@ -115,7 +115,7 @@ class TrainedRun(Inferable):
     def load(cls, run_dir: str | Path) -> TrainedRun:
         """Model, classes and preprocessing of a finished (or at least once-improved) run."""
         run = RunDir(run_dir)
-        cfg = load_config(run)
+        cfg = _run_config(run)
         ckpt = run.load_best()
         classes = list(ckpt["classes"])
         # every weight comes from the checkpoint
@@ -146,17 +146,17 @@ class TrainedRun(Inferable):
         return reference_from_splits([split], self.cfg.data.cache_dir)
 
 
-def load_config(run: RunDir) -> RunConfig:
-    """The run's own resolved config, validated; a RunError naming the directory otherwise."""
+def _run_config(run: RunDir) -> RunConfig:
+    """The run's own resolved config (``brainmri.config.load_config`` of its file); a RunError naming the
+    directory otherwise."""
     if not run.path.is_dir():
         raise RunError(f"run directory not found: {run.path}")
-    tree = run.read_config()
-    if tree is None:
+    if run.read_config() is None:
         raise RunError(f"{run.path} is not a brainmri run directory: no readable {run.config_file.name}")
     try:
-        return from_dict(tree)
+        return load_config(run.config_file)
     except ConfigError as e:
-        raise RunError(f"{run.config_file}: {str(e).splitlines()[0]}") from None
+        raise RunError(str(e).splitlines()[0]) from None
 
 
 def load_trained(run_dir: str | Path) -> TrainedRun:
