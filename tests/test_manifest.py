@@ -208,9 +208,52 @@ def test_folds_sites_makes_one_task_per_site_and_the_collector_a_leave_one_site_
     assert rows["mean"].acc == pytest.approx(np.mean([rows[s].acc for s in "abc"]))
     text = to_markdown(cmp)
     assert "## Leave one site out" in text and "| mean " in text
+    from brainmri.results.report_html import render_html
+
+    page = render_html(cmp)  # the HTML report has the table too
+    loso = page.split("id='s7c'")[1].split("</section>")[0]
+    assert "Leave one site out" in loso and "<td>mean</td>" in loso and f"<td>{rows['a'].acc:.3f}</td>" in loso
     spec.write_text(spec.read_text() + "  data.test_site: a\n")
     with pytest.raises(SweepError, match="folds: sites holds every site out in turn"):
         load_sweep(spec, [], tmp_path / "sweeps")
+
+
+def test_the_collector_shows_test_accuracy_per_site_in_every_writer(scans, tmp_path):
+    """Two seeds trained on a manifest with sites and test rows: per recipe, each site's test accuracy over the seeds in
+    the ``sites`` table (Markdown, CSV, LaTeX) and in the HTML report; no leave-one-site-out table."""
+    import csv
+    import io
+
+    from brainmri.results.collect import collect_runs, compare
+    from brainmri.results.report import to_csv, to_latex, to_markdown
+    from brainmri.results.report_html import render_html
+
+    summaries = []
+    for seed in (0, 1):
+        run = tmp_path / "sweep" / "runs" / f"s{seed}"
+        run_train("--config", "configs/baseline_cnn.yaml", *TINY, f"data.manifest={scans['manifest']}",
+                  "data.classes=[glioma,meningioma,notumor,pituitary]", "data.max_skipped_fraction=0.1",
+                  "data.group_by=patient", f"seed={seed}", f"run_dir={run}", "train.epochs=1",
+                  "train.max_steps_per_epoch=1", "wandb.enabled=false", f"data.cache_dir={tmp_path / 'cache'}")
+        summaries.append(json.loads((run / "summary.json").read_text()))
+    cmp = compare(collect_runs([tmp_path / "sweep"]))
+    assert len(cmp.recipes) == 1 and len(cmp.recipes[0].runs) == 2 and not cmp.loso
+    sites = sorted({k.split("/")[2] for s in summaries for k in s if k.startswith("test/site/")})
+    assert sites == ["north", "south"]
+    rows = {r["site"]: r for r in csv.DictReader(io.StringIO(to_csv(cmp, table="sites")))}
+    assert sorted(rows) == sites
+    for site in sites:
+        accs = [s[f"test/site/{site}/acc"] for s in summaries if f"test/site/{site}/acc" in s]
+        assert float(rows[site]["acc_mean"]) == pytest.approx(np.mean(accs))
+        assert int(rows[site]["n_replicates"]) == len(accs)
+    text = to_markdown(cmp, table="sites")
+    assert text.startswith("# Recipe comparison per site") and all(f"| {s} |" in text for s in sites)
+    assert "Leave one site out" not in text
+    assert "tab:sites" in to_latex(cmp, table="sites")
+    page = render_html(cmp)
+    section = page.split("id='s7b'")[1].split("</section>")[0]
+    assert "Accuracy per site" in section and all(f"<td>{s}</td>" in section for s in sites)
+    assert "id='s7c'" not in page
 
 
 def test_a_manifest_that_cannot_be_used_is_one_line_exit_2_before_training(phantom_root, tmp_path):

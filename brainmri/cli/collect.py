@@ -1,7 +1,7 @@
 """Compare brainmri recipes from run dirs, offline W&B runs and/or the W&B API.
 
     python launch/collect.py sweeps/lr --format md [--out FILE] [--plots DIR] [--metric val/acc] [--by optim.lr]
-    python launch/collect.py sweeps/cv --format latex --table main|bands|classes|intervals
+    python launch/collect.py sweeps/cv --format latex --table main|bands|classes|sites|intervals
     python launch/collect.py --wandb-project brainmri [--wandb-entity E] --group lr [--tag T] --format latex
     python launch/collect.py sweeps/search_lr --html sweeps/search_lr/report.html   # a search: + the search view
     python launch/collect.py sweeps/lr --format html --out report.html              # the HTML report alone
@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # the results are imported only once a run is collected (a fa
     from brainmri.results.comparison import Comparison
 
 FORMATS = ("csv", "html", "latex", "md")  # brainmri.results.report.RENDERERS, and the HTML report
-TABLES = ("main", "bands", "classes", "intervals")  # brainmri.results.report.TABLES
+TABLES = ("main", "bands", "classes", "sites", "intervals")  # brainmri.results.report.TABLES
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -37,7 +37,8 @@ def get_parser() -> argparse.ArgumentParser:
                    "html: the self-contained HTML report (as --html)")
     p.add_argument("--table", choices=TABLES, default="main", help="main: recipe, chosen configuration, val, test, "
                    "novel-band test, macro-F1, AUC, ECE (mean ± std over replicates); bands: by similarity band; "
-                   "classes: per-class recall/precision/F1; intervals: 95 %% intervals and how they were computed")
+                   "classes: per-class recall/precision/F1; sites: test accuracy per site (a manifest's "
+                   "site column); intervals: 95 %% intervals and how they were computed")
     p.add_argument("--allow-mixed-data", action="store_true", help="pool runs whose data manifests differ "
                    "(refused by default: they were trained or tested on different files)")
     p.add_argument("--out", help="write the table here instead of stdout")

@@ -17,6 +17,8 @@ from brainmri.results.report_latex import to_latex
 from brainmri.results.report_plots import write_plots
 from brainmri.results.tables import (
     FRAMES,
+    LOSO_TEXT,
+    NO_SITES,
     NUMERIC,
     TABLES,
     TITLES,
@@ -37,7 +39,9 @@ __all__ = ["RENDERERS", "TABLES", "display_frame", "markdown_table", "to_csv", "
 
 
 def to_markdown(cmp: Comparison, per_value: bool = False, table: str = "main") -> str:
-    parts = [f"# {TITLES[table]}", intro_text(cmp, table), markdown_table(FRAMES[table](cmp, False))]
+    frame = FRAMES[table](cmp, False)
+    empty = NO_SITES if table == "sites" and cmp.recipes else "Nothing finished: no row to show."
+    parts = [f"# {TITLES[table]}", intro_text(cmp, table), markdown_table(frame, empty)]
     if per_value and table == "main":
         parts += ["## Per swept value (* = selected; test columns of other values are for reference, "
                   "not used for selection)", markdown_table(display_frame(cmp, per_value=True))]
@@ -48,9 +52,7 @@ def to_markdown(cmp: Comparison, per_value: bool = False, table: str = "main") -
                   markdown_table(paired_frame(cmp)), "\n".join(ttest_lines(cmp))]
     parts += ["\n".join(mcnemar_lines(cmp))]
     if cmp.loso:
-        parts += ["## Leave one site out", "Each site held out as the test part in turn (``data.test_site``); "
-                  "test metrics of the chosen configuration, averaged over seeds, and their mean over the sites.",
-                  markdown_table(loso_frame(cmp))]
+        parts += ["## Leave one site out", LOSO_TEXT, markdown_table(loso_frame(cmp))]
     if cmp.incomplete_folds:
         parts += ["## Incomplete fold sets (not averaged)", markdown_table(incomplete_folds_frame(cmp))]
     parts += ["## Incomplete runs (not averaged)",

@@ -27,6 +27,8 @@ from brainmri.results.selection import config_differences
 from brainmri.results.stats import confusion, pairwise_mcnemar, pairwise_ttest, reliability
 from brainmri.results.tables import (
     INTERVALS_METHOD,
+    LOSO_TEXT,
+    SITES_TEXT,
     bands_frame,
     classes_frame,
     display_frame,
@@ -35,8 +37,10 @@ from brainmri.results.tables import (
     incomplete_frame,
     intervals_frame,
     intro_text,
+    loso_frame,
     paired_frame,
     replicate_text,
+    sites_frame,
 )
 
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
@@ -258,6 +262,18 @@ def _failed_section(cmp: Comparison) -> Section:
             + (failed or "<p>No failed or unfinished runs.</p>"))
 
 
+def _site_sections(cmp: Comparison) -> list[Section]:
+    """Test metrics per acquisition site, and the leave-one-site-out table, when the runs have them."""
+    sec: list[Section] = []
+    per_site = sites_frame(cmp)
+    if len(per_site):
+        sec.append(("7b. Accuracy per site (chosen configuration, over replicates)",
+                    f"<p>{html.escape(SITES_TEXT)}</p>" + _table(per_site, True)))
+    if cmp.loso:
+        sec.append(("7c. Leave one site out", f"<p>{html.escape(LOSO_TEXT)}</p>" + _table(loso_frame(cmp), True)))
+    return sec
+
+
 def sections(cmp: Comparison, search: dict | None = None) -> list[Section]:
     """The page's sections in order: (title, HTML)."""
     sec = [_comparison_section(cmp), _swept_section(cmp), _curves_section(cmp), *_prediction_sections(cmp),
@@ -266,6 +282,7 @@ def sections(cmp: Comparison, search: dict | None = None) -> list[Section]:
     if (bands["Band"] != "all").any() if len(bands) else False:
         sec.append(("7. Accuracy by similarity-to-training band (chosen configuration, over replicates)",
                     _table(bands, True)))
+    sec += _site_sections(cmp)
     sec += [("8. Compute cost", _table(cost_frame(cmp), True)), _failed_section(cmp)]
     cd = config_diff(cmp)
     sec.append(("10. Config differences between recipes", _table(cd) if len(cd) else "<p>No differences.</p>"))

@@ -29,6 +29,7 @@ from brainmri.results.tables import (
     metric_label,
     mixed_split,
     paired_cells,
+    sites_frame,
     table_rows,
     ttest_lines,
 )
@@ -145,6 +146,7 @@ def to_latex(cmp: Comparison, per_value: bool = False, table: str = "main") -> s
         body = _latex_main(cmp, per_value) + (_latex_paired(cmp) if cmp.paired else "")
     else:
         df = {"bands": lambda: bands_frame(cmp, cell=_pct), "classes": lambda: classes_frame(cmp, cell=_pct),
+              "sites": lambda: sites_frame(cmp, cell=_pct),
               "intervals": lambda: _latex_intervals(cmp)}[table]()
         what = ")" if table == "intervals" else r" as mean$_{\pm\mathrm{std}}$ over replicates)"
         body = _latex_frame(df, _tex(TITLES[table]) + r" (chosen configurations; rates in \%" + what, f"tab:{table}")

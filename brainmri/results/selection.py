@@ -80,8 +80,13 @@ def _metric_names(runs: list[Run], split: str) -> list[str]:
     # metrics by similarity to the training images (brainmri.data.leakage bands), when runs carry them
     bands = [f"band/{b}/{m}" for b in BANDS for m in ("acc", "n", "macro_f1")
              if any(f"{split}/band/{b}/{m}" in r.summary for r in runs)]
+    # metrics per acquisition site (a manifest's ``site`` column), when runs carry them
+    sites = sorted({k.removeprefix(f"{split}/").rpartition("/")[0] for r in runs for k in r.summary
+                    if k.startswith(f"{split}/site/")})
+    per_site = [f"{s}/{m}" for s in sites for m in ("acc", "n", "macro_f1")
+                if any(f"{split}/{s}/{m}" in r.summary for r in runs)]
     counts = ["n"] if any(f"{split}/n" in r.summary for r in runs) else []
-    return list(METRICS) + counts + bands + per_class
+    return list(METRICS) + counts + bands + per_site + per_class
 
 
 def replicate_stats(runs: list[Run], split: str, rho: float = 0.0) -> dict[str, Stat]:

@@ -1,9 +1,10 @@
 """The comparison's tables as frames, and the text around them: what every writer draws.
 
-Four tables (``TABLES``): ``main`` (what a paper shows: recipe, chosen configuration, folds and
+Five tables (``TABLES``): ``main`` (what a paper shows: recipe, chosen configuration, folds and
 seeds as integers, validation, test, novel-band test, macro-F1, AUC, ECE as mean ± std over
 replicates), ``bands`` (metrics by similarity-to-training band), ``classes`` (per-class recall,
-precision, F1) and ``intervals`` (95 % intervals and how they were computed); each as a display
+precision, F1), ``sites`` (test metrics per acquisition site) and ``intervals`` (95 % intervals and
+how they were computed); each as a display
 frame rounded for people and a numeric frame at full precision. Every number comes from the
 ``Comparison`` (brainmri.results.comparison); nothing is computed here.
 """
@@ -30,12 +31,13 @@ from brainmri.results.comparison import (
     value_label,
 )
 
-TABLES = ("main", "bands", "classes", "intervals")
+TABLES = ("main", "bands", "classes", "sites", "intervals")
 NAMES = {"acc": "acc", "macro_f1": "macro-F1", "auc": "AUC", "ece": "ECE", "loss": "loss"}
 # the main table's reported-split columns: metric -> header
 MAIN_METRICS = {"acc": "Test acc", "band/novel/acc": "Acc novel", "macro_f1": "Macro-F1", "auc": "AUC", "ece": "ECE"}
 TITLES = {"main": "Recipe comparison", "bands": "Recipe comparison by similarity-to-training band",
-          "classes": "Recipe comparison per class", "intervals": "Recipe comparison: 95 % intervals"}
+          "classes": "Recipe comparison per class", "sites": "Recipe comparison per site",
+          "intervals": "Recipe comparison: 95 % intervals"}
 
 
 def metric_label(metric: str) -> str:
@@ -257,6 +259,33 @@ def classes_frame(cmp: Comparison, numeric: bool = False, pm: str = "±", cell: 
     return pd.DataFrame.from_records(records)
 
 
+def sites_of(rr: RecipeResult) -> list[str]:
+    """The acquisition sites of ``rr``'s chosen replicates' test metrics (``site/<site>/acc``), sorted."""
+    return sorted(m.removeprefix("site/").removesuffix("/acc") for m in rr.stats
+                  if m.startswith("site/") and m.endswith("/acc"))
+
+
+def sites_frame(cmp: Comparison, numeric: bool = False, pm: str = "±", cell: Cell | None = None) -> pd.DataFrame:
+    """Per recipe (chosen configuration) and site (a manifest's ``site`` column): n (test images of the
+    site; a range when replicates differ), accuracy and macro-F1 over the replicates that tested on it."""
+    draw: Cell = cell or (lambda s, m: fmt(s, pm))
+    records: list[dict[str, Any]] = []
+    for rr in cmp.recipes:
+        for site in sites_of(rr):
+            pre = f"site/{site}/"
+            n = [x for x in _counts(rr, f"{pre}n") if x is not None]
+            acc, f1 = rr.stat(f"{pre}acc"), rr.stat(f"{pre}macro_f1")
+            if numeric:
+                records.append({"recipe": rr.recipe, "config": value_label(rr.keys, rr.chosen), "split": rr.split,
+                                "site": site, "n_min": min(n) if n else None, "n_max": max(n) if n else None,
+                                "acc_mean": acc.mean, "acc_std": acc.std, "macro_f1_mean": f1.mean,
+                                "macro_f1_std": f1.std, "n_replicates": acc.n})
+            else:
+                records.append({"Recipe": rr.recipe, "Site": site, "n": fmt_count(n), "Replicates": acc.n,
+                                "Acc": draw(acc, "acc"), "Macro-F1": draw(f1, "macro_f1")})
+    return pd.DataFrame.from_records(records)
+
+
 def interval_method(rr: RecipeResult, v: ValuePoint | None = None) -> str:
     v = v or rr.point
     if v.folds:
@@ -330,11 +359,13 @@ FRAMES: dict[str, Callable[[Comparison, bool], pd.DataFrame]] = {
     "main": lambda cmp, per_value: display_frame(cmp, per_value),
     "bands": lambda cmp, per_value: bands_frame(cmp),
     "classes": lambda cmp, per_value: classes_frame(cmp),
+    "sites": lambda cmp, per_value: sites_frame(cmp),
     "intervals": lambda cmp, per_value: intervals_frame(cmp)}
 NUMERIC: dict[str, Callable[[Comparison, bool], pd.DataFrame]] = {
     "main": lambda cmp, per_value: results_frame(cmp, per_value),
     "bands": lambda cmp, per_value: bands_frame(cmp, numeric=True),
     "classes": lambda cmp, per_value: classes_frame(cmp, numeric=True),
+    "sites": lambda cmp, per_value: sites_frame(cmp, numeric=True),
     "intervals": lambda cmp, per_value: intervals_frame(cmp, numeric=True)}
 
 
@@ -403,6 +434,12 @@ def incomplete_frame(cmp: Comparison, full_error: bool = False) -> pd.DataFrame:
 INTERVALS_METHOD = ("95 % intervals of the mean: the t-interval over seeds for one train/val split; over folds "
                     "the corrected resampled t of Nadeau & Bengio (2003), t(J−1) · std · sqrt(1/J + ρ) with "
                     "ρ = n_test/n_train of a fold, because folds share training images.")
+NO_SITES = "No run has per-site test metrics: they come from a manifest with a site column and test rows."
+LOSO_TEXT = ("Each site held out as the test part in turn (``data.test_site``); test metrics of the chosen "
+             "configuration, averaged over seeds, and their mean over the sites.")
+SITES_TEXT = ("Cells: mean ± std over the replicates that tested on the site (Replicates counts them); n: test "
+              "images of the site (a manifest's site column). A held-out site (data.test_site) is tested by "
+              "its own replicates only: see the leave-one-site-out table.")
 ENSEMBLE_ROWS = (" Rows '(ensemble of N)': one model, the mean of the N replicates' softmax probabilities per "
                  "test image (from their test predictions); its bands are by the nearest image among all "
                  "its members' training images.")
@@ -419,5 +456,6 @@ def intro_text(cmp: Comparison, table: str = "main") -> str:
              "bands": "Cells: mean ± std over replicates; n: test images in the band (a range when folds differ)."
                       + ensemble,
              "classes": "Cells: mean ± std over replicates; n: test images of the class.",
+             "sites": SITES_TEXT,
              "intervals": INTERVALS_METHOD + " Rates clipped to [0, 1]."}
     return f"{base} {cells[table]}"
