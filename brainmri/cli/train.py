@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from brainmri.atomic import DiskFullError
-from brainmri.cli.errors import full_disk_is_one_line
+from brainmri.cli.errors import one_line_errors
 from brainmri.cli.parsing import add_data_arg, resolve_config, tool_parser
 from brainmri.config import (
     ConfigError,
@@ -66,7 +66,9 @@ def _remove_unstarted(run_dir: Path) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-@full_disk_is_one_line
+# bad input ends with one line and exit 2 (the data and weights errors once their modules are imported)
+@one_line_errors(ConfigError, CheckpointError, RunLockedError, RunDirError, FileNotFoundError,
+                 "brainmri.data.files:DataError", "brainmri.models.weights:WeightsError")
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.data and any(o.split("=", 1)[0].strip() == "data.root" for o in args.overrides):
@@ -97,15 +99,6 @@ def main(argv: list[str] | None = None) -> int:
     except DiskFullError as e:  # the last good checkpoint is kept; the run's state says failed: no space
         e.hint = f"; resume with --resume {cfg.run_dir if cfg else 'RUN_DIR'} once space is freed"
         raise
-    except Exception as e:
-        bad = [ConfigError, CheckpointError, RunLockedError, RunDirError, FileNotFoundError]
-        bad += [getattr(sys.modules[m], n) for m, n in (("brainmri.data.files", "DataError"),
-                                                         ("brainmri.models.weights", "WeightsError"))
-                if m in sys.modules]
-        if not isinstance(e, tuple(bad)):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not one per process
         print(f"{summary['run_dir']}: val/acc {summary['val/acc']:.4f}"
               + (f" test/acc {summary['test/acc']:.4f}" if "test/acc" in summary else ""))
