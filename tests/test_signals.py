@@ -136,10 +136,31 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(phantom_root, straigh
     assert_wandb_history_complete(run_dir)
 
 
-def test_timed_checkpoint_survives_sigkill_and_resumes_exactly(phantom_root, straight, tmp_path):
-    """A tiny interval writes last.pt inside epochs; SIGKILL (no handler runs) loses only the steps since."""
+@pytest.fixture
+def foreign_wandb_service():
+    """A live W&B service of another process, announced as W&B announces it to child processes
+    (``WANDB_SERVICE``): what a run inherits when started from a notebook or script that used W&B, or by
+    sbatch copying the submitter's environment."""
+    code = "import os, sys, wandb; wandb.setup(); print(os.environ['WANDB_SERVICE'], flush=True); sys.stdin.read()"
+    owner = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "WANDB_MODE": "offline"})
+    try:
+        token = owner.stdout.readline().strip()
+        assert token.split("-")[1] == str(owner.pid), token
+        yield {"WANDB_SERVICE": token}
+    finally:
+        owner.kill()
+        owner.wait()
+
+
+def test_timed_checkpoint_survives_sigkill_and_resumes_exactly(phantom_root, straight, tmp_path,
+                                                               foreign_wandb_service):
+    """A tiny interval writes last.pt inside epochs; SIGKILL (no handler runs) loses only the steps since.
+
+    Both processes inherit another process's W&B service: the run must start its own, or the killed
+    run's stream, still open in that service, refuses the resumed run ("run ID ... is in use")."""
     run_dir = tmp_path / "run"
-    proc = _start(_args(phantom_root, run_dir, "train.checkpoint_every_min=0.002"))
+    proc = _start(_args(phantom_root, run_dir, "train.checkpoint_every_min=0.002"), env=foreign_wandb_service)
     _wait_for_checkpoint_inside(proc, run_dir, 2)
     os.killpg(proc.pid, signal.SIGKILL)  # train.py and W&B's service, as a node failure would
     proc.communicate(timeout=60)
@@ -151,7 +172,7 @@ def test_timed_checkpoint_survives_sigkill_and_resumes_exactly(phantom_root, str
     assert [r["epoch"] for r in read_wandb_file(piece)["history"]] in ([], [1])
     _cut_before_history(piece)
 
-    resumed = run_train("--resume", str(run_dir))
+    resumed = run_train("--resume", str(run_dir), env=foreign_wandb_service)
     assert "logged 1 epoch row(s) it had missed" in resumed.stderr
     assert_same_run(straight, run_dir)
     assert_wandb_history_complete(run_dir)

@@ -57,10 +57,20 @@ def _wandb_wanted(cfg, enabled: bool = True) -> bool:
     return enabled and cfg.wandb.enabled and os.environ.get("WANDB_MODE") != "disabled"
 
 
-def _default_offline() -> None:
-    """With no WANDB_MODE and no API key a run is written offline."""
+def _prepare_environment() -> None:
+    """With no WANDB_MODE and no API key a run is written offline; the run's W&B service is its own.
+
+    W&B tells child processes where its service listens through ``WANDB_SERVICE`` (the token names the
+    process that started the service). A run started from a process that had used W&B (a notebook, a
+    script that trains in-process, sbatch's copy of the submitter's environment) would otherwise put its
+    stream in that process's service, which outlives a SIGKILL of the run and then refuses the resumed
+    run's id ("run ID ... is in use") or drops its connection on pre-emption.
+    """
     if not os.environ.get("WANDB_MODE") and not _has_api_key():
         os.environ["WANDB_MODE"] = "offline"
+    token = os.environ.get("WANDB_SERVICE", "").split("-")
+    if token != [""] and (len(token) < 2 or token[1] != str(os.getpid())):
+        del os.environ["WANDB_SERVICE"]
 
 
 def _start_service() -> None:
@@ -78,7 +88,7 @@ def prepare_wandb(cfg) -> None:
     global _prepared
     if not _wandb_wanted(cfg) or (_prepared is not None and _prepared.is_alive()):
         return
-    _default_offline()
+    _prepare_environment()
     _prepared = threading.Thread(target=_start_service, name="brainmri-wandb-setup", daemon=True)
     _prepared.start()
 
@@ -123,7 +133,7 @@ class WandbRun:
             _prepared.join()
         import wandb
 
-        _default_offline()
+        _prepare_environment()
         self.run_id = run_id or uuid.uuid4().hex[:8]
         if run_id:
             self.logged = logged_epochs(run.wandb_dir, run_id)
