@@ -18,9 +18,9 @@ if __name__ == "__main__":
     wandb_prepared()
     if "wandb" in sys.modules:
         sys.modules["wandb"].teardown()
-    for thread in threading.enumerate():  # as the interpreter does before its exit handlers
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    # what the interpreter does before its exit handlers: threading's own exit callbacks (which tell
+    # thread pools, e.g. torch.compile's, to stop), then a join of every non-daemon thread
+    threading._shutdown()  # type: ignore[attr-defined]
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()

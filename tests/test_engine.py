@@ -308,10 +308,12 @@ def test_second_writer_is_refused_with_one_line(phantom_root, tmp_path):
 
 @pytest.mark.slow
 def test_compile_and_channels_last_train_and_are_recorded(phantom_root, tmp_path):
+    # a cold compile, as a user's first run: inductor starts its compile worker threads, which must
+    # not keep the finished process from exiting
     run_dir = tmp_path / "run"
     run_train("--config", "configs/baseline_cnn.yaml", f"data.root={phantom_root}", f"run_dir={run_dir}", *TINY,
               "train.epochs=1", "train.max_steps_per_epoch=2", "wandb.enabled=false", "train.compile=true",
-              "train.channels_last=true")
+              "train.channels_last=true", env={"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}, timeout=300)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["compiled"] is True and np.isfinite(summary["val/loss"])
     for recorded in (summary["config"], yaml.safe_load((run_dir / "config.yaml").read_text())):
