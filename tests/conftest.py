@@ -20,7 +20,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "brain-tumor-mri" / "Training"
 
-# Offline W&B and a private cache for every test process (and the processes they start).
+# Offline W&B and a private cache for the test run (its processes, xdist's workers, the processes they start).
 os.environ["WANDB_MODE"] = "offline"
 os.environ["WANDB_SILENT"] = "true"
 _OWN_CACHE = None if "BRAINMRI_CACHE" in os.environ else \
@@ -39,11 +39,10 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _remove_private_cache():
-    """The session's private cache goes with the session (one set up by the caller stays)."""
-    yield
-    if _OWN_CACHE is not None:
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The test run's private cache goes with it (one set up by the caller stays). pytest-xdist's
+    workers inherit the controller's, so they share one cache, which the controller removes at the end."""
+    if _OWN_CACHE is not None and not os.environ.get("PYTEST_XDIST_WORKER"):
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 

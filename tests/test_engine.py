@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -335,3 +336,17 @@ def test_compile_falls_back_to_eager_with_one_warning_where_it_cannot_compile(ph
     assert summary["compiled"] is False and summary["epochs_run"] == 2 and np.isfinite(summary["val/loss"])
     warnings = [line for line in (run_dir / "train.log").read_text().splitlines() if "train.compile:" in line]
     assert len(warnings) == 1 and "cannot compile here" in warnings[0] and "training eagerly" in warnings[0], warnings
+
+
+def test_a_run_on_known_data_imports_neither_scikit_learn_nor_matplotlib(phantom_root, trained_run, tmp_path):
+    # the split of data already split once is read back from the cache (the same files on each side),
+    # the metrics are NumPy's and the confusion matrices Pillow's: a run's start-up is torch, not these
+    run_dir = tmp_path / "run"
+    done = run_train("--config", "configs/baseline_cnn.yaml", *TINY, f"data.root={phantom_root}",
+                     f"run_dir={run_dir}", "train.epochs=1", "train.max_steps_per_epoch=1", "wandb.enabled=false",
+                     launcher=[sys.executable, "-X", "importtime"])
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" in imported and not {m for m in imported if m.split(".")[0] in ("sklearn", "matplotlib")}
+    first, again = (json.loads((d / "split.json").read_text()) for d in (trained_run, run_dir))
+    assert [first[part] for part in ("train", "val", "test")] == [again[part] for part in ("train", "val", "test")]
+    assert (run_dir / "confusion_val.png").stat().st_size > 1000

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -21,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from filelock import FileLock
-from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from brainmri.config import group_by_parts
 from brainmri.data.files import DataError, Sample, file_index, is_dicom_file
@@ -175,13 +175,37 @@ def manifest(files: dict[str, list[dict]]) -> dict[str, str]:
     return out
 
 
+def _remembered(kind: str, inputs: list, cache_dir, compute: Callable[[], list]) -> list:
+    """``compute()``, remembered on disk under the cache folder by a digest of ``inputs`` (and the
+    scikit-learn version that computes it): every run on the same data and settings (a sweep's tasks,
+    a resume) reads the same answer back instead of importing scikit-learn (about a second) to recompute it."""
+    from importlib.metadata import version
+
+    from brainmri.atomic import atomic_write
+    from brainmri.data.cachedir import cache_base, cache_unwritable
+
+    digest = hashlib.sha256(json.dumps([kind, version("scikit-learn"), *inputs]).encode()).hexdigest()[:32]
+    path = cache_base(cache_dir) / "splits" / f"{kind}-{digest}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    result = compute()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(result))
+    except OSError as exc:
+        cache_unwritable("split", path.parent, exc)
+    return result
+
+
 def split_groups(samples: list[Sample], val_fraction: float, seed: int,
-                 keys: list[str] | None = None) -> tuple[list[Sample], list[Sample]]:
+                 keys: list[str] | None = None, cache_dir=None) -> tuple[list[Sample], list[Sample]]:
     """Stratified train/val split in which the samples of one group always land on the same side.
 
     ``keys`` names each sample's group (default: its content hash, so byte-identical files stay
     together; ``brainmri.data.leakage.group_keys`` gives near-duplicate groups). A group's label for
-    stratification is its most common label.
+    stratification is its most common label. scikit-learn's ``train_test_split`` over the groups.
     """
     if val_fraction <= 0:
         return list(samples), []
@@ -192,12 +216,20 @@ def split_groups(samples: list[Sample], val_fraction: float, seed: int,
     labels = [int(np.bincount([s.label for s in groups[k]]).argmax()) for k in keys]
     counts = np.bincount(labels)
     stratify = labels if counts[counts > 0].min() >= 2 else None
-    train_keys, val_keys = train_test_split(keys, test_size=val_fraction, random_state=seed, stratify=stratify)
+
+    def val_groups() -> list:
+        from sklearn.model_selection import train_test_split
+
+        return list(train_test_split(keys, test_size=val_fraction, random_state=seed, stratify=stratify)[1])
+
+    val_keys = set(_remembered("val-groups", [keys, labels, stratify is not None, val_fraction, seed], cache_dir,
+                               val_groups))
     pick = lambda ks: sorted((s for k in ks for s in groups[k]), key=lambda s: s.path)  # noqa: E731
-    return pick(train_keys), pick(val_keys)
+    return pick([k for k in keys if k not in val_keys]), pick(sorted(val_keys))
 
 
-def fold_numbers(samples: list[Sample], folds: int, seed: int, keys: list[str] | None = None) -> list[int]:
+def fold_numbers(samples: list[Sample], folds: int, seed: int, keys: list[str] | None = None,
+                 cache_dir=None) -> list[int]:
     """The fold (0..folds-1) of every sample: scikit-learn's ``StratifiedGroupKFold`` (shuffled, seeded)
     over the groups ``keys`` name (default: content hashes), so one group lies in one fold.
 
@@ -210,11 +242,18 @@ def fold_numbers(samples: list[Sample], folds: int, seed: int, keys: list[str] |
     if n_groups < folds:
         raise DataError(f"data.folds={folds}: the training images form only {n_groups} group(s) "
                         f"(data.group_by); use fewer folds")
-    cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    out = np.full(len(samples), -1)
-    for i, (_, val_idx) in enumerate(cv.split(np.zeros(len(samples)), [s.label for s in samples], keys)):
-        out[val_idx] = i
-    return out.tolist()
+    labels = [s.label for s in samples]
+
+    def assign() -> list:
+        from sklearn.model_selection import StratifiedGroupKFold
+
+        cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        out = np.full(len(samples), -1)
+        for i, (_, val_idx) in enumerate(cv.split(np.zeros(len(samples)), labels, keys)):
+            out[val_idx] = i
+        return out.tolist()
+
+    return _remembered("folds", [keys, labels, folds, seed], cache_dir, assign)
 
 
 def open_source(data_cfg, root: str | Path, labels: bool = True) -> Source:
@@ -307,14 +346,14 @@ def build_split(data_cfg, root: str | Path) -> Split:
     assert keys is not None
     fold_of: dict[str, int] = {}
     if folds:
-        assigned = fold_numbers(pool, folds, data_cfg.split_seed, keys)
+        assigned = fold_numbers(pool, folds, data_cfg.split_seed, keys, data_cfg.cache_dir)
         fold_of = {s.path: f for s, f in zip(pool, assigned, strict=True)}
         train = [s for s in pool if fold_of[s.path] != data_cfg.fold]
         val = [s for s in pool if fold_of[s.path] == data_cfg.fold]
     elif val_at:
         train, val = pool, [samples[i] for i in val_at]
     else:
-        train, val = split_groups(pool, data_cfg.val_fraction, data_cfg.split_seed, keys)
+        train, val = split_groups(pool, data_cfg.val_fraction, data_cfg.split_seed, keys, data_cfg.cache_dir)
     # Every held-out image carries its nearest training image: metrics by band say how a model
     # does on images unlike anything it trained on (nothing is dropped).
     annotate_nearest(train, val + test, lambda part: fp[[row[s.path] for s in part]])

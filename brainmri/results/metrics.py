@@ -1,6 +1,9 @@
-"""Classification metrics on arrays (scikit-learn does the math) and the confusion-matrix PNG.
+"""Classification metrics on arrays and the confusion-matrix PNG.
 
-Pure functions of (labels, probabilities): no torch, no distributed logic.
+Pure functions of (labels, probabilities): no torch, no distributed logic. The arithmetic is NumPy's,
+defined as scikit-learn defines it (``tests/test_metrics.py`` holds every value to scikit-learn's on
+random inputs with ties and missing classes): a training run computes these at every epoch, and
+importing scikit-learn would cost it about a second of start-up for a few array operations.
 Keys are flat ``<prefix>/<name>`` or ``<prefix>/<name>/<class>``.
 """
 
@@ -10,14 +13,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import (
-    ConfusionMatrixDisplay,
-    accuracy_score,
-    confusion_matrix,
-    log_loss,
-    precision_recall_fscore_support,
-    roc_auc_score,
-)
 
 from brainmri.atomic import atomic_path
 
@@ -46,11 +41,36 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, n_bins: in
     return calibration_bins(probs.max(axis=1), probs.argmax(axis=1) == labels, n_bins)[2]
 
 
+def confusion_counts(labels, preds, num_classes: int) -> np.ndarray:
+    """``C[i, j]``: how many samples of class ``i`` were predicted ``j`` (``sklearn.metrics.confusion_matrix``)."""
+    labels, preds = np.asarray(labels, dtype=np.int64), np.asarray(preds, dtype=np.int64)
+    return np.bincount(labels * num_classes + preds, minlength=num_classes * num_classes).reshape(num_classes, -1)
+
+
+def binary_auc(positive, scores) -> float:
+    """ROC AUC of ``scores`` for the boolean ``positive`` (Mann-Whitney U with mid-ranks for ties, which
+    equals the trapezoidal area under the ROC curve); NaN when one side is empty."""
+    positive, scores = np.asarray(positive, dtype=bool), np.asarray(scores, dtype=np.float64)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not n_pos or not n_neg:
+        return math.nan
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    mid_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based average rank of each distinct score
+    rank_sum = mid_rank[inverse][positive].sum()
+    return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
 def macro_auc(labels: np.ndarray, probs: np.ndarray, num_classes: int) -> float:
     """Macro one-vs-rest ROC AUC; NaN when a class is missing from ``labels``."""
+    labels = np.asarray(labels)
     if len(np.unique(labels)) < num_classes:
         return math.nan
-    return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=list(range(num_classes))))
+    return float(np.mean([binary_auc(labels == c, probs[:, c]) for c in range(num_classes)]))
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den``, 0 where ``den`` is 0 (scikit-learn's ``zero_division=0``)."""
+    return np.divide(num, den, out=np.zeros(len(num)), where=den > 0)
 
 
 def classification_metrics(labels, probs, classes: list[str], prefix: str) -> dict[str, float]:
@@ -66,11 +86,15 @@ def classification_metrics(labels, probs, classes: list[str], prefix: str) -> di
     probs = probs / probs.sum(axis=1, keepdims=True)  # float32 softmax sums drift from 1 by ~1e-7
     k = len(classes)
     preds = probs.argmax(axis=1)
-    idx = list(range(k))
-    precision, recall, f1, support = precision_recall_fscore_support(labels, preds, labels=idx, zero_division=0)
+    cm = confusion_counts(labels, preds, k)
+    tp, support = np.diag(cm).astype(np.float64), cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    precision, recall = _ratio(tp, predicted), _ratio(tp, support)
+    f1 = _ratio(2 * tp, support + predicted)
+    picked = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)
     out = {
-        f"{prefix}/acc": float(accuracy_score(labels, preds)),
-        f"{prefix}/loss": float(log_loss(labels, np.clip(probs, 1e-12, 1.0), labels=idx)),
+        f"{prefix}/acc": float((preds == labels).mean()),
+        f"{prefix}/loss": float(-np.log(picked).mean()),
         f"{prefix}/macro_f1": float(f1.mean()),
         f"{prefix}/auc": macro_auc(labels, probs, k),
         f"{prefix}/ece": expected_calibration_error(labels, probs),
@@ -85,22 +109,65 @@ def classification_metrics(labels, probs, classes: list[str], prefix: str) -> di
     return out
 
 
+# matplotlib's "Blues" (ColorBrewer's nine steps), from 0 to 1
+_BLUES = np.array([(247, 251, 255), (222, 235, 247), (198, 219, 239), (158, 202, 225), (107, 174, 214),
+                   (66, 146, 198), (33, 113, 181), (8, 81, 156), (8, 48, 107)], dtype=np.float64)
+
+
+def _blue(value: float) -> tuple[int, int, int]:
+    at = min(max(value, 0.0), 1.0) * (len(_BLUES) - 1)
+    lo = int(at)
+    hi = min(lo + 1, len(_BLUES) - 1)
+    r, g, b = (_BLUES[lo] + (_BLUES[hi] - _BLUES[lo]) * (at - lo)).round().astype(int)
+    return int(r), int(g), int(b)
+
+
 def save_confusion_png(labels, preds, classes: list[str], path: str | Path, title: str = "") -> np.ndarray:
-    """Write the row-normalised confusion matrix as a PNG and return it."""
-    import matplotlib
+    """Write the row-normalised confusion matrix as a PNG (true class per row, predicted per column,
+    each cell its share of the row, shaded in matplotlib's Blues) and return it.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn with Pillow, which every run has loaded already (matplotlib would add about a second to a run).
+    """
+    from PIL import Image, ImageDraw, ImageFont
 
-    cm = confusion_matrix(labels, preds, labels=list(range(len(classes))), normalize="true")
-    cm = np.nan_to_num(cm)
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    ConfusionMatrixDisplay(cm, display_labels=classes).plot(ax=ax, cmap="Blues", values_format=".2f", colorbar=False)
-    ax.set_title(title or "normalised confusion matrix")
-    fig.tight_layout()
+    k = len(classes)
+    counts = confusion_counts(labels, preds, k).astype(np.float64)
+    cm = np.nan_to_num(counts / np.maximum(counts.sum(axis=1, keepdims=True), 1))
+    font, small = ImageFont.load_default(size=15), ImageFont.load_default(size=13)
+    cell, pad = 84, 12
+    text_w = lambda text, f: int(f.getlength(text))  # noqa: E731
+    tick_w = max(text_w(c, small) for c in classes)
+    vertical = tick_w > cell - 6  # long class names stand upright under their column
+    left = pad + 22 + tick_w + 8
+    top = pad + 28
+    below = (tick_w + 8 if vertical else 20) + 30
+    image = Image.new("RGB", (left + k * cell + pad, top + k * cell + below), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((left + k * cell / 2, pad), title or "normalised confusion matrix", fill="black", font=font,
+              anchor="mt")
+    for i in range(k):
+        for j in range(k):
+            x, y = left + j * cell, top + i * cell
+            draw.rectangle((x, y, x + cell, y + cell), fill=_blue(cm[i, j]))
+            draw.text((x + cell / 2, y + cell / 2), f"{cm[i, j]:.2f}", font=font, anchor="mm",
+                      fill="white" if cm[i, j] > 0.5 else "black")
+        draw.text((left - 8, top + i * cell + cell / 2), classes[i], fill="black", font=small, anchor="rm")
+        if vertical:
+            label = Image.new("L", (text_w(classes[i], small) + 4, 18), 0)
+            ImageDraw.Draw(label).text((0, 9), classes[i], fill=255, font=small, anchor="lm")
+            label = label.rotate(90, expand=True)
+            image.paste("black", (int(left + i * cell + cell / 2 - label.width / 2), top + k * cell + 6), label)
+        else:
+            draw.text((left + i * cell + cell / 2, top + k * cell + 6), classes[i], fill="black", font=small,
+                      anchor="mt")
+    draw.rectangle((left, top, left + k * cell, top + k * cell), outline="black")
+    draw.text((left + k * cell / 2, image.height - pad), "predicted label", fill="black", font=font, anchor="mb")
+    axis = Image.new("L", (text_w("true label", font) + 4, 20), 0)
+    ImageDraw.Draw(axis).text((0, 10), "true label", fill=255, font=font, anchor="lm")
+    axis = axis.rotate(90, expand=True)
+    image.paste("black", (pad, int(top + k * cell / 2 - axis.height / 2)), axis)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+        image.save(tmp, format="png")
     return cm
 
 
