@@ -13,6 +13,7 @@ from PIL import Image
 
 from brainmri.data import phantoms
 from brainmri.data.phantoms import CLASSES, generate_phantoms, read_manifest, render_phantom
+from brainmri.data.phantoms import draw as phantom_drawing
 
 SMALL = dict(n_per_class=6, n_test_per_class=2, image_size=64)
 
@@ -161,16 +162,16 @@ def test_a_crash_leaves_no_manifest_and_keeps_the_old_set(tmp_path, monkeypatch)
             raise RuntimeError("killed")
         return real_render(label, rng, image_size)
 
-    monkeypatch.setattr(phantoms, "render_phantom", flaky)
+    monkeypatch.setattr(phantom_drawing, "render_phantom", flaky)
     with pytest.raises(RuntimeError, match="killed"):
         generate_phantoms(tmp_path / "data", **SMALL)
     assert not (tmp_path / "data").exists()
     assert list(tmp_path.iterdir()) == []  # no temporary folder left behind either
 
-    monkeypatch.setattr(phantoms, "render_phantom", real_render)
+    monkeypatch.setattr(phantom_drawing, "render_phantom", real_render)
     root = generate_phantoms(tmp_path / "data", **SMALL)
     before = _files(root)
-    monkeypatch.setattr(phantoms, "render_phantom", flaky)
+    monkeypatch.setattr(phantom_drawing, "render_phantom", flaky)
     calls.clear()
     with pytest.raises(RuntimeError, match="killed"):
         generate_phantoms(root, **SMALL, seed=1)
