@@ -25,6 +25,29 @@ def holder_file(lock: Path) -> Path:
     return lock.with_name(f"{lock.name}.holder")
 
 
+def lock_holder(lock: Path) -> dict:
+    """Who took the lock ``lock`` last (host, pid, SLURM job id; {} when nobody did)."""
+    try:
+        record = read_json(holder_file(lock))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def pid_alive(pid: int) -> bool:
+    """A process ``pid`` runs on this host and is a Python program (a reused pid of another program is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return b"python" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+
+
 def hold_lock(path: Path, refused: Callable[[str], BaseException]) -> BaseFileLock:
     """Take the exclusive OS file lock ``path`` (it dies with its process) and note its holder beside
     it; when another process holds it, raise ``refused("host H pid P SLURM job J")`` at once.
@@ -39,10 +62,7 @@ def hold_lock(path: Path, refused: Callable[[str], BaseException]) -> BaseFileLo
     try:
         lock.acquire()
     except Timeout:
-        try:
-            h = read_json(holder_file(path))
-        except (OSError, ValueError):
-            h = {}
+        h = lock_holder(path)
         raise refused(f"host {h.get('host', '?')} pid {h.get('pid', '?')} "
                       f"SLURM job {h.get('slurm_job_id') or '-'}") from None
     write_json(holder_file(path), {"host": socket.gethostname(), "pid": os.getpid(),

@@ -42,7 +42,7 @@ from brainmri.atomic import (
     read_json,
     write_json,
 )
-from brainmri.locks import hold_lock, holder_file
+from brainmri.locks import hold_lock, lock_holder, pid_alive
 
 if TYPE_CHECKING:
     from filelock import BaseFileLock
@@ -99,24 +99,8 @@ class RunState:
     @property
     def label(self) -> str:
         """The state as tables show it: ``failed: no space`` for a run a full disk stopped."""
-        return state_label(self.status or "new", self.record.get("cause"))
-
-
-def state_label(status: str, cause: str | None) -> str:
-    return f"{status}: {cause}" if status == RunStatus.FAILED and cause else str(status)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a reused pid: some other program
-        return b"python" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return True
+        cause = self.record.get("cause")
+        return f"failed: {cause}" if self.status == RunStatus.FAILED and cause else str(self.status or "new")
 
 
 def _read_json_or_none(path: Path) -> Any:
@@ -285,14 +269,13 @@ class RunDir:
 
     def holder(self) -> dict:
         """Who took the run directory's lock last (host, pid, SLURM job id; {} when nobody did)."""
-        record = _read_json_or_none(holder_file(self.lock_file))
-        return record if isinstance(record, dict) else {}
+        return lock_holder(self.lock_file)
 
     def held_here(self) -> bool:
         """A live process on this host took the run directory's lock and has not ended the run: it trains
         it, whatever job started it (also before it wrote its first status)."""
         h = self.holder()
-        return h.get("host") == socket.gethostname() and isinstance(h.get("pid"), int) and _pid_alive(h["pid"]) \
+        return h.get("host") == socket.gethostname() and isinstance(h.get("pid"), int) and pid_alive(h["pid"]) \
             and self.read_status().get("status") in (None, RunStatus.RUNNING)
 
     # ----------------------------------------------------------------- status
@@ -331,7 +314,7 @@ class RunDir:
         name, error = status.get("status"), status.get("error")
         pid = status.get("pid")
         if name == RunStatus.RUNNING and status.get("host") == socket.gethostname() and isinstance(pid, int) \
-                and not _pid_alive(pid):
+                and not pid_alive(pid):
             gone = f"training process {pid} on {status['host']} is gone (killed?)"
             return RunState(RunStatus.FAILED, gone + (f"\n{error}" if error else ""), int(status.get("epoch") or 0),
                             status)
