@@ -188,20 +188,25 @@ def _bands_of(rr: RecipeResult) -> list[str]:
 Cell = Callable[[Stat, str], str]
 
 
+def _subset_numbers(rr: RecipeResult, column: str, name: str, pre: str) -> dict[str, Any]:
+    """The numeric row of one subset of the test split (a band, a site: metrics ``<pre>n``, ``<pre>acc``,
+    ``<pre>macro_f1``): the range of n over replicates, accuracy and macro-F1 mean and std."""
+    n = [x for x in _counts(rr, f"{pre}n") if x is not None]
+    acc, f1 = rr.stat(f"{pre}acc"), rr.stat(f"{pre}macro_f1")
+    return {"recipe": rr.recipe, "config": value_label(rr.keys, rr.chosen), "split": rr.split, column: name,
+            "n_min": min(n) if n else None, "n_max": max(n) if n else None, "acc_mean": acc.mean,
+            "acc_std": acc.std, "macro_f1_mean": f1.mean, "macro_f1_std": f1.std, "n_replicates": acc.n}
+
+
 def _band_records(rr: RecipeResult, numeric: bool, cell: Cell) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     for band in ["all", *_bands_of(rr)]:
         pre = "" if band == "all" else f"band/{band}/"
-        n = _counts(rr, f"{pre}n")
-        acc, f1 = rr.stat(f"{pre}acc"), rr.stat(f"{pre}macro_f1")
         if numeric:
-            ns = [x for x in n if x is not None]
-            records.append({"recipe": rr.recipe, "config": value_label(rr.keys, rr.chosen), "split": rr.split,
-                            "band": band, "n_min": min(ns) if ns else None, "n_max": max(ns) if ns else None,
-                            "acc_mean": acc.mean, "acc_std": acc.std, "macro_f1_mean": f1.mean,
-                            "macro_f1_std": f1.std, "n_replicates": acc.n})
+            records.append(_subset_numbers(rr, "band", band, pre))
         else:
-            records.append({"Recipe": rr.recipe, "Band": band.replace("_", "-"), "n": fmt_count(n),
+            acc, f1 = rr.stat(f"{pre}acc"), rr.stat(f"{pre}macro_f1")
+            records.append({"Recipe": rr.recipe, "Band": band.replace("_", "-"), "n": fmt_count(_counts(rr, f"{pre}n")),
                             "Acc": cell(acc, "acc"), "Macro-F1": cell(f1, "macro_f1")})
     return records
 
@@ -273,14 +278,11 @@ def sites_frame(cmp: Comparison, numeric: bool = False, pm: str = "±", cell: Ce
     for rr in cmp.recipes:
         for site in sites_of(rr):
             pre = f"site/{site}/"
-            n = [x for x in _counts(rr, f"{pre}n") if x is not None]
-            acc, f1 = rr.stat(f"{pre}acc"), rr.stat(f"{pre}macro_f1")
             if numeric:
-                records.append({"recipe": rr.recipe, "config": value_label(rr.keys, rr.chosen), "split": rr.split,
-                                "site": site, "n_min": min(n) if n else None, "n_max": max(n) if n else None,
-                                "acc_mean": acc.mean, "acc_std": acc.std, "macro_f1_mean": f1.mean,
-                                "macro_f1_std": f1.std, "n_replicates": acc.n})
+                records.append(_subset_numbers(rr, "site", site, pre))
             else:
+                n = [x for x in _counts(rr, f"{pre}n") if x is not None]
+                acc, f1 = rr.stat(f"{pre}acc"), rr.stat(f"{pre}macro_f1")
                 records.append({"Recipe": rr.recipe, "Site": site, "n": fmt_count(n), "Replicates": acc.n,
                                 "Acc": draw(acc, "acc"), "Macro-F1": draw(f1, "macro_f1")})
     return pd.DataFrame.from_records(records)
