@@ -51,7 +51,7 @@ def field_comments(cls: type) -> dict[str, str]:
 
 def _type(tp: Any) -> str:
     text = str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
-    return text.replace("NoneType", "None").replace("brainmri.config.", "")
+    return text.replace("NoneType", "None").replace(f"{schema.RunConfig.__module__}.", "")
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -81,8 +81,8 @@ def rows(cls: Any, prefix: str = "") -> list[tuple[str, str, str, str]]:
             out += rows(tp, f"{key}.")
             continue
         note = notes.get(f.name, "")
-        if key in schema._CHOICES:
-            note = (note + "; " if note else "") + "one of " + ", ".join(f"`{c}`" for c in schema._CHOICES[key])
+        if key in schema.CHOICES:
+            note = (note + "; " if note else "") + "one of " + ", ".join(f"`{c}`" for c in schema.CHOICES[key])
         if schema.is_runtime_key(key):
             note = (note + "; " if note else "") + "runtime key"
         out.append((key, _type(tp), _show(_default(f)), note.replace("|", "\\|")))
