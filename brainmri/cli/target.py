@@ -1,6 +1,6 @@
 """What predict, evaluate and export use: one run directory, or a sweep directory plus ``--recipe``.
 
-A sweep directory (it holds ``tasks.json``, ``brainmri.sweep.expand.load_table``) with
+A sweep directory (it holds ``tasks.json``, ``brainmri.sweep.table.load_table``) with
 ``--recipe NAME`` is the ensemble of that recipe's chosen configuration over all its folds × seeds
 (``brainmri.use.ensemble.Ensemble``); a missing or unknown recipe is one line listing the sweep's
 recipes. Anything else is a run directory (``brainmri.use.trained.TrainedRun``).

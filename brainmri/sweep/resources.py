@@ -2,7 +2,8 @@
 
 Owns the ``SlurmResources`` schema and its checks (types, site setup lines, pass-through sbatch
 options checked against sbatch's own long options), merging a recipe's block over the sweep-wide
-one, and the hours a task requests at its time limit. Knows nothing about submitit or configs.
+one, the hours a task requests at its time limit, and a request in one line (``describe``). Knows
+nothing about submitit or configs.
 
 Example:
     >>> res = parse_resources({"gpus_per_node": 2, "sbatch": {"mail-type": "END"}}, "slurm")
@@ -161,3 +162,15 @@ def merge_resources(base: dict[str, Any] | None, recipe: dict[str, Any] | None) 
 
 def _as_list(value: Any) -> list:
     return value if isinstance(value, list) else [value]
+
+
+def describe(res: SlurmResources) -> str:
+    """One line: the shape of one task's request."""
+    parts = [f"{res.nodes} node(s) x {res.ntasks_per_node} task(s)", f"{res.gpus_per_node} GPU/node",
+             f"{res.cpus_per_task} CPU/task", f"{res.mem_gb:g} GB", f"{res.time_min} min"]
+    parts += [f"{k}={getattr(res, k)}" for k in ("partition", "account", "qos", "constraint", "exclude")
+              if getattr(res, k)]
+    parts += [f"--{k}" + ("" if v is True else f"={v}") for k, v in res.sbatch.items()]
+    if res.setup:
+        parts.append(f"{len(res.setup)} setup line(s)")
+    return ", ".join(parts)
