@@ -2,7 +2,7 @@
 
 :class:`RunDir` holds every file a run leaves behind except the W&B run's own: the resolved
 ``config.yaml``, ``status.json``, ``metrics.jsonl``, ``summary.json`` (and ``summary.prev.json``
-after an extension), ``split.json`` (every file of every part, see brainmri.data.datasets.Split),
+after an extension), ``split.json`` (every file of every part, see brainmri.data.split.Split),
 ``skipped_files.json``, ``predictions_<split>.csv``, ``confusion_<split>.png``, ``train.log``,
 ``wandb/``, ``eval/<name>/`` (evaluations on other data roots), ``prune.json`` (a search driver's
 request to stop: the only file of the directory the run does not write itself) and ``checkpoints/``

@@ -6,9 +6,10 @@ loader's file rules (``files``), where caches live (``cachedir``), the decoded-i
 (``audit``, with the shortcut audit), synthetic phantoms (``phantoms``), the stand-alone
 decode-time preprocessing (``preprocess``: grey decode, head mask, head crop, background zeroing;
 numpy and PIL only, copied into exported model folders), decoding and torchvision v2 transforms
-(``transforms``), and the grouped split, datasets and loaders (``datasets``).
+(``transforms``), the grouped split and its record (``split``), and datasets and loaders
+(``datasets``).
 
 May import: ``brainmri.config``, ``brainmri.atomic``, ``brainmri.rundir`` and itself; never
-models, training, results, use, sweeps or jobs. ``files``, ``cachedir``, ``leakage``, ``audit`` and
-``preprocess`` import no torch (``preprocess`` imports nothing of brainmri either).
+models, training, results, use, sweeps or jobs. ``files``, ``cachedir``, ``leakage``, ``audit``,
+``split`` and ``preprocess`` import no torch (``preprocess`` imports nothing of brainmri either).
 """

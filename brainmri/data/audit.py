@@ -71,11 +71,6 @@ def audit(root: str | Path, cache_dir=None, progress: bool = True, shortcuts: bo
     labels = np.array([s.label for s in samples])
     fp = L.fingerprints(paths, cache_dir, progress=progress)
     pairs = L.near_pairs(fp, sha1)
-
-    def pair_counts(where):
-        return {b: int(((pairs.band == k) & where).sum()) for k, b in enumerate(L.BANDS[:3])}
-
-    si, sj = split[pairs.i], split[pairs.j]
     report: dict = {
         "root": str(Path(root).resolve()),
         "classes": classes,
@@ -85,30 +80,15 @@ def audit(root: str | Path, cache_dir=None, progress: bool = True, shortcuts: bo
                          for c, name in enumerate(classes)},
         "image_info": _image_info(paths, source.index_keys),
         "unreadable": skipped,
-        "pairs": {"within_training": pair_counts((si == "Training") & (sj == "Training")),
-                  "within_testing": pair_counts((si == "Testing") & (sj == "Testing")),
-                  "across": pair_counts(si != sj)},
+        "pairs": _pair_counts(pairs, split),
     }
     group_report = {}
     near_groups: np.ndarray | None = None
     for group_by, bands in L.GROUP_BANDS.items():
         g = L.groups(len(samples), pairs, bands)
+        group_report[group_by], cross_label = _grouping_summary(g, bands, split, labels)
         if group_by == "near":
             near_groups = g
-        sizes = np.bincount(g)
-        multi = sizes[g] > 1
-        members = defaultdict(list)
-        for idx in np.flatnonzero(multi):
-            members[g[idx]].append(idx)
-        spanning = sum(len({split[i] for i in m}) > 1 for m in members.values())
-        cross_label = [m for m in members.values() if len({labels[i] for i in m}) > 1]
-        group_report[group_by] = {
-            "bands": list(bands), "groups": int(len(sizes)), "groups_with_copies": len(members),
-            "images_in_groups_with_copies": int(multi.sum()), "largest_group": int(sizes.max()),
-            "groups_spanning_training_and_testing": int(spanning),
-            "cross_label_groups": len(cross_label),
-        }
-        if group_by == "near":
             report["cross_label_groups"] = [
                 [{"path": paths[i], "label": classes[labels[i]], "split": str(split[i])} for i in m]
                 for m in cross_label]
@@ -125,6 +105,41 @@ def audit(root: str | Path, cache_dir=None, progress: bool = True, shortcuts: bo
     details = {"root": str(root), "paths": paths, "labels": [classes[v] for v in labels], "split": split.tolist(),
                "pairs": pairs, "n_train": len(train), "nearest": near}
     return report, details
+
+
+def _pair_counts(pairs, split: np.ndarray) -> dict[str, dict[str, int]]:
+    """Near-duplicate pairs in each of the three closest bands: within Training, within Testing and across the two."""
+    si, sj = split[pairs.i], split[pairs.j]
+
+    def pair_counts(where):
+        return {b: int(((pairs.band == k) & where).sum()) for k, b in enumerate(L.BANDS[:3])}
+
+    return {"within_training": pair_counts((si == "Training") & (sj == "Training")),
+            "within_testing": pair_counts((si == "Testing") & (sj == "Testing")),
+            "across": pair_counts(si != sj)}
+
+
+def _grouping_summary(g: np.ndarray, bands, split: np.ndarray, labels: np.ndarray) -> tuple[dict, list[list]]:
+    """(summary, cross-label groups) of one grouping ``g`` (each image's group over ``bands``).
+
+    The summary counts the groups, those with copies and their images, the largest group, the groups
+    that span Training and Testing and those whose images carry more than one label; the cross-label
+    groups are listed as their images' indices.
+    """
+    sizes = np.bincount(g)
+    multi = sizes[g] > 1
+    members = defaultdict(list)
+    for idx in np.flatnonzero(multi):
+        members[g[idx]].append(idx)
+    spanning = sum(len({split[i] for i in m}) > 1 for m in members.values())
+    cross_label = [m for m in members.values() if len({labels[i] for i in m}) > 1]
+    summary = {
+        "bands": list(bands), "groups": int(len(sizes)), "groups_with_copies": len(members),
+        "images_in_groups_with_copies": int(multi.sum()), "largest_group": int(sizes.max()),
+        "groups_spanning_training_and_testing": int(spanning),
+        "cross_label_groups": len(cross_label),
+    }
+    return summary, cross_label
 
 
 def site_report(samples, classes: list[str], split: np.ndarray, pairs, near_groups, shortcuts: bool,

@@ -122,7 +122,7 @@ def fingerprints(paths: list[str], cache_dir=None, workers: int | None = None, p
 
     The cache holds every file of the same folders that was ever fingerprinted, keyed by path,
     size and mtime; a changed file is recomputed. Files that cannot be decoded get NaN rows
-    (callers skip unreadable files before; see ``brainmri.data.datasets``).
+    (callers skip unreadable files before; see ``brainmri.data.split``).
     """
     cache = _cache_file(paths, cache_dir) if paths else None
     known: dict[str, tuple[int, int, int]] = {}

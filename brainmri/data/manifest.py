@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,35 @@ def read_manifest(path: str | Path, classes: list[str] | tuple[str, ...] | None 
     """The rows of a manifest file that can be used, and the ones that cannot (see the module docstring)."""
     path = Path(path)
     header, rows = read_rows(path)
+    _check_header(path, header, rows, labels)
+    fixed = list(classes) if classes else None
+    skipped: list[dict] = []
+
+    def skip(row: int, p: str, reason: str) -> None:
+        skipped.append({"row": row, "path": p, "error": reason})
+
+    listed = _distinct_paths(_parse_rows(path, header, rows, fixed, labels, skip), skip)
+    usable = _readable_files(path, _one_part_per_patient(listed, skip), workers, skip)
+    total = sum(1 for values in rows if any(v.strip() for v in values))
+    skipped.sort(key=lambda s: s["row"])
+    if skipped and len(skipped) > max_skipped_fraction * total:
+        first = skipped[0]
+        raise DataError(f"manifest {path}: {len(skipped)} of {total} rows cannot be used ({len(skipped) / total:.1%}, "
+                        f"more than data.max_skipped_fraction={max_skipped_fraction:g}); first: row {first['row']} "
+                        f"{first['path'] or '(no path)'}: {first['error']}")
+    names = _class_names(path, usable, fixed, labels)
+    index_of = {c: i for i, c in enumerate(names)}
+    samples = [Sample(r["path"], index_of.get(r["label"], -1), r["sha1"], row=r["row"], patient=r["patient"],
+                      site=r["site"], meta=r["meta"] or None) for r in usable]
+    return Source(path.parent, names, samples, [r["part"] for r in usable], skipped, path, header, total, [path])
+
+
+Skip = Callable[[int, str, str], None]  # skip(row number, path as written, reason): the row is listed as skipped
+
+
+def _check_header(path: Path, header: list[str], rows: list[list[str]], labels: bool) -> None:
+    """A ``DataError`` when the manifest cannot be read at all: a required column missing, a column
+    named twice, or no data rows."""
     required = ("path", "label") if labels else ("path",)
     missing = [c for c in required if c not in header]
     if missing:
@@ -147,22 +177,21 @@ def read_manifest(path: str | Path, classes: list[str] | tuple[str, ...] | None 
         raise DataError(f"manifest {path}: column {twice!r} appears twice in the header")
     if not rows:
         raise DataError(f"manifest {path} has a header but no rows")
+
+
+def _parse_rows(path: Path, header: list[str], rows: list[list[str]], fixed: list[str] | None, labels: bool,
+                skip: Skip) -> list[dict[str, Any]]:
+    """Every data row as a dict (row number, path as written and resolved, label, part, patient, site,
+    other columns as ``meta``); blank lines are passed over and rows with an empty path, an empty
+    label or one outside ``fixed``, or an unknown split value are skipped. No file is touched."""
     col = {c: i for i, c in enumerate(header)}
     meta_cols = [c for c in header if c not in KNOWN_COLUMNS]
     base = path.parent
-    fixed = list(classes) if classes else None
-    skipped: list[dict] = []
-
-    def skip(row: int, p: str, reason: str) -> None:
-        skipped.append({"row": row, "path": p, "error": reason})
-
     width = len(header)
     at = {name: col.get(name, width) for name in KNOWN_COLUMNS}  # a missing column reads as the empty padding
     i_path, i_label, i_patient, i_site, i_split = (at[c] for c in KNOWN_COLUMNS)
     meta_at = [(c, col[c]) for c in meta_cols]
-
-    kept: list[dict[str, Any]] = []  # row dicts that pass the checks that need no file access
-    first_of: dict[str, dict[str, Any]] = {}  # resolved path → its first row
+    parsed: list[dict[str, Any]] = []
     for n, values in enumerate(rows, start=2):  # line 1 is the header
         if len(values) <= width:
             values = values + [""] * (width + 1 - len(values))
@@ -185,12 +214,22 @@ def read_manifest(path: str | Path, classes: list[str] | tuple[str, ...] | None 
         if part is None:
             skip(n, raw, f"unknown split value {split_value!r} (train, val, test, Training, Testing or empty)")
             continue
-        row: dict[str, Any] = {"row": n, "raw": raw, "path": full, "label": label, "part": part,
-               "patient": values[i_patient].strip() or None, "site": values[i_site].strip() or None,
-               "meta": {c: values[i].strip() for c, i in meta_at}}
-        first = first_of.get(full)
+        parsed.append({"row": n, "raw": raw, "path": full, "label": label, "part": part,
+                       "patient": values[i_patient].strip() or None, "site": values[i_site].strip() or None,
+                       "meta": {c: values[i].strip() for c, i in meta_at}})
+    return parsed
+
+
+def _distinct_paths(parsed: list[dict[str, Any]], skip: Skip) -> list[dict[str, Any]]:
+    """The first row of every file: a later row of the same file and label is skipped as a duplicate,
+    and a file listed under two labels is skipped in every row (which label is right cannot be told)."""
+    kept: list[dict[str, Any]] = []
+    first_of: dict[str, dict[str, Any]] = {}  # resolved path → its first row
+    for row in parsed:
+        n, raw, label = row["row"], row["raw"], row["label"]
+        first = first_of.get(row["path"])
         if first is None:
-            first_of[full] = row
+            first_of[row["path"]] = row
             kept.append(row)
         elif first["label"] != label:
             first["conflict"] = True
@@ -201,11 +240,14 @@ def read_manifest(path: str | Path, classes: list[str] | tuple[str, ...] | None 
         if row.get("conflict"):
             skip(row["row"], row["raw"], f"listed under two labels (row {row['row']}: {row['label']!r}); "
                  "which is right cannot be told")
-    kept = [r for r in kept if not r.get("conflict")]
-    # one patient in one part: rows in a split value other than the patient's first are skipped
+    return [r for r in kept if not r.get("conflict")]
+
+
+def _one_part_per_patient(rows: list[dict[str, Any]], skip: Skip) -> list[dict[str, Any]]:
+    """``rows`` less those of a patient in a split value other than the patient's first row's (skipped)."""
     part_of: dict[str, dict[str, Any]] = {}
     consistent: list[dict[str, Any]] = []
-    for row in kept:
+    for row in rows:
         if row["patient"] is not None:
             first = part_of.setdefault(row["patient"], row)
             if first["part"] != row["part"]:
@@ -213,10 +255,15 @@ def read_manifest(path: str | Path, classes: list[str] | tuple[str, ...] | None 
                      f"(row {first['row']}) and {_shown(row['part'])}")
                 continue
         consistent.append(row)
-    # the files: present, readable (hashed and decoded once, kept in the file index)
+    return consistent
+
+
+def _readable_files(path: Path, rows: list[dict[str, Any]], workers: int, skip: Skip) -> list[dict[str, Any]]:
+    """``rows`` whose file is present and readable, each with its ``sha1``: files are hashed and decoded
+    once and kept in the manifest's file index; a missing, unreadable or undecodable file is skipped."""
     present: list[dict[str, Any]] = []
     stats: list[os.stat_result] = []
-    for row in consistent:
+    for row in rows:
         try:
             stats.append(os.stat(row["path"]))
             present.append(row)
@@ -231,24 +278,19 @@ def read_manifest(path: str | Path, classes: list[str] | tuple[str, ...] | None 
         else:
             row["sha1"] = entry["sha1"]
             usable.append(row)
-    total = sum(1 for values in rows if any(v.strip() for v in values))
-    skipped.sort(key=lambda s: s["row"])
-    if skipped and len(skipped) > max_skipped_fraction * total:
-        first = skipped[0]
-        raise DataError(f"manifest {path}: {len(skipped)} of {total} rows cannot be used ({len(skipped) / total:.1%}, "
-                        f"more than data.max_skipped_fraction={max_skipped_fraction:g}); first: row {first['row']} "
-                        f"{first['path'] or '(no path)'}: {first['error']}")
-    if labels:
-        names = fixed or sorted({r["label"] for r in usable})
-        if len(names) < 2:
-            raise DataError(f"manifest {path}: the usable rows hold {len(names)} label(s) ({', '.join(names)}); "
-                            "a classifier needs at least two")
-    else:
-        names = list(fixed or [])
-    index_of = {c: i for i, c in enumerate(names)}
-    samples = [Sample(r["path"], index_of.get(r["label"], -1), r["sha1"], row=r["row"], patient=r["patient"],
-                      site=r["site"], meta=r["meta"] or None) for r in usable]
-    return Source(base, names, samples, [r["part"] for r in usable], skipped, path, header, total, [path])
+    return usable
+
+
+def _class_names(path: Path, usable: list[dict[str, Any]], fixed: list[str] | None, labels: bool) -> list[str]:
+    """The class list: ``fixed`` (``data.classes``) or the usable rows' sorted labels, at least two of
+    them (a ``DataError`` otherwise); without labels, ``fixed`` or none."""
+    if not labels:
+        return list(fixed or [])
+    names = fixed or sorted({r["label"] for r in usable})
+    if len(names) < 2:
+        raise DataError(f"manifest {path}: the usable rows hold {len(names)} label(s) ({', '.join(names)}); "
+                        "a classifier needs at least two")
+    return names
 
 
 def _shown(part: str) -> str:

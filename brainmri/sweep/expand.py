@@ -14,7 +14,7 @@ Merge rules (per recipe; the more specific level wins, a key set twice on one le
     command line key=value  >  per_recipe.<recipe>.{overrides, grid, lr_scale}  >  sweep-wide ones
 - ``seeds:`` are shared by every recipe (a per-recipe ``seed`` is an error).
 - ``folds: K`` is an axis like seeds: every recipe, configuration and seed is trained K times,
-  ``data.folds=K data.fold=0..K-1`` (grouped K-fold, ``brainmri.data.datasets``); with it no level
+  ``data.folds=K data.fold=0..K-1`` (grouped K-fold, ``brainmri.data.split``); with it no level
   may set ``data.folds`` or ``data.fold`` (the command line's ``data.folds=K`` changes K, its
   ``data.fold=i`` trains that one fold).
 - ``lr_scale: [0.3, 1, 3]`` is a grid over ``optim.lr`` relative to the recipe's own ``optim.lr``

@@ -22,8 +22,8 @@ import torch
 from torchvision.transforms import v2
 
 from brainmri.config import ConfigError, RunConfig, load_config
-from brainmri.data.datasets import Split, nearest_training
 from brainmri.data.files import DataError, Sample
+from brainmri.data.split import Split, nearest_training
 from brainmri.data.transforms import Decoder, batch_normalizer
 from brainmri.models.registry import build_model
 from brainmri.rundir import CheckpointError, RunDir

@@ -1,7 +1,7 @@
 """Synthetic MRI-like brain phantoms: a set in the Kaggle layout, or a cohort of patients at sites.
 
-``draw``: drawing one head (``draw_anatomy``) and rendering slices of it (``render_slice``;
-``render_phantom`` is both at once), and writing a whole data set in the Kaggle "Brain Tumor MRI" folder
+``head``: drawing one head (``draw_anatomy``) and rendering slices of it (``render_slice``;
+``render_phantom`` is both at once). ``draw``: writing a whole data set in the Kaggle "Brain Tumor MRI" folder
 layout (``generate_phantoms``: ``<root>/{Training,Testing}/<class>/*.jpg`` plus ``<root>/manifest.json``)
 so a fresh clone can train and test with no download. ``cohort``: writing a cohort (``generate_cohort``:
 several correlated slices per patient, sites that differ in field of view, intensity, noise and
@@ -40,19 +40,21 @@ from brainmri.data.phantoms.cohort import (
     write_dicom,
 )
 from brainmri.data.phantoms.draw import (
-    CLASSES,
     FORMAT,
     JPEG_QUALITY,
     MANIFEST,
-    SLICE_SPACING,
     SPLITS,
     VERSION,
-    Anatomy,
-    Site,
-    draw_anatomy,
     generate_phantoms,
     lesion_mask,
     read_manifest,
+)
+from brainmri.data.phantoms.head import (
+    CLASSES,
+    SLICE_SPACING,
+    Anatomy,
+    Site,
+    draw_anatomy,
     render_phantom,
     render_slice,
 )

@@ -1,7 +1,7 @@
 """Phantom cohorts: patients with several correlated slices at sites that differ in field of view,
 intensity, noise and class shares, stored as JPEG and 12/16-bit DICOM and listed in ``<root>/manifest.csv``
 (``generate_cohort``), and real MR DICOM files (``write_dicom``). The heads are drawn by
-``brainmri.data.phantoms.draw``.
+``brainmri.data.phantoms.head``; sets are built atomically by ``brainmri.data.phantoms.draw``.
 """
 
 from __future__ import annotations
@@ -18,17 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from brainmri.data.phantoms.draw import (
-    CLASSES,
-    JPEG_QUALITY,
-    Site,
-    _build,
-    _read_marker,
-    _to_uint8,
-    _uniform,
-    draw_anatomy,
-    render_slice,
-)
+from brainmri.data.phantoms.draw import JPEG_QUALITY, _build, _read_marker
+from brainmri.data.phantoms.head import CLASSES, Site, _to_uint8, _uniform, draw_anatomy, render_slice
 
 # ------------------------------------------------------------------------------------------- cohorts
 
@@ -292,6 +283,46 @@ def write_dicom(path: str | os.PathLike, pixels: np.ndarray, *, bits_stored: int
         >>> write_dicom("/tmp/s.dcm", np.arange(4096, dtype=np.uint16).reshape(64, 64), window=(2048, 4096))
         PosixPath('/tmp/s.dcm')
     """
+    path = Path(path)
+    pixels = np.asarray(pixels)
+    stored, top = _stored_values(pixels, bits_stored), 2**bits_stored - 1
+    if monochrome1:
+        stored = (top - stored).astype(np.uint16)
+        if window is not None:  # value' = K - value with K = top·slope + 2·intercept: mirror the centre
+            window = (top * slope + 2 * intercept - window[0], window[1])
+    extra = dict(tags or {})
+    ds = _mr_dataset(path, stored, str(extra.pop("SOPInstanceUID", "")))
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
+    ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = _ds(slope), _ds(intercept), "US"
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = _ds(window[0]), _ds(window[1])
+    for keyword, value in extra.items():
+        setattr(ds, keyword, value)
+    ds.PixelData = stored.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _stored_values(pixels: np.ndarray, bits_stored: int) -> np.ndarray:
+    """``pixels`` as the uint16 values a DICOM file of ``bits_stored`` bits stores; a ``ValueError`` when
+    ``bits_stored`` is outside [9, 16] or ``pixels`` is not a non-empty 2-D/3-D integer array inside its range."""
+    if not 9 <= bits_stored <= 16:
+        raise ValueError(f"bits_stored must be in [9, 16], got {bits_stored}")
+    top = 2**bits_stored - 1
+    if pixels.ndim not in (2, 3) or pixels.dtype.kind not in "ui" or pixels.size == 0:
+        raise ValueError(f"pixels must be a non-empty 2-D or 3-D integer array, got {pixels.dtype} {pixels.shape}")
+    if pixels.min() < 0 or pixels.max() > top:
+        raise ValueError(f"pixels must lie in [0, {top}] for bits_stored={bits_stored}, "
+                         f"got [{pixels.min()}, {pixels.max()}]")
+    return pixels.astype(np.uint16)
+
+
+def _mr_dataset(path: Path, stored: np.ndarray, instance_uid: str):
+    """A new MR DICOM data set for ``stored`` (rows, cols) or (frames, rows, cols) values, to be saved at
+    ``path``: Explicit VR Little Endian file meta, MR Image Storage for one frame and Enhanced MR Image
+    Storage for several, the image size; the SOP instance UID is ``instance_uid``, or one derived from the
+    stored values and the file name (the same file gets the same UID)."""
     import hashlib
 
     from pydicom.dataset import FileDataset, FileMetaDataset
@@ -303,26 +334,9 @@ def write_dicom(path: str | os.PathLike, pixels: np.ndarray, *, bits_stored: int
         generate_uid,
     )
 
-    path = Path(path)
-    pixels = np.asarray(pixels)
-    if not 9 <= bits_stored <= 16:
-        raise ValueError(f"bits_stored must be in [9, 16], got {bits_stored}")
-    top = 2**bits_stored - 1
-    if pixels.ndim not in (2, 3) or pixels.dtype.kind not in "ui" or pixels.size == 0:
-        raise ValueError(f"pixels must be a non-empty 2-D or 3-D integer array, got {pixels.dtype} {pixels.shape}")
-    if pixels.min() < 0 or pixels.max() > top:
-        raise ValueError(f"pixels must lie in [0, {top}] for bits_stored={bits_stored}, "
-                         f"got [{pixels.min()}, {pixels.max()}]")
-    stored = pixels.astype(np.uint16)
-    if monochrome1:
-        stored = (top - stored).astype(np.uint16)
-        if window is not None:  # value' = K - value with K = top·slope + 2·intercept: mirror the centre
-            window = (top * slope + 2 * intercept - window[0], window[1])
-    sop_class = MRImageStorage if pixels.ndim == 2 else EnhancedMRImageStorage
-    extra = dict(tags or {})
-    instance = UID(str(extra.pop("SOPInstanceUID", "")) or generate_uid(
-        entropy_srcs=[hashlib.sha256(stored.tobytes()).hexdigest(), path.name]))
-
+    sop_class = MRImageStorage if stored.ndim == 2 else EnhancedMRImageStorage
+    instance = UID(instance_uid or generate_uid(entropy_srcs=[hashlib.sha256(stored.tobytes()).hexdigest(),
+                                                              path.name]))
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = instance
@@ -332,16 +346,7 @@ def write_dicom(path: str | os.PathLike, pixels: np.ndarray, *, bits_stored: int
     ds.Rows, ds.Columns = stored.shape[-2:]
     if stored.ndim == 3:
         ds.NumberOfFrames = stored.shape[0]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME1" if monochrome1 else "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
-    ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = _ds(slope), _ds(intercept), "US"
-    if window is not None:
-        ds.WindowCenter, ds.WindowWidth = _ds(window[0]), _ds(window[1])
-    for keyword, value in extra.items():
-        setattr(ds, keyword, value)
-    ds.PixelData = stored.tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return ds
 
 
 def _ds(value: float) -> str:
