@@ -14,6 +14,7 @@ variables from SLURM's first; accelerate picks them up. Knows nothing about swee
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any
 
 import submitit
@@ -79,6 +80,10 @@ class TrainJob(submitit.helpers.Checkpointable):
             raise
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        # runs in a signal handler on rank 0, mid-step: the engine's last checkpoint is the checkpoint
+        # runs in a signal handler on rank 0, mid-step: the engine's last checkpoint is the checkpoint.
+        # Pre-emption sends SIGTERM to every process of the step alongside USR2, possibly just after it:
+        # the requeue that follows (scontrol, a child of this process) must not die of it, and an
+        # ignored signal stays ignored in a child. This process is leaving for its requeue anyway.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         self._requeued = True
         return submitit.helpers.DelayedSubmission(TrainJob(self.config))

@@ -92,7 +92,10 @@ def test_preempted_task_resumes_from_its_checkpoint_and_matches_an_uninterrupted
     while not last.exists():
         assert time.time() < deadline and not jobs["preempted"].done(), "no checkpoint before the interrupt"
         time.sleep(0.05)
-    jobs["preempted"]._interrupt()  # SIGTERM then USR2, as SLURM does on pre-emption
+    # pre-emption's two signals, the warning first: SIGTERM then reaches every process of the step while
+    # the job requeues itself (submitit's _interrupt() sends them the other way round)
+    subprocess.check_call(["scancel", jobs["preempted"].job_id, "--signal", "USR2"])
+    subprocess.check_call(["scancel", jobs["preempted"].job_id, "--signal", "SIGTERM"])
 
     straight, resumed = jobs["straight"].result(), jobs["preempted"].result()
     log = (tmp_path / "preempted" / "train.log").read_text()
