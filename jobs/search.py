@@ -176,8 +176,10 @@ class SearchDriver:
         if twin is not None:  # the same values as an earlier trial: the same run directory, trained once
             row.update(job_id=twin["job_id"], cluster=twin["cluster"], state=TrialState.RUNNING, twin_of=twin["number"],
                        submitted_at=time.time())
-        elif RunDir(task.run_dir).state().status in (RunStatus.FINISHED, RunStatus.PRUNED):  # e.g. a confirmation run
+        elif (ended := RunDir(task.run_dir).state().status) in (RunStatus.FINISHED, RunStatus.PRUNED):
+            # e.g. a confirmation run, or the run of a driver that died before it wrote the job id
             row.update(state=TrialState.RUNNING, submitted_at=time.time())
+            self.say(f"trial {row['number']} ({row['recipe']}) is already {ended} ({task.run_dir}): adopted")
         elif RunDir(task.run_dir).held_here():  # submitted by a driver that died before it wrote the job id
             row.update(state=TrialState.RUNNING, submitted_at=time.time())
             self.say(f"trial {row['number']} ({row['recipe']}) is already running ({task.run_dir}): adopted")
