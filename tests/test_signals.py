@@ -142,8 +142,9 @@ def foreign_wandb_service():
     (``WANDB_SERVICE``): what a run inherits when started from a notebook or script that used W&B, or by
     sbatch copying the submitter's environment."""
     code = "import os, sys, wandb; wandb.setup(); print(os.environ['WANDB_SERVICE'], flush=True); sys.stdin.read()"
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}  # its own service, not this process's
     owner = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "WANDB_MODE": "offline"})
+                             env={**env, "WANDB_MODE": "offline"})
     try:
         token = owner.stdout.readline().strip()
         assert token.split("-")[1] == str(owner.pid), token
