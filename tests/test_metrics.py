@@ -46,7 +46,7 @@ def test_numpy_metrics_equal_scikit_learn(seed):
     probabilities), a class never predicted, and (odd seeds) a class with no samples."""
     from sklearn.metrics import confusion_matrix, log_loss, precision_recall_fscore_support, roc_auc_score
 
-    from brainmri.results.metrics import binary_auc, confusion_counts, macro_auc
+    from brainmri.results.metrics import binary_auc, confusion_counts, macro_auc, macro_f1
 
     rng = np.random.default_rng(seed)
     k, n = 4, 60
@@ -61,7 +61,7 @@ def test_numpy_metrics_equal_scikit_learn(seed):
     for i, c in enumerate(classes):
         assert m[f"t/precision/{c}"] == pytest.approx(p[i]) and m[f"t/recall/{c}"] == pytest.approx(r[i])
         assert m[f"t/f1/{c}"] == pytest.approx(f[i]) and m[f"t/support/{c}"] == s[i]
-    assert m["t/macro_f1"] == pytest.approx(f.mean())
+    assert m["t/macro_f1"] == pytest.approx(f.mean()) == macro_f1(labels, probs)
     assert m["t/loss"] == pytest.approx(log_loss(labels, probs, labels=range(k)))
     np.testing.assert_array_equal(confusion_counts(labels, preds, k), confusion_matrix(labels, preds, labels=range(k)))
     if seed % 2:

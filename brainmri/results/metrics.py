@@ -73,6 +73,21 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.zeros(len(num)), where=den > 0)
 
 
+def per_class_scores(labels, preds, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per class: precision, recall, F1 (0 where undefined) and support, as
+    ``sklearn.metrics.precision_recall_fscore_support(..., zero_division=0)``."""
+    cm = confusion_counts(labels, preds, num_classes)
+    tp, support = np.diag(cm).astype(np.float64), cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    return _ratio(tp, predicted), _ratio(tp, support), _ratio(2 * tp, support + predicted), support
+
+
+def macro_f1(labels, probs) -> float:
+    """Unweighted mean of the per-class F1 of the top-1 predictions of ``probs`` (N, K)."""
+    probs = np.asarray(probs)
+    return float(per_class_scores(labels, probs.argmax(axis=1), probs.shape[1])[2].mean())
+
+
 def classification_metrics(labels, probs, classes: list[str], prefix: str) -> dict[str, float]:
     """All metrics for one split.
 
@@ -86,11 +101,7 @@ def classification_metrics(labels, probs, classes: list[str], prefix: str) -> di
     probs = probs / probs.sum(axis=1, keepdims=True)  # float32 softmax sums drift from 1 by ~1e-7
     k = len(classes)
     preds = probs.argmax(axis=1)
-    cm = confusion_counts(labels, preds, k)
-    tp, support = np.diag(cm).astype(np.float64), cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
-    precision, recall = _ratio(tp, predicted), _ratio(tp, support)
-    f1 = _ratio(2 * tp, support + predicted)
+    precision, recall, f1, support = per_class_scores(labels, preds, k)
     picked = np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)
     out = {
         f"{prefix}/acc": float((preds == labels).mean()),

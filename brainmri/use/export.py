@@ -114,7 +114,7 @@ def _metrics(run: RunDir, classes: list[str]) -> dict:
         acc = summary.get(f"{split}/acc")
         if acc is not None:
             entry["acc"] = {"value": acc, "n": n, "ci95": list(M.wilson_interval(acc * n, n)), "ci": "Wilson"}
-        for key, fn in (("macro_f1", _macro_f1), ("auc", lambda y, p: M.macro_auc(y, p, len(classes)))):
+        for key, fn in (("macro_f1", M.macro_f1), ("auc", lambda y, p: M.macro_auc(y, p, len(classes)))):
             value = summary.get(f"{split}/{key}")
             if value is None:
                 continue
@@ -132,13 +132,6 @@ def _metrics(run: RunDir, classes: list[str]) -> dict:
                                              "ci": "Wilson"}
         out[split] = entry
     return out
-
-
-def _macro_f1(labels: np.ndarray, probs: np.ndarray) -> float:
-    from sklearn.metrics import f1_score
-
-    return float(f1_score(labels, probs.argmax(1), labels=list(range(probs.shape[1])), average="macro",
-                          zero_division=0))
 
 
 def _digest(values) -> str:
