@@ -3,6 +3,8 @@
     python benchmarks/scratch_real.py train --runs full no_crop no_aug no_mix no_ls --epochs 12
     python benchmarks/scratch_real.py train --runs full@1 full@2 --epochs 12     # more seeds of one variant
     python benchmarks/scratch_real.py report                                     # tables, CAM, JSON
+    python benchmarks/scratch_real.py train --runs full@0 full@1 full@2 --epochs 30 --workers 1   # the full schedule
+    python benchmarks/scratch_real.py report --chosen full-e30
 
 ``configs/resnet_scratch.yaml`` (timm resnet10t from random weights, 128 px, grey input) trained with
 ``train.py`` on an honest hold-out of the real Training images: the images are grouped by
@@ -50,13 +52,15 @@ VARIANTS = {
 }
 
 
-def run_name(spec: str) -> tuple[str, str, int]:
-    """``no_mix@2`` → (run folder, variant, seed); no ``@``: seed 0."""
+def run_name(spec: str, epochs: int = 12) -> tuple[str, str, int]:
+    """``no_mix@2`` → (run folder, variant, seed); no ``@``: seed 0. Runs of another length than the
+    ablation's 12 epochs are named apart (``full-e30-s0``; summarise them with ``--chosen full-e30``)."""
     variant, _, seed = spec.partition("@")
     if variant not in VARIANTS:
         raise SystemExit(f"unknown run {spec!r}: one of {', '.join(VARIANTS)} (optionally @seed)")
     seed = int(seed or 0)
-    return f"{variant}-s{seed}", variant, seed
+    length = "" if epochs == 12 else f"-e{epochs}"
+    return f"{variant}{length}-s{seed}", variant, seed
 
 
 def train(args) -> None:
@@ -67,7 +71,7 @@ def train(args) -> None:
         (WORK / "holdout.json").write_text(json.dumps(info, indent=2))
     env = {**os.environ, "WANDB_MODE": "disabled"}
     for spec in args.runs:
-        name, variant, seed = run_name(spec)
+        name, variant, seed = run_name(spec, args.epochs)
         run = WORK / "runs" / name
         if (run / "summary.json").is_file():
             print(f"{name}: finished already", flush=True)

@@ -338,15 +338,19 @@ def test_compile_falls_back_to_eager_with_one_warning_where_it_cannot_compile(ph
     assert len(warnings) == 1 and "cannot compile here" in warnings[0] and "training eagerly" in warnings[0], warnings
 
 
-def test_a_run_on_known_data_imports_neither_scikit_learn_nor_matplotlib(phantom_root, trained_run, tmp_path):
-    # the split of data already split once is read back from the cache (the same files on each side),
-    # the metrics are NumPy's and the confusion matrices Pillow's: a run's start-up is torch, not these
+def test_a_run_on_known_data_imports_neither_scikit_learn_scipy_nor_matplotlib(phantom_root, trained_run, tmp_path):
+    # the split and the near-duplicate groups of data already split once are read back from the cache (the
+    # same files on each side), the metrics are NumPy's and the confusion matrices Pillow's: a run's
+    # start-up is torch, not these
     run_dir = tmp_path / "run"
     done = run_train("--config", "configs/baseline_cnn.yaml", *TINY, f"data.root={phantom_root}",
-                     f"run_dir={run_dir}", "train.epochs=1", "train.max_steps_per_epoch=1", "wandb.enabled=false",
+                     f"run_dir={run_dir}", "train.epochs=1", "train.max_steps_per_epoch=1",
                      launcher=[sys.executable, "-X", "importtime"])
     imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
-    assert "torch" in imported and not {m for m in imported if m.split(".")[0] in ("sklearn", "matplotlib")}
+    assert "torch" in imported and not {m for m in imported if m.split(".")[0] in ("sklearn", "scipy", "matplotlib")}
+    # W&B (offline here) wrote its run without importing W&B Launch, which nothing in the run staged inputs for
+    assert "wandb" in imported and not {m for m in imported if m.startswith("wandb.sdk.launch")}
+    assert list((run_dir / "wandb").glob("*/run-*.wandb"))
     first, again = (json.loads((d / "split.json").read_text()) for d in (trained_run, run_dir))
     assert [first[part] for part in ("train", "val", "test")] == [again[part] for part in ("train", "val", "test")]
     assert (run_dir / "confusion_val.png").stat().st_size > 1000

@@ -24,7 +24,7 @@ import numpy as np
 
 from brainmri.config import group_by_parts
 from brainmri.data.files import DataError, Sample, file_index
-from brainmri.data.leakage import BANDS, fingerprints, group_keys, nearest
+from brainmri.data.leakage import BANDS, describe_thresholds, fingerprints, group_keys, nearest
 from brainmri.data.manifest import Source, open_data
 
 PARTS = ("train", "val", "test")
@@ -173,16 +173,18 @@ def manifest(files: dict[str, list[dict]]) -> dict[str, str]:
     return out
 
 
-def _remembered(kind: str, inputs: list, cache_dir, compute: Callable[[], list]) -> list:
+def _remembered(kind: str, inputs: list, cache_dir, compute: Callable[[], list],
+                library: str = "scikit-learn") -> list:
     """``compute()``, remembered on disk under the cache folder by a digest of ``inputs`` (and the
-    scikit-learn version that computes it): every run on the same data and settings (a sweep's tasks,
-    a resume) reads the same answer back instead of importing scikit-learn (about a second) to recompute it."""
+    version of the ``library`` that computes it): every run on the same data and settings (a sweep's
+    tasks, a resume) reads the same answer back instead of importing scikit-learn or SciPy (about a
+    second) to recompute it."""
     from importlib.metadata import version
 
     from brainmri.atomic import atomic_write
     from brainmri.data.cachedir import cache_base, cache_unwritable
 
-    digest = hashlib.sha256(json.dumps([kind, version("scikit-learn"), *inputs]).encode()).hexdigest()[:32]
+    digest = hashlib.sha256(json.dumps([kind, version(library), *inputs]).encode()).hexdigest()[:32]
     path = cache_base(cache_dir) / "splits" / f"{kind}-{digest}.json"
     try:
         return json.loads(path.read_text())
@@ -320,7 +322,7 @@ def build_split(data_cfg, root: str | Path) -> Split:
     fp = fingerprints([s.path for s in listed], data_cfg.cache_dir)
     row = {s.path: i for i, s in enumerate(listed)}
     group_by = getattr(data_cfg, "group_by", "near")
-    keys = _pool_group_keys(source, pool_at, fp[:len(pool)], group_by)
+    keys = _pool_group_keys(source, pool_at, fp[:len(pool)], group_by, data_cfg.cache_dir)
     train, val, fold_of = _train_and_val(data_cfg, pool, fixed_val, keys)
     # Every held-out image carries its nearest training image: metrics by band say how a model
     # does on images unlike anything it trained on (nothing is dropped).
@@ -359,15 +361,21 @@ def _hold_out_site(source: Source, test_site: str, skipped: list[dict]) -> list[
     return parts
 
 
-def _pool_group_keys(source: Source, pool_at: list[int], pool_fp: np.ndarray, group_by: str) -> list[str]:
+def _pool_group_keys(source: Source, pool_at: list[int], pool_fp: np.ndarray, group_by: str,
+                     cache_dir=None) -> list[str]:
     """The group of every training-pool sample (``source.samples[i]`` for ``i`` in ``pool_at``), by ``data.group_by``.
 
     Near-duplicate groups of the band it names (``brainmri.data.leakage.group_keys`` over the pool's
     fingerprints ``pool_fp``), groups of the manifest column it names (``column_keys``), or, when it
-    names both, the two joined (``union_keys``).
+    names both, the two joined (``union_keys``). The near-duplicate groups of images grouped before (by
+    their content hashes, the band and the fingerprint's thresholds) are read back from the cache.
     """
     column, band = group_by_parts(group_by)
-    keys = group_keys(pool_fp, [source.samples[i].sha1 for i in pool_at], band) if band else None
+    keys = None
+    if band:
+        sha1 = [source.samples[i].sha1 for i in pool_at]
+        keys = _remembered("near-groups", [sha1, band, describe_thresholds()], cache_dir,
+                           lambda: group_keys(pool_fp, sha1, band), library="scipy")
     if column is not None:
         by_column = column_keys(source, pool_at, column)
         keys = union_keys(by_column, keys) if keys is not None else by_column

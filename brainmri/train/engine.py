@@ -21,6 +21,7 @@ or sweeps.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import sys
 import time
@@ -120,6 +121,9 @@ class Engine:
             self.record.save_config()
             set_seed(cfg.seed, deterministic=cfg.train.deterministic)
             parts = self.build()
+            # what the imports and the set-up made lives to the end: the garbage collections accelerate's
+            # free_memory() runs (each phase, the end) skip it instead of walking every imported module
+            gc.freeze()
             ckpt = self._load_last(parts)
             self.record.start(self.state)
             forward = None  # the last phase's training forward: what train.compile got
@@ -134,6 +138,7 @@ class Engine:
             self.record.failed(e, self.state)
             raise
         finally:
+            gc.unfreeze()
             acc.end_training()  # destroys the process group, so gloo/NCCL exit cleanly
             reset_accelerator()  # another fit() in this process may use other settings
         self.record.close()

@@ -73,10 +73,33 @@ def _prepare_environment() -> None:
         del os.environ["WANDB_SERVICE"]
 
 
+_LAUNCH_INPUTS = "wandb.sdk.launch.inputs.internal"
+
+
+def _skip_unstaged_launch_inputs() -> None:
+    """``wandb.init`` ends by applying the W&B Launch inputs this process staged. They can only have been
+    staged through that module, and importing it pulls in all of W&B Launch and its public API (about
+    1 s of CPU per run). Where the module was never imported there is nothing to apply, so the import is
+    skipped; a process that did import it gets W&B's own behaviour."""
+    from wandb.sdk.wandb_run import Run
+
+    original = Run._detect_and_apply_job_inputs
+    if getattr(original, "_brainmri", False):
+        return
+
+    def detect_and_apply_job_inputs(self) -> None:  # noqa: ANN001 -- W&B's Run
+        if _LAUNCH_INPUTS in sys.modules:
+            original(self)
+
+    detect_and_apply_job_inputs._brainmri = True  # type: ignore[attr-defined]
+    Run._detect_and_apply_job_inputs = detect_and_apply_job_inputs  # type: ignore[method-assign]
+
+
 def _start_service() -> None:
     try:
         import wandb
 
+        _skip_unstaged_launch_inputs()
         wandb.setup()
     except Exception as exc:  # noqa: BLE001 -- wandb.init says what is wrong, in the main thread
         log.debug("W&B could not be prepared ahead: %s", exc)
@@ -133,6 +156,7 @@ class WandbRun:
             _prepared.join()
         import wandb
 
+        _skip_unstaged_launch_inputs()
         _prepare_environment()
         self.run_id = run_id or uuid.uuid4().hex[:8]
         if run_id:
