@@ -47,8 +47,8 @@ def centre_prior(size: int) -> np.ndarray:
 def score(run: Path, root: Path) -> dict:
     import torch
 
-    from brainmri.use.explain import cam_maps, energy_in_mask, points_in_mask
     from brainmri.data.phantoms import lesion_mask
+    from brainmri.use.explain import cam_maps, energy_in_mask, points_in_mask
     from brainmri.use.trained import load_trained
 
     trained = load_trained(run)

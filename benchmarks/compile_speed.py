@@ -22,8 +22,9 @@ import time
 
 import numpy as np
 import torch
-from _common import scratch_dir, write_result
 from PIL import Image
+
+from _common import scratch_dir, write_result
 
 from brainmri.config import load_config
 from brainmri.models.registry import build_model

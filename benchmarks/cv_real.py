@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from _common import DATA_ROOT, ROOT, machine, write_result
 
 WORK = ROOT / "runs" / "benchmarks" / "cv_real"
@@ -121,7 +122,11 @@ def _spread(values: list[float]) -> dict:
 
 def _sweep_result(name: str) -> tuple[dict, object]:
     from brainmri.results.collect import (
-        collect_runs, compare, ensemble_predictions, load_predictions, selection_stats,
+        collect_runs,
+        compare,
+        ensemble_predictions,
+        load_predictions,
+        selection_stats,
     )
 
     cmp = compare(collect_runs([WORK / "sweeps" / name / "runs"]))

@@ -18,11 +18,12 @@ import argparse
 import torch
 
 from _common import DATA_ROOT, ratio, scratch_dir, summary, timed, write_result
-from brainmri.data.cache import DecodedCache
+
 from brainmri.config import DataConfig, ModelConfig
+from brainmri.data.cache import DecodedCache
 from brainmri.data.datasets import ImageDataset, build_split, make_loader
-from brainmri.models.registry import build_model
 from brainmri.data.transforms import Decoder, batch_normalizer, train_transform
+from brainmri.models.registry import build_model
 
 PRESETS = {
     "baseline": [],  # no augmentation, as configs/baseline_cnn.yaml

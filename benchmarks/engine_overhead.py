@@ -23,6 +23,7 @@ import copy
 import torch
 
 from _common import DATA_ROOT, ratio, scratch_dir, summary, timed, write_result
+
 from brainmri.config import load_config
 from brainmri.train.engine import Engine
 from brainmri.train.phases import prepare_phase

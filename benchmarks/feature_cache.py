@@ -17,12 +17,13 @@ import torch
 from torchvision import models as tvm
 
 from _common import DATA_ROOT, ratio, scratch_dir, summary, timed, write_result
-from brainmri.data.cache import DecodedCache
+
 from brainmri.config import DataConfig
+from brainmri.data.cache import DecodedCache
 from brainmri.data.datasets import ImageDataset, build_split, make_loader
-from brainmri.train.features import FeatureDataset, build_feature_cache
-from brainmri.models.registry import freeze_frozen_norms, set_trainable
 from brainmri.data.transforms import Decoder, batch_normalizer, eval_transform
+from brainmri.models.registry import freeze_frozen_norms, set_trainable
+from brainmri.train.features import FeatureDataset, build_feature_cache
 
 
 def head_epoch(model, loader, opt, forward) -> None:

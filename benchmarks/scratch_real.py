@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from _common import ROOT, machine, write_result
 from cv_real import DATA, held_out_root
 

@@ -7,8 +7,9 @@ import shutil
 
 import pytest
 
-from brainmri.config import ConfigError, load_config
 from conftest import TINY, run_train
+
+from brainmri.config import ConfigError, load_config
 
 
 def test_corrupt_and_junk_files_are_skipped_and_reported(data_copy, tmp_path):

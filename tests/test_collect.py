@@ -10,12 +10,12 @@ import pytest
 import yaml
 from scipy import stats
 
-from brainmri.results.collect import api_filters, collect_runs, compare, mcnemar, mean_ci, runs_from_api
-from brainmri.results.report import to_csv, to_markdown
 from run_dirs import CLASSES, _metrics, make_run  # noqa: F401  (make_run is used by other tests too)
 from wandb_runs import write_runs
 
 from brainmri.cli import collect as cli  # launch/collect.py is its shim
+from brainmri.results.collect import api_filters, collect_runs, compare, mcnemar, mean_ci, runs_from_api
+from brainmri.results.report import to_csv, to_markdown
 
 os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true")
 def _by_hand(x):

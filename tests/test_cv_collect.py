@@ -15,11 +15,12 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from run_dirs import CLASSES, make_run
+
 from brainmri.cli import collect as cli
 from brainmri.results.collect import MixedDataError, collect_runs, compare
 from brainmri.results.report import to_csv, to_latex, to_markdown
 from brainmri.results.report_html import render_html
-from run_dirs import CLASSES, make_run
 
 K = 5
 VAL_N = [101, 99, 100, 102, 98]  # validation images of folds 0..4 (the pool: 500 training images)
@@ -237,8 +238,9 @@ def test_a_fold_sweep_trains_paired_folds_and_the_collector_pairs_them(tmp_path,
     then the collector's replicates, fold statistics and the corrected t-test on the real run directories."""
     import yaml
 
-    from brainmri.cli import sweep as sweep_cli
     from slurm_cluster import SMALL_JOBS, TINY
+
+    from brainmri.cli import sweep as sweep_cli
 
     wide = tmp_path / "wide_cnn.yaml"  # a second recipe: the baseline CNN with a wider dense layer
     wide.write_text((Path(__file__).resolve().parents[1] / "configs" / "baseline_cnn.yaml").read_text()

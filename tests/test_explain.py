@@ -10,8 +10,8 @@ from conftest import run_train
 
 
 def test_cam_energy_lies_in_the_lesion(tmp_path):
-    from brainmri.use.explain import cam_maps, energy_in_mask, points_in_mask
     from brainmri.data.phantoms import generate_phantoms, lesion_mask
+    from brainmri.use.explain import cam_maps, energy_in_mask, points_in_mask
     from brainmri.use.trained import load_trained
 
     root = generate_phantoms(tmp_path / "data", n_per_class=30, n_test_per_class=6, image_size=128, seed=0)
@@ -34,8 +34,8 @@ def test_cam_energy_lies_in_the_lesion(tmp_path):
 
 def test_resnet_cam_uses_layer4():
     from brainmri.config import ModelConfig
-    from brainmri.use.explain import cam_maps
     from brainmri.models.registry import build_model, cam_target_layer
+    from brainmri.use.explain import cam_maps
 
     net = build_model(ModelConfig(arch="resnet50", pretrained=False), 4, 3, 64).eval()
     assert cam_target_layer(net) is net.layer4[-1]

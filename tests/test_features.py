@@ -6,12 +6,13 @@ import pytest
 import torch
 from torchvision import models as tvm
 
-from brainmri.train import features as F
+from conftest import make_samples
+
 from brainmri.config import DataConfig
 from brainmri.data.datasets import ImageDataset
-from brainmri.models.registry import freeze_frozen_norms, set_trainable
 from brainmri.data.transforms import Decoder, batch_normalizer, eval_transform, train_transform
-from conftest import make_samples
+from brainmri.models.registry import freeze_frozen_norms, set_trainable
+from brainmri.train import features as F
 
 SIZE = 32
 

@@ -8,9 +8,10 @@ from collections import Counter
 
 import pytest
 
+from conftest import TINY, run_train
+
 from brainmri.config import ConfigError, DataConfig, identity, load_config, run_hash
 from brainmri.data.datasets import Split, build_split
-from conftest import TINY, run_train
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image, ImageEnhance
 from scipy import ndimage
 
+from brainmri.config import DataConfig
 from brainmri.data import leakage as L
 from brainmri.data.audit import audit
-from brainmri.config import DataConfig
 from brainmri.data.datasets import build_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,10 +186,10 @@ def test_near_duplicate_groups_never_straddle_train_val(planted, tmp_path, seed)
 def test_band_metrics_in_summary_equal_predictions_csv_and_reach_the_table(planted, tmp_path):
     import csv
 
+    from conftest import TINY, run_train
+
     from brainmri.results.collect import collect_runs, compare
     from brainmri.results.report import RENDERERS
-
-    from conftest import TINY, run_train
 
     root, plant = planted
     run_dir = tmp_path / "run"

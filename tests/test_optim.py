@@ -6,8 +6,15 @@ import torch
 from torch import nn
 
 from brainmri.config import OptimConfig, SchedulerConfig
-from brainmri.optim import (Lookahead, Ranger, WarmupCosine, build_optimizer, build_scheduler, centralize_gradient,
-                            replan_cosine)
+from brainmri.optim import (
+    Lookahead,
+    Ranger,
+    WarmupCosine,
+    build_optimizer,
+    build_scheduler,
+    centralize_gradient,
+    replan_cosine,
+)
 
 
 def _model(seed=0):

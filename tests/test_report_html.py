@@ -9,11 +9,12 @@ import subprocess
 import pandas as pd
 import pytest
 
+from run_dirs import make_grid, make_run
+
 from brainmri.results.collect import collect_runs, compare
 from brainmri.results.report import to_csv, to_latex, to_markdown
 from brainmri.results.report_html import render_html
 from brainmri.results.stats import holm
-from run_dirs import make_grid, make_run
 
 
 def _sweep(tmp_path):
@@ -83,8 +84,9 @@ def test_the_reliability_curve_reports_the_one_ece_of_the_metrics(tmp_path):
     replicates' pooled test predictions, not a definition of its own."""
     import numpy as np
 
-    from brainmri.results.metrics import expected_calibration_error
     from run_dirs import CLASSES
+
+    from brainmri.results.metrics import expected_calibration_error
 
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 4, 60)

@@ -14,10 +14,10 @@ import yaml
 
 from brainmri.config import from_dict
 from brainmri.data.datasets import Split
+from brainmri.jobs.submit import task_state
 from brainmri.results.collect import find_run_dirs, read_run_dir
 from brainmri.rundir import CheckpointError, RunDir
 from brainmri.sweep.expand import Task
-from brainmri.jobs.submit import task_state
 
 
 def test_an_engine_written_run_round_trips_through_rundir(trained_run):

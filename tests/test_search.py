@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import TINY, run_train
+from slurm_cluster import ROOT, SMALL_JOBS
+
 from brainmri.cli import sweep as sweep_cli
 from brainmri.jobs.search import open_storage
 from brainmri.jobs.submit import task_state
@@ -22,8 +25,6 @@ from brainmri.results.collect import collect_runs, compare
 from brainmri.rundir import RunDir
 from brainmri.sweep.expand import Task, load_sweep, task_id
 from brainmri.sweep.search import SearchError, lock_driver, parse_param, read_trials, study_file
-from conftest import TINY, run_train
-from slurm_cluster import ROOT, SMALL_JOBS
 
 SPACE = {"optim.lr": "loguniform(1e-4, 1e-1)", "model.dropout": "uniform(0, 0.6)"}
 
@@ -436,8 +437,9 @@ def test_the_driver_the_collector_and_the_search_view_choose_by_one_rule(tmp_pat
 
 
 def test_a_study_with_no_finished_trial_reads_as_such_not_as_a_broken_table(tmp_path, capsys):
-    from brainmri.cli import collect as collect_cli
     from run_dirs import make_run
+
+    from brainmri.cli import collect as collect_cli
 
     sweep_dir = tmp_path / "none"
     make_run(sweep_dir / "runs", "baseline_cnn", 0, 0.01, 0.8, status="failed")
@@ -480,8 +482,9 @@ def test_a_copy_of_a_running_task_ends_already_running_and_the_task_reads_runnin
 
 
 def test_the_collector_refuses_a_misspelled_metric_with_the_registry_names(tmp_path, capsys):
-    from brainmri.cli import collect as collect_cli
     from run_dirs import make_run
+
+    from brainmri.cli import collect as collect_cli
 
     make_run(tmp_path / "runs", "baseline_cnn", 0, 0.01, 0.8)
     assert collect_cli.main([str(tmp_path / "runs"), "--metric", "val/accuracy"]) == 2

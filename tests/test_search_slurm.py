@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import TINY
+from slurm_cluster import ROOT, SMALL_JOBS, cluster_problem, run_sweep
+
 from brainmri.results.collect import collect_runs, compare
 from brainmri.rundir import RunDir
 from brainmri.sweep.search import read_trials
-from conftest import TINY
-from slurm_cluster import ROOT, SMALL_JOBS, cluster_problem, run_sweep
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(900)]
 TRIALS, PARALLEL, EPOCHS = 12, 3, 4

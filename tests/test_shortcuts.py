@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import ROOT
+
 from brainmri.data import preprocess as P
 from brainmri.data.audit import FEATURES, shortcut_features
-from conftest import ROOT
 
 
 @pytest.fixture(scope="module")

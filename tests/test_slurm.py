@@ -19,11 +19,20 @@ import pytest
 import submitit
 import yaml
 
+from conftest import run_train
+from slurm_cluster import (
+    ROOT,
+    SMALL_JOBS,
+    TINY,
+    cluster_problem,
+    images_per_epoch,
+    run_sweep,
+    wait_for_job,
+    write_sweep,
+)
+
 from brainmri.config import load_config
 from brainmri.jobs.train_job import TrainJob
-from conftest import run_train
-from slurm_cluster import (ROOT, SMALL_JOBS, TINY, cluster_problem, images_per_epoch, run_sweep, wait_for_job,
-                           write_sweep)
 
 RECIPES = ["baseline_cnn", "resnet50_feature", "resnet50_finetune", "resnet152_ranger"]
 TRAIN_PAST_THE_WARNING_S = 75  # a 2-minute job with --signal=USR2@60 is warned within its first 60 s

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from brainmri.sweep.expand import SweepError, arrays, load_sweep, task_id
-from brainmri.jobs.submit import executor_parameters
-from brainmri.cli import sweep as sweep_cli
 from slurm_cluster import ROOT, SMALL_JOBS, TINY, run_sweep, write_sweep
+
+from brainmri.cli import sweep as sweep_cli
+from brainmri.jobs.submit import executor_parameters
+from brainmri.sweep.expand import SweepError, arrays, load_sweep, task_id
 
 GRID = {"seed": [0, 1], "optim.lr": [1.0e-3, 3.0e-4]}
 

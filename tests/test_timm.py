@@ -8,11 +8,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import TINY
+from test_weights import WeightsServer
+
 from brainmri.config import ModelConfig, load_config
 from brainmri.models.registry import build_model, ensure_weights, pretrained_url
 from brainmri.models.weights import WeightsError, cache_path
-from conftest import TINY
-from test_weights import WeightsServer
 
 
 def _timm_state(seed: int) -> dict:

@@ -5,9 +5,10 @@ import json
 
 import pytest
 
-from brainmri.results.collect import collect_runs, compare
-from brainmri.results.report import markdown_table, display_frame
 from run_dirs import make_grid
+
+from brainmri.results.collect import collect_runs, compare
+from brainmri.results.report import display_frame, markdown_table
 
 wr = pytest.importorskip("wandb_workspaces.reports.v2")
 
