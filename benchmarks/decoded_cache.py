@@ -62,7 +62,7 @@ def compare(make_dataset, run, repeats: int) -> dict:
     times = {"jpeg": [], "cached": []}
     for r in range(repeats + 1):
         for name in ("jpeg", "cached"):
-            t = timed(lambda: run(make_dataset(name)))
+            t = timed(lambda name=name: run(make_dataset(name)))
             if r:
                 times[name].append(t)
     out = {name: summary(ts) for name, ts in times.items()}
@@ -90,8 +90,9 @@ def main() -> None:
     for size in sorted({args.image_size, args.model_size}):
         decoder = Decoder(size, 3)
         built = {}
-        build_s = timed(lambda: built.setdefault("cache", DecodedCache.build(samples, decoder, cache_dir)))[0]
-        reuse_s = timed(lambda: DecodedCache.build(samples, decoder, cache_dir))[0]
+        build_s = timed(lambda built=built, decoder=decoder:
+                        built.setdefault("cache", DecodedCache.build(samples, decoder, cache_dir)))[0]
+        reuse_s = timed(lambda decoder=decoder: DecodedCache.build(samples, decoder, cache_dir))[0]
         result[f"cache_build_{size}px"] = {"build_s": build_s, "reopen_s": reuse_s,
                                            "bytes": built["cache"].data_path.stat().st_size}
         print(f"{size}px cache: build {build_s:.2f}s, reopen {reuse_s * 1e3:.1f}ms", flush=True)
@@ -100,7 +101,7 @@ def main() -> None:
     for preset in PRESETS:
         transform = make_transform(preset, args.image_size)
         for workers in args.workers:
-            def dataset_loader(name):
+            def dataset_loader(name, transform=transform, workers=workers):
                 ds = ImageDataset(samples, decoder, transform, cache if name == "cached" else None)
                 return make_loader(ds, 32, workers)
 
