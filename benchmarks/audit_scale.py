@@ -70,7 +70,7 @@ def one(n: int) -> dict:
     pairs = L.near_pairs(fps, sha)
     groups = L.groups(n, pairs, L.GROUP_BANDS["near"])
     search_s, search_cpu = time.perf_counter() - t0, time.process_time() - c0
-    near = {(int(i), int(j)) for i, j, b in zip(pairs.i, pairs.j, pairs.band) if b <= 1}
+    near = {(int(i), int(j)) for i, j, b in zip(pairs.i, pairs.j, pairs.band, strict=True) if b <= 1}
     hit = len(near & truth)
     return {"n": n, "search_group_s": round(search_s, 2), "search_group_cpu_s": round(search_cpu, 2), "fingerprint_ms_per_image": round(fp_ms, 2),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),

@@ -63,8 +63,8 @@ def score(run: Path, root: Path) -> dict:
         masks = [lesion_mask(p) for p in files]
         out[cls] = {"n": len(files), "acc": correct,
                     "lesion_share": float(np.mean([m.mean() for m in masks])),
-                    "energy": float(np.mean([energy_in_mask(c, m) for c, m in zip(maps, masks)])),
-                    "pointing": float(np.mean([points_in_mask(c, m) for c, m in zip(maps, masks)])),
+                    "energy": float(np.mean([energy_in_mask(c, m) for c, m in zip(maps, masks, strict=True)])),
+                    "pointing": float(np.mean([points_in_mask(c, m) for c, m in zip(maps, masks, strict=True)])),
                     "centre_prior_energy": float(np.mean([energy_in_mask(prior, m) for m in masks])),
                     "centre_prior_pointing": float(np.mean([points_in_mask(prior, m) for m in masks]))}
     n = sum(v["n"] for v in out.values())

@@ -145,7 +145,7 @@ def cam_energy(run: Path, limit: int) -> dict:
         raw = torch.stack([trained.decoder(p) for p in files])
         maps = cam_maps(trained.model, trained.normalize(raw), [trained.classes.index(cls)] * len(files))
         grey = raw[:, 0].numpy()
-        values = [brain_energy(m, g) for m, g in zip(maps, grey)]
+        values = [brain_energy(m, g) for m, g in zip(maps, grey, strict=True)]
         per_class[cls] = float(np.nanmean(values))
         shares += values
     return {"mean": float(np.nanmean(shares)), "median": float(np.nanmedian(shares)), "n": len(shares),

@@ -55,7 +55,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 SERIAL = "serial"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _serial_functions(path: str) -> frozenset[str]:
     """The test functions of a test file that must run serially: all of them in a file marked slurm,
     else those that start several training processes or use the SLURM cluster."""

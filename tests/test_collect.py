@@ -172,7 +172,9 @@ class FakeApi:
 
 
 def test_online_path_on_api_shaped_runs(tmp_path):
-    cfg = lambda seed: {"recipe": "cnn", "seed": seed, "optim": {"name": "adam", "lr": 1e-3}, "_wandb": {"x": 1}}
+    def cfg(seed):
+        return {"recipe": "cnn", "seed": seed, "optim": {"name": "adam", "lr": 1e-3}, "_wandb": {"x": 1}}
+
     api = FakeApi([FakeApiRun("a1", "finished", cfg(0), _metrics("val", 0.8) | _metrics("test", 0.7),
                               [{"_step": 1, "epoch": 1, "val/acc": 0.8}]),
                    FakeApiRun("a2", "finished", cfg(1), _metrics("val", 0.9) | _metrics("test", 0.8), []),

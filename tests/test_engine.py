@@ -242,7 +242,7 @@ def test_feature_cache_trains_the_head_like_the_full_backbone(phantom_root, resn
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
     ra, rb = read_rows(tmp_path / "cached"), read_rows(tmp_path / "full")
-    for row_a, row_b in zip(ra, rb):
+    for row_a, row_b in zip(ra, rb, strict=False):
         assert row_a["train/loss"] == pytest.approx(row_b["train/loss"], rel=1e-4)
         assert row_a["val/acc"] == row_b["val/acc"]
 
@@ -257,7 +257,7 @@ def test_two_processes_follow_the_one_process_loss_curve(phantom_root, tmp_path)
     assert json.loads((tmp_path / "single" / "split.json").read_text())["train"] == 36
     ddp, single = read_rows(tmp_path / "ddp"), read_rows(tmp_path / "single")
     assert [r["step"] for r in ddp] == [r["step"] for r in single]
-    for a, b in zip(ddp, single):
+    for a, b in zip(ddp, single, strict=True):
         assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-4)
         assert a["val/loss"] == pytest.approx(b["val/loss"], rel=1e-4)
     wa, wb = (torch.load(tmp_path / d / "checkpoints" / "last.pt", weights_only=True)["model"] for d in ("ddp", "single"))

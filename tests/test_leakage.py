@@ -70,7 +70,7 @@ def _pairs_of(root, cache):
     sha = [hashlib.sha1(Path(p).read_bytes()).hexdigest() for p in paths]
     fp = L.fingerprints(paths, cache)
     pairs = L.near_pairs(fp, sha)
-    found = {(paths[i], paths[j]): L.BANDS[b] for i, j, b in zip(pairs.i, pairs.j, pairs.band)}
+    found = {(paths[i], paths[j]): L.BANDS[b] for i, j, b in zip(pairs.i, pairs.j, pairs.band, strict=True)}
     return paths, pairs, found
 
 

@@ -42,7 +42,7 @@ def _train(model, opt, batches):
 
 
 def _assert_same_params(a, b):
-    for pa, pb in zip(a.parameters(), b.parameters()):
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(pa, pb, rtol=0, atol=0)
 
 
@@ -101,11 +101,11 @@ def test_lookahead_syncs_slow_weights_every_k_steps():
         _backward(model, batch)
         opt.step()
         if step % k == 0:
-            slow = [s + alpha * (f - s) for s, f in zip(slow, fast[-1])]
-            for p, s in zip(model.parameters(), slow):
+            slow = [s + alpha * (f - s) for s, f in zip(slow, fast[-1], strict=True)]
+            for p, s in zip(model.parameters(), slow, strict=True):
                 torch.testing.assert_close(opt.state[p]["lookahead_slow"], s)
         expected = slow if step % k == 0 else fast[-1]
-        for p, e in zip(model.parameters(), expected):
+        for p, e in zip(model.parameters(), expected, strict=True):
             torch.testing.assert_close(p.detach(), e)
     assert opt.param_groups[0]["lookahead_step"] == 2 * k + 1
 
@@ -127,7 +127,7 @@ def test_state_dict_roundtrip_continues_identical_trajectory(tmp_path):
     _train(model, opt, batches[20:])
     _train(model2, opt2, batches[20:])
     _assert_same_params(model, model2)
-    for p, p2 in zip(model.parameters(), model2.parameters()):
+    for p, p2 in zip(model.parameters(), model2.parameters(), strict=True):
         torch.testing.assert_close(opt.state[p], opt2.state[p2], rtol=0, atol=0)
 
 

@@ -27,9 +27,9 @@ def _sweep(tmp_path):
 def test_incomplete_run_with_multiline_error_in_every_format(tmp_path):
     cmp = _sweep(tmp_path)
     md = to_markdown(cmp)
-    row = [l for l in md.splitlines() if "failed" in l][0]
+    row = [line for line in md.splitlines() if "failed" in line][0]
     assert row.count(" | ") == 5 and "| Traceback \\| x |" in row
-    assert not any(l.startswith("RuntimeError") for l in md.splitlines())  # the table is not broken
+    assert not any(line.startswith("RuntimeError") for line in md.splitlines())  # the table is not broken
     csv = pd.read_csv(io.StringIO(to_csv(cmp)))
     failed = csv[csv["state"] == "failed"]
     assert len(failed) == 1 and failed.iloc[0]["recipe"] == "tiny_cnn" and failed.iloc[0]["error"] == "Traceback | x"

@@ -110,7 +110,7 @@ def test_preempted_task_resumes_from_its_checkpoint_and_matches_an_uninterrupted
     log = (tmp_path / "preempted" / "train.log").read_text()
     assert "resuming" in log and "from epoch 0" not in log
     assert [r["epoch"] for r in rows(tmp_path / "preempted")] == [1, 2, 3, 4]
-    for a, b in zip(rows(tmp_path / "straight"), rows(tmp_path / "preempted")):
+    for a, b in zip(rows(tmp_path / "straight"), rows(tmp_path / "preempted"), strict=False):
         assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-6)
         assert a["val/loss"] == pytest.approx(b["val/loss"], rel=1e-6)
     for key in ("val/acc", "val/loss", "val/macro_f1", "best_epoch", "epochs_run"):
@@ -288,7 +288,7 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes_exactly(tmp_path, ph
         assert "resuming" in log and "from epoch 0" not in log
         resumed = rows(run_dir)
         assert [r["epoch"] for r in resumed] == list(range(1, epochs + 1))
-        for a, b in zip(reference, resumed):
+        for a, b in zip(reference, resumed, strict=False):
             for key in ("train/loss", "val/loss", "val/acc"):
                 assert a[key] == pytest.approx(b[key], rel=1e-6), (run_dir, a["epoch"], key)
 

@@ -54,7 +54,7 @@ def test_report_model_holds_the_panels(cmp):
     assert markdown_table(display_frame(cmp)) in md and "McNemar" in md
 
     # one confusion-matrix chart per recipe, over that recipe's chosen configuration
-    for grid, rr in zip(grids[1:], cmp.recipes):
+    for grid, rr in zip(grids[1:], cmp.recipes, strict=True):
         (rs,) = grid["metadata"]["runSets"]
         assert rs["name"] == rr.recipe
         leaves = {(f["key"]["section"], f["key"]["name"], f["op"], f["value"]) for f in rs["filters"]["filters"]}
