@@ -104,8 +104,8 @@ def main() -> None:
             a = scores["all"]
             print(f"{label} seed {seed}: acc {a['acc']:.2f} energy {a['energy']:.3f} (share {a['lesion_share']:.3f}, "
                   f"centre prior {a['centre_prior_energy']:.3f}) pointing {a['pointing']:.2f}  [{train_s:.0f} s]")
-            results.append({"label": label, "recipe": recipe, "seed": seed, "overrides": overrides, "train_wall_s": train_s,
-                            "scores": scores})
+            results.append({"label": label, "recipe": recipe, "seed": seed, "overrides": overrides,
+                            "train_wall_s": train_s, "scores": scores})
     if args.append and (RESULTS / "cam_pointing.json").is_file():
         results = json.loads((RESULTS / "cam_pointing.json").read_text())["runs"] + results
     write_result("cam_pointing", {"phantoms": {"n_per_class": args.n_per_class, "n_test_per_class":

@@ -92,8 +92,9 @@ def whole_runs(arch: str, a: float, b: float, data_dir: str, steps: int, pairs: 
         ta.append(x)
         tb.append(y)
     ratios = [x / y for x, y in zip(ta, tb, strict=True)]
-    return {"a_every_min": a, "b_every_min": b, "a_median_s": statistics.median(ta), "b_median_s": statistics.median(tb),
-            "ratio_median": statistics.median(ratios), "ratios": [round(r, 4) for r in ratios]}
+    return {"a_every_min": a, "b_every_min": b, "a_median_s": statistics.median(ta),
+            "b_median_s": statistics.median(tb), "ratio_median": statistics.median(ratios),
+            "ratios": [round(r, 4) for r in ratios]}
 
 
 def main() -> None:

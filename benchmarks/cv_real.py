@@ -96,7 +96,8 @@ def train(args) -> None:
         subprocess.run(cmd, cwd=ROOT, check=True, env=env)
         after = os.times()
         walls[name] = {"wall_s": time.perf_counter() - t,
-                       "cpu_s": (after.children_user + after.children_system) - (cpu.children_user + cpu.children_system)}
+                       "cpu_s": (after.children_user + after.children_system)
+                       - (cpu.children_user + cpu.children_system)}
         print(name, walls[name], flush=True)
     (WORK / "train_times.json").write_text(json.dumps({"epochs": args.epochs, "image_size": args.image_size,
                                                        "sweeps": walls, "machine": machine()}, indent=2))

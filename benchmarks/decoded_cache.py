@@ -33,7 +33,8 @@ NORMALIZE = batch_normalizer(DataConfig(input_channels=3))  # the engine's per-b
 
 
 def make_transform(preset: str, size: int):
-    return train_transform(DataConfig(input_size=size, input_channels=3, augment=PRESETS[preset], rotation_degrees=10.0))
+    return train_transform(DataConfig(input_size=size, input_channels=3, augment=PRESETS[preset],
+                                      rotation_degrees=10.0))
 
 
 def data_pass(loader) -> None:
@@ -118,8 +119,9 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_model(ModelConfig(), 4, 3, args.model_size)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    res = compare(lambda name: make_loader(ImageDataset(samples, decoder, transform, cache if name == "cached" else None),
-                                           32, 0), lambda loader: train_pass(loader, model, opt), args.repeats)
+    res = compare(lambda name: make_loader(ImageDataset(samples, decoder, transform,
+                                                        cache if name == "cached" else None), 32, 0),
+                  lambda loader: train_pass(loader, model, opt), args.repeats)
     res["setup"] = {"model": "baseline_cnn", "image_size": args.model_size, "num_workers": 0, "transform": "baseline"}
     result["train_epoch"] = res
     print(f"train epoch baseline_cnn {args.model_size}px: jpeg {res['jpeg']['median_s']:.2f}s "

@@ -62,7 +62,8 @@ def main() -> None:
     with torch.inference_mode():  # warm-up, so the timed build does not pay one-off allocator costs
         model.eval()(norm(next(iter(image_loader))[0]))
     built = {}
-    build_s = timed(lambda: built.setdefault("f", build_feature_cache(model, dataset, 1, args.batch_size, to_input=norm)))[0]
+    build_s = timed(lambda: built.setdefault("f", build_feature_cache(model, dataset, 1, args.batch_size,
+                                                                      to_input=norm)))[0]
     features = built["f"]
     feature_loader = make_loader(FeatureDataset(features, samples), args.batch_size, 0)
 

@@ -40,7 +40,8 @@ def _split_metrics(split: str, acc: float, rng) -> dict:
         out.update({f"{split}/recall/{c}": r, f"{split}/precision/{c}": r, f"{split}/f1/{c}": r,
                     f"{split}/support/{c}": 50, f"{split}/acc/{c}": r})
     for b, n in zip(BANDS, (20, 40, 60, 80), strict=True):
-        out.update({f"{split}/band/{b}/n": n, f"{split}/band/{b}/acc": float(np.clip(acc + 0.05 - 0.03 * BANDS.index(b), 0, 1))})
+        out.update({f"{split}/band/{b}/n": n,
+                    f"{split}/band/{b}/acc": float(np.clip(acc + 0.05 - 0.03 * BANDS.index(b), 0, 1))})
     return out
 
 
@@ -114,7 +115,8 @@ def main() -> None:
     times = [timed(once) for _ in range(args.repeats)]
     write_result("report_scale", {
         "runs": state["runs"], "recipes": state["recipes"], "incomplete": state["incomplete"],
-        "test_images_per_run": args.images, "html_bytes": out.stat().st_size, "html_mb": round(out.stat().st_size / 1e6, 2),
+        "test_images_per_run": args.images, "html_bytes": out.stat().st_size,
+        "html_mb": round(out.stat().st_size / 1e6, 2),
         "targets": {"seconds": 15, "mb": 5}, "generation_s_this_call": round(gen_s, 1),
         "collect_compare_html_in_process": summary(times)})
 

@@ -88,7 +88,8 @@ def train(args) -> None:
         subprocess.run(cmd, cwd=ROOT, check=True, env=env)
         after = os.times()
         times = {"wall_s": time.perf_counter() - t,
-                 "cpu_s": (after.children_user + after.children_system) - (before.children_user + before.children_system)}
+                 "cpu_s": (after.children_user + after.children_system)
+                 - (before.children_user + before.children_system)}
         (run / "bench_time.json").write_text(json.dumps({**times, "machine": machine()}))
         print(name, times, flush=True)
 

@@ -70,7 +70,8 @@ def _serial_functions(path: str) -> frozenset[str]:
     if any("mark.slurm" in ast.get_source_segment(source, node) for node in module_marks):
         return frozenset(node.name for node in tests)
     return frozenset(node.name for node in tests
-                     if any(call in ast.get_source_segment(source, node) for call in ("accelerate_cpu(", "cluster_problem(")))
+                     if any(call in ast.get_source_segment(source, node)
+                            for call in ("accelerate_cpu(", "cluster_problem(")))
 
 
 def runs_serially(nodeid: str) -> bool:

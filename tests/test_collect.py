@@ -1,4 +1,5 @@
-"""brainmri.results.collect / brainmri.results.report / launch/collect.py on synthetic run dirs and real offline W&B files."""
+"""brainmri.results.collect / brainmri.results.report / launch/collect.py on synthetic run dirs and real
+offline W&B files."""
 
 import json
 import math
@@ -263,7 +264,8 @@ def test_e2e_offline_wandb_equals_summary_json(tmp_path, tiny_real_data):
         assert any(k.startswith("test/recall/") for k in scalars)
         assert {k: run.summary.get(k) for k in scalars} == scalars
         assert run.config == summary["config"]
-        rows = [r for r in map(json.loads, (tmp_path / f"s{seed}" / "metrics.jsonl").read_text().splitlines()) if "epoch" in r]
+        rows = [r for r in map(json.loads, (tmp_path / f"s{seed}" / "metrics.jsonl").read_text().splitlines())
+                if "epoch" in r]
         logged = [{k: v for k, v in h.items() if k in rows[0]} for h in run.history() if "epoch" in h]
         assert logged == [{k: v for k, v in r.items() if v is not None} for r in rows]
     (rr,) = compare(merged).recipes

@@ -92,7 +92,8 @@ def test_fold_statistics_and_corrected_t_equal_a_hand_recomputation(tmp_path):
     csv = pd.read_csv(io.StringIO(to_csv(cmp)))
     row = csv[csv["recipe"] == "vit"].iloc[0]
     assert (row["vs"], row["ttest_pairs"], row["folds"], row["n_seeds"], row["n_replicates"]) == ("cnn", 10, K, 2, 10)
-    assert row["ttest_p"] == pytest.approx(p, rel=1e-9) and row["acc_mean"] == pytest.approx(np.mean([b[k][1] for k in keys]))
+    assert row["ttest_p"] == pytest.approx(p, rel=1e-9)
+    assert row["acc_mean"] == pytest.approx(np.mean([b[k][1] for k in keys]))
     md = to_markdown(cmp)
     assert f"p = {p:.3g}" in md and "fold 4, seed 1:" in md
 
@@ -251,7 +252,8 @@ def test_a_fold_sweep_trains_paired_folds_and_the_collector_pairs_them(tmp_path,
         "overrides": {"data.root": str(phantom_root), **TINY, "train.epochs": 1, "train.max_steps_per_epoch": 1,
                       "wandb.enabled": False},
         "per_recipe": {str(wide): {"overrides": {"model.hidden": 64}}}, "slurm": SMALL_JOBS}))
-    assert sweep_cli.main(["--config", str(sweep), "--cluster", "debug", "--sweeps-root", str(tmp_path / "sweeps")]) == 0
+    assert sweep_cli.main(["--config", str(sweep), "--cluster", "debug",
+                           "--sweeps-root", str(tmp_path / "sweeps")]) == 0
     assert "4 finished" in capsys.readouterr().out
     runs = sorted((tmp_path / "sweeps" / "cv" / "runs").iterdir())
     records = [json.loads((d / "split.json").read_text()) for d in runs]

@@ -199,7 +199,8 @@ def test_band_metrics_in_summary_equal_predictions_csv_and_reach_the_table(plant
     # metrics.jsonl closes with the best checkpoint's evaluation: the same val/test (and band) numbers
     *epochs, final = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert final["evaluation"] == "best_checkpoint" and all("epoch" in r for r in epochs)
-    expected = {"evaluation": "best_checkpoint", "best_epoch": summary["best_epoch"], "epochs_run": summary["epochs_run"],
+    expected = {"evaluation": "best_checkpoint", "best_epoch": summary["best_epoch"],
+                "epochs_run": summary["epochs_run"],
                 **{k: v for k, v in summary.items() if k.startswith(("val/", "test/"))}}
     assert json.dumps(final, sort_keys=True) == json.dumps(expected, sort_keys=True)  # NaN-safe equality
     with open(run_dir / "predictions_test.csv") as f:

@@ -210,8 +210,8 @@ def test_warmup_then_cosine_per_group_and_the_plain_cosine_without_warmup():
         flat.step()
     assert lrs == pytest.approx([0.075, 0.15, 0.225, 0.3, 0.3])
 
-    plain, warm0 = (build_scheduler(SchedulerConfig(name="cosine", min_lr=1e-3), torch.optim.SGD(model.parameters(), lr=0.1),
-                                    epochs=5) for _ in range(2))
+    plain, warm0 = (build_scheduler(SchedulerConfig(name="cosine", min_lr=1e-3),
+                                    torch.optim.SGD(model.parameters(), lr=0.1), epochs=5) for _ in range(2))
     ours = WarmupCosine(torch.optim.SGD(model.parameters(), lr=0.1), 5, 0, 1e-3)
     for _ in range(5):
         assert ours.get_last_lr()[0] == pytest.approx(plain.get_last_lr()[0])

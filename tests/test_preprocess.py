@@ -30,7 +30,8 @@ def test_components_holes_and_morphology_equal_scipy(connectivity):
         np.testing.assert_array_equal(P.dilate(mask, 2), ndimage.binary_dilation(mask, square))
         np.testing.assert_array_equal(P.erode(mask, 2), ndimage.binary_erosion(mask, square))
         if connectivity == 8:  # largest_component joins diagonal neighbours
-            np.testing.assert_array_equal(P.largest_component(mask), want == np.argmax(np.bincount(want.ravel())[1:]) + 1)
+            np.testing.assert_array_equal(P.largest_component(mask),
+                                          want == np.argmax(np.bincount(want.ravel())[1:]) + 1)
 
 
 @pytest.fixture(scope="module")

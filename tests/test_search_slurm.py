@@ -127,7 +127,8 @@ def test_tpe_asha_search_runs_async_prunes_and_survives_scancel_of_its_driver_an
     assert pruned, states
     for r in pruned:
         run = RunDir(r["run_dir"])
-        assert run.state().epoch < EPOCHS and run.last_checkpoint.is_file() and run.prune_request()["trial"] == r["number"]
+        assert (run.state().epoch < EPOCHS and run.last_checkpoint.is_file()
+                and run.prune_request()["trial"] == r["number"])
     # asynchronous: up to `parallel` trials at once, from the trials' own start and end times
     spans = [(run.started_at, run.ended_at) for run in (RunDir(r["run_dir"]) for r in trials)
              if run.started_at and run.ended_at]

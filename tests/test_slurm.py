@@ -121,7 +121,8 @@ def test_preempted_task_resumes_from_its_checkpoint_and_matches_an_uninterrupted
 
 def test_crashed_task_is_reported_and_only_it_is_resubmitted(tmp_path, phantom_root):
     late = tmp_path / "late-data"  # this task crashes: its data is not there yet
-    path = write_sweep(tmp_path / "crash.yaml", "crash", {"data.root": [str(phantom_root), str(late)]}, TINY, SMALL_JOBS)
+    path = write_sweep(tmp_path / "crash.yaml", "crash", {"data.root": [str(phantom_root), str(late)]}, TINY,
+                       SMALL_JOBS)
     proc = run_sweep("--config", path, "--cluster", "slurm", "--wait", "--sweeps-root", tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     first = table(tmp_path / "crash")

@@ -63,7 +63,8 @@ def test_report_model_holds_the_panels(cmp):
         (chart,) = grid["metadata"]["panelBankSectionConfig"]["panels"]
         assert chart["viewType"] == "Vega2" and chart["config"]["panelDefId"] == "wandb/confusion_matrix/v1"
         (query,) = chart["config"]["userQuery"]["queryFields"][0]["fields"][:1]
-        assert query["name"] == "summaryTable" and query["args"] == [{"name": "tableKey", "value": "test/confusion_table"}]
+        assert query["name"] == "summaryTable"
+        assert query["args"] == [{"name": "tableKey", "value": "test/confusion_table"}]
     assert [rr.chosen for rr in cmp.recipes] == [(3e-4,), (3e-4,)]
 
     # publishing names the project in every runset (resolved on the server when saved)
