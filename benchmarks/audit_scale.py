@@ -53,7 +53,8 @@ def _make(n: int, seed: int = 0):
     kinds = [jpeg, lambda im: im.resize((64, 64)).resize((96, 96)),
              lambda im: Image.fromarray(ndimage.shift(np.asarray(im), (2, -3), order=0, mode="nearest")),
              lambda im: ImageEnhance.Contrast(im).enhance(1.3),
-             lambda im: Image.fromarray(np.clip(np.asarray(im, np.float32) + rng.normal(0, 8, (96, 96)), 0, 255).astype(np.uint8))]
+             lambda im: Image.fromarray(np.clip(np.asarray(im, np.float32) + rng.normal(0, 8, (96, 96)), 0, 255)
+                                        .astype(np.uint8))]
     truth = set()
     for t in range(n_plant):
         fps[base + t] = L.fingerprint_image(kinds[t % 5](imgs[t]).convert("L"))
@@ -70,9 +71,10 @@ def one(n: int) -> dict:
     pairs = L.near_pairs(fps, sha)
     groups = L.groups(n, pairs, L.GROUP_BANDS["near"])
     search_s, search_cpu = time.perf_counter() - t0, time.process_time() - c0
-    near = {(int(i), int(j)) for i, j, b in zip(pairs.i, pairs.j, pairs.band) if b <= 1}
+    near = {(int(i), int(j)) for i, j, b in zip(pairs.i, pairs.j, pairs.band, strict=True) if b <= 1}
     hit = len(near & truth)
-    return {"n": n, "search_group_s": round(search_s, 2), "search_group_cpu_s": round(search_cpu, 2), "fingerprint_ms_per_image": round(fp_ms, 2),
+    return {"n": n, "search_group_s": round(search_s, 2), "search_group_cpu_s": round(search_cpu, 2),
+            "fingerprint_ms_per_image": round(fp_ms, 2),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "planted": len(truth), "recall": hit / len(truth), "precision": hit / max(len(near), 1),
             "groups": int(groups.max() + 1)}

@@ -47,8 +47,8 @@ def centre_prior(size: int) -> np.ndarray:
 def score(run: Path, root: Path) -> dict:
     import torch
 
-    from brainmri.use.explain import cam_maps, energy_in_mask, points_in_mask
     from brainmri.data.phantoms import lesion_mask
+    from brainmri.use.explain import cam_maps, energy_in_mask, points_in_mask
     from brainmri.use.trained import load_trained
 
     trained = load_trained(run)
@@ -63,8 +63,8 @@ def score(run: Path, root: Path) -> dict:
         masks = [lesion_mask(p) for p in files]
         out[cls] = {"n": len(files), "acc": correct,
                     "lesion_share": float(np.mean([m.mean() for m in masks])),
-                    "energy": float(np.mean([energy_in_mask(c, m) for c, m in zip(maps, masks)])),
-                    "pointing": float(np.mean([points_in_mask(c, m) for c, m in zip(maps, masks)])),
+                    "energy": float(np.mean([energy_in_mask(c, m) for c, m in zip(maps, masks, strict=True)])),
+                    "pointing": float(np.mean([points_in_mask(c, m) for c, m in zip(maps, masks, strict=True)])),
                     "centre_prior_energy": float(np.mean([energy_in_mask(prior, m) for m in masks])),
                     "centre_prior_pointing": float(np.mean([points_in_mask(prior, m) for m in masks]))}
     n = sum(v["n"] for v in out.values())
@@ -104,8 +104,8 @@ def main() -> None:
             a = scores["all"]
             print(f"{label} seed {seed}: acc {a['acc']:.2f} energy {a['energy']:.3f} (share {a['lesion_share']:.3f}, "
                   f"centre prior {a['centre_prior_energy']:.3f}) pointing {a['pointing']:.2f}  [{train_s:.0f} s]")
-            results.append({"label": label, "recipe": recipe, "seed": seed, "overrides": overrides, "train_wall_s": train_s,
-                            "scores": scores})
+            results.append({"label": label, "recipe": recipe, "seed": seed, "overrides": overrides,
+                            "train_wall_s": train_s, "scores": scores})
     if args.append and (RESULTS / "cam_pointing.json").is_file():
         results = json.loads((RESULTS / "cam_pointing.json").read_text())["runs"] + results
     write_result("cam_pointing", {"phantoms": {"n_per_class": args.n_per_class, "n_test_per_class":

@@ -91,9 +91,10 @@ def whole_runs(arch: str, a: float, b: float, data_dir: str, steps: int, pairs: 
             x = one(a)
         ta.append(x)
         tb.append(y)
-    ratios = [x / y for x, y in zip(ta, tb)]
-    return {"a_every_min": a, "b_every_min": b, "a_median_s": statistics.median(ta), "b_median_s": statistics.median(tb),
-            "ratio_median": statistics.median(ratios), "ratios": [round(r, 4) for r in ratios]}
+    ratios = [x / y for x, y in zip(ta, tb, strict=True)]
+    return {"a_every_min": a, "b_every_min": b, "a_median_s": statistics.median(ta),
+            "b_median_s": statistics.median(tb), "ratio_median": statistics.median(ratios),
+            "ratios": [round(r, 4) for r in ratios]}
 
 
 def main() -> None:

@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import scratch_dir, write_result
 from PIL import Image
+
+from _common import scratch_dir, write_result
 
 from brainmri.data.phantoms import Site, generate_cohort
 

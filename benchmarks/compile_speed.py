@@ -10,8 +10,9 @@ with the recipe's optimizer and plain cross-entropy on the same batches of phant
 (``brainmri.train.accel.TrainingForward``, ``to_channels_last``), in one process with the same
 torch thread count, interleaved step by step (step i of every variant before step i + 1 of any, each
 with its own random stream), so the load of a shared machine falls on all of them alike. The first
-``--warmup`` steps (where compiling happens) are timed apart; images/s is over the steps after them. Result check: each variant's loss curve against eager's, beside the
-distance between two eager runs from different initial weights (a seed's noise).
+``--warmup`` steps (where compiling happens) are timed apart; images/s is over the steps after them.
+Result check: each variant's loss curve against eager's, beside the distance between two eager runs
+from different initial weights (a seed's noise).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import time
 
 import numpy as np
 import torch
-from _common import scratch_dir, write_result
 from PIL import Image
+
+from _common import scratch_dir, write_result
 
 from brainmri.config import load_config
 from brainmri.models.registry import build_model
@@ -33,7 +35,8 @@ from brainmri.train.phases import phase_optimization
 VARIANTS = {"eager": (False, False), "channels_last": (True, False), "compile": (False, True), "both": (True, True)}
 
 
-def phantom_batches(n_batches: int, batch_size: int, size: int, channels: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def phantom_batches(n_batches: int, batch_size: int, size: int,
+                    channels: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     from brainmri.data.phantoms import generate_phantoms
 
     root = generate_phantoms(f"{scratch_dir('compile-speed-')}/data", n_per_class=max(8, n_batches * batch_size // 4),
@@ -115,7 +118,8 @@ def main() -> None:
         model = build_model(cfg.model, 4, channels, args.image_size)
         torch.manual_seed(1)
         other_init = build_model(cfg.model, 4, channels, args.image_size)
-        trainers = run_variants(cfg, model, batches, ["eager", *(v for v in args.variants if v != "eager")], args.warmup)
+        trainers = run_variants(cfg, model, batches, ["eager", *(v for v in args.variants if v != "eager")],
+                                args.warmup)
         torch.manual_seed(0)
         other = Trainer(cfg, other_init, False, False)
         for x, y in batches:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from _common import DATA_ROOT, ROOT, machine, write_result
 
 WORK = ROOT / "runs" / "benchmarks" / "cv_real"
@@ -95,7 +96,8 @@ def train(args) -> None:
         subprocess.run(cmd, cwd=ROOT, check=True, env=env)
         after = os.times()
         walls[name] = {"wall_s": time.perf_counter() - t,
-                       "cpu_s": (after.children_user + after.children_system) - (cpu.children_user + cpu.children_system)}
+                       "cpu_s": (after.children_user + after.children_system)
+                       - (cpu.children_user + cpu.children_system)}
         print(name, walls[name], flush=True)
     (WORK / "train_times.json").write_text(json.dumps({"epochs": args.epochs, "image_size": args.image_size,
                                                        "sweeps": walls, "machine": machine()}, indent=2))
@@ -121,7 +123,11 @@ def _spread(values: list[float]) -> dict:
 
 def _sweep_result(name: str) -> tuple[dict, object]:
     from brainmri.results.collect import (
-        collect_runs, compare, ensemble_predictions, load_predictions, selection_stats,
+        collect_runs,
+        compare,
+        ensemble_predictions,
+        load_predictions,
+        selection_stats,
     )
 
     cmp = compare(collect_runs([WORK / "sweeps" / name / "runs"]))

@@ -18,11 +18,12 @@ import argparse
 import torch
 
 from _common import DATA_ROOT, ratio, scratch_dir, summary, timed, write_result
-from brainmri.data.cache import DecodedCache
+
 from brainmri.config import DataConfig, ModelConfig
+from brainmri.data.cache import DecodedCache
 from brainmri.data.datasets import ImageDataset, build_split, make_loader
-from brainmri.models.registry import build_model
 from brainmri.data.transforms import Decoder, batch_normalizer, train_transform
+from brainmri.models.registry import build_model
 
 PRESETS = {
     "baseline": [],  # no augmentation, as configs/baseline_cnn.yaml
@@ -32,7 +33,8 @@ NORMALIZE = batch_normalizer(DataConfig(input_channels=3))  # the engine's per-b
 
 
 def make_transform(preset: str, size: int):
-    return train_transform(DataConfig(input_size=size, input_channels=3, augment=PRESETS[preset], rotation_degrees=10.0))
+    return train_transform(DataConfig(input_size=size, input_channels=3, augment=PRESETS[preset],
+                                      rotation_degrees=10.0))
 
 
 def data_pass(loader) -> None:
@@ -61,7 +63,7 @@ def compare(make_dataset, run, repeats: int) -> dict:
     times = {"jpeg": [], "cached": []}
     for r in range(repeats + 1):
         for name in ("jpeg", "cached"):
-            t = timed(lambda: run(make_dataset(name)))
+            t = timed(lambda name=name: run(make_dataset(name)))
             if r:
                 times[name].append(t)
     out = {name: summary(ts) for name, ts in times.items()}
@@ -89,8 +91,9 @@ def main() -> None:
     for size in sorted({args.image_size, args.model_size}):
         decoder = Decoder(size, 3)
         built = {}
-        build_s = timed(lambda: built.setdefault("cache", DecodedCache.build(samples, decoder, cache_dir)))[0]
-        reuse_s = timed(lambda: DecodedCache.build(samples, decoder, cache_dir))[0]
+        build_s = timed(lambda built=built, decoder=decoder:
+                        built.setdefault("cache", DecodedCache.build(samples, decoder, cache_dir)))[0]
+        reuse_s = timed(lambda decoder=decoder: DecodedCache.build(samples, decoder, cache_dir))[0]
         result[f"cache_build_{size}px"] = {"build_s": build_s, "reopen_s": reuse_s,
                                            "bytes": built["cache"].data_path.stat().st_size}
         print(f"{size}px cache: build {build_s:.2f}s, reopen {reuse_s * 1e3:.1f}ms", flush=True)
@@ -99,7 +102,7 @@ def main() -> None:
     for preset in PRESETS:
         transform = make_transform(preset, args.image_size)
         for workers in args.workers:
-            def dataset_loader(name):
+            def dataset_loader(name, transform=transform, workers=workers):
                 ds = ImageDataset(samples, decoder, transform, cache if name == "cached" else None)
                 return make_loader(ds, 32, workers)
 
@@ -116,8 +119,9 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_model(ModelConfig(), 4, 3, args.model_size)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    res = compare(lambda name: make_loader(ImageDataset(samples, decoder, transform, cache if name == "cached" else None),
-                                           32, 0), lambda loader: train_pass(loader, model, opt), args.repeats)
+    res = compare(lambda name: make_loader(ImageDataset(samples, decoder, transform,
+                                                        cache if name == "cached" else None), 32, 0),
+                  lambda loader: train_pass(loader, model, opt), args.repeats)
     res["setup"] = {"model": "baseline_cnn", "image_size": args.model_size, "num_workers": 0, "transform": "baseline"}
     result["train_epoch"] = res
     print(f"train epoch baseline_cnn {args.model_size}px: jpeg {res['jpeg']['median_s']:.2f}s "

@@ -2,7 +2,8 @@
 
     python benchmarks/engine_overhead.py [--image-size 64] [--steps 40] [--repeats 7]
     python benchmarks/engine_overhead.py --config configs/resnet_scratch.yaml --image-size 128 --batch-size 32
-    python benchmarks/engine_overhead.py --config configs/resnet_scratch.yaml --image-size 128 --batch-size 32 --regularisers
+    python benchmarks/engine_overhead.py --config configs/resnet_scratch.yaml --image-size 128 --batch-size 32 \\
+        --regularisers
 
 With ``--regularisers`` the recipe's CutMix/MixUp, label smoothing and EMA stay on, and the bare loop
 does the same with torchvision's ``v2.MixUp``/``v2.CutMix``, ``cross_entropy`` on soft targets and
@@ -23,6 +24,7 @@ import copy
 import torch
 
 from _common import DATA_ROOT, ratio, scratch_dir, summary, timed, write_result
+
 from brainmri.config import load_config
 from brainmri.train.engine import Engine
 from brainmri.train.phases import prepare_phase
@@ -31,7 +33,8 @@ from brainmri.train.phases import prepare_phase
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/baseline_cnn.yaml")
-    p.add_argument("--regularisers", action="store_true", help="keep the recipe's mixing, smoothing and EMA on both sides")
+    p.add_argument("--regularisers", action="store_true",
+                   help="keep the recipe's mixing, smoothing and EMA on both sides")
     p.add_argument("--data-root", default=str(DATA_ROOT))
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32)
@@ -62,7 +65,8 @@ def main() -> None:
         from torchvision.transforms import v2
 
         classes = len(parts.classes)
-        mix = v2.RandomChoice([v2.MixUp(alpha=tc.mixup, num_classes=classes), v2.CutMix(alpha=tc.cutmix, num_classes=classes)],
+        mix = v2.RandomChoice([v2.MixUp(alpha=tc.mixup, num_classes=classes),
+                               v2.CutMix(alpha=tc.cutmix, num_classes=classes)],
                               p=[1 - tc.mixup_switch_prob, tc.mixup_switch_prob])
         ema = AveragedModel(bare_model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema))
     loader = parts.data.loaders["train"]  # the same DataLoader object the engine's prepared loader wraps
@@ -88,7 +92,8 @@ def main() -> None:
 
     times = {"engine": [], "bare": []}
     for rep in range(args.repeats + 1):
-        for name, fn in (("engine", engine_epoch), ("bare", bare_epoch)) if rep % 2 else (("bare", bare_epoch), ("engine", engine_epoch)):
+        for name, fn in ((("engine", engine_epoch), ("bare", bare_epoch)) if rep % 2
+                         else (("bare", bare_epoch), ("engine", engine_epoch))):
             parts.data.sampler.set_epoch(rep)
             t = timed(fn)
             if rep > 0:  # rep == 0 is the warm-up

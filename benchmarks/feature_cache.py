@@ -17,12 +17,13 @@ import torch
 from torchvision import models as tvm
 
 from _common import DATA_ROOT, ratio, scratch_dir, summary, timed, write_result
-from brainmri.data.cache import DecodedCache
+
 from brainmri.config import DataConfig
+from brainmri.data.cache import DecodedCache
 from brainmri.data.datasets import ImageDataset, build_split, make_loader
-from brainmri.train.features import FeatureDataset, build_feature_cache
-from brainmri.models.registry import freeze_frozen_norms, set_trainable
 from brainmri.data.transforms import Decoder, batch_normalizer, eval_transform
+from brainmri.models.registry import freeze_frozen_norms, set_trainable
+from brainmri.train.features import FeatureDataset, build_feature_cache
 
 
 def head_epoch(model, loader, opt, forward) -> None:
@@ -61,7 +62,8 @@ def main() -> None:
     with torch.inference_mode():  # warm-up, so the timed build does not pay one-off allocator costs
         model.eval()(norm(next(iter(image_loader))[0]))
     built = {}
-    build_s = timed(lambda: built.setdefault("f", build_feature_cache(model, dataset, 1, args.batch_size, to_input=norm)))[0]
+    build_s = timed(lambda: built.setdefault("f", build_feature_cache(model, dataset, 1, args.batch_size,
+                                                                      to_input=norm)))[0]
     features = built["f"]
     feature_loader = make_loader(FeatureDataset(features, samples), args.batch_size, 0)
 

@@ -70,7 +70,8 @@ def main() -> None:
     for group_by in args.group_by:
         mine = [r for r in rows if r["group_by"] == group_by]
         stats[group_by] = {k: {"mean": float(np.mean([r[k] for r in mine if r[k] is not None])),
-                               "std": float(np.std([r[k] for r in mine if r[k] is not None], ddof=1)) if len(mine) > 1 else 0.0}
+                               "std": float(np.std([r[k] for r in mine if r[k] is not None], ddof=1))
+                               if len(mine) > 1 else 0.0}
                            for k in ["val_acc", "test_acc", *[f"test_{b}_acc" for b in BANDS]]
                            if any(r[k] is not None for r in mine)}
     write_result("leakage_real", {"machine": machine(), "command": " ".join(sys.argv), "image_size": args.image_size,

@@ -17,6 +17,7 @@ import os
 import time
 
 import numpy as np
+
 from _common import machine, scratch_dir, write_result  # noqa: F401  (sys.path set up by _common)
 
 

@@ -21,10 +21,11 @@ import time
 import torch
 
 from _common import write_result
+
 from brainmri.config import load_config
+from brainmri.data.transforms import batch_normalizer, train_transform
 from brainmri.models.registry import assign_groups, build_model, freeze_frozen_norms, set_trainable
 from brainmri.optim import build_optimizer
-from brainmri.data.transforms import batch_normalizer, train_transform
 
 RECIPES = ["baseline_cnn", "resnet50_feature", "resnet50_feature+cache", "resnet50_finetune", "resnet152_ranger"]
 

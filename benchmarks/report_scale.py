@@ -39,8 +39,9 @@ def _split_metrics(split: str, acc: float, rng) -> dict:
         r = float(np.clip(acc + rng.normal(0, 0.03), 0, 1))
         out.update({f"{split}/recall/{c}": r, f"{split}/precision/{c}": r, f"{split}/f1/{c}": r,
                     f"{split}/support/{c}": 50, f"{split}/acc/{c}": r})
-    for b, n in zip(BANDS, (20, 40, 60, 80)):
-        out.update({f"{split}/band/{b}/n": n, f"{split}/band/{b}/acc": float(np.clip(acc + 0.05 - 0.03 * BANDS.index(b), 0, 1))})
+    for b, n in zip(BANDS, (20, 40, 60, 80), strict=True):
+        out.update({f"{split}/band/{b}/n": n,
+                    f"{split}/band/{b}/acc": float(np.clip(acc + 0.05 - 0.03 * BANDS.index(b), 0, 1))})
     return out
 
 
@@ -53,7 +54,7 @@ def generate(n_runs: int, n_images: int) -> Path:
     paths = [f"/data/brain-mri/Testing/{CLASSES[y]}/img{i:04d}.jpg" for i, y in enumerate(labels)]
     bands = [BANDS[i % len(BANDS)] for i in range(n_images)]
     grid = [(r, lr, s) for s in range(n_runs // (len(RECIPES) * len(LRS)) + 1) for r in RECIPES for lr in LRS][:n_runs]
-    for i, (recipe, lr, seed) in enumerate(grid):
+    for recipe, lr, seed in grid:
         d = root / "runs" / f"{recipe}-lr{lr}-s{seed}"
         d.mkdir(parents=True, exist_ok=True)
         quality = RECIPES[recipe] - 0.04 * abs(np.log10(lr) + 3.5)
@@ -114,7 +115,8 @@ def main() -> None:
     times = [timed(once) for _ in range(args.repeats)]
     write_result("report_scale", {
         "runs": state["runs"], "recipes": state["recipes"], "incomplete": state["incomplete"],
-        "test_images_per_run": args.images, "html_bytes": out.stat().st_size, "html_mb": round(out.stat().st_size / 1e6, 2),
+        "test_images_per_run": args.images, "html_bytes": out.stat().st_size,
+        "html_mb": round(out.stat().st_size / 1e6, 2),
         "targets": {"seconds": 15, "mb": 5}, "generation_s_this_call": round(gen_s, 1),
         "collect_compare_html_in_process": summary(times)})
 

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from _common import ROOT, machine, write_result
 from cv_real import DATA, held_out_root
 
@@ -87,7 +88,8 @@ def train(args) -> None:
         subprocess.run(cmd, cwd=ROOT, check=True, env=env)
         after = os.times()
         times = {"wall_s": time.perf_counter() - t,
-                 "cpu_s": (after.children_user + after.children_system) - (before.children_user + before.children_system)}
+                 "cpu_s": (after.children_user + after.children_system)
+                 - (before.children_user + before.children_system)}
         (run / "bench_time.json").write_text(json.dumps({**times, "machine": machine()}))
         print(name, times, flush=True)
 
@@ -144,7 +146,7 @@ def cam_energy(run: Path, limit: int) -> dict:
         raw = torch.stack([trained.decoder(p) for p in files])
         maps = cam_maps(trained.model, trained.normalize(raw), [trained.classes.index(cls)] * len(files))
         grey = raw[:, 0].numpy()
-        values = [brain_energy(m, g) for m, g in zip(maps, grey)]
+        values = [brain_energy(m, g) for m, g in zip(maps, grey, strict=True)]
         per_class[cls] = float(np.nanmean(values))
         shares += values
     return {"mean": float(np.nanmean(shares)), "median": float(np.nanmedian(shares)), "n": len(shares),

@@ -26,9 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import scratch_dir, write_result  # noqa: E402
-
 import yaml  # noqa: E402
+
+from _common import scratch_dir, write_result  # noqa: E402
 
 from brainmri.data.phantoms import generate_phantoms  # noqa: E402
 from brainmri.jobs.local_task import exit_record  # noqa: E402

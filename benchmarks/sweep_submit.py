@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import ROOT, summary, write_result  # noqa: E402
 
-from brainmri.sweep.expand import load_sweep  # noqa: E402
 from brainmri.jobs.submit import submit  # noqa: E402
+from brainmri.sweep.expand import load_sweep  # noqa: E402
 
 
 def write_config(path: Path, n_tasks: int) -> None:

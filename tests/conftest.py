@@ -55,7 +55,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 SERIAL = "serial"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _serial_functions(path: str) -> frozenset[str]:
     """The test functions of a test file that must run serially: all of them in a file marked slurm,
     else those that start several training processes or use the SLURM cluster."""
@@ -70,7 +70,8 @@ def _serial_functions(path: str) -> frozenset[str]:
     if any("mark.slurm" in ast.get_source_segment(source, node) for node in module_marks):
         return frozenset(node.name for node in tests)
     return frozenset(node.name for node in tests
-                     if any(call in ast.get_source_segment(source, node) for call in ("accelerate_cpu(", "cluster_problem(")))
+                     if any(call in ast.get_source_segment(source, node)
+                            for call in ("accelerate_cpu(", "cluster_problem(")))
 
 
 def runs_serially(nodeid: str) -> bool:

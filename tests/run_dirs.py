@@ -38,8 +38,8 @@ def make_run(root, recipe, seed, lr, val_acc, test_acc=None, status="finished", 
         summary.update(_metrics("test", test_acc))
     if data is not None:
         part = f"fold{fold}" if fold is not None else "split"
-        summary["data_manifest"] = {"train": f"train-{part}", "val": f"val-{part}", "test": "test", "all": f"all-{part}",
-                                    "data": data}
+        summary["data_manifest"] = {"train": f"train-{part}", "val": f"val-{part}", "test": "test",
+                                    "all": f"all-{part}", "data": data}
     if val_n is not None:
         summary["val/n"] = val_n
     summary.update(extra or {})

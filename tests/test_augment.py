@@ -33,7 +33,7 @@ def test_each_augmentation_is_fixed_by_seed_epoch_and_image_and_changes_across_e
     torch.manual_seed(1234)  # whatever the caller's RNG did meanwhile
     torch.rand(17)
     again = [data[i][0] for i in range(len(images))]
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     assert all(x.dtype == torch.uint8 and x.shape == (3, 32, 32) for x in first)
     assert all(torch.equal(x[0], x[1]) and torch.equal(x[0], x[2]) for x in first)  # grey stays grey
     fresh = _seeded(images, [name])  # a new process (or a resumed run) draws the same
@@ -45,7 +45,7 @@ def test_each_augmentation_is_fixed_by_seed_epoch_and_image_and_changes_across_e
         changed |= {i for i, a in enumerate(first) if not torch.equal(a, data[i][0])}
     assert len(changed) >= len(images) // 2
     plain = [Decoder(32, 3)(s.path) for s in images]
-    assert any(not torch.equal(a, p) for a, p in zip(first, plain))  # it does something
+    assert any(not torch.equal(a, p) for a, p in zip(first, plain, strict=True))  # it does something
     other_seed = _seeded(images, [name], seed=1)
     other_seed.set_epoch(3)
     assert any(not torch.equal(a, other_seed[i][0]) for i, a in enumerate(first))

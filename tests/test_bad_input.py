@@ -7,8 +7,9 @@ import shutil
 
 import pytest
 
-from brainmri.config import ConfigError, load_config
 from conftest import TINY, run_train
+
+from brainmri.config import ConfigError, load_config
 
 
 def test_corrupt_and_junk_files_are_skipped_and_reported(data_copy, tmp_path):
@@ -60,7 +61,8 @@ def test_missing_data_dir_is_named(tmp_path):
     [
         (["optim.lrr=0.1"], "unknown config key optim.lrr"),
         (["recipe=a/b"], "recipe: 'a/b' is not a plain name"),
-        (["model.arch=torchvision:resnet9000"], "unknown model.arch 'torchvision:resnet9000' (choose from baseline_cnn"),
+        (["model.arch=torchvision:resnet9000"],
+         "unknown model.arch 'torchvision:resnet9000' (choose from baseline_cnn"),
         (["optim.lr=fast"], "optim.lr: expected a number, got 'fast'"),
         (["train.mixed_precision=fp8"], "invalid value for train.mixed_precision: 'fp8'"),
         (["optim.name=adamx"], "invalid value for optim.name: 'adamx' (choose from adam, adamw, sgd, ranger"),
@@ -79,7 +81,8 @@ def test_missing_data_dir_is_named(tmp_path):
          "data.input_size=16 is too small for model.arch=resnet50"),
         (["data.image_size=64"], "config key data.image_size was renamed data.input_size"),
         (["data.channels=1"], "config key data.channels was renamed data.input_channels"),
-        (["data.synthetic.image_size=64"], "config key data.synthetic.image_size was renamed data.synthetic.render_size"),
+        (["data.synthetic.image_size=64"],
+         "config key data.synthetic.image_size was renamed data.synthetic.render_size"),
         (["model.channels=[8]"], "config key model.channels was renamed model.conv_widths"),
         (["train.checkpoint_every_min=-1"], "train.checkpoint_every_min must be >= 0"),
     ],

@@ -9,11 +9,12 @@ import time
 import pytest
 import torch
 
-from brainmri.data.cache import DecodedCache
+from conftest import make_samples
+
 from brainmri.config import DataConfig
+from brainmri.data.cache import DecodedCache
 from brainmri.data.datasets import ImageDataset
 from brainmri.data.transforms import Decoder, batch_normalizer, eval_transform, train_transform
-from conftest import make_samples
 
 
 class CountingDecoder(Decoder):

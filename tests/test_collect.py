@@ -1,4 +1,5 @@
-"""brainmri.results.collect / brainmri.results.report / launch/collect.py on synthetic run dirs and real offline W&B files."""
+"""brainmri.results.collect / brainmri.results.report / launch/collect.py on synthetic run dirs and real
+offline W&B files."""
 
 import json
 import math
@@ -10,12 +11,12 @@ import pytest
 import yaml
 from scipy import stats
 
-from brainmri.results.collect import api_filters, collect_runs, compare, mcnemar, mean_ci, runs_from_api
-from brainmri.results.report import to_csv, to_markdown
 from run_dirs import CLASSES, _metrics, make_run  # noqa: F401  (make_run is used by other tests too)
 from wandb_runs import write_runs
 
 from brainmri.cli import collect as cli  # launch/collect.py is its shim
+from brainmri.results.collect import api_filters, collect_runs, compare, mcnemar, mean_ci, runs_from_api
+from brainmri.results.report import to_csv, to_markdown
 
 os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true")
 def _by_hand(x):
@@ -172,7 +173,9 @@ class FakeApi:
 
 
 def test_online_path_on_api_shaped_runs(tmp_path):
-    cfg = lambda seed: {"recipe": "cnn", "seed": seed, "optim": {"name": "adam", "lr": 1e-3}, "_wandb": {"x": 1}}
+    def cfg(seed):
+        return {"recipe": "cnn", "seed": seed, "optim": {"name": "adam", "lr": 1e-3}, "_wandb": {"x": 1}}
+
     api = FakeApi([FakeApiRun("a1", "finished", cfg(0), _metrics("val", 0.8) | _metrics("test", 0.7),
                               [{"_step": 1, "epoch": 1, "val/acc": 0.8}]),
                    FakeApiRun("a2", "finished", cfg(1), _metrics("val", 0.9) | _metrics("test", 0.8), []),
@@ -261,7 +264,8 @@ def test_e2e_offline_wandb_equals_summary_json(tmp_path, tiny_real_data):
         assert any(k.startswith("test/recall/") for k in scalars)
         assert {k: run.summary.get(k) for k in scalars} == scalars
         assert run.config == summary["config"]
-        rows = [r for r in map(json.loads, (tmp_path / f"s{seed}" / "metrics.jsonl").read_text().splitlines()) if "epoch" in r]
+        rows = [r for r in map(json.loads, (tmp_path / f"s{seed}" / "metrics.jsonl").read_text().splitlines())
+                if "epoch" in r]
         logged = [{k: v for k, v in h.items() if k in rows[0]} for h in run.history() if "epoch" in h]
         assert logged == [{k: v for k, v in r.items() if v is not None} for r in rows]
     (rr,) = compare(merged).recipes

@@ -7,8 +7,8 @@ import dataclasses
 
 import pytest
 
-from brainmri.results.collect import Run, swept_keys
 from brainmri.config import RUNTIME_KEYS, differing_keys, from_dict, identity, load_config, run_hash
+from brainmri.results.collect import Run, swept_keys
 from brainmri.sweep.expand import task_id
 
 RUNTIME = ["data.num_workers=7", "wandb.name=other", "run_dir=/elsewhere", "data.cache_dir=/tmp/elsewhere",

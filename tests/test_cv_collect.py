@@ -15,11 +15,12 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from run_dirs import CLASSES, make_run
+
 from brainmri.cli import collect as cli
 from brainmri.results.collect import MixedDataError, collect_runs, compare
 from brainmri.results.report import to_csv, to_latex, to_markdown
 from brainmri.results.report_html import render_html
-from run_dirs import CLASSES, make_run
 
 K = 5
 VAL_N = [101, 99, 100, 102, 98]  # validation images of folds 0..4 (the pool: 500 training images)
@@ -91,7 +92,8 @@ def test_fold_statistics_and_corrected_t_equal_a_hand_recomputation(tmp_path):
     csv = pd.read_csv(io.StringIO(to_csv(cmp)))
     row = csv[csv["recipe"] == "vit"].iloc[0]
     assert (row["vs"], row["ttest_pairs"], row["folds"], row["n_seeds"], row["n_replicates"]) == ("cnn", 10, K, 2, 10)
-    assert row["ttest_p"] == pytest.approx(p, rel=1e-9) and row["acc_mean"] == pytest.approx(np.mean([b[k][1] for k in keys]))
+    assert row["ttest_p"] == pytest.approx(p, rel=1e-9)
+    assert row["acc_mean"] == pytest.approx(np.mean([b[k][1] for k in keys]))
     md = to_markdown(cmp)
     assert f"p = {p:.3g}" in md and "fold 4, seed 1:" in md
 
@@ -237,8 +239,9 @@ def test_a_fold_sweep_trains_paired_folds_and_the_collector_pairs_them(tmp_path,
     then the collector's replicates, fold statistics and the corrected t-test on the real run directories."""
     import yaml
 
-    from brainmri.cli import sweep as sweep_cli
     from slurm_cluster import SMALL_JOBS, TINY
+
+    from brainmri.cli import sweep as sweep_cli
 
     wide = tmp_path / "wide_cnn.yaml"  # a second recipe: the baseline CNN with a wider dense layer
     wide.write_text((Path(__file__).resolve().parents[1] / "configs" / "baseline_cnn.yaml").read_text()
@@ -249,7 +252,8 @@ def test_a_fold_sweep_trains_paired_folds_and_the_collector_pairs_them(tmp_path,
         "overrides": {"data.root": str(phantom_root), **TINY, "train.epochs": 1, "train.max_steps_per_epoch": 1,
                       "wandb.enabled": False},
         "per_recipe": {str(wide): {"overrides": {"model.hidden": 64}}}, "slurm": SMALL_JOBS}))
-    assert sweep_cli.main(["--config", str(sweep), "--cluster", "debug", "--sweeps-root", str(tmp_path / "sweeps")]) == 0
+    assert sweep_cli.main(["--config", str(sweep), "--cluster", "debug",
+                           "--sweeps-root", str(tmp_path / "sweeps")]) == 0
     assert "4 finished" in capsys.readouterr().out
     runs = sorted((tmp_path / "sweeps" / "cv" / "runs").iterdir())
     records = [json.loads((d / "split.json").read_text()) for d in runs]

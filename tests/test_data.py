@@ -19,7 +19,7 @@ from brainmri.data.transforms import Decoder
 def test_every_colour_mode_decodes_to_the_recipe_channels(tmp_path, mode):
     rng = np.random.default_rng(0)
     gray = Image.fromarray(rng.integers(0, 255, (40, 50), dtype=np.uint8))
-    img = gray.convert(mode) if mode != "I;16" else Image.fromarray((np.asarray(gray).astype(np.uint16) * 256))
+    img = gray.convert(mode) if mode != "I;16" else Image.fromarray(np.asarray(gray).astype(np.uint16) * 256)
     path = tmp_path / ("x.tif" if mode == "I;16" else "x.png" if mode in ("RGBA", "P") else "x.jpg")
     img.save(path)
     for channels in (1, 3):

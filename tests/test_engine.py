@@ -168,7 +168,8 @@ def test_gradient_accumulation_matches_large_batch(phantom_root, tmp_path):
     run_train(*common, f"run_dir={tmp_path / 'big'}", "data.batch_size=16", "train.grad_accum=1")
     init = run_train(*common, f"run_dir={tmp_path / 'other'}", "data.batch_size=8", "train.grad_accum=1")
     assert init.returncode == 0
-    a, b, c = (torch.load(tmp_path / d / "checkpoints" / "last.pt", weights_only=True) for d in ("accum", "big", "other"))
+    a, b, c = (torch.load(tmp_path / d / "checkpoints" / "last.pt", weights_only=True)
+               for d in ("accum", "big", "other"))
     assert a["trainer"]["step"] == b["trainer"]["step"] == 2
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-4, atol=1e-6, msg=key)
@@ -184,7 +185,8 @@ def test_finished_run_is_returned_untouched(phantom_root, tmp_path):
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
     again = run_train(*args)
     assert "val/acc" in again.stdout
-    after = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file() and p.name != "train.log" and not p.name.startswith(".lock")}
+    after = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")
+             if p.is_file() and p.name != "train.log" and not p.name.startswith(".lock")}
     assert all(before[p] == t for p, t in after.items())
 
 
@@ -238,11 +240,12 @@ def test_feature_cache_trains_the_head_like_the_full_backbone(phantom_root, resn
               f"model.weights={resnet_weights['resnet50']}", "data.augment=[]"]
     run_train(*common, f"run_dir={tmp_path / 'cached'}", "model.feature_cache_views=1")
     run_train(*common, f"run_dir={tmp_path / 'full'}", "model.feature_cache_views=0")
-    a, b = (torch.load(tmp_path / d / "checkpoints" / "last.pt", weights_only=True)["model"] for d in ("cached", "full"))
+    a, b = (torch.load(tmp_path / d / "checkpoints" / "last.pt", weights_only=True)["model"]
+            for d in ("cached", "full"))
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
     ra, rb = read_rows(tmp_path / "cached"), read_rows(tmp_path / "full")
-    for row_a, row_b in zip(ra, rb):
+    for row_a, row_b in zip(ra, rb, strict=False):
         assert row_a["train/loss"] == pytest.approx(row_b["train/loss"], rel=1e-4)
         assert row_a["val/acc"] == row_b["val/acc"]
 
@@ -257,10 +260,11 @@ def test_two_processes_follow_the_one_process_loss_curve(phantom_root, tmp_path)
     assert json.loads((tmp_path / "single" / "split.json").read_text())["train"] == 36
     ddp, single = read_rows(tmp_path / "ddp"), read_rows(tmp_path / "single")
     assert [r["step"] for r in ddp] == [r["step"] for r in single]
-    for a, b in zip(ddp, single):
+    for a, b in zip(ddp, single, strict=True):
         assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-4)
         assert a["val/loss"] == pytest.approx(b["val/loss"], rel=1e-4)
-    wa, wb = (torch.load(tmp_path / d / "checkpoints" / "last.pt", weights_only=True)["model"] for d in ("ddp", "single"))
+    wa, wb = (torch.load(tmp_path / d / "checkpoints" / "last.pt", weights_only=True)["model"]
+              for d in ("ddp", "single"))
     for key in wa:  # same weights up to float32 summation order (gloo's all-reduce vs one batch's mean)
         assert (wa[key] - wb[key]).norm() <= 1e-3 * wb[key].norm(), key
 

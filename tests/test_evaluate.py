@@ -10,14 +10,14 @@ import torch
 import yaml
 from accelerate import Accelerator
 
-from brainmri.config import from_dict
-from brainmri.data.datasets import ImageDataset, build_split, make_loader
-from brainmri.train.evaluate import evaluate_split, predict
-from brainmri.models.registry import build_model
-from brainmri.rundir import RunDir
-from brainmri.data.transforms import Decoder, batch_normalizer, eval_transform
 from conftest import TINY, run_train
 
+from brainmri.config import from_dict
+from brainmri.data.datasets import ImageDataset, build_split, make_loader
+from brainmri.data.transforms import Decoder, batch_normalizer, eval_transform
+from brainmri.models.registry import build_model
+from brainmri.rundir import RunDir
+from brainmri.train.evaluate import evaluate_split, predict
 
 
 def test_best_checkpoint_reevaluates_to_the_summary(phantom_root, tmp_path):

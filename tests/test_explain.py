@@ -10,8 +10,8 @@ from conftest import run_train
 
 
 def test_cam_energy_lies_in_the_lesion(tmp_path):
-    from brainmri.use.explain import cam_maps, energy_in_mask, points_in_mask
     from brainmri.data.phantoms import generate_phantoms, lesion_mask
+    from brainmri.use.explain import cam_maps, energy_in_mask, points_in_mask
     from brainmri.use.trained import load_trained
 
     root = generate_phantoms(tmp_path / "data", n_per_class=30, n_test_per_class=6, image_size=128, seed=0)
@@ -25,8 +25,8 @@ def test_cam_energy_lies_in_the_lesion(tmp_path):
     assert maps.shape == (len(files), 64, 64) and maps.min() >= 0 and maps.max() <= 1
     masks = [lesion_mask(p) for p in files]
     share = np.mean([m.mean() for m in masks])  # what a map spread evenly would put inside
-    energy = np.mean([energy_in_mask(c, m) for c, m in zip(maps, masks)])
-    pointing = np.mean([points_in_mask(c, m) for c, m in zip(maps, masks)])
+    energy = np.mean([energy_in_mask(c, m) for c, m in zip(maps, masks, strict=True)])
+    pointing = np.mean([points_in_mask(c, m) for c, m in zip(maps, masks, strict=True)])
     print(f"lesion share {share:.3f}, CAM energy inside {energy:.3f}, pointing game {pointing:.2f}")
     assert 0 < share < 0.05
     assert energy > 2.5 * share and pointing > 5 * share  # chance: energy = share, pointing = share
@@ -34,8 +34,8 @@ def test_cam_energy_lies_in_the_lesion(tmp_path):
 
 def test_resnet_cam_uses_layer4():
     from brainmri.config import ModelConfig
-    from brainmri.use.explain import cam_maps
     from brainmri.models.registry import build_model, cam_target_layer
+    from brainmri.use.explain import cam_maps
 
     net = build_model(ModelConfig(arch="resnet50", pretrained=False), 4, 3, 64).eval()
     assert cam_target_layer(net) is net.layer4[-1]
@@ -67,7 +67,7 @@ def test_the_sheet_reports_each_maps_share_of_energy_inside_the_brain(trained_ru
     with open(tmp_path / "cams" / "cams.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     maps = cam_maps(trained.model, inputs, probs.argmax(1).tolist())
-    want = [brain_energy(m, img[0].numpy()) for m, img in zip(maps, images)]
+    want = [brain_energy(m, img[0].numpy()) for m, img in zip(maps, images, strict=True)]
     assert [r["path"] for r in rows] == [str(p) for p in files]
     assert [float(r["brain_energy"]) for r in rows] == pytest.approx(want, abs=1e-4)
     page = index.read_text()

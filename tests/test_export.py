@@ -77,7 +77,8 @@ CONSUMER = textwrap.dedent('''
         grey = Image.open(f).convert("L").resize((size["width"], size["height"]), Image.BILINEAR)
         x = np.asarray(grey, np.float32) * pre["scale"]
         x = np.repeat(x[None], pre["channels"], axis=0)
-        batch.append((x - np.array(pre["mean"], np.float32)[:, None, None]) / np.array(pre["std"], np.float32)[:, None, None])
+        batch.append((x - np.array(pre["mean"], np.float32)[:, None, None])
+                     / np.array(pre["std"], np.float32)[:, None, None])
     session = ort.InferenceSession(f"{model_dir}/{card['files']['onnx']}", providers=["CPUExecutionProvider"])
     probs = session.run([card["output"]["name"]], {card["input"]["name"]: np.stack(batch).astype(np.float32)})[0]
     print(json.dumps({"classes": card["classes"], "probs": probs.tolist(),

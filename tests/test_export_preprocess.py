@@ -18,9 +18,9 @@ from brainmri.config import load_config
 from brainmri.data import preprocess
 from brainmri.data.transforms import Decoder, batch_normalizer
 from brainmri.models.registry import build_model
+from brainmri.rundir import RunDir
 from brainmri.train.regularise import TTA
 from brainmri.use.export import export, onnx_parity
-from brainmri.rundir import RunDir
 from brainmri.use.trained import TrainedRun, load_trained
 
 CONSUMER = textwrap.dedent('''

@@ -13,8 +13,9 @@ import sys
 import numpy as np
 import pytest
 
-from brainmri.results.metrics import classification_metrics
 from conftest import ROOT
+
+from brainmri.results.metrics import classification_metrics
 
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
 

@@ -6,12 +6,13 @@ import pytest
 import torch
 from torchvision import models as tvm
 
-from brainmri.train import features as F
+from conftest import make_samples
+
 from brainmri.config import DataConfig
 from brainmri.data.datasets import ImageDataset
-from brainmri.models.registry import freeze_frozen_norms, set_trainable
 from brainmri.data.transforms import Decoder, batch_normalizer, eval_transform, train_transform
-from conftest import make_samples
+from brainmri.models.registry import freeze_frozen_norms, set_trainable
+from brainmri.train import features as F
 
 SIZE = 32
 
@@ -98,7 +99,8 @@ def test_cached_features_persist_and_key_on_the_weights(model, datasets, tmp_pat
         raise AssertionError("recomputed features that are on disk")
 
     monkeypatch.setattr(F, "build_feature_cache", fail)
-    assert torch.equal(F.cached_features(model, eval_ds, to_input=NORM, views=1, batch_size=4, cache_dir=tmp_path), first)
+    assert torch.equal(F.cached_features(model, eval_ds, to_input=NORM, views=1, batch_size=4, cache_dir=tmp_path),
+                       first)
     monkeypatch.undo()
 
     other = tvm.resnet50(weights=None)

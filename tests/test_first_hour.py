@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import TINY, run_train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -242,7 +242,8 @@ def _tool_cases(run: Path, data: Path, out: Path, elsewhere: Path) -> dict[str, 
                                                          "overrides": tiny}))
     (elsewhere / "search.yaml").write_text(yaml.safe_dump({
         "name": "search", "recipe": "baseline_cnn", "overrides": tiny,
-        "search": {"trials": 1, "pruner": "none", "sampler": "random", "space": {"optim.lr": "loguniform(1e-4, 1e-1)"}}}))
+        "search": {"trials": 1, "pruner": "none", "sampler": "random",
+                   "space": {"optim.lr": "loguniform(1e-4, 1e-1)"}}}))
     return {
         "predict": (["predict.py", str(run), str(data / "Testing"), "--out", str(out / "p.csv")], [out / "p.csv"]),
         "predict --cam": (["predict.py", str(run), str(data / "Testing"), "--out", str(elsewhere / "p.csv"),

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image, ImageEnhance
 from scipy import ndimage
 
+from brainmri.config import DataConfig
 from brainmri.data import leakage as L
 from brainmri.data.audit import audit
-from brainmri.config import DataConfig
 from brainmri.data.datasets import build_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +70,7 @@ def _pairs_of(root, cache):
     sha = [hashlib.sha1(Path(p).read_bytes()).hexdigest() for p in paths]
     fp = L.fingerprints(paths, cache)
     pairs = L.near_pairs(fp, sha)
-    found = {(paths[i], paths[j]): L.BANDS[b] for i, j, b in zip(pairs.i, pairs.j, pairs.band)}
+    found = {(paths[i], paths[j]): L.BANDS[b] for i, j, b in zip(pairs.i, pairs.j, pairs.band, strict=True)}
     return paths, pairs, found
 
 
@@ -186,10 +186,10 @@ def test_near_duplicate_groups_never_straddle_train_val(planted, tmp_path, seed)
 def test_band_metrics_in_summary_equal_predictions_csv_and_reach_the_table(planted, tmp_path):
     import csv
 
+    from conftest import TINY, run_train
+
     from brainmri.results.collect import collect_runs, compare
     from brainmri.results.report import RENDERERS
-
-    from conftest import TINY, run_train
 
     root, plant = planted
     run_dir = tmp_path / "run"
@@ -199,7 +199,8 @@ def test_band_metrics_in_summary_equal_predictions_csv_and_reach_the_table(plant
     # metrics.jsonl closes with the best checkpoint's evaluation: the same val/test (and band) numbers
     *epochs, final = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert final["evaluation"] == "best_checkpoint" and all("epoch" in r for r in epochs)
-    expected = {"evaluation": "best_checkpoint", "best_epoch": summary["best_epoch"], "epochs_run": summary["epochs_run"],
+    expected = {"evaluation": "best_checkpoint", "best_epoch": summary["best_epoch"],
+                "epochs_run": summary["epochs_run"],
                 **{k: v for k, v in summary.items() if k.startswith(("val/", "test/"))}}
     assert json.dumps(final, sort_keys=True) == json.dumps(expected, sort_keys=True)  # NaN-safe equality
     with open(run_dir / "predictions_test.csv") as f:

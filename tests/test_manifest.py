@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, run_train
 from PIL import Image
+
+from conftest import TINY, run_train
 
 from brainmri.config import DataConfig
 from brainmri.data.datasets import build_split

@@ -7,12 +7,15 @@ import torch
 from torchvision import models as tvm
 
 from brainmri.config import ModelConfig, OptimConfig, load_config
-from brainmri.optim import Ranger, build_optimizer
-from brainmri.models.weights import WeightsError
 from brainmri.models.registry import (
-    assign_groups, build_model, parameter_groups, pretrained_url, set_trainable,
+    assign_groups,
+    build_model,
+    parameter_groups,
+    pretrained_url,
+    set_trainable,
 )
-from brainmri.models.weights import cache_path
+from brainmri.models.weights import WeightsError, cache_path
+from brainmri.optim import Ranger, build_optimizer
 
 
 def test_baseline_cnn_shapes_follow_the_recipe():

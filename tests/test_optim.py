@@ -6,8 +6,15 @@ import torch
 from torch import nn
 
 from brainmri.config import OptimConfig, SchedulerConfig
-from brainmri.optim import (Lookahead, Ranger, WarmupCosine, build_optimizer, build_scheduler, centralize_gradient,
-                            replan_cosine)
+from brainmri.optim import (
+    Lookahead,
+    Ranger,
+    WarmupCosine,
+    build_optimizer,
+    build_scheduler,
+    centralize_gradient,
+    replan_cosine,
+)
 
 
 def _model(seed=0):
@@ -35,7 +42,7 @@ def _train(model, opt, batches):
 
 
 def _assert_same_params(a, b):
-    for pa, pb in zip(a.parameters(), b.parameters()):
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(pa, pb, rtol=0, atol=0)
 
 
@@ -94,11 +101,11 @@ def test_lookahead_syncs_slow_weights_every_k_steps():
         _backward(model, batch)
         opt.step()
         if step % k == 0:
-            slow = [s + alpha * (f - s) for s, f in zip(slow, fast[-1])]
-            for p, s in zip(model.parameters(), slow):
+            slow = [s + alpha * (f - s) for s, f in zip(slow, fast[-1], strict=True)]
+            for p, s in zip(model.parameters(), slow, strict=True):
                 torch.testing.assert_close(opt.state[p]["lookahead_slow"], s)
         expected = slow if step % k == 0 else fast[-1]
-        for p, e in zip(model.parameters(), expected):
+        for p, e in zip(model.parameters(), expected, strict=True):
             torch.testing.assert_close(p.detach(), e)
     assert opt.param_groups[0]["lookahead_step"] == 2 * k + 1
 
@@ -120,7 +127,7 @@ def test_state_dict_roundtrip_continues_identical_trajectory(tmp_path):
     _train(model, opt, batches[20:])
     _train(model2, opt2, batches[20:])
     _assert_same_params(model, model2)
-    for p, p2 in zip(model.parameters(), model2.parameters()):
+    for p, p2 in zip(model.parameters(), model2.parameters(), strict=True):
         torch.testing.assert_close(opt.state[p], opt2.state[p2], rtol=0, atol=0)
 
 
@@ -203,8 +210,8 @@ def test_warmup_then_cosine_per_group_and_the_plain_cosine_without_warmup():
         flat.step()
     assert lrs == pytest.approx([0.075, 0.15, 0.225, 0.3, 0.3])
 
-    plain, warm0 = (build_scheduler(SchedulerConfig(name="cosine", min_lr=1e-3), torch.optim.SGD(model.parameters(), lr=0.1),
-                                    epochs=5) for _ in range(2))
+    plain, warm0 = (build_scheduler(SchedulerConfig(name="cosine", min_lr=1e-3),
+                                    torch.optim.SGD(model.parameters(), lr=0.1), epochs=5) for _ in range(2))
     ours = WarmupCosine(torch.optim.SGD(model.parameters(), lr=0.1), 5, 0, 1e-3)
     for _ in range(5):
         assert ours.get_last_lr()[0] == pytest.approx(plain.get_last_lr()[0])

@@ -149,7 +149,8 @@ def test_site_profiles_replace_the_built_in_ones(tmp_path):
     same = {"A": Site(), "B": Site()}
     root = generate_cohort(tmp_path / "c", **SMALL, site_profiles=same, prevalence={"A": [1] * 4, "B": [1] * 4})
     info = read_cohort(root)
-    assert info["params"]["site_profiles"]["B"]["zoom"] == 1.0 and info["params"]["site_profiles"]["B"]["shift"] == [0, 0]
+    assert info["params"]["site_profiles"]["B"]["zoom"] == 1.0
+    assert info["params"]["site_profiles"]["B"]["shift"] == [0, 0]
     means = {s: np.mean([np.asarray(Image.open(root / r["path"]), np.float64).mean() for r in _rows(root)
                          if r["site"] == s]) for s in "AB"}
     assert abs(means["A"] - means["B"]) < 0.05 * means["A"], means
@@ -317,7 +318,8 @@ def test_cli_cohort(tmp_path):
     assert read_cohort(out)["patients"]["A"] == {"glioma": 2, "meningioma": 0, "notumor": 0, "pituitary": 1}
     assert {Path(r["path"]).suffix for r in _rows(out)} == {".jpg", ".dcm"}
     bad = subprocess.run([sys.executable, "-m", "brainmri.data.phantoms", str(tmp_path / "x"), "--cohort",
-                          "--prevalence", "Z=1,1,1,1"], capture_output=True, text=True, check=False, cwd=Path(__file__).parents[1])
+                          "--prevalence", "Z=1,1,1,1"], capture_output=True, text=True, check=False,
+                         cwd=Path(__file__).parents[1])
     assert bad.returncode == 2 and "prevalence names sites ['Z']" in bad.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "x").exists()
 

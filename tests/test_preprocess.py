@@ -23,14 +23,15 @@ def test_components_holes_and_morphology_equal_scipy(connectivity):
         labels, sizes = P.label_components(mask, connectivity)
         want, n = ndimage.label(mask, structure)
         assert labels.max() == n and sizes.sum() == mask.sum() and sizes[0] == 0
-        pairs = set(zip(labels[mask].tolist(), want[mask].tolist()))  # the same partition, other numbers
+        pairs = set(zip(labels[mask].tolist(), want[mask].tolist(), strict=True))  # the same partition, other numbers
         assert len(pairs) == n
         np.testing.assert_array_equal(P.fill_holes(mask), ndimage.binary_fill_holes(mask))
         square = np.ones((5, 5), bool)
         np.testing.assert_array_equal(P.dilate(mask, 2), ndimage.binary_dilation(mask, square))
         np.testing.assert_array_equal(P.erode(mask, 2), ndimage.binary_erosion(mask, square))
         if connectivity == 8:  # largest_component joins diagonal neighbours
-            np.testing.assert_array_equal(P.largest_component(mask), want == np.argmax(np.bincount(want.ravel())[1:]) + 1)
+            np.testing.assert_array_equal(P.largest_component(mask),
+                                          want == np.argmax(np.bincount(want.ravel())[1:]) + 1)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def test_decoder_applies_the_settings_and_the_cache_keys_on_them(phantom_files, 
     samples = [Sample(str(p), 0, f"{i:040x}") for i, p in enumerate(phantom_files)]
     stores = [DecodedCache.build(samples, d, tmp_path) for d in (plain, prepared, Decoder(32, 3, "head"))]
     assert len({s.data_path for s in stores}) == 3  # one store per setting
-    for store, decoder in zip(stores, (plain, prepared)):
+    for store, decoder in zip(stores, (plain, prepared), strict=False):
         assert all(torch.equal(store(i), decoder(s.path)) for i, s in enumerate(samples))
 
 

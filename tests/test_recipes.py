@@ -12,8 +12,9 @@ import torch
 import yaml
 from torchvision import models as tvm
 
-from brainmri.sweep.expand import load_sweep
 from conftest import ROOT, TINY, run_train
+
+from brainmri.sweep.expand import load_sweep
 
 NEW_RECIPE = {  # no recipe: key: the file name names it
     "data": {"input_channels": 1, "normalize": "imagenet", "augment": ["hflip"], "batch_size": 8},

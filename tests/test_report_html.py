@@ -9,11 +9,12 @@ import subprocess
 import pandas as pd
 import pytest
 
+from run_dirs import make_grid, make_run
+
 from brainmri.results.collect import collect_runs, compare
 from brainmri.results.report import to_csv, to_latex, to_markdown
 from brainmri.results.report_html import render_html
 from brainmri.results.stats import holm
-from run_dirs import make_grid, make_run
 
 
 def _sweep(tmp_path):
@@ -26,9 +27,9 @@ def _sweep(tmp_path):
 def test_incomplete_run_with_multiline_error_in_every_format(tmp_path):
     cmp = _sweep(tmp_path)
     md = to_markdown(cmp)
-    row = [l for l in md.splitlines() if "failed" in l][0]
+    row = [line for line in md.splitlines() if "failed" in line][0]
     assert row.count(" | ") == 5 and "| Traceback \\| x |" in row
-    assert not any(l.startswith("RuntimeError") for l in md.splitlines())  # the table is not broken
+    assert not any(line.startswith("RuntimeError") for line in md.splitlines())  # the table is not broken
     csv = pd.read_csv(io.StringIO(to_csv(cmp)))
     failed = csv[csv["state"] == "failed"]
     assert len(failed) == 1 and failed.iloc[0]["recipe"] == "tiny_cnn" and failed.iloc[0]["error"] == "Traceback | x"
@@ -83,8 +84,9 @@ def test_the_reliability_curve_reports_the_one_ece_of_the_metrics(tmp_path):
     replicates' pooled test predictions, not a definition of its own."""
     import numpy as np
 
-    from brainmri.results.metrics import expected_calibration_error
     from run_dirs import CLASSES
+
+    from brainmri.results.metrics import expected_calibration_error
 
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 4, 60)

@@ -14,10 +14,10 @@ import yaml
 
 from brainmri.config import from_dict
 from brainmri.data.datasets import Split
+from brainmri.jobs.submit import task_state
 from brainmri.results.collect import find_run_dirs, read_run_dir
 from brainmri.rundir import CheckpointError, RunDir
 from brainmri.sweep.expand import Task
-from brainmri.jobs.submit import task_state
 
 
 def test_an_engine_written_run_round_trips_through_rundir(trained_run):
@@ -54,7 +54,8 @@ def test_an_engine_written_run_round_trips_through_rundir(trained_run):
         assert run.confusion_png(part).read_bytes()[:4] == b"\x89PNG"
     best, last = run.load_best(), run.load_checkpoint()
     assert best["classes"] == summary["classes"] and last["trainer"]["epoch"] == 2
-    assert torch.equal(next(iter(best["model"].values())), next(iter(run.load_checkpoint(run.best_checkpoint)["model"].values())))
+    assert torch.equal(next(iter(best["model"].values())),
+                       next(iter(run.load_checkpoint(run.best_checkpoint)["model"].values())))
     assert run.read_status()["status"] == "finished"
 
 

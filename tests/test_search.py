@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import TINY, run_train
+from slurm_cluster import ROOT, SMALL_JOBS
+
 from brainmri.cli import sweep as sweep_cli
 from brainmri.jobs.search import open_storage
 from brainmri.jobs.submit import task_state
@@ -22,8 +25,6 @@ from brainmri.results.collect import collect_runs, compare
 from brainmri.rundir import RunDir
 from brainmri.sweep.expand import Task, load_sweep, task_id
 from brainmri.sweep.search import SearchError, lock_driver, parse_param, read_trials, study_file
-from conftest import TINY, run_train
-from slurm_cluster import ROOT, SMALL_JOBS
 
 SPACE = {"optim.lr": "loguniform(1e-4, 1e-1)", "model.dropout": "uniform(0, 0.6)"}
 
@@ -31,7 +32,8 @@ SPACE = {"optim.lr": "loguniform(1e-4, 1e-1)", "model.dropout": "uniform(0, 0.6)
 def write_search(path: Path, name: str, search: dict | None = None, overrides: dict | None = None,
                  slurm: dict | None = None, **top) -> Path:
     spec = {"sampler": "tpe", "trials": 4, "parallel": 2, "pruner": "asha", "space": SPACE, **(search or {})}
-    path.write_text(yaml.safe_dump({"name": name, "recipe": "baseline_cnn", "overrides": overrides or {"data.num_workers": 0},
+    path.write_text(yaml.safe_dump({"name": name, "recipe": "baseline_cnn",
+                                    "overrides": overrides or {"data.num_workers": 0},
                                     "slurm": slurm or SMALL_JOBS, "search": spec, **top}, sort_keys=False))
     return path
 
@@ -39,7 +41,8 @@ def write_search(path: Path, name: str, search: dict | None = None, overrides: d
 def test_space_entries_parse_into_distributions():
     assert parse_param("w", "optim.lr", "loguniform(1e-5, 1e-2)").__dict__ == {
         "key": "optim.lr", "kind": "loguniform", "low": 1e-5, "high": 1e-2, "choices": ()}
-    assert (parse_param("w", "model.dropout", "uniform(0, 0.5)").low, parse_param("w", "k", "uniform(0, .5)").high) == (0.0, 0.5)
+    assert (parse_param("w", "model.dropout", "uniform(0, 0.5)").low,
+            parse_param("w", "k", "uniform(0, .5)").high) == (0.0, 0.5)
     p = parse_param("w", "model.hidden", "int(64, 512)")
     assert (p.kind, p.low, p.high) == ("int", 64, 512) and isinstance(p.low, int)
     assert parse_param("w", "optim.name", "choice(adam, adamw, sgd)").choices == ("adam", "adamw", "sgd")
@@ -65,7 +68,8 @@ def test_bad_space_entry_is_named(spec, named):
     ({"lr_scale": [0.3, 1]}, "lr_scale and search: both given"),
     ({"seeds": [0, 1]}, "seeds and search: both given"),
     ({"search": {"space": {"optim.lrr": "uniform(0, 1)"}}}, "search.space.optim.lrr"),  # not a config key
-    ({"search": {"space": {"optim.name": "choice(adam, lion)"}}}, "search.space.optim.name: choice(adam, lion) at 'lion'"),
+    ({"search": {"space": {"optim.name": "choice(adam, lion)"}}},
+     "search.space.optim.name: choice(adam, lion) at 'lion'"),
     ({"search": {"space": {"seed": "int(0, 9)"}}}, "search.space.seed: not searchable"),
     ({"search": {"trials": 0}}, "search.trials must be an integer >= 1"),
     ({"search": {"metric": "test/acc"}}, "search.metric: unknown metric 'test/acc'"),
@@ -161,7 +165,8 @@ def test_journal_has_one_writer_survives_a_torn_line_and_replays(tmp_path):
     adopted.report(0.4, 2)
     again.tell(2, 0.4)
     assert study_file(tmp_path).read_bytes().endswith(b"\n")
-    assert [t.value for t in optuna.load_study(storage=open_storage(tmp_path), study_name="s/r").trials] == [0.1, 0.5, 0.4]
+    assert [t.value for t in optuna.load_study(storage=open_storage(tmp_path), study_name="s/r").trials] \
+        == [0.1, 0.5, 0.4]
 
 
 def test_a_pruned_run_stops_at_its_next_epoch_end_with_its_checkpoints(tmp_path, phantom_root):
@@ -192,7 +197,8 @@ def test_local_search_runs_its_trials_confirms_the_best_and_lands_in_the_report(
     overrides = {"data.root": str(phantom_root), **dict(t.split("=") for t in TINY), "train.epochs": 2,
                  "train.max_steps_per_epoch": 2, "wandb.enabled": False}
     path = write_search(tmp_path / "s.yaml", "loc", {"trials": 3, "parallel": 3, "metric": "val/loss", "pruner": "none",
-                                                     "sampler": "random", "space": {"optim.lr": "loguniform(1e-4, 3e-1)"}},
+                                                     "sampler": "random",
+                                                     "space": {"optim.lr": "loguniform(1e-4, 3e-1)"}},
                         overrides)
     proc = subprocess.run([sys.executable, str(ROOT / "launch" / "sweep.py"), "--config", str(path), "--cluster",
                            "local", "--sweeps-root", str(tmp_path), "--poll", "0.3", "--confirm-seeds", "0,1"],
@@ -436,8 +442,9 @@ def test_the_driver_the_collector_and_the_search_view_choose_by_one_rule(tmp_pat
 
 
 def test_a_study_with_no_finished_trial_reads_as_such_not_as_a_broken_table(tmp_path, capsys):
-    from brainmri.cli import collect as collect_cli
     from run_dirs import make_run
+
+    from brainmri.cli import collect as collect_cli
 
     sweep_dir = tmp_path / "none"
     make_run(sweep_dir / "runs", "baseline_cnn", 0, 0.01, 0.8, status="failed")
@@ -461,8 +468,9 @@ def test_a_copy_of_a_running_task_ends_already_running_and_the_task_reads_runnin
 
     run = RunDir(tmp_path / "run")
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom brainmri.rundir import RunDir, "
-                               "acquire_lock\nrun = RunDir(sys.argv[1])\nrun.create()\nlock = acquire_lock(run)\nprint('held', flush=True)\n"
-                               "time.sleep(600)", str(run.path)], stdout=subprocess.PIPE, text=True)
+                               "acquire_lock\nrun = RunDir(sys.argv[1])\nrun.create()\nlock = acquire_lock(run)\n"
+                               "print('held', flush=True)\ntime.sleep(600)", str(run.path)],
+                              stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         before = sorted(p.name for p in run.path.iterdir())
@@ -480,8 +488,9 @@ def test_a_copy_of_a_running_task_ends_already_running_and_the_task_reads_runnin
 
 
 def test_the_collector_refuses_a_misspelled_metric_with_the_registry_names(tmp_path, capsys):
-    from brainmri.cli import collect as collect_cli
     from run_dirs import make_run
+
+    from brainmri.cli import collect as collect_cli
 
     make_run(tmp_path / "runs", "baseline_cnn", 0, 0.01, 0.8)
     assert collect_cli.main([str(tmp_path / "runs"), "--metric", "val/accuracy"]) == 2

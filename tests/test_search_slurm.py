@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import TINY
+from slurm_cluster import ROOT, SMALL_JOBS, cluster_problem, run_sweep
+
 from brainmri.results.collect import collect_runs, compare
 from brainmri.rundir import RunDir
 from brainmri.sweep.search import read_trials
-from conftest import TINY
-from slurm_cluster import ROOT, SMALL_JOBS, cluster_problem, run_sweep
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(900)]
 TRIALS, PARALLEL, EPOCHS = 12, 3, 4
@@ -126,7 +127,8 @@ def test_tpe_asha_search_runs_async_prunes_and_survives_scancel_of_its_driver_an
     assert pruned, states
     for r in pruned:
         run = RunDir(r["run_dir"])
-        assert run.state().epoch < EPOCHS and run.last_checkpoint.is_file() and run.prune_request()["trial"] == r["number"]
+        assert (run.state().epoch < EPOCHS and run.last_checkpoint.is_file()
+                and run.prune_request()["trial"] == r["number"])
     # asynchronous: up to `parallel` trials at once, from the trials' own start and end times
     spans = [(run.started_at, run.ended_at) for run in (RunDir(r["run_dir"]) for r in trials)
              if run.started_at and run.ended_at]

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import ROOT
+
 from brainmri.data import preprocess as P
 from brainmri.data.audit import FEATURES, shortcut_features
-from conftest import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,8 @@ def test_a_planted_background_shortcut_is_found_and_zeroing_the_background_remov
     out = tmp_path / "audit.json"
     proc = subprocess.run([sys.executable, str(ROOT / "launch" / "audit.py"), str(planted), "--shortcuts",
                            "--json", str(out), "--no-progress", "--cache-dir", str(tmp_path / "cache")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())["shortcuts"]
     assert report["images"] == 48 and report["chance"] == 0.25

@@ -103,7 +103,7 @@ def assert_wandb_history_complete(run_dir: Path) -> None:
     assert sorted(r["epoch"] for r in raw) == [r["epoch"] for r in rows]  # once each, across all pieces
     merged = [r for r in runs[0]["history"] if "epoch" in r]
     assert [r["_step"] for r in merged] == [r["epoch"] for r in rows]
-    for logged, row in zip(merged, rows):
+    for logged, row in zip(merged, rows, strict=True):
         assert logged["train/loss"] == row["train/loss"] and logged["val/acc"] == row["val/acc"]
 
 

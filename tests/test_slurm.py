@@ -19,11 +19,20 @@ import pytest
 import submitit
 import yaml
 
+from conftest import run_train
+from slurm_cluster import (
+    ROOT,
+    SMALL_JOBS,
+    TINY,
+    cluster_problem,
+    images_per_epoch,
+    run_sweep,
+    wait_for_job,
+    write_sweep,
+)
+
 from brainmri.config import load_config
 from brainmri.jobs.train_job import TrainJob
-from conftest import run_train
-from slurm_cluster import (ROOT, SMALL_JOBS, TINY, cluster_problem, images_per_epoch, run_sweep, wait_for_job,
-                           write_sweep)
 
 RECIPES = ["baseline_cnn", "resnet50_feature", "resnet50_finetune", "resnet152_ranger"]
 TRAIN_PAST_THE_WARNING_S = 75  # a 2-minute job with --signal=USR2@60 is warned within its first 60 s
@@ -101,7 +110,7 @@ def test_preempted_task_resumes_from_its_checkpoint_and_matches_an_uninterrupted
     log = (tmp_path / "preempted" / "train.log").read_text()
     assert "resuming" in log and "from epoch 0" not in log
     assert [r["epoch"] for r in rows(tmp_path / "preempted")] == [1, 2, 3, 4]
-    for a, b in zip(rows(tmp_path / "straight"), rows(tmp_path / "preempted")):
+    for a, b in zip(rows(tmp_path / "straight"), rows(tmp_path / "preempted"), strict=False):
         assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-6)
         assert a["val/loss"] == pytest.approx(b["val/loss"], rel=1e-6)
     for key in ("val/acc", "val/loss", "val/macro_f1", "best_epoch", "epochs_run"):
@@ -112,7 +121,8 @@ def test_preempted_task_resumes_from_its_checkpoint_and_matches_an_uninterrupted
 
 def test_crashed_task_is_reported_and_only_it_is_resubmitted(tmp_path, phantom_root):
     late = tmp_path / "late-data"  # this task crashes: its data is not there yet
-    path = write_sweep(tmp_path / "crash.yaml", "crash", {"data.root": [str(phantom_root), str(late)]}, TINY, SMALL_JOBS)
+    path = write_sweep(tmp_path / "crash.yaml", "crash", {"data.root": [str(phantom_root), str(late)]}, TINY,
+                       SMALL_JOBS)
     proc = run_sweep("--config", path, "--cluster", "slurm", "--wait", "--sweeps-root", tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     first = table(tmp_path / "crash")
@@ -279,7 +289,7 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes_exactly(tmp_path, ph
         assert "resuming" in log and "from epoch 0" not in log
         resumed = rows(run_dir)
         assert [r["epoch"] for r in resumed] == list(range(1, epochs + 1))
-        for a, b in zip(reference, resumed):
+        for a, b in zip(reference, resumed, strict=False):
             for key in ("train/loss", "val/loss", "val/acc"):
                 assert a[key] == pytest.approx(b[key], rel=1e-6), (run_dir, a["epoch"], key)
 

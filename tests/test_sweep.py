@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from brainmri.sweep.expand import SweepError, arrays, load_sweep, task_id
-from brainmri.jobs.submit import executor_parameters
-from brainmri.cli import sweep as sweep_cli
 from slurm_cluster import ROOT, SMALL_JOBS, TINY, run_sweep, write_sweep
+
+from brainmri.cli import sweep as sweep_cli
+from brainmri.jobs.submit import executor_parameters
+from brainmri.sweep.expand import SweepError, arrays, load_sweep, task_id
 
 GRID = {"seed": [0, 1], "optim.lr": [1.0e-3, 3.0e-4]}
 
@@ -162,7 +163,8 @@ def test_mixed_sweep_expands_to_exactly_the_expected_tasks(tmp_path):
     params = executor_parameters(big, "mixed", "slurm")
     assert (params["slurm_constraint"], params["slurm_exclude"]) == ("a100|h100", "node[3-4]")
     assert params["slurm_additional_parameters"] == {"requeue": True, "mail-type": "FAIL", "comment": "brain mri"}
-    assert params["slurm_setup"] == ["module load cuda", "source /opt/site/env.sh"]  # no PYTHONPATH: brainmri is installed
+    # no PYTHONPATH: brainmri is installed
+    assert params["slurm_setup"] == ["module load cuda", "source /opt/site/env.sh"]
 
     # the command line beats every level: one LR for every recipe, no LR axis left
     fixed = load_sweep(tmp_path / "s.yaml", ["optim.lr=1e-4", "slurm.time_min=5"], tmp_path)

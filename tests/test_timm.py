@@ -8,11 +8,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import TINY
+from test_weights import WeightsServer
+
 from brainmri.config import ModelConfig, load_config
 from brainmri.models.registry import build_model, ensure_weights, pretrained_url
 from brainmri.models.weights import WeightsError, cache_path
-from conftest import TINY
-from test_weights import WeightsServer
 
 
 def _timm_state(seed: int) -> dict:
@@ -54,7 +55,8 @@ def test_pretrained_timm_weights_are_fetched_once_from_a_server_and_loaded(tmp_p
     state = _timm_state(7)
     save_file(state, served / "resnet10t-test.safetensors")
     with WeightsServer(served) as server:
-        cfg = ModelConfig(arch="timm:resnet10t", pretrained=True, weights_url=f"{server.url}/resnet10t-test.safetensors")
+        cfg = ModelConfig(arch="timm:resnet10t", pretrained=True,
+                          weights_url=f"{server.url}/resnet10t-test.safetensors")
         grey = build_model(cfg, num_classes=4, in_channels=1)
         rgb = build_model(cfg, num_classes=4, in_channels=3)
     assert server.requests == {"/resnet10t-test.safetensors": 1}  # the second build read the cache

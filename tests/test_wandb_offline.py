@@ -5,8 +5,9 @@ import os
 
 import pytest
 
-from brainmri.results.wandb_offline import iter_records, read_offline_runs, read_wandb_file
 from wandb_runs import write_runs
+
+from brainmri.results.wandb_offline import iter_records, read_offline_runs, read_wandb_file
 
 os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true")
 

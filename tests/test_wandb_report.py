@@ -5,9 +5,10 @@ import json
 
 import pytest
 
-from brainmri.results.collect import collect_runs, compare
-from brainmri.results.report import markdown_table, display_frame
 from run_dirs import make_grid
+
+from brainmri.results.collect import collect_runs, compare
+from brainmri.results.report import display_frame, markdown_table
 
 wr = pytest.importorskip("wandb_workspaces.reports.v2")
 
@@ -53,7 +54,7 @@ def test_report_model_holds_the_panels(cmp):
     assert markdown_table(display_frame(cmp)) in md and "McNemar" in md
 
     # one confusion-matrix chart per recipe, over that recipe's chosen configuration
-    for grid, rr in zip(grids[1:], cmp.recipes):
+    for grid, rr in zip(grids[1:], cmp.recipes, strict=True):
         (rs,) = grid["metadata"]["runSets"]
         assert rs["name"] == rr.recipe
         leaves = {(f["key"]["section"], f["key"]["name"], f["op"], f["value"]) for f in rs["filters"]["filters"]}
@@ -62,7 +63,8 @@ def test_report_model_holds_the_panels(cmp):
         (chart,) = grid["metadata"]["panelBankSectionConfig"]["panels"]
         assert chart["viewType"] == "Vega2" and chart["config"]["panelDefId"] == "wandb/confusion_matrix/v1"
         (query,) = chart["config"]["userQuery"]["queryFields"][0]["fields"][:1]
-        assert query["name"] == "summaryTable" and query["args"] == [{"name": "tableKey", "value": "test/confusion_table"}]
+        assert query["name"] == "summaryTable"
+        assert query["args"] == [{"name": "tableKey", "value": "test/confusion_table"}]
     assert [rr.chosen for rr in cmp.recipes] == [(3e-4,), (3e-4,)]
 
     # publishing names the project in every runset (resolved on the server when saved)

@@ -7,10 +7,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from conftest import TINY, run_train
+
 from brainmri.results.collect import collect_runs, compare
 from brainmri.results.wandb_offline import read_offline_runs
 from brainmri.results.wandb_results import THUMB_PX
-from conftest import TINY, run_train
 
 
 def test_offline_run_holds_result_tables_and_collector_numbers_unchanged(tmp_path, phantom_root):

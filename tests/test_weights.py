@@ -17,9 +17,10 @@ import torch
 import yaml
 from torchvision import models as tvm
 
+from conftest import ROOT, TINY
+
 from brainmri.config import parse_value
 from brainmri.models.weights import WeightsError, cache_path, fetch_weights
-from conftest import ROOT, TINY
 
 
 class WeightsServer:
