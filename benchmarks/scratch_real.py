@@ -166,7 +166,8 @@ def report(args) -> None:
         result["seeds"] = {"variant": args.chosen, "runs": [r["run"] for r in chosen],
                            **{k: _spread([r[k] for r in chosen]) for k in
                               ("val_acc", "test_acc", "test_macro_f1", "same_scan_acc", "novel_acc")}}
-    write_result("scratch_real", result)
+    # the 12-epoch ablation is scratch_real.json; runs of another length go beside it (scratch_real_full-e30.json)
+    write_result("scratch_real" + ("" if "-e" not in args.chosen else f"_{args.chosen}"), result)
     print("| run | val acc (kept) | val raw | val EMA | kept | best epoch | test acc | same-scan acc (n) "
           "| novel acc (n) | wall |")
     print("|---|---|---|---|---|---|---|---|---|---|")
