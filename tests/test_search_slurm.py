@@ -57,8 +57,12 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
 
 
 def test_tpe_asha_search_runs_async_prunes_and_survives_scancel_of_its_driver_and_a_trial(tmp_path, phantom_root):
+    # epochs of about 0.6 s (96 px, batch 4, every step): the driver (polling every 0.5 s) reaches a trial it
+    # prunes while the trial still trains; at 32 px and 2 steps an epoch took 0.04 s and a whole trial
+    # could end before the driver saw its first epoch, so whether any trial was pruned was luck
     overrides = {"data.root": str(phantom_root), **dict(t.split("=") for t in TINY), "train.epochs": EPOCHS,
-                 "train.max_steps_per_epoch": 2, "wandb.enabled": False}
+                 "data.input_size": 96, "data.batch_size": 4, "train.max_steps_per_epoch": None,
+                 "wandb.enabled": False}
     search = {"sampler": "tpe", "trials": TRIALS, "parallel": PARALLEL, "pruner": "asha", "metric": "val/loss",
               "startup_trials": 4, "reduction_factor": 2, "seed": 0,
               "space": {"optim.lr": "loguniform(1e-4, 0.5)", "model.dropout": "uniform(0, 0.6)"}}
