@@ -79,8 +79,8 @@ _LAUNCH_INPUTS = "wandb.sdk.launch.inputs.internal"
 def _skip_unstaged_launch_inputs() -> None:
     """``wandb.init`` ends by applying the W&B Launch inputs this process staged. They can only have been
     staged through that module, and importing it pulls in all of W&B Launch and its public API (about
-    1 s of CPU per run). Where the module was never imported there is nothing to apply, so the import is
-    skipped; a process that did import it gets W&B's own behaviour."""
+    0.45 s per run, measured in benchmarks/RESULTS.md). Where the module was never imported there is
+    nothing to apply, so the import is skipped; a process that did import it gets W&B's own behaviour."""
     from wandb.sdk.wandb_run import Run
 
     original = Run._detect_and_apply_job_inputs
